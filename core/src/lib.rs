@@ -1,0 +1,17 @@
+//! Domain types shared by every quizflow stage.
+//!
+//! Everything that crosses a process boundary is defined here once: validated identifiers
+//! ([`QuizId`], [`IdempotencyKey`], [`SubmissionId`]), the validated [`Submission`], the
+//! [`SubmissionEnvelope`] that travels through the `SUBMISSIONS` stream, and the delivery
+//! [`Channel`]/[`Priority`] vocabulary. Validation lives here so that a value of one of these
+//! types is valid by construction wherever it is used.
+
+mod ids;
+mod submission;
+mod validate;
+
+pub use ids::{Channel, IdError, IdempotencyKey, Priority, QuizId, SubmissionId};
+pub use submission::{Answer, AnswerValue, Respondent, Submission, SubmissionEnvelope};
+pub use validate::{
+    canonical_json, parse_submission, FieldProblem, ValidationErrors, MAX_ANSWERS, MAX_TAGS,
+};
