@@ -1,1 +1,93 @@
-//! placeholder
+//! quizflow's PostgreSQL schema and connection set-up.
+//!
+//! The SQL migrations under `sql/` are embedded in the binary, so `quizflow migrate` and
+//! `quizflow up` need nothing on disk. Only this crate creates pools, so pool sizing and
+//! timeouts are decided in one place.
+
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::{bb8, AsyncDieselConnectionManager};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use std::time::Duration;
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("sql");
+
+/// A pool of async PostgreSQL connections.
+pub type Pool = bb8::Pool<AsyncPgConnection>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(String),
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error("query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("no pooled connection: {0}")]
+    Pool(String),
+}
+
+/// Builds a pool; connections are made lazily, so this succeeds while PostgreSQL is down.
+pub fn pool(database_url: &str, max_size: u32) -> Pool {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+    bb8::Pool::builder()
+        .max_size(max_size)
+        .connection_timeout(Duration::from_secs(2))
+        .build_unchecked(manager)
+}
+
+/// Applies pending migrations; returns the versions applied.
+pub async fn run_migrations(database_url: &str) -> Result<Vec<String>, DbError> {
+    let url = database_url.to_owned();
+    // The migration harness is synchronous; it must not block the runtime.
+    tokio::task::spawn_blocking(move || {
+        use diesel::Connection;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
+            .map_err(|e| DbError::Connect(e.to_string()))?;
+        let applied = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map_err(|e| DbError::Migration(e.to_string()))?;
+        Ok(applied.into_iter().map(|v| v.to_string()).collect())
+    })
+    .await
+    .map_err(|e| DbError::Migration(format!("migration task failed: {e}")))?
+}
+
+/// `SELECT 1` through the pool, for readiness checks.
+pub async fn ping(pool: &Pool) -> Result<(), DbError> {
+    let mut conn = pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+    diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quizflow_testkit::TestDb;
+
+    #[tokio::test]
+    async fn migrations_apply_once_and_create_partitions() {
+        let db = TestDb::create().await;
+        let first = run_migrations(&db.url).await.expect("migrate");
+        assert_eq!(first.len(), 1);
+        assert!(run_migrations(&db.url)
+            .await
+            .expect("migrate again")
+            .is_empty());
+        let pool = pool(&db.url, 2);
+        ping(&pool).await.expect("ping");
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = pool.get().await.expect("conn");
+        let c: Count = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_inherits WHERE inhparent = 'submissions'::regclass",
+        )
+        .get_result(&mut conn)
+        .await
+        .expect("count partitions");
+        assert_eq!(c.n, 4);
+    }
+}

@@ -1,1 +1,47 @@
-//! placeholder
+//! The one crate that knows quizflow's NATS side: subjects, stream and consumer
+//! configurations, message headers, client set-up and the shared JetStream helpers.
+//!
+//! No other crate spells a subject, a stream name or a consumer name: they call
+//! [`subjects`] and [`topology`]. Stream replicas, ages and limits are configuration
+//! ([`TopologyConfig`]): 1 replica on a single server, 3 on a cluster.
+
+mod client;
+mod publish;
+pub mod subjects;
+pub mod topology;
+
+pub use client::{connect, jetstream, NatsSettings};
+pub use publish::{publish_submission, PublishOutcome};
+pub use topology::{ensure_topology, TopologyConfig};
+
+/// Errors of the NATS layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("invalid NATS client setting: {0}")]
+    Settings(String),
+    #[error("cannot create or update stream {stream}: {source}")]
+    Stream {
+        stream: &'static str,
+        #[source]
+        source: async_nats::jetstream::context::CreateStreamError,
+    },
+    #[error("cannot create or update consumer {consumer} on {stream}: {source}")]
+    Consumer {
+        stream: &'static str,
+        consumer: String,
+        #[source]
+        source: async_nats::jetstream::stream::ConsumerError,
+    },
+    #[error("JetStream did not acknowledge the publish: {0}")]
+    Publish(#[from] async_nats::jetstream::context::PublishError),
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("server {found} is too old: quizflow needs nats-server >= 2.10")]
+    ServerTooOld { found: String },
+}

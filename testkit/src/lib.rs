@@ -1,1 +1,35 @@
-//! placeholder
+//! Test harness for quizflow's integration tests: real servers, never mocks.
+//!
+//! - [`NatsServer`]: a private `nats-server -js` on a free loopback port with a temp store,
+//!   killed on drop; it can be stopped and started again on the same port and store to test
+//!   outages.
+//! - [`TestDb`]: a fresh PostgreSQL database per test, dropped afterwards, on the server named
+//!   by `QUIZFLOW_TEST_DATABASE_URL` (the test script starts a private one).
+//!
+//! This crate is only ever a dev-dependency, so it may panic on set-up failures: a test that
+//! cannot get its servers must fail loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod db;
+mod nats;
+
+pub use db::TestDb;
+pub use nats::{nats_server_binary, NatsServer};
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: &str, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}

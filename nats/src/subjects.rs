@@ -1,0 +1,70 @@
+//! Subject and stream names: part of the contract (SPEC §1).
+
+use quizflow_core::{Channel, Priority, QuizId};
+
+pub const SUBMISSIONS_STREAM: &str = "SUBMISSIONS";
+pub const DELIVERIES_STREAM: &str = "DELIVERIES";
+pub const DEAD_LETTERS_STREAM: &str = "DEAD_LETTERS";
+
+/// Durable pull consumer of `SUBMISSIONS` shared by every batcher instance.
+pub const BATCHER_CONSUMER: &str = "batcher";
+
+pub const SUBMISSIONS_ALL: &str = "quiz.submissions.>";
+pub const DELIVERIES_ALL: &str = "deliveries.>";
+pub const DEAD_LETTERS_ALL: &str = "dead.>";
+
+/// `quiz.submissions.<quiz_id>`; a [`QuizId`] cannot hold a `.` or a wildcard.
+pub fn submission(quiz: &QuizId) -> String {
+    format!("quiz.submissions.{quiz}")
+}
+
+/// `deliveries.<channel>.<priority>`
+pub fn delivery(channel: Channel, priority: Priority) -> String {
+    format!("deliveries.{channel}.{priority}")
+}
+
+/// Durable consumer of one channel and priority: `workers-<channel>-<priority>`.
+pub fn worker_consumer(channel: Channel, priority: Priority) -> String {
+    format!("workers-{channel}-{priority}")
+}
+
+/// What a dead letter was: a delivery job or an undecodable submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadKind {
+    Delivery,
+    Submission,
+}
+
+/// `dead.<kind>.<channel>`; undecodable submissions use `dead.submissions.<quiz_id or _>`.
+pub fn dead_letter(kind: DeadKind, channel_or_quiz: &str) -> String {
+    match kind {
+        DeadKind::Delivery => format!("dead.deliveries.{channel_or_quiz}"),
+        DeadKind::Submission => format!("dead.submissions.{channel_or_quiz}"),
+    }
+}
+
+/// Header carrying JetStream's de-duplication id.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_follow_the_spec() {
+        let q = QuizId::parse("promo-nov").expect("valid");
+        assert_eq!(submission(&q), "quiz.submissions.promo-nov");
+        assert_eq!(
+            delivery(Channel::Sms, Priority::High),
+            "deliveries.sms.high"
+        );
+        assert_eq!(
+            worker_consumer(Channel::Webhook, Priority::Low),
+            "workers-webhook-low"
+        );
+        assert_eq!(
+            dead_letter(DeadKind::Delivery, "email"),
+            "dead.deliveries.email"
+        );
+    }
+}

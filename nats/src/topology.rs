@@ -1,0 +1,189 @@
+//! The stream topology as code (SPEC §1), created or updated idempotently.
+
+use crate::subjects::{
+    self, BATCHER_CONSUMER, DEAD_LETTERS_STREAM, DELIVERIES_STREAM, SUBMISSIONS_STREAM,
+};
+use crate::NatsError;
+use async_nats::jetstream::{self, consumer, stream};
+use quizflow_core::{Channel, Priority};
+use std::time::Duration;
+
+/// Tunables of the topology. Names and subjects are fixed; these are not.
+#[derive(Debug, Clone)]
+pub struct TopologyConfig {
+    /// Stream replicas: 1 on a single server, 3 on a cluster.
+    pub replicas: usize,
+    pub submissions_max_age: Duration,
+    /// JetStream de-duplication window of `SUBMISSIONS` (SPEC: at least 2 minutes).
+    pub duplicate_window: Duration,
+    pub dead_letters_max_age: Duration,
+    /// Un-acked submissions all batcher instances together may hold.
+    pub batcher_max_ack_pending: i64,
+    pub batcher_ack_wait: Duration,
+    /// Un-acked jobs per worker consumer (channel and priority).
+    pub worker_max_ack_pending: i64,
+    pub worker_ack_wait: Duration,
+    /// Deliveries after which JetStream gives a job up (the workers dead-letter it then).
+    pub worker_max_deliver: i64,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            submissions_max_age: Duration::from_secs(7 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            dead_letters_max_age: Duration::from_secs(30 * 24 * 3600),
+            batcher_max_ack_pending: 50_000,
+            batcher_ack_wait: Duration::from_secs(60),
+            worker_max_ack_pending: 10_000,
+            worker_ack_wait: Duration::from_secs(60),
+            worker_max_deliver: 30,
+        }
+    }
+}
+
+impl TopologyConfig {
+    pub fn submissions(&self) -> stream::Config {
+        stream::Config {
+            name: SUBMISSIONS_STREAM.into(),
+            description: Some("quizflow intake: every accepted submission, replayable".into()),
+            subjects: vec![subjects::SUBMISSIONS_ALL.into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            max_age: self.submissions_max_age,
+            duplicate_window: self.duplicate_window,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        }
+    }
+
+    pub fn deliveries(&self) -> stream::Config {
+        stream::Config {
+            name: DELIVERIES_STREAM.into(),
+            description: Some(
+                "quizflow delivery jobs, one consumer per channel and priority".into(),
+            ),
+            subjects: vec![subjects::DELIVERIES_ALL.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            duplicate_window: self.duplicate_window,
+            // A full work queue must refuse new jobs (the batcher then retries), never
+            // silently drop old ones.
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        }
+    }
+
+    pub fn dead_letters(&self) -> stream::Config {
+        stream::Config {
+            name: DEAD_LETTERS_STREAM.into(),
+            description: Some(
+                "quizflow dead letters: jobs and submissions that could not be processed".into(),
+            ),
+            subjects: vec![subjects::DEAD_LETTERS_ALL.into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            max_age: self.dead_letters_max_age,
+            ..Default::default()
+        }
+    }
+
+    pub fn batcher_consumer(&self) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(BATCHER_CONSUMER.into()),
+            description: Some("shared by every batcher instance".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.batcher_ack_wait,
+            // Never give a submission up: while PostgreSQL is down the batcher naks and the
+            // message must come back however long the outage lasts. Undecodable messages
+            // are dead-lettered by the batcher itself.
+            max_deliver: -1,
+            max_ack_pending: self.batcher_max_ack_pending,
+            deliver_policy: consumer::DeliverPolicy::All,
+            num_replicas: 0,
+            ..Default::default()
+        }
+    }
+
+    pub fn worker_consumer(&self, channel: Channel, priority: Priority) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(subjects::worker_consumer(channel, priority)),
+            filter_subject: subjects::delivery(channel, priority),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.worker_ack_wait,
+            max_deliver: self.worker_max_deliver,
+            max_ack_pending: self.worker_max_ack_pending,
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        }
+    }
+}
+
+/// Creates or updates the three streams and their consumers. Safe to run from every
+/// instance at every start: a create-or-update with the same config changes nothing.
+pub async fn ensure_topology(
+    js: &jetstream::Context,
+    cfg: &TopologyConfig,
+) -> Result<(), NatsError> {
+    check_server_version(js)?;
+    let submissions = create_or_update(js, SUBMISSIONS_STREAM, cfg.submissions()).await?;
+    let deliveries = create_or_update(js, DELIVERIES_STREAM, cfg.deliveries()).await?;
+    create_or_update(js, DEAD_LETTERS_STREAM, cfg.dead_letters()).await?;
+
+    submissions
+        .create_consumer(cfg.batcher_consumer())
+        .await
+        .map_err(|source| NatsError::Consumer {
+            stream: SUBMISSIONS_STREAM,
+            consumer: BATCHER_CONSUMER.into(),
+            source,
+        })?;
+    for channel in Channel::ALL {
+        for priority in Priority::ALL {
+            let config = cfg.worker_consumer(channel, priority);
+            deliveries
+                .create_consumer(config)
+                .await
+                .map_err(|source| NatsError::Consumer {
+                    stream: DELIVERIES_STREAM,
+                    consumer: subjects::worker_consumer(channel, priority),
+                    source,
+                })?;
+        }
+    }
+    tracing::info!(replicas = cfg.replicas, "stream topology is in place");
+    Ok(())
+}
+
+async fn create_or_update(
+    js: &jetstream::Context,
+    name: &'static str,
+    config: stream::Config,
+) -> Result<stream::Stream, NatsError> {
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|source| NatsError::Stream {
+            stream: name,
+            source,
+        })?;
+    js.get_stream(name)
+        .await
+        .map_err(|e| NatsError::Settings(format!("stream {name} vanished: {e}")))
+}
+
+/// Servers before 2.10 ignore settings quizflow relies on; refuse them loudly.
+fn check_server_version(js: &jetstream::Context) -> Result<(), NatsError> {
+    let version = js.client().server_info().version;
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < (2, 10) {
+        return Err(NatsError::ServerTooOld { found: version });
+    }
+    Ok(())
+}
