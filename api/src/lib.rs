@@ -1,1 +1,173 @@
-//! placeholder
+//! quizflow's HTTP intake (SPEC §2).
+//!
+//! A submission is validated, rate-limited and published to JetStream; the API answers 202
+//! only after the PubAck, so a 202 always means "durable". Every error, the API's own and
+//! poem's (unknown route, wrong method, unreadable body), is the JSON error shape.
+//!
+//! Public surface: [`ApiSettings`], [`AppState::new`], [`app`] and [`serve`].
+
+mod config;
+mod error;
+mod intake;
+mod limits;
+mod metrics;
+mod ops;
+
+pub use config::{ApiSettings, MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_BODY_BYTES};
+pub use error::ApiError;
+
+use async_nats::jetstream;
+use metrics::Metrics;
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::middleware::Tracing;
+use poem::{get, post, Endpoint, EndpointExt, IntoResponse, Response, Route, Server};
+use quizflow_migrations::Pool;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the handlers share. Nothing in here is state another instance needs: the limiter
+/// counters are per instance by design (see `limits`).
+pub struct AppState {
+    settings: ApiSettings,
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    db: Pool,
+    respondent_limiter: limits::WindowLimiter,
+    ip_limiter: limits::WindowLimiter,
+    metrics: Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AppState {
+    pub fn new(
+        settings: ApiSettings,
+        nats: async_nats::Client,
+        js: jetstream::Context,
+        db: Pool,
+    ) -> Result<Arc<Self>, ServeError> {
+        let state = Arc::new(Self {
+            respondent_limiter: limits::WindowLimiter::new(
+                settings.respondent_limit_per_min,
+                settings.limit_window,
+            ),
+            ip_limiter: limits::WindowLimiter::new(
+                settings.ip_limit_per_min,
+                settings.limit_window,
+            ),
+            metrics: Metrics::new()?,
+            settings,
+            nats,
+            js,
+            db,
+        });
+        // Prune idle limiter keys; the task ends when the state is dropped.
+        let weak = Arc::downgrade(&state);
+        let every = state.settings.limit_window;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(s) = weak.upgrade() else { break };
+                s.respondent_limiter.prune();
+                s.ip_limiter.prune();
+            }
+        });
+        Ok(state)
+    }
+}
+
+/// The routes, with JSON errors for everything and per-route metrics.
+pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
+    let metrics_state = state.clone();
+    Route::new()
+        .at("/v1/quizzes/:quiz_id/submissions", post(intake::submit_one))
+        .at("/v1/submissions/batch", post(intake::submit_batch))
+        .at("/healthz", get(ops::healthz))
+        .at("/readyz", get(ops::readyz))
+        .at("/metrics", get(ops::metrics))
+        .at("/openapi.json", get(ops::openapi))
+        .at("/docs", get(ops::docs))
+        .data(state)
+        .with(Tracing)
+        .catch_all_error(
+            |err: poem::Error| async move { ApiError::from_poem(&err).into_response() },
+        )
+        .around(move |ep, req| {
+            let state = metrics_state.clone();
+            async move {
+                let route = metrics::route_label(req.uri().path());
+                let started = Instant::now();
+                let resp = ep.call(req).await?;
+                let status = resp.status();
+                state
+                    .metrics
+                    .requests
+                    .with_label_values(&[route, status.as_str()])
+                    .inc();
+                state
+                    .metrics
+                    .request_seconds
+                    .with_label_values(&[route])
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(resp)
+            }
+        })
+}
+
+/// A bound, not yet running, API server.
+pub struct BoundApi {
+    acceptor: poem::listener::TcpAcceptor,
+    pub local_addr: SocketAddr,
+}
+
+/// Binds the listener (port 0 picks a free one: see `local_addr`).
+pub async fn bind(addr: &str) -> Result<BoundApi, ServeError> {
+    let acceptor = TcpListener::bind(addr.to_owned())
+        .into_acceptor()
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.into(),
+            source,
+        })?;
+    let local_addr = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .ok_or_else(|| ServeError::Bind {
+            addr: addr.into(),
+            source: std::io::Error::other("no local address"),
+        })?;
+    Ok(BoundApi {
+        acceptor,
+        local_addr,
+    })
+}
+
+/// Serves until `shutdown` resolves, then lets requests in flight finish (up to 10 s): a
+/// request whose publish is under way still gets its honest answer.
+pub async fn serve(
+    bound: BoundApi,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    tracing::info!(addr = %bound.local_addr, "api listening");
+    Server::new_with_acceptor(bound.acceptor)
+        .run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(10)))
+        .await?;
+    Ok(())
+}

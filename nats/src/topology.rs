@@ -129,6 +129,11 @@ pub async fn ensure_topology(
     js: &jetstream::Context,
     cfg: &TopologyConfig,
 ) -> Result<(), NatsError> {
+    // A JetStream API round trip first: it waits for the (possibly retrying) connection and
+    // fails clearly when the server has no JetStream.
+    js.query_account()
+        .await
+        .map_err(|e| NatsError::Settings(format!("JetStream is not available: {e}")))?;
     check_server_version(js)?;
     let submissions = create_or_update(js, SUBMISSIONS_STREAM, cfg.submissions()).await?;
     let deliveries = create_or_update(js, DELIVERIES_STREAM, cfg.deliveries()).await?;

@@ -1,0 +1,36 @@
+//! Settings of the API role.
+
+use std::time::Duration;
+
+/// Largest single-submission body (SPEC §2.1).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest batch body (SPEC §2.2).
+pub const MAX_BATCH_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Most items in one batch (SPEC §2.2).
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// `QUIZFLOW_HTTP_ADDR`
+    pub http_addr: String,
+    /// How long a request may wait for JetStream's PubAck before answering 503.
+    pub publish_timeout: Duration,
+    /// `QUIZFLOW_RATE_LIMIT_RESPONDENT_PER_MIN` (0 = off).
+    pub respondent_limit_per_min: u32,
+    /// `QUIZFLOW_RATE_LIMIT_IP_PER_MIN` (0 = off).
+    pub ip_limit_per_min: u32,
+    /// Window of both limits (a minute; shorter only in tests).
+    pub limit_window: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            http_addr: "127.0.0.1:8080".into(),
+            publish_timeout: Duration::from_secs(5),
+            respondent_limit_per_min: 10,
+            ip_limit_per_min: 0,
+            limit_window: Duration::from_secs(60),
+        }
+    }
+}

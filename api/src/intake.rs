@@ -1,0 +1,427 @@
+//! The intake routes: `POST /v1/quizzes/{quiz_id}/submissions` and `POST /v1/submissions/batch`.
+
+use crate::config::{MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_BODY_BYTES};
+use crate::error::ApiError;
+use crate::limits::Reservation;
+use crate::AppState;
+use chrono::Utc;
+use futures::future::join_all;
+use poem::http::{header, HeaderMap, StatusCode};
+use poem::web::{Data, Path, RemoteAddr};
+use poem::{handler, Body, IntoResponse, Response};
+use quizflow_core::{
+    canonical_json, parse_submission, FieldProblem, IdempotencyKey, QuizId, Submission,
+    SubmissionEnvelope, SubmissionId, ValidationErrors,
+};
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A validated submission ready to publish.
+struct Ready {
+    envelope: SubmissionEnvelope,
+    respondent_keys: Vec<u64>,
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    submission_id: SubmissionId,
+    duplicate: bool,
+}
+
+/// `application/json`, optionally with `charset=utf-8`; anything else is 415.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(ApiError::unsupported_media_type());
+    };
+    let mut parts = value.split(';');
+    let mime = parts.next().unwrap_or_default().trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::unsupported_media_type());
+    }
+    for param in parts {
+        let Some((name, val)) = param.split_once('=') else {
+            continue;
+        };
+        if name.trim().eq_ignore_ascii_case("charset") {
+            let val = val.trim().trim_matches('"');
+            if !val.eq_ignore_ascii_case("utf-8") && !val.eq_ignore_ascii_case("utf8") {
+                return Err(ApiError::unsupported_media_type());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads at most `limit` bytes, whether or not the client sent a Content-Length: a chunked
+/// body is cut off as soon as it passes the limit.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let bytes = body.into_bytes_limit(limit).await.map_err(|e| match e {
+        poem::error::ReadBodyError::PayloadTooLarge => ApiError::payload_too_large(limit),
+        other => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("cannot read the body: {other}"),
+        ),
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(&e))
+}
+
+impl AppState {
+    fn prepare(
+        &self,
+        quiz: QuizId,
+        key: Option<IdempotencyKey>,
+        body: &Value,
+        submission: Submission,
+    ) -> Ready {
+        let submission_id = match &key {
+            Some(k) => SubmissionId::from_key(&quiz, k),
+            None => SubmissionId::from_canonical_body(&quiz, &canonical_json(body)),
+        };
+        let mut respondent_keys = Vec::with_capacity(2);
+        if self.respondent_limiter.enabled() {
+            if let Some(phone) = &submission.respondent.phone {
+                respondent_keys.push(self.respondent_limiter.key((quiz.as_str(), 'p', phone)));
+            }
+            if let Some(email) = &submission.respondent.email {
+                respondent_keys.push(self.respondent_limiter.key((
+                    quiz.as_str(),
+                    'e',
+                    email.to_ascii_lowercase(),
+                )));
+            }
+        }
+        Ready {
+            envelope: SubmissionEnvelope::new(submission_id, quiz, Utc::now(), key, submission),
+            respondent_keys,
+        }
+    }
+
+    /// Rate-limits, publishes and waits for the PubAck. Never answers 202 without the ack.
+    async fn publish(&self, ready: Ready) -> Result<Accepted, ApiError> {
+        let reservations: Vec<Reservation> = self
+            .respondent_limiter
+            .reserve(&ready.respondent_keys)
+            .map_err(|retry| ApiError::rate_limited(retry, "for this respondent"))?;
+        match self.publish_envelope(&ready.envelope).await {
+            Ok(outcome) => {
+                if outcome.duplicate {
+                    self.respondent_limiter.release(&reservations);
+                    self.metrics.duplicates.inc();
+                } else {
+                    self.metrics.accepted.inc();
+                }
+                Ok(Accepted {
+                    submission_id: ready.envelope.submission_id,
+                    duplicate: outcome.duplicate,
+                })
+            }
+            Err(e) => {
+                self.respondent_limiter.release(&reservations);
+                Err(e)
+            }
+        }
+    }
+
+    async fn publish_envelope(
+        &self,
+        envelope: &SubmissionEnvelope,
+    ) -> Result<quizflow_nats::PublishOutcome, ApiError> {
+        // Fail fast while disconnected: a publish would only sit in the client's buffer.
+        if self.nats.connection_state() != async_nats::connection::State::Connected {
+            return Err(ApiError::unavailable(
+                "the message broker is unreachable; retry shortly",
+            ));
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(
+            self.settings.publish_timeout,
+            quizflow_nats::publish_submission(&self.js, envelope),
+        )
+        .await;
+        self.metrics
+            .publish_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "publish failed");
+                Err(ApiError::unavailable(
+                    "the submission could not be made durable; retry shortly",
+                ))
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?self.settings.publish_timeout, "publish ack timed out");
+                Err(ApiError::unavailable(
+                    "the submission could not be made durable in time; retry shortly",
+                ))
+            }
+        }
+    }
+
+    fn check_ip(&self, remote: &RemoteAddr, n: usize) -> Result<(), ApiError> {
+        if !self.ip_limiter.enabled() {
+            return Ok(());
+        }
+        let ip = remote.as_socket_addr().map(|a| a.ip());
+        let key = self.ip_limiter.key(ip);
+        let keys = vec![key; n];
+        self.ip_limiter
+            .reserve(&keys)
+            .map(|_| ())
+            .map_err(|retry| ApiError::rate_limited(retry, "from this address"))
+    }
+}
+
+#[handler]
+pub async fn submit_one(
+    state: Data<&Arc<AppState>>,
+    Path(quiz_id): Path<String>,
+    headers: &HeaderMap,
+    remote: &RemoteAddr,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let result = submit_one_inner(&state, &quiz_id, headers, remote, body).await;
+    if let Err(e) = &result {
+        state.metrics.rejected.with_label_values(&[e.code]).inc();
+    }
+    result
+}
+
+async fn submit_one_inner(
+    state: &AppState,
+    quiz_id: &str,
+    headers: &HeaderMap,
+    remote: &RemoteAddr,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_content_type(headers)?;
+    let body = read_body(headers, body, MAX_BODY_BYTES).await?;
+    let quiz =
+        QuizId::parse(quiz_id).map_err(|e| ApiError::invalid_field("quiz_id", e.to_string()))?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| IdempotencyKey::parse(s).ok())
+                .ok_or_else(|| {
+                    ApiError::invalid_field(
+                        "Idempotency-Key",
+                        "must be 1 to 128 printable ASCII characters",
+                    )
+                })?,
+        ),
+    };
+    let submission = parse_submission(&body).map_err(ApiError::invalid)?;
+    state.check_ip(remote, 1)?;
+    let ready = state.prepare(quiz, key, &body, submission);
+    let accepted = state.publish(ready).await?;
+    let location = format!("/v1/submissions/{}", accepted.submission_id);
+    Ok(Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::LOCATION, location)
+        .body(serde_json::to_vec(&accepted).unwrap_or_default()))
+}
+
+#[derive(Serialize)]
+struct ItemResult {
+    index: usize,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    submission_id: Option<SubmissionId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ItemError>,
+}
+
+#[derive(Serialize)]
+struct ItemError {
+    code: &'static str,
+    message: String,
+    details: Vec<FieldProblem>,
+}
+
+impl ItemResult {
+    fn ok(index: usize, a: Accepted) -> Self {
+        Self {
+            index,
+            status: 202,
+            submission_id: Some(a.submission_id),
+            duplicate: Some(a.duplicate),
+            error: None,
+        }
+    }
+
+    fn err(index: usize, e: ApiError) -> Self {
+        Self {
+            index,
+            status: e.status.as_u16(),
+            submission_id: None,
+            duplicate: None,
+            error: Some(ItemError {
+                code: e.code,
+                message: e.message,
+                details: e.details,
+            }),
+        }
+    }
+}
+
+/// Splits a batch item into its quiz id, key and submission body.
+fn parse_item(state: &AppState, item: Value) -> Result<Ready, ApiError> {
+    let Value::Object(mut obj) = item else {
+        return Err(ApiError::invalid_field(
+            "",
+            "each submission must be a JSON object",
+        ));
+    };
+    let mut problems = Vec::new();
+    let quiz = match obj.remove("quiz_id") {
+        Some(Value::String(s)) => QuizId::parse(&s)
+            .map_err(|e| problems.push(problem("quiz_id", e.to_string())))
+            .ok(),
+        Some(_) => {
+            problems.push(problem("quiz_id", "must be a string"));
+            None
+        }
+        None => {
+            problems.push(problem("quiz_id", "is required"));
+            None
+        }
+    };
+    let key = match obj.remove("idempotency_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => IdempotencyKey::parse(&s)
+            .map_err(|e| problems.push(problem("idempotency_key", e.to_string())))
+            .ok(),
+        Some(_) => {
+            problems.push(problem("idempotency_key", "must be a string"));
+            None
+        }
+    };
+    let body = Value::Object(obj);
+    let submission = match parse_submission(&body) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            problems.extend(e.0);
+            None
+        }
+    };
+    match (quiz, submission) {
+        (Some(quiz), Some(submission)) if problems.is_empty() => {
+            Ok(state.prepare(quiz, key, &body, submission))
+        }
+        _ => Err(ApiError::invalid(ValidationErrors(problems))),
+    }
+}
+
+fn problem(field: &str, problem: impl Into<String>) -> FieldProblem {
+    FieldProblem {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+#[handler]
+pub async fn submit_batch(
+    state: Data<&Arc<AppState>>,
+    headers: &HeaderMap,
+    remote: &RemoteAddr,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_content_type(headers)?;
+    let body = read_body(headers, body, MAX_BATCH_BODY_BYTES).await?;
+    let Value::Object(mut top) = body else {
+        return Err(ApiError::invalid_field(
+            "",
+            "the body must be an object {\"submissions\": [...]}",
+        ));
+    };
+    if let Some(unknown) = top.keys().find(|k| *k != "submissions") {
+        return Err(ApiError::invalid_field(unknown, "unknown field"));
+    }
+    let items = match top.remove("submissions") {
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(ApiError::invalid_field("submissions", "must be an array")),
+        None => return Err(ApiError::invalid_field("submissions", "is required")),
+    };
+    if items.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::invalid_field(
+            "submissions",
+            format!(
+                "at most {MAX_BATCH_ITEMS} submissions per batch, got {}",
+                items.len()
+            ),
+        ));
+    }
+    let parsed: Vec<Result<Ready, ApiError>> = items
+        .into_iter()
+        .map(|item| parse_item(&state, item))
+        .collect();
+    let valid = parsed.iter().filter(|r| r.is_ok()).count();
+    let ip_check = state.check_ip(remote, valid);
+    // All valid items are published concurrently: the context pipelines them, so a batch
+    // costs about one PubAck round trip, not one per item.
+    let results = join_all(parsed.into_iter().enumerate().map(|(index, r)| {
+        let ip_check = ip_check.clone();
+        let state = &state;
+        async move {
+            let outcome = match (r, ip_check) {
+                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+                (Ok(ready), Ok(())) => state.publish(ready).await,
+            };
+            match outcome {
+                Ok(a) => ItemResult::ok(index, a),
+                Err(e) => {
+                    state.metrics.rejected.with_label_values(&[e.code]).inc();
+                    ItemResult::err(index, e)
+                }
+            }
+        }
+    }))
+    .await;
+    Ok(poem::web::Json(serde_json::json!({ "results": results })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use poem::http::HeaderValue;
+
+    #[test]
+    fn content_type_rules() {
+        let mut h = HeaderMap::new();
+        assert!(check_content_type(&h).is_err());
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON;charset=\"UTF-8\"",
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ok));
+            assert!(check_content_type(&h).is_ok(), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/json; charset=latin1",
+            "application/jsonx",
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(bad));
+            assert!(check_content_type(&h).is_err(), "{bad}");
+        }
+    }
+}

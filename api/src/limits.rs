@@ -1,0 +1,197 @@
+//! Sliding-window submission limits (per respondent and quiz, per client IP).
+//!
+//! A limit is *reserved* before the publish and *released* when the submission turns out to
+//! be a duplicate or could not be published, so only valid, non-duplicate submissions count
+//! (SPEC §6) and concurrent requests cannot overshoot the limit.
+//!
+//! The counters live in this process: with N API instances a respondent can get up to N
+//! times the limit through if the load balancer spreads their requests. That is deliberate:
+//! the limit is abuse protection, and a shared counter would put a network round trip on
+//! every submission. Pin clients to instances (or lower the per-instance limit) to tighten it.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 32;
+/// Keys tracked per shard before new keys are let through untracked (memory bound).
+const MAX_KEYS_PER_SHARD: usize = 64 * 1024;
+
+#[derive(Clone, Copy)]
+struct Slot {
+    window_start: Instant,
+    count: u32,
+    previous: u32,
+}
+
+/// A limiter of `limit` events per `window` and key; `limit == 0` disables it.
+pub struct WindowLimiter {
+    limit: u32,
+    window: Duration,
+    hasher: RandomState,
+    shards: Vec<Mutex<HashMap<u64, Slot>>>,
+}
+
+/// A successful reservation; hand it back with [`WindowLimiter::release`] if it should not count.
+#[derive(Debug, Clone, Copy)]
+pub struct Reservation {
+    key: u64,
+    window_start: Instant,
+}
+
+impl WindowLimiter {
+    pub fn new(limit: u32, window: Duration) -> Self {
+        Self {
+            limit,
+            window,
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.limit > 0
+    }
+
+    pub fn key(&self, parts: impl Hash) -> u64 {
+        self.hasher.hash_one(parts)
+    }
+
+    fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Slot>> {
+        &self.shards[(key as usize) % SHARDS]
+    }
+
+    /// Reserves one event for each key, all or none. `Err(seconds)` says when to retry.
+    pub fn reserve(&self, keys: &[u64]) -> Result<Vec<Reservation>, u64> {
+        if !self.enabled() {
+            return Ok(Vec::new());
+        }
+        let now = Instant::now();
+        let mut taken = Vec::with_capacity(keys.len());
+        for &key in keys {
+            match self.reserve_one(key, now) {
+                Ok(r) => taken.push(r),
+                Err(retry) => {
+                    self.release(&taken);
+                    return Err(retry);
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    fn reserve_one(&self, key: u64, now: Instant) -> Result<Reservation, u64> {
+        let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        if shard.len() >= MAX_KEYS_PER_SHARD && !shard.contains_key(&key) {
+            Self::prune_shard(&mut shard, now, self.window);
+        }
+        let slot = shard.entry(key).or_insert(Slot {
+            window_start: now,
+            count: 0,
+            previous: 0,
+        });
+        let mut elapsed = now.duration_since(slot.window_start);
+        if elapsed >= self.window {
+            let windows = elapsed.as_nanos() / self.window.as_nanos().max(1);
+            slot.previous = if windows == 1 { slot.count } else { 0 };
+            slot.count = 0;
+            slot.window_start += self.window * windows as u32;
+            elapsed = now.duration_since(slot.window_start);
+        }
+        // Sliding estimate: the part of the previous window still inside the last minute.
+        let frac_left = 1.0 - elapsed.as_secs_f64() / self.window.as_secs_f64();
+        let estimate = f64::from(slot.previous) * frac_left + f64::from(slot.count);
+        if estimate + 1.0 > f64::from(self.limit) {
+            let retry = (self.window - elapsed).as_secs_f64().ceil() as u64;
+            return Err(retry.max(1));
+        }
+        slot.count += 1;
+        Ok(Reservation {
+            key,
+            window_start: slot.window_start,
+        })
+    }
+
+    /// Gives reservations back (duplicate, or not published).
+    pub fn release(&self, reservations: &[Reservation]) {
+        for r in reservations {
+            let mut shard = self.shard(r.key).lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(slot) = shard.get_mut(&r.key) {
+                if slot.window_start == r.window_start {
+                    slot.count = slot.count.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    fn prune_shard(shard: &mut HashMap<u64, Slot>, now: Instant, window: Duration) {
+        shard.retain(|_, s| now.duration_since(s.window_start) < window * 2);
+    }
+
+    /// Drops keys idle for two windows; run periodically.
+    pub fn prune(&self) {
+        let now = Instant::now();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            Self::prune_shard(&mut shard, now, self.window);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_the_limit_then_refuses_with_retry_after() {
+        let l = WindowLimiter::new(3, Duration::from_secs(60));
+        let k = l.key("a");
+        for _ in 0..3 {
+            assert!(l.reserve(&[k]).is_ok());
+        }
+        let retry = l.reserve(&[k]).expect_err("over the limit");
+        assert!((1..=60).contains(&retry));
+        assert!(
+            l.reserve(&[l.key("b")]).is_ok(),
+            "other keys are independent"
+        );
+    }
+
+    #[test]
+    fn released_reservations_do_not_count() {
+        let l = WindowLimiter::new(1, Duration::from_secs(60));
+        let k = l.key("a");
+        let r = l.reserve(&[k]).expect("first");
+        l.release(&r);
+        assert!(l.reserve(&[k]).is_ok());
+    }
+
+    #[test]
+    fn all_keys_or_none() {
+        let l = WindowLimiter::new(1, Duration::from_secs(60));
+        let (a, b) = (l.key("a"), l.key("b"));
+        l.reserve(&[b]).expect("b once");
+        assert!(l.reserve(&[a, b]).is_err());
+        assert!(l.reserve(&[a]).is_ok(), "a was given back when b failed");
+    }
+
+    #[test]
+    fn window_slides() {
+        let l = WindowLimiter::new(2, Duration::from_millis(100));
+        let k = l.key("a");
+        l.reserve(&[k]).expect("1");
+        l.reserve(&[k]).expect("2");
+        assert!(l.reserve(&[k]).is_err());
+        std::thread::sleep(Duration::from_millis(220));
+        assert!(l.reserve(&[k]).is_ok());
+    }
+
+    #[test]
+    fn zero_disables() {
+        let l = WindowLimiter::new(0, Duration::from_secs(60));
+        for _ in 0..1000 {
+            assert!(l.reserve(&[l.key("a")]).is_ok());
+        }
+    }
+}

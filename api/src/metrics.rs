@@ -1,0 +1,101 @@
+//! Prometheus metrics of the API. Labels are routes, statuses and codes: never personal data.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_seconds: HistogramVec,
+    pub accepted: IntCounter,
+    pub duplicates: IntCounter,
+    pub rejected: IntCounterVec,
+    pub publish_seconds: prometheus::Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "quizflow_api_requests_total",
+                "HTTP requests by route and status",
+            ),
+            &["route", "status"],
+        )?;
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "quizflow_api_request_duration_seconds",
+                "HTTP request duration",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["route"],
+        )?;
+        let accepted = IntCounter::new(
+            "quizflow_submissions_accepted_total",
+            "Submissions acknowledged by JetStream (new)",
+        )?;
+        let duplicates = IntCounter::new(
+            "quizflow_submissions_duplicate_total",
+            "Submissions JetStream reported as duplicates",
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "quizflow_submissions_rejected_total",
+                "Submissions answered with an error, by code",
+            ),
+            &["code"],
+        )?;
+        let publish_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "quizflow_jetstream_publish_duration_seconds",
+                "Publish to PubAck",
+            )
+            .buckets(vec![
+                0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ]),
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_seconds.clone()))?;
+        registry.register(Box::new(accepted.clone()))?;
+        registry.register(Box::new(duplicates.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(publish_seconds.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            request_seconds,
+            accepted,
+            duplicates,
+            rejected,
+            publish_seconds,
+        })
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        // Encoding into a Vec only fails on malformed metric families, which we never build.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// The route template of a path: bounded label cardinality, no ids in labels.
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/submissions/batch" => "/v1/submissions/batch",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        "/openapi.json" => "/openapi.json",
+        "/docs" => "/docs",
+        p if p.starts_with("/v1/quizzes/") && p.ends_with("/submissions") => {
+            "/v1/quizzes/{quiz_id}/submissions"
+        }
+        p if p.starts_with("/v1/submissions/") => "/v1/submissions/{id}",
+        _ => "other",
+    }
+}

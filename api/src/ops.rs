@@ -1,0 +1,93 @@
+//! Operational routes: health, readiness, metrics, the OpenAPI document and its browser.
+
+use crate::error::ApiError;
+use crate::AppState;
+use poem::http::{header, StatusCode};
+use poem::web::{Data, Json};
+use poem::{handler, IntoResponse, Response};
+use quizflow_core::{FieldProblem, ValidationErrors};
+use std::sync::Arc;
+use std::time::Duration;
+
+const OPENAPI: &str = include_str!("../openapi.json");
+const DOCS: &str = include_str!("../docs.html");
+
+#[handler]
+pub fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Ready when NATS is connected and PostgreSQL answers.
+#[handler]
+pub async fn readyz(state: Data<&Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut problems = Vec::new();
+    if state.nats.connection_state() != async_nats::connection::State::Connected {
+        problems.push(FieldProblem {
+            field: "nats".into(),
+            problem: "not connected".into(),
+        });
+    }
+    match tokio::time::timeout(Duration::from_secs(2), quizflow_migrations::ping(&state.db)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(FieldProblem {
+            field: "postgres".into(),
+            problem: e.to_string(),
+        }),
+        Err(_) => problems.push(FieldProblem {
+            field: "postgres".into(),
+            problem: "no answer within 2s".into(),
+        }),
+    }
+    if problems.is_empty() {
+        return Ok(Json(
+            serde_json::json!({"status": "ready", "nats": "ok", "postgres": "ok"}),
+        ));
+    }
+    let mut err = ApiError::invalid(ValidationErrors(problems));
+    err.status = StatusCode::SERVICE_UNAVAILABLE;
+    err.code = "unavailable";
+    err.message = "a dependency is unreachable".into();
+    err.retry_after = Some(1);
+    Err(err)
+}
+
+#[handler]
+pub fn metrics(state: Data<&Arc<AppState>>) -> Response {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+#[handler]
+pub fn openapi() -> Response {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(OPENAPI)
+}
+
+#[handler]
+pub fn docs() -> impl IntoResponse {
+    poem::web::Html(DOCS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_document_is_json_and_lists_the_routes() {
+        let doc: serde_json::Value =
+            serde_json::from_str(super::OPENAPI).expect("openapi.json is JSON");
+        assert_eq!(
+            doc["openapi"].as_str().map(|v| v.starts_with("3.")),
+            Some(true)
+        );
+        for path in [
+            "/v1/quizzes/{quiz_id}/submissions",
+            "/v1/submissions/batch",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        ] {
+            assert!(doc["paths"].get(path).is_some(), "{path} missing");
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Starts a real API against a private nats-server and a fresh database.
+
+use quizflow_api::ApiSettings;
+use quizflow_nats::{NatsSettings, TopologyConfig};
+use quizflow_testkit::{NatsServer, TestDb};
+use std::time::Duration;
+
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub nats: NatsServer,
+    pub js: async_nats::jetstream::Context,
+    _db: TestDb,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Api {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut ApiSettings)) -> Self {
+        let nats = NatsServer::start();
+        let db = TestDb::create().await;
+        let mut ns = NatsSettings::new(nats.url(), "quizflow-api-test");
+        ns.ack_timeout = Duration::from_secs(1);
+        let client = quizflow_nats::connect(&ns).await.expect("connect");
+        let js = quizflow_nats::jetstream(client.clone(), &ns);
+        quizflow_nats::ensure_topology(&js, &TopologyConfig::default())
+            .await
+            .expect("topology");
+        let mut settings = ApiSettings {
+            http_addr: "127.0.0.1:0".into(),
+            publish_timeout: Duration::from_secs(1),
+            ..ApiSettings::default()
+        };
+        tune(&mut settings);
+        let pool = quizflow_migrations::pool(&db.url, 2);
+        let state =
+            quizflow_api::AppState::new(settings.clone(), client, js.clone(), pool).expect("state");
+        let bound = quizflow_api::bind(&settings.http_addr).await.expect("bind");
+        let base = format!("http://{}", bound.local_addr);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(quizflow_api::serve(bound, state, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            base,
+            http: reqwest::Client::new(),
+            nats,
+            js,
+            _db: db,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post_owned(&self, path: String, body: serde_json::Value) -> reqwest::Response {
+        self.post_json(&path, &body).await
+    }
+
+    /// Messages stored in SUBMISSIONS.
+    pub async fn stream_count(&self) -> u64 {
+        let mut s = self.js.get_stream("SUBMISSIONS").await.expect("stream");
+        s.info().await.expect("info").state.messages
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Asserts the SPEC error shape and returns the body.
+pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(ct.starts_with("application/json"), "content-type {ct}");
+    let body: serde_json::Value = resp.json().await.expect("JSON error body");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(body["error"]["details"].is_array(), "{body}");
+    body
+}
+
+pub fn lead(phone: &str) -> serde_json::Value {
+    serde_json::json!({
+        "respondent": {"phone": phone, "email": "ana@example.com", "name": "Ana", "locale": "pt-BR"},
+        "answers": [{"question": "q1", "value": "b"}, {"question": "age", "value": 31}],
+        "score": 72,
+        "completed_at": "2026-11-22T10:00:00Z",
+        "tags": ["promo-nov"],
+        "metadata": {"utm_source": "tv"}
+    })
+}
