@@ -1,1 +1,16 @@
-//! placeholder
+//! quizflow's benchmark harness (behind `quizflow bench`) and data generators for the
+//! criterion benches in `benches/`.
+//!
+//! The ingest benchmark measures, in one run on one machine:
+//! 1. the raw ceiling: pipelined JetStream publishes of the very payloads the API would
+//!    publish (same size, `Nats-Msg-Id` set, file store), with a bounded ack window;
+//! 2. the API at saturation: as many concurrent HTTP posts as `--concurrency` allows;
+//! 3. the API at a constant rate (open loop, default 1,667/s = 100k/min): latency measured
+//!    from each request's scheduled send time, so a stall cannot hide (no coordinated omission).
+//!
+//! Benchmarks are never tests: tests check behaviour, this measures it.
+
+mod ingest;
+pub mod leads;
+
+pub use ingest::{run_ingest, IngestArgs, IngestReport};

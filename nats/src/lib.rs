@@ -10,7 +10,7 @@ mod publish;
 pub mod subjects;
 pub mod topology;
 
-pub use client::{connect, jetstream, NatsSettings};
+pub use client::{connect, jetstream, redact_url, NatsSettings};
 pub use publish::{publish_submission, PublishOutcome};
 pub use topology::{ensure_topology, TopologyConfig};
 

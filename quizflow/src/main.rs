@@ -1,1 +1,332 @@
-fn main() {}
+//! The `quizflow` binary: one executable, one subcommand per role (SPEC §6).
+//!
+//! `up` is the development all-in-one; `api` is the intake role as deployed; `streams` and
+//! `migrate` set up NATS and PostgreSQL; `bench` measures ingest.
+
+mod config;
+mod devservices;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use config::Config;
+use devservices::DevServices;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "quizflow",
+    version,
+    about = "Quiz submissions in, campaign messages out: NATS JetStream + PostgreSQL"
+)]
+struct Cli {
+    /// Optional TOML configuration file (environment variables override it).
+    #[arg(long, global = true, env = "QUIZFLOW_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Development all-in-one: starts private NATS and PostgreSQL unless NATS_URL /
+    /// DATABASE_URL are set, migrates, creates the streams and serves the API.
+    Up,
+    /// Serve the HTTP intake API (needs NATS_URL and DATABASE_URL).
+    Api,
+    /// Create or update the stream topology (needs NATS_URL).
+    Streams,
+    /// Apply pending database migrations (needs DATABASE_URL).
+    Migrate,
+    /// Measure ingest: raw JetStream publishes beside the HTTP API, at saturation and at a
+    /// constant rate. Starts a private deployment unless --api and --nats are given.
+    Bench(quizflow_benchmarks::IngestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg = Config::load(cli.config.as_deref())?;
+    init_tracing(&cfg);
+    for key in Config::unknown_env_keys() {
+        tracing::warn!(%key, "unknown QUIZFLOW_ variable ignored (typo?)");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up => up(cfg).await,
+            Command::Api => api(cfg).await,
+            Command::Streams => streams(cfg).await,
+            Command::Migrate => migrate(cfg).await,
+            Command::Bench(args) => bench(cfg, args).await,
+        }
+    })
+}
+
+fn init_tracing(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,poem=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn required<'a>(value: &'a Option<String>, name: &str) -> anyhow::Result<&'a str> {
+    value
+        .as_deref()
+        .with_context(|| format!("{name} is not set"))
+}
+
+async fn connect_nats(
+    cfg: &Config,
+    url: &str,
+    role: &str,
+) -> anyhow::Result<(async_nats::Client, async_nats::jetstream::Context)> {
+    let settings = cfg.nats_settings(url, role)?;
+    let client = quizflow_nats::connect(&settings).await?;
+    let js = quizflow_nats::jetstream(client.clone(), &settings);
+    Ok((client, js))
+}
+
+/// Ensures the topology, retrying while NATS is not reachable yet.
+async fn ensure_topology(cfg: &Config, js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1.. {
+        match quizflow_nats::ensure_topology(js, &cfg.topology()).await {
+            Ok(()) => return Ok(()),
+            Err(e @ quizflow_nats::NatsError::ServerTooOld { .. }) => return Err(e.into()),
+            Err(e) if attempt < 30 => {
+                tracing::warn!(error = %e, attempt, "stream topology not ready; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+async fn run_api(
+    cfg: &Config,
+    nats_url: &str,
+    database_url: &str,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (client, js) = connect_nats(cfg, nats_url, "api").await?;
+    ensure_topology(cfg, &js).await?;
+    let settings = cfg.api_settings()?;
+    let pool = quizflow_migrations::pool(database_url, cfg.db_pool_size);
+    let state = quizflow_api::AppState::new(settings.clone(), client.clone(), js, pool)?;
+    let bound = quizflow_api::bind(&settings.http_addr).await?;
+    quizflow_api::serve(bound, state, shutdown).await?;
+    // Flush anything the client still holds before exiting.
+    let _ = client.flush().await;
+    Ok(())
+}
+
+async fn api(cfg: Config) -> anyhow::Result<()> {
+    let nats_url = required(&cfg.nats_url, "NATS_URL")?.to_owned();
+    let database_url = required(&cfg.database_url, "DATABASE_URL")?.to_owned();
+    run_api(&cfg, &nats_url, &database_url, shutdown_signal()).await
+}
+
+async fn streams(cfg: Config) -> anyhow::Result<()> {
+    let url = required(&cfg.nats_url, "NATS_URL")?.to_owned();
+    let (_client, js) = connect_nats(&cfg, &url, "streams").await?;
+    quizflow_nats::ensure_topology(&js, &cfg.topology()).await?;
+    println!("streams SUBMISSIONS, DELIVERIES, DEAD_LETTERS and their consumers are in place (replicas: {})", cfg.stream_replicas);
+    Ok(())
+}
+
+async fn migrate(cfg: Config) -> anyhow::Result<()> {
+    let url = required(&cfg.database_url, "DATABASE_URL")?;
+    let applied = quizflow_migrations::run_migrations(url).await?;
+    println!("{} migration(s) applied", applied.len());
+    Ok(())
+}
+
+/// Reads or creates the admin token kept in the data dir (mode 0600).
+fn admin_token(cfg: &Config) -> anyhow::Result<String> {
+    if let Some(t) = &cfg.admin_token {
+        return Ok(t.clone());
+    }
+    let path = cfg.data_dir.join("admin-token");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        if existing.trim().len() >= 16 {
+            return Ok(existing.trim().to_owned());
+        }
+    }
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("write {}", path.display()))?;
+    f.write_all(token.as_bytes())?;
+    Ok(token)
+}
+
+/// Starts private servers for whatever is not configured.
+async fn dev_services(
+    cfg: &Config,
+    data_dir: &Path,
+) -> anyhow::Result<(DevServices, String, String)> {
+    let mut dev = DevServices::none();
+    let nats_url = match &cfg.nats_url {
+        Some(u) => u.clone(),
+        None => {
+            dev.start_nats(data_dir, cfg.nats_server_bin.as_deref())
+                .await?
+        }
+    };
+    let database_url = match &cfg.database_url {
+        Some(u) => u.clone(),
+        None => match dev.start_postgres(data_dir).await {
+            Ok(u) => u,
+            Err(e) => {
+                dev.stop().await;
+                return Err(e);
+            }
+        },
+    };
+    Ok((dev, nats_url, database_url))
+}
+
+async fn up(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
+    let data_dir = std::path::absolute(&cfg.data_dir)?;
+    let token = admin_token(&cfg)?;
+    let (mut dev, nats_url, database_url) = dev_services(&cfg, &data_dir).await?;
+    let result = async {
+        let applied = quizflow_migrations::run_migrations(&database_url).await?;
+        tracing::info!(applied = applied.len(), "database migrated");
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let api_cfg = cfg.clone();
+        let (n, d) = (nats_url.clone(), database_url.clone());
+        let mut rx = shutdown_rx.clone();
+        let api = tokio::spawn(async move {
+            run_api(&api_cfg, &n, &d, async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })
+            .await
+        });
+        println!();
+        println!("quizflow is up");
+        println!(
+            "  API            http://{}  (docs: /docs, spec: /openapi.json)",
+            cfg.http_addr
+        );
+        println!("  NATS           {}", quizflow_nats::redact_url(&nats_url));
+        println!("  PostgreSQL     {}", redact_pg(&database_url));
+        println!("  data dir       {}", data_dir.display());
+        println!(
+            "  admin token    {token}  (also in {})",
+            data_dir.join("admin-token").display()
+        );
+        println!("Ctrl-C stops everything.");
+        println!();
+        let api = Arc::new(tokio::sync::Mutex::new(api));
+        let api_wait = api.clone();
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            r = async { (&mut *api_wait.lock().await).await } => {
+                r.context("api task")??;
+                anyhow::bail!("the API stopped unexpectedly");
+            }
+        }
+        let _ = shutdown_tx.send(true);
+        let mut guard = api.lock().await;
+        let _ = tokio::time::timeout(Duration::from_secs(15), &mut *guard).await;
+        anyhow::Ok(())
+    }
+    .await;
+    dev.stop().await;
+    result
+}
+
+fn redact_pg(url: &str) -> String {
+    quizflow_nats::redact_url(url)
+}
+
+async fn bench(cfg: Config, args: quizflow_benchmarks::IngestArgs) -> anyhow::Result<()> {
+    let mut dev = DevServices::none();
+    let mut child = None;
+    let tmp = tempfile::tempdir()?;
+    let (api_url, nats_url) = match (&args.api, &args.nats) {
+        (Some(a), Some(n)) => (a.clone(), n.clone()),
+        (None, None) => {
+            // A private deployment: servers here, the API as a separate process, so the load
+            // generator and the API do not share a runtime.
+            let nats_url = dev
+                .start_nats(tmp.path(), cfg.nats_server_bin.as_deref())
+                .await?;
+            let database_url = dev.start_postgres(tmp.path()).await?;
+            quizflow_migrations::run_migrations(&database_url).await?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let exe = std::env::current_exe()?;
+            let c = tokio::process::Command::new(exe)
+                .arg("api")
+                .env("NATS_URL", &nats_url)
+                .env("DATABASE_URL", &database_url)
+                .env("QUIZFLOW_HTTP_ADDR", format!("127.0.0.1:{port}"))
+                .env("QUIZFLOW_RATE_LIMIT_RESPONDENT_PER_MIN", "0")
+                .env("RUST_LOG", "warn")
+                .kill_on_drop(true)
+                .spawn()?;
+            child = Some(c);
+            (format!("http://127.0.0.1:{port}"), nats_url)
+        }
+        _ => anyhow::bail!("give both --api and --nats, or neither"),
+    };
+    let result = quizflow_benchmarks::run_ingest(&args, &api_url, &nats_url).await;
+    if let Some(mut c) = child {
+        if let Some(pid) = c.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
+    }
+    dev.stop().await;
+    let report = result?;
+    println!("{}", report.markdown());
+    Ok(())
+}

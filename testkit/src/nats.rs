@@ -2,18 +2,16 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// The nats-server binary tests use: `QUIZFLOW_NATS_SERVER`, else the one the test script
+/// The nats-server binary tests use: `QUIZFLOW_NATS_SERVER_BIN`, else the one the test script
 /// installs under `.tools/`, else `nats-server` on `PATH` (which must be >= 2.10).
 pub fn nats_server_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("QUIZFLOW_NATS_SERVER") {
+    if let Ok(p) = std::env::var("QUIZFLOW_NATS_SERVER_BIN") {
         return PathBuf::from(p);
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    for candidate in [".tools/venv/bin/nats-server", ".tools/py/bin/nats-server"] {
-        let p = root.join(candidate);
-        if p.exists() {
-            return p;
-        }
+    let local = root.join(".tools/venv/bin/nats-server");
+    if local.exists() {
+        return local;
     }
     PathBuf::from("nats-server")
 }
@@ -54,7 +52,7 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start nats-server (run scripts/dev.sh test, or set QUIZFLOW_NATS_SERVER)");
+            .expect("start nats-server (run scripts/dev.sh test, or set QUIZFLOW_NATS_SERVER_BIN)");
         self.child = Some(child);
         assert!(
             crate::wait_for_port(&format!("127.0.0.1:{}", self.port), Duration::from_secs(10)),

@@ -1,0 +1,164 @@
+//! Configuration: defaults, then an optional TOML file, then the environment (SPEC §6).
+//!
+//! Environment keys are the SPEC's (`NATS_URL`, `DATABASE_URL`, `QUIZFLOW_*`); the TOML file
+//! uses the same names in lower case without the prefix (`http_addr = "..."`). An unknown key
+//! in the file is an error; an unknown `QUIZFLOW_*` variable is reported at start-up, so a
+//! typo never goes unnoticed. Secrets (`admin_token`, URLs with passwords) are never logged.
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http_addr: String,
+    pub admin_token: Option<String>,
+    pub nats_url: Option<String>,
+    pub nats_creds: Option<PathBuf>,
+    pub nats_tls_ca: Option<PathBuf>,
+    pub nats_tls_required: bool,
+    pub database_url: Option<String>,
+    pub db_pool_size: u32,
+    pub data_dir: PathBuf,
+    pub nats_server_bin: Option<PathBuf>,
+    pub stream_replicas: usize,
+    pub publish_timeout: String,
+    pub max_ack_inflight: usize,
+    pub rate_limit_respondent_per_min: u32,
+    pub rate_limit_ip_per_min: u32,
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http_addr: "127.0.0.1:8080".into(),
+            admin_token: None,
+            nats_url: None,
+            nats_creds: None,
+            nats_tls_ca: None,
+            nats_tls_required: false,
+            database_url: None,
+            db_pool_size: 8,
+            data_dir: PathBuf::from(".quizflow"),
+            nats_server_bin: None,
+            stream_replicas: 1,
+            publish_timeout: "5s".into(),
+            max_ack_inflight: 4096,
+            rate_limit_respondent_per_min: 10,
+            rate_limit_ip_per_min: 0,
+            log_format: "text".into(),
+        }
+    }
+}
+
+const KEYS: &[&str] = &[
+    "http_addr",
+    "admin_token",
+    "nats_creds",
+    "nats_tls_ca",
+    "nats_tls_required",
+    "db_pool_size",
+    "data_dir",
+    "nats_server_bin",
+    "stream_replicas",
+    "publish_timeout",
+    "max_ack_inflight",
+    "rate_limit_respondent_per_min",
+    "rate_limit_ip_per_min",
+    "log_format",
+];
+
+/// `QUIZFLOW_*` variables read by other tools (the test harness), not by this binary.
+const FOREIGN: &[&str] = &["test_database_url", "config"];
+
+impl Config {
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                bail!("config file {} does not exist", file.display());
+            }
+            fig = fig.merge(Toml::file(file));
+        }
+        fig = fig.merge(Env::prefixed("QUIZFLOW_").only(KEYS)).merge(
+            Env::raw()
+                .only(&["NATS_URL", "DATABASE_URL"])
+                .map(|k| k.as_str().to_ascii_lowercase().into()),
+        );
+        let cfg: Config = fig.extract().context("invalid configuration")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Unknown `QUIZFLOW_*` variables: probably typos.
+    pub fn unknown_env_keys() -> Vec<String> {
+        std::env::vars()
+            .filter_map(|(k, _)| k.strip_prefix("QUIZFLOW_").map(str::to_ascii_lowercase))
+            .filter(|k| !KEYS.contains(&k.as_str()) && !FOREIGN.contains(&k.as_str()))
+            .map(|k| format!("QUIZFLOW_{}", k.to_ascii_uppercase()))
+            .collect()
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.publish_timeout()?;
+        if !(1..=5).contains(&self.stream_replicas) {
+            bail!(
+                "stream_replicas must be 1 to 5, got {}",
+                self.stream_replicas
+            );
+        }
+        if self.max_ack_inflight == 0 || self.db_pool_size == 0 {
+            bail!("max_ack_inflight and db_pool_size must be positive");
+        }
+        if let Some(t) = &self.admin_token {
+            if t.len() < 16 {
+                bail!("QUIZFLOW_ADMIN_TOKEN must be at least 16 characters");
+            }
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            bail!("log_format must be text or json");
+        }
+        Ok(())
+    }
+
+    pub fn publish_timeout(&self) -> anyhow::Result<Duration> {
+        humantime::parse_duration(&self.publish_timeout)
+            .with_context(|| format!("publish_timeout {:?}", self.publish_timeout))
+    }
+
+    pub fn nats_settings(
+        &self,
+        url: &str,
+        role: &str,
+    ) -> anyhow::Result<quizflow_nats::NatsSettings> {
+        let mut s = quizflow_nats::NatsSettings::new(url, format!("quizflow-{role}"));
+        s.creds_file = self.nats_creds.clone();
+        s.tls_ca_file = self.nats_tls_ca.clone();
+        s.tls_required = self.nats_tls_required;
+        s.ack_timeout = self.publish_timeout()?;
+        s.max_ack_inflight = self.max_ack_inflight;
+        Ok(s)
+    }
+
+    pub fn topology(&self) -> quizflow_nats::TopologyConfig {
+        quizflow_nats::TopologyConfig {
+            replicas: self.stream_replicas,
+            ..Default::default()
+        }
+    }
+
+    pub fn api_settings(&self) -> anyhow::Result<quizflow_api::ApiSettings> {
+        Ok(quizflow_api::ApiSettings {
+            http_addr: self.http_addr.clone(),
+            publish_timeout: self.publish_timeout()?,
+            respondent_limit_per_min: self.rate_limit_respondent_per_min,
+            ip_limit_per_min: self.rate_limit_ip_per_min,
+            ..Default::default()
+        })
+    }
+}

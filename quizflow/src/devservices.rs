@@ -1,0 +1,304 @@
+//! Private NATS and PostgreSQL servers for `quizflow up` and `quizflow bench`.
+//!
+//! Started as child processes with their data under the data dir, on free loopback ports,
+//! and stopped when the value is dropped. The nats-server runs with `sync_interval: always`
+//! (every acknowledged write is fsynced before the PubAck). PostgreSQL refuses to run as
+//! root, so as root it runs as the `postgres` user.
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Pid, User};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+pub struct DevServices {
+    nats: Option<Child>,
+    postgres: Option<Child>,
+    pub nats_url: Option<String>,
+    pub database_url: Option<String>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_for_port(
+    port: u16,
+    what: &str,
+    child: &mut Child,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited during start-up ({status}); see its log in the data dir");
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on port {port} within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The nats-server to run: configured, next to the project (`.tools/`), or on PATH.
+fn find_nats_server(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = configured {
+        return Ok(p.to_path_buf());
+    }
+    let local = PathBuf::from(".tools/venv/bin/nats-server");
+    if local.exists() {
+        return Ok(std::fs::canonicalize(local)?);
+    }
+    Ok(PathBuf::from("nats-server"))
+}
+
+/// `initdb`/`postgres`: on PATH, else Debian's newest `/usr/lib/postgresql/<v>/bin`.
+fn find_pg_bin(name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.exists() {
+                return Ok(p);
+            }
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            Some((
+                e.file_name().to_str()?.parse().ok()?,
+                e.path().join("bin").join(name),
+            ))
+        })
+        .filter(|(_, p)| p.exists())
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, p)| p).with_context(|| {
+        format!(
+            "{name} not found: install PostgreSQL (apt-get install postgresql) or set DATABASE_URL"
+        )
+    })
+}
+
+impl DevServices {
+    pub fn none() -> Self {
+        Self {
+            nats: None,
+            postgres: None,
+            nats_url: None,
+            database_url: None,
+        }
+    }
+
+    pub async fn start_nats(
+        &mut self,
+        data_dir: &Path,
+        bin: Option<&Path>,
+    ) -> anyhow::Result<String> {
+        let bin = find_nats_server(bin)?;
+        let dir = data_dir.join("nats");
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port()?;
+        let conf = dir.join("nats-server.conf");
+        let store = dir.join("jetstream");
+        std::fs::write(
+            &conf,
+            format!(
+                "# written by quizflow up\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n"
+            ),
+        )?;
+        let pid_file = dir.join("nats-server.pid");
+        stop_stale(&pid_file, Signal::SIGTERM, "nats-server").await;
+        let log = std::fs::File::create(dir.join("nats-server.log"))?;
+        let mut child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-P")
+            .arg(&pid_file)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot run {} (scripts/dev.sh installs it; or set QUIZFLOW_NATS_SERVER_BIN)",
+                    bin.display()
+                )
+            })?;
+        wait_for_port(port, "nats-server", &mut child, Duration::from_secs(20)).await?;
+        let url = format!("nats://127.0.0.1:{port}");
+        tracing::info!(%url, "private nats-server started (sync_interval: always)");
+        self.nats = Some(child);
+        self.nats_url = Some(url.clone());
+        Ok(url)
+    }
+
+    pub async fn start_postgres(&mut self, data_dir: &Path) -> anyhow::Result<String> {
+        let dir = std::path::absolute(data_dir.join("postgres"))?;
+        let pgdata = dir.join("data");
+        std::fs::create_dir_all(&dir)?;
+        // PostgreSQL will not run as root.
+        let run_as = if nix::unistd::geteuid().is_root() {
+            let user = User::from_name("postgres")?
+                .context("running as root needs a `postgres` user (apt-get install postgresql)")?;
+            for p in [&dir, &data_dir.to_path_buf()] {
+                std::os::unix::fs::chown(p, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
+            }
+            Some(user)
+        } else {
+            None
+        };
+        let command = |bin: &Path| {
+            let mut c = Command::new(bin);
+            if let Some(u) = &run_as {
+                c.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+            }
+            c
+        };
+        if !pgdata.join("PG_VERSION").exists() {
+            let out = command(&find_pg_bin("initdb")?)
+                .arg("-D")
+                .arg(&pgdata)
+                .args([
+                    "-U",
+                    "quizflow",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-instructions",
+                ])
+                .output()
+                .await
+                .context("initdb")?;
+            if !out.status.success() {
+                bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        stop_stale(&pgdata.join("postmaster.pid"), Signal::SIGINT, "postgres").await;
+        let port = free_port()?;
+        let log = std::fs::File::create(dir.join("postgres.log"))?;
+        if let Some(u) = &run_as {
+            std::os::unix::fs::chown(
+                dir.join("postgres.log"),
+                Some(u.uid.as_raw()),
+                Some(u.gid.as_raw()),
+            )?;
+        }
+        let mut child = command(&find_pg_bin("postgres")?)
+            .arg("-D")
+            .arg(&pgdata)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot run postgres")?;
+        wait_for_port(port, "postgres", &mut child, Duration::from_secs(30)).await?;
+        self.postgres = Some(child);
+        let admin = format!("postgres://quizflow@127.0.0.1:{port}/postgres");
+        create_database_if_missing(&admin, "quizflow").await?;
+        let url = format!("postgres://quizflow@127.0.0.1:{port}/quizflow");
+        tracing::info!(%url, "private PostgreSQL started");
+        self.database_url = Some(url.clone());
+        Ok(url)
+    }
+
+    /// Stops PostgreSQL (fast shutdown) and nats-server (graceful), waiting for both.
+    pub async fn stop(&mut self) {
+        for (child, signal, what) in [
+            (self.postgres.take(), Signal::SIGINT, "postgres"),
+            (self.nats.take(), Signal::SIGTERM, "nats-server"),
+        ] {
+            let Some(mut child) = child else { continue };
+            if let Some(pid) = child.id() {
+                let _ = kill(Pid::from_raw(pid as i32), signal);
+            }
+            match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
+                Ok(_) => tracing::info!("{what} stopped"),
+                Err(_) => {
+                    tracing::warn!("{what} did not stop in time; killing it");
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+}
+
+/// A server left running by a `quizflow up` that was killed (kill -9 leaves its children
+/// behind): stop it, so that this start can take over its data dir.
+async fn stop_stale(pid_file: &Path, signal: Signal, what: &str) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+    else {
+        return;
+    };
+    let pid = Pid::from_raw(pid);
+    if kill(pid, None).is_err() {
+        return;
+    }
+    tracing::warn!(
+        pid = pid.as_raw(),
+        "stopping a {what} left over from an earlier run"
+    );
+    let _ = kill(pid, signal);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while kill(pid, None).is_ok() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if kill(pid, None).is_ok() {
+        let _ = kill(pid, Signal::SIGKILL);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The port opens a moment before PostgreSQL accepts logins.
+    let mut conn = loop {
+        match AsyncPgConnection::establish(admin_url).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "waiting for PostgreSQL");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => bail!("PostgreSQL does not accept connections: {e}"),
+        }
+    };
+    #[derive(diesel::QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    let found: Exists =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+            .bind::<diesel::sql_types::Text, _>(name)
+            .get_result(&mut conn)
+            .await?;
+    if !found.exists {
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(())
+}
