@@ -6,10 +6,14 @@
 //! [`Channel`]/[`Priority`] vocabulary. Validation lives here so that a value of one of these
 //! types is valid by construction wherever it is used.
 
+mod campaign;
 mod ids;
 mod submission;
 mod validate;
 
+pub use campaign::{
+    parse_campaign, Action, Campaign, CampaignSpec, Field, MatchSpec, Op, Predicate,
+};
 pub use ids::{Channel, IdError, IdempotencyKey, Priority, QuizId, SubmissionId};
 pub use submission::{Answer, AnswerValue, Respondent, Submission, SubmissionEnvelope};
 pub use validate::{

@@ -1,0 +1,521 @@
+//! Campaigns (SPEC §2.4): what to match and what to send, validated with field paths.
+
+use crate::{Channel, FieldProblem, Priority, QuizId, ValidationErrors};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// A field a predicate reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Field {
+    Score,
+    QuizId,
+    CompletedAt,
+    Tags,
+    Phone,
+    Email,
+    Name,
+    Locale,
+    Answer(String),
+    Metadata(String),
+}
+
+impl Field {
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "score" => Field::Score,
+            "quiz_id" => Field::QuizId,
+            "completed_at" => Field::CompletedAt,
+            "tags" => Field::Tags,
+            "respondent.phone" => Field::Phone,
+            "respondent.email" => Field::Email,
+            "respondent.name" => Field::Name,
+            "respondent.locale" => Field::Locale,
+            other => {
+                if let Some(q) = other
+                    .strip_prefix("answers.")
+                    .filter(|q| !q.is_empty() && q.len() <= 64)
+                {
+                    Field::Answer(q.to_owned())
+                } else if let Some(k) = other.strip_prefix("metadata.").filter(|k| !k.is_empty()) {
+                    Field::Metadata(k.to_owned())
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Field::Score => "score".into(),
+            Field::QuizId => "quiz_id".into(),
+            Field::CompletedAt => "completed_at".into(),
+            Field::Tags => "tags".into(),
+            Field::Phone => "respondent.phone".into(),
+            Field::Email => "respondent.email".into(),
+            Field::Name => "respondent.name".into(),
+            Field::Locale => "respondent.locale".into(),
+            Field::Answer(q) => format!("answers.{q}"),
+            Field::Metadata(k) => format!("metadata.{k}"),
+        }
+    }
+}
+
+impl Serialize for Field {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Field::parse(&raw).ok_or_else(|| serde::de::Error::custom(format!("unknown field {raw}")))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Eq,
+    Ne,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    In,
+    NotIn,
+    Contains,
+    Exists,
+}
+
+impl Op {
+    pub fn parse(raw: &str) -> Option<Self> {
+        serde_json::from_value(Value::String(raw.to_owned())).ok()
+    }
+}
+
+/// `{"field", "op", "value"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Predicate {
+    pub field: Field,
+    pub op: Op,
+    #[serde(default)]
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MatchSpec {
+    #[serde(default)]
+    pub all: Vec<Predicate>,
+    #[serde(default)]
+    pub any: Vec<Predicate>,
+}
+
+/// One message to send when a submission matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    pub channel: Channel,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// What a client sends to create or replace a campaign.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CampaignSpec {
+    pub name: String,
+    pub active: bool,
+    pub quiz_id: Option<QuizId>,
+    #[serde(rename = "match")]
+    pub match_: MatchSpec,
+    pub actions: Vec<Action>,
+    pub priority: Priority,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+/// A stored campaign.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Campaign {
+    pub id: Uuid,
+    pub version: i32,
+    #[serde(flatten)]
+    pub spec: CampaignSpec,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const CAMPAIGN_KEYS: &[&str] = &[
+    "name",
+    "active",
+    "quiz_id",
+    "match",
+    "actions",
+    "priority",
+    "starts_at",
+    "ends_at",
+];
+
+fn problem(p: &mut Vec<FieldProblem>, field: impl Into<String>, problem: impl Into<String>) {
+    p.push(FieldProblem {
+        field: field.into(),
+        problem: problem.into(),
+    });
+}
+
+/// Validates a campaign body; every problem is reported with its path.
+pub fn parse_campaign(body: &Value) -> Result<CampaignSpec, ValidationErrors> {
+    let mut p = Vec::new();
+    let Some(obj) = body.as_object() else {
+        return Err(ValidationErrors(vec![FieldProblem {
+            field: String::new(),
+            problem: "the body must be a JSON object".into(),
+        }]));
+    };
+    for k in obj.keys() {
+        if !CAMPAIGN_KEYS.contains(&k.as_str()) {
+            problem(&mut p, k, "unknown field");
+        }
+    }
+    let name = match obj.get("name") {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= 200 => s.clone(),
+        _ => {
+            problem(&mut p, "name", "is required: 1 to 200 characters");
+            String::new()
+        }
+    };
+    let active = match obj.get("active") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            problem(&mut p, "active", "must be a boolean");
+            true
+        }
+    };
+    let quiz_id = match obj.get("quiz_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => QuizId::parse(s)
+            .map_err(|e| problem(&mut p, "quiz_id", e.to_string()))
+            .ok(),
+        Some(_) => {
+            problem(&mut p, "quiz_id", "must be a string or null");
+            None
+        }
+    };
+    let match_ = match obj.get("match") {
+        None | Some(Value::Null) => MatchSpec::default(),
+        Some(Value::Object(m)) => parse_match(m, &mut p),
+        Some(_) => {
+            problem(&mut p, "match", "must be an object with `all` and `any`");
+            MatchSpec::default()
+        }
+    };
+    let actions = match obj.get("actions") {
+        Some(Value::Array(items)) if !items.is_empty() && items.len() <= 20 => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| parse_action(a, &format!("actions[{i}]"), &mut p))
+            .collect(),
+        _ => {
+            problem(&mut p, "actions", "is required: 1 to 20 actions");
+            Vec::new()
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (i, a) in actions.iter().enumerate() {
+        if !seen.insert(a.channel) {
+            problem(
+                &mut p,
+                format!("actions[{i}].channel"),
+                "one action per channel",
+            );
+        }
+    }
+    let priority = match obj.get("priority") {
+        None | Some(Value::Null) => Priority::Normal,
+        Some(Value::String(s)) => Priority::parse(s).unwrap_or_else(|| {
+            problem(&mut p, "priority", "must be high, normal or low");
+            Priority::Normal
+        }),
+        Some(_) => {
+            problem(&mut p, "priority", "must be high, normal or low");
+            Priority::Normal
+        }
+    };
+    let time = |key: &str, p: &mut Vec<FieldProblem>| match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| problem(p, key, "must be an RFC 3339 timestamp or null"))
+            .ok(),
+        Some(_) => {
+            problem(p, key, "must be an RFC 3339 timestamp or null");
+            None
+        }
+    };
+    let starts_at = time("starts_at", &mut p);
+    let ends_at = time("ends_at", &mut p);
+    if let (Some(s), Some(e)) = (starts_at, ends_at) {
+        if e <= s {
+            problem(&mut p, "ends_at", "must be after starts_at");
+        }
+    }
+    if p.is_empty() {
+        Ok(CampaignSpec {
+            name,
+            active,
+            quiz_id,
+            match_,
+            actions,
+            priority,
+            starts_at,
+            ends_at,
+        })
+    } else {
+        Err(ValidationErrors(p))
+    }
+}
+
+fn parse_match(m: &Map<String, Value>, p: &mut Vec<FieldProblem>) -> MatchSpec {
+    for k in m.keys() {
+        if k != "all" && k != "any" {
+            problem(p, format!("match.{k}"), "unknown field");
+        }
+    }
+    let list = |key: &str, p: &mut Vec<FieldProblem>| -> Vec<Predicate> {
+        match m.get(key) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) if items.len() <= 50 => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| parse_predicate(item, &format!("match.{key}[{i}]"), p))
+                .collect(),
+            Some(_) => {
+                problem(
+                    p,
+                    format!("match.{key}"),
+                    "must be an array of at most 50 predicates",
+                );
+                Vec::new()
+            }
+        }
+    };
+    MatchSpec {
+        all: list("all", p),
+        any: list("any", p),
+    }
+}
+
+fn parse_predicate(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Predicate> {
+    let Value::Object(o) = v else {
+        problem(p, at, "must be an object {field, op, value}");
+        return None;
+    };
+    for k in o.keys() {
+        if !matches!(k.as_str(), "field" | "op" | "value") {
+            problem(p, format!("{at}.{k}"), "unknown field");
+        }
+    }
+    let field = match o.get("field") {
+        Some(Value::String(s)) => Field::parse(s).or_else(|| {
+            problem(p, format!("{at}.field"), format!("unknown field {s:?}"));
+            None
+        }),
+        _ => {
+            problem(p, format!("{at}.field"), "is required");
+            None
+        }
+    };
+    let op = match o.get("op") {
+        Some(Value::String(s)) => Op::parse(s).or_else(|| {
+            problem(p, format!("{at}.op"), format!("unknown op {s:?}"));
+            None
+        }),
+        _ => {
+            problem(p, format!("{at}.op"), "is required");
+            None
+        }
+    };
+    let value = o.get("value").cloned().unwrap_or(Value::Null);
+    let (field, op) = (field?, op?);
+    let ok = match op {
+        Op::In | Op::NotIn => value.as_array().is_some_and(|a| {
+            a.iter()
+                .all(|x| x.is_string() || x.is_number() || x.is_boolean())
+        }),
+        Op::Exists => value.is_null() || value.is_boolean(),
+        Op::Gt | Op::Gte | Op::Lt | Op::Lte => match field {
+            Field::CompletedAt => value
+                .as_str()
+                .is_some_and(|s| DateTime::parse_from_rfc3339(s).is_ok()),
+            _ => value.is_number(),
+        },
+        Op::Eq | Op::Ne | Op::Contains => {
+            value.is_string() || value.is_number() || value.is_boolean()
+        }
+    };
+    if !ok {
+        let want = match op {
+            Op::In | Op::NotIn => "an array of strings, numbers or booleans",
+            Op::Exists => "true, false or absent",
+            Op::Gt | Op::Gte | Op::Lt | Op::Lte if field == Field::CompletedAt => {
+                "an RFC 3339 timestamp"
+            }
+            Op::Gt | Op::Gte | Op::Lt | Op::Lte => "a number",
+            _ => "a string, number or boolean",
+        };
+        problem(
+            p,
+            format!("{at}.value"),
+            format!("must be {want} for op {op:?}"),
+        );
+        return None;
+    }
+    Some(Predicate { field, op, value })
+}
+
+fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action> {
+    let Value::Object(o) = v else {
+        problem(p, at, "must be an object");
+        return None;
+    };
+    for k in o.keys() {
+        if !matches!(k.as_str(), "channel" | "template" | "subject" | "url") {
+            problem(p, format!("{at}.{k}"), "unknown field");
+        }
+    }
+    let channel = match o
+        .get("channel")
+        .and_then(Value::as_str)
+        .and_then(Channel::parse)
+    {
+        Some(c) => c,
+        None => {
+            problem(
+                p,
+                format!("{at}.channel"),
+                "must be sms, email, whatsapp or webhook",
+            );
+            return None;
+        }
+    };
+    let text = |key: &str, p: &mut Vec<FieldProblem>| match o.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            problem(p, format!("{at}.{key}"), "must be a string");
+            None
+        }
+    };
+    let template = text("template", p);
+    let subject = text("subject", p);
+    let url = text("url", p);
+    for (key, t) in [("template", &template), ("subject", &subject)] {
+        if let Some(t) = t {
+            if let Err(e) = minijinja::Environment::new().template_from_str(t) {
+                problem(
+                    p,
+                    format!("{at}.{key}"),
+                    format!("template does not compile: {e}"),
+                );
+            }
+        }
+    }
+    match channel {
+        Channel::Webhook => match &url {
+            Some(u) if is_http_url(u) => {}
+            _ => problem(p, format!("{at}.url"), "a webhook needs an http(s) URL"),
+        },
+        _ => {
+            if template.is_none() {
+                problem(p, format!("{at}.template"), "is required for this channel");
+            }
+            if url.is_some() {
+                problem(p, format!("{at}.url"), "only webhook actions take a url");
+            }
+        }
+    }
+    if subject.is_some() && channel != Channel::Email {
+        problem(
+            p,
+            format!("{at}.subject"),
+            "only e-mail actions take a subject",
+        );
+    }
+    Some(Action {
+        channel,
+        template,
+        subject,
+        url,
+    })
+}
+
+fn is_http_url(u: &str) -> bool {
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"));
+    rest.is_some_and(|r| {
+        let host = r.split(['/', '?', '#']).next().unwrap_or_default();
+        !host.is_empty() && !host.contains(char::is_whitespace) && u.len() <= 2048
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec_example() -> Value {
+        json!({
+            "name": "Promo Nov high scorers", "active": true, "quiz_id": "promo-nov",
+            "match": {
+                "all": [{"field": "score", "op": "gte", "value": 70}, {"field": "answers.q1", "op": "in", "value": ["b", "c"]}],
+                "any": [{"field": "tags", "op": "contains", "value": "promo-nov"}, {"field": "respondent.locale", "op": "eq", "value": "pt-BR"}]
+            },
+            "actions": [
+                {"channel": "sms", "template": "Olá {{ respondent.name }}, seu cupom: {{ submission_id[:8] }}"},
+                {"channel": "email", "subject": "Seu resultado", "template": "<p>Score {{ score }}</p>"},
+                {"channel": "webhook", "url": "https://crm.example.com/hooks/leads"}
+            ],
+            "priority": "high", "starts_at": null, "ends_at": null
+        })
+    }
+
+    #[test]
+    fn the_spec_example_parses_and_round_trips() {
+        let spec = parse_campaign(&spec_example()).expect("valid");
+        assert_eq!(spec.match_.all.len(), 2);
+        assert_eq!(spec.match_.all[1].field, Field::Answer("q1".into()));
+        assert_eq!(spec.priority, Priority::High);
+        let back = serde_json::to_value(&spec).expect("json");
+        assert_eq!(parse_campaign(&back).expect("round trip"), spec);
+    }
+
+    #[test]
+    fn bad_campaigns_name_every_problem() {
+        let body = json!({
+            "name": "", "colour": 1,
+            "match": {"all": [{"field": "shoe_size", "op": "eq", "value": 1}, {"field": "score", "op": "like", "value": 1}]},
+            "actions": [{"channel": "sms", "template": "{{ oops"}, {"channel": "webhook", "url": "ftp://x"}, {"channel": "fax"}]
+        });
+        let err = parse_campaign(&body).expect_err("invalid");
+        let fields: Vec<_> = err.0.iter().map(|p| p.field.as_str()).collect();
+        for want in [
+            "name",
+            "colour",
+            "match.all[0].field",
+            "match.all[1].op",
+            "actions[0].template",
+            "actions[1].url",
+            "actions[2].channel",
+        ] {
+            assert!(fields.contains(&want), "{want} in {fields:?}");
+        }
+    }
+}
