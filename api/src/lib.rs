@@ -19,7 +19,6 @@ pub use error::ApiError;
 use async_nats::jetstream;
 use metrics::Metrics;
 use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::middleware::Tracing;
 use poem::{get, post, Endpoint, EndpointExt, IntoResponse, Response, Route, Server};
 use quizflow_migrations::Pool;
 use std::future::Future;
@@ -103,7 +102,6 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         .at("/openapi.json", get(ops::openapi))
         .at("/docs", get(ops::docs))
         .data(state)
-        .with(Tracing)
         .catch_all_error(
             |err: poem::Error| async move { ApiError::from_poem(&err).into_response() },
         )

@@ -24,6 +24,9 @@ pub struct IngestArgs {
     /// HTTP requests in flight during the saturation phase.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// Submissions per request in the batch-endpoint phase.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
     /// Publish acks in flight during the raw phase.
     #[arg(long, default_value_t = 1_000)]
     pub window: usize,
@@ -33,9 +36,20 @@ pub struct IngestArgs {
     /// Length of the constant-rate phase.
     #[arg(long, default_value = "10s")]
     pub duration: humantime::Duration,
+    /// fsync policy of the private nats-server (`always`, as `quizflow up` runs it, or the
+    /// server default `interval`: every two minutes). Ignored with --nats.
+    #[arg(long, value_enum, default_value_t = Fsync::Always)]
+    pub fsync: Fsync,
     /// Where the JSON report and Markdown summary go.
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    Always,
+    Interval,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +86,8 @@ impl Latency {
 
 #[derive(Debug, Serialize)]
 pub struct IngestReport {
+    /// fsync policy of the private server (None: an external deployment).
+    pub fsync: Option<Fsync>,
     pub payload_bytes: usize,
     pub raw_publish_per_s: f64,
     pub raw_window: usize,
@@ -79,6 +95,9 @@ pub struct IngestReport {
     pub http_saturation_concurrency: usize,
     pub http_saturation_latency: Latency,
     pub ratio_http_to_raw: f64,
+    pub http_batch_accepted_per_s: f64,
+    pub http_batch_size: usize,
+    pub ratio_batch_to_raw: f64,
     pub rate_target_per_s: f64,
     pub rate_achieved_per_s: f64,
     pub rate_latency: Latency,
@@ -90,14 +109,20 @@ impl IngestReport {
         format!(
             "## quizflow ingest benchmark\n\n\
              | measure | value |\n|---|---|\n\
+             | nats-server fsync | {} |\n\
              | payload (envelope) | {} bytes |\n\
              | raw JetStream publish, {} acks in flight | {:.0} msg/s |\n\
              | API at saturation ({} in flight) | {:.0} accepted/s |\n\
              | **API / raw** | **{:.1} %** |\n\
              | saturation latency p50 / p99 | {:.2} / {:.2} ms |\n\
+             | API batch endpoint ({} per request, 8 in flight) | {:.0} accepted/s |\n\
+             | **API batch / raw** | **{:.1} %** |\n\
              | constant rate target / achieved | {:.0} / {:.0} req/s |\n\
              | constant-rate latency p50 / p95 / p99 / max | {:.2} / {:.2} / {:.2} / {:.2} ms |\n\
              | statuses | {:?} |\n",
+            self.fsync
+                .map(|f| format!("{f:?}"))
+                .unwrap_or_else(|| "external server".into()),
             self.payload_bytes,
             self.raw_window,
             self.raw_publish_per_s,
@@ -106,6 +131,9 @@ impl IngestReport {
             self.ratio_http_to_raw * 100.0,
             self.http_saturation_latency.p50_ms,
             self.http_saturation_latency.p99_ms,
+            self.http_batch_size,
+            self.http_batch_accepted_per_s,
+            self.ratio_batch_to_raw * 100.0,
             self.rate_target_per_s,
             self.rate_achieved_per_s,
             self.rate_latency.p50_ms,
@@ -203,15 +231,30 @@ struct Tally {
     accepted: u64,
 }
 
-async fn post(client: &reqwest::Client, url: &str, n: u64, tag: &str) -> String {
-    let body = {
-        let mut rng = rand::rng();
-        lead(&mut rng, n)
-    };
+/// Bodies are generated before a phase starts, so the generator spends its CPU on HTTP.
+fn bodies(count: u64) -> Vec<bytes::Bytes> {
+    let mut rng = rand::rng();
+    (0..count)
+        .map(|n| {
+            serde_json::to_vec(&lead(&mut rng, n))
+                .unwrap_or_default()
+                .into()
+        })
+        .collect()
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    n: u64,
+    tag: &str,
+    body: bytes::Bytes,
+) -> String {
     match client
         .post(url)
         .header("Idempotency-Key", format!("{tag}-{n}"))
-        .json(&body)
+        .header("content-type", "application/json")
+        .body(body)
         .send()
         .await
     {
@@ -232,6 +275,67 @@ async fn wait_ready(client: &reqwest::Client, api: &str) -> Result<(), BenchErro
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Err(BenchError::NotReady(api.into()))
+}
+
+/// `POST /v1/submissions/batch` with `size` submissions per request, 8 requests in flight.
+async fn batch_phase(
+    client: &reqwest::Client,
+    api: &str,
+    messages: u64,
+    size: usize,
+    statuses: &mut BTreeMap<String, u64>,
+) -> Result<f64, BenchError> {
+    let mut rng = rand::rng();
+    let requests: Vec<bytes::Bytes> = (0..messages)
+        .collect::<Vec<_>>()
+        .chunks(size)
+        .map(|chunk| {
+            let items: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|&n| {
+                    let mut l = lead(&mut rng, n);
+                    l["quiz_id"] = serde_json::json!("bench");
+                    l["idempotency_key"] = serde_json::json!(format!("batch-{n}"));
+                    l
+                })
+                .collect();
+            serde_json::to_vec(&serde_json::json!({ "submissions": items }))
+                .unwrap_or_default()
+                .into()
+        })
+        .collect();
+    let url = format!("{api}/v1/submissions/batch");
+    let started = Instant::now();
+    let results: Vec<Result<serde_json::Value, reqwest::Error>> = futures::stream::iter(requests)
+        .map(|body| {
+            let (client, url) = (client, &url);
+            async move {
+                client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?
+                    .json::<serde_json::Value>()
+                    .await
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut accepted = 0u64;
+    for r in results {
+        let body = r?;
+        for item in body["results"].as_array().into_iter().flatten() {
+            let status = item["status"].as_u64().unwrap_or(0);
+            if status == 202 {
+                accepted += 1;
+            }
+            *statuses.entry(format!("batch:{status}")).or_default() += 1;
+        }
+    }
+    Ok(accepted as f64 / elapsed)
 }
 
 pub async fn run_ingest(
@@ -270,13 +374,14 @@ pub async fn run_ingest(
         statuses: BTreeMap::new(),
         accepted: 0,
     }));
+    let sat_bodies = bodies(args.messages);
     let started = Instant::now();
-    futures::stream::iter(0..args.messages)
-        .map(|n| {
+    futures::stream::iter(sat_bodies.into_iter().enumerate())
+        .map(|(n, body)| {
             let (client, url, tally) = (&client, &url, tally.clone());
             async move {
                 let t = Instant::now();
-                let status = post(client, url, n, "sat").await;
+                let status = post(client, url, n as u64, "sat", body).await;
                 let mut g = tally.lock().unwrap_or_else(|p| p.into_inner());
                 let _ = g.hist.record(t.elapsed().as_micros() as u64);
                 if status == "202" {
@@ -298,6 +403,20 @@ pub async fn run_ingest(
         )
     };
 
+    tracing::info!(
+        messages = args.messages,
+        batch = args.batch_size,
+        "API batch endpoint"
+    );
+    let batch_rate = batch_phase(
+        &client,
+        api,
+        args.messages,
+        args.batch_size.clamp(1, 1000),
+        &mut statuses,
+    )
+    .await?;
+
     tracing::info!(rate = args.rate, duration = %args.duration, "API at constant rate");
     let rate_tally = Arc::new(Mutex::new(Tally {
         hist: histogram(),
@@ -305,13 +424,14 @@ pub async fn run_ingest(
         accepted: 0,
     }));
     let total = (args.rate * args.duration.as_secs_f64()).round() as u64;
+    let rate_bodies = bodies(total);
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
     // Bounded: past this many requests in flight the generator counts a drop instead.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(20_000));
     let begin = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..total {
-        let scheduled = begin + interval * n as u32;
+    for (n, body) in rate_bodies.into_iter().enumerate() {
+        let scheduled = begin + interval.mul_f64(n as f64);
         tokio::time::sleep_until(scheduled).await;
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
             *rate_tally
@@ -324,7 +444,7 @@ pub async fn run_ingest(
         };
         let (client, url, tally) = (client.clone(), url.clone(), rate_tally.clone());
         tasks.spawn(async move {
-            let status = post(&client, &url, n, "rate").await;
+            let status = post(&client, &url, n as u64, "rate", body).await;
             let latency = scheduled.elapsed();
             let mut g = tally.lock().unwrap_or_else(|p| p.into_inner());
             let _ = g.hist.record(latency.as_micros() as u64);
@@ -342,6 +462,7 @@ pub async fn run_ingest(
         *statuses.entry(format!("rate:{k}")).or_default() += v;
     }
     let report = IngestReport {
+        fsync: (args.nats.is_none()).then_some(args.fsync),
         payload_bytes,
         raw_publish_per_s: raw_rate,
         raw_window: args.window,
@@ -349,6 +470,9 @@ pub async fn run_ingest(
         http_saturation_concurrency: args.concurrency,
         http_saturation_latency: sat_latency,
         ratio_http_to_raw: sat_rate / raw_rate,
+        http_batch_accepted_per_s: batch_rate,
+        http_batch_size: args.batch_size,
+        ratio_batch_to_raw: batch_rate / raw_rate,
         rate_target_per_s: args.rate,
         rate_achieved_per_s: g.accepted as f64 / rate_elapsed,
         rate_latency: Latency::of(&g.hist),

@@ -13,4 +13,4 @@
 mod ingest;
 pub mod leads;
 
-pub use ingest::{run_ingest, IngestArgs, IngestReport};
+pub use ingest::{run_ingest, Fsync, IngestArgs, IngestReport};

@@ -106,6 +106,7 @@ impl DevServices {
         &mut self,
         data_dir: &Path,
         bin: Option<&Path>,
+        sync_always: bool,
     ) -> anyhow::Result<String> {
         let bin = find_nats_server(bin)?;
         let dir = data_dir.join("nats");
@@ -113,11 +114,16 @@ impl DevServices {
         let port = free_port()?;
         let conf = dir.join("nats-server.conf");
         let store = dir.join("jetstream");
+        // `always`: every acknowledged write is fsynced first. Otherwise the server default
+        // (fsync every two minutes), offered to the benchmark for comparison.
+        let sync = if sync_always {
+            "\n  sync_interval: always"
+        } else {
+            ""
+        };
         std::fs::write(
             &conf,
-            format!(
-                "# written by quizflow up\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n"
-            ),
+            format!("# written by quizflow\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n"),
         )?;
         let pid_file = dir.join("nats-server.pid");
         stop_stale(&pid_file, Signal::SIGTERM, "nats-server").await;
@@ -139,7 +145,7 @@ impl DevServices {
             })?;
         wait_for_port(port, "nats-server", &mut child, Duration::from_secs(20)).await?;
         let url = format!("nats://127.0.0.1:{port}");
-        tracing::info!(%url, "private nats-server started (sync_interval: always)");
+        tracing::info!(%url, sync_always, "private nats-server started");
         self.nats = Some(child);
         self.nats_url = Some(url.clone());
         Ok(url)
