@@ -1,7 +1,17 @@
 //! quizflow's batcher: turns the `SUBMISSIONS` stream into stored leads and delivery jobs.
+//!
+//! Per batch (flushed at `batch_max` messages or `batch_wait` after its first message):
+//! decode (poison → `DEAD_LETTERS`), match against the campaigns ([`Matcher`], columnar, on
+//! rayon), store submissions and ledger rows in one transaction ([`store`]), publish the jobs
+//! pipelined with `Nats-Msg-Id = <submission>:<campaign>:<channel>`, and only then ack.
 
 mod bitmap;
+mod config;
 pub mod matcher;
+mod run;
+pub mod store;
 
 pub use bitmap::Bitmap;
+pub use config::BatcherSettings;
 pub use matcher::{Match, Matcher};
+pub use run::{Batcher, BatcherError};

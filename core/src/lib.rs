@@ -8,6 +8,7 @@
 
 mod campaign;
 mod ids;
+mod job;
 mod submission;
 mod validate;
 
@@ -15,6 +16,7 @@ pub use campaign::{
     parse_campaign, Action, Campaign, CampaignSpec, Field, MatchSpec, Op, Predicate,
 };
 pub use ids::{Channel, IdError, IdempotencyKey, Priority, QuizId, SubmissionId};
+pub use job::DeliveryJob;
 pub use submission::{Answer, AnswerValue, Respondent, Submission, SubmissionEnvelope};
 pub use validate::{
     canonical_json, parse_submission, FieldProblem, ValidationErrors, MAX_ANSWERS, MAX_TAGS,

@@ -1,8 +1,10 @@
-//! quizflow's PostgreSQL schema and connection set-up.
+//! quizflow's PostgreSQL schema, connection set-up and shared table access.
 //!
 //! The SQL migrations under `sql/` are embedded in the binary, so `quizflow migrate` and
 //! `quizflow up` need nothing on disk. Only this crate creates pools, so pool sizing and
 //! timeouts are decided in one place.
+
+pub mod campaigns;
 
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::{bb8, AsyncDieselConnectionManager};
@@ -69,7 +71,7 @@ mod tests {
     async fn migrations_apply_once_and_create_partitions() {
         let db = TestDb::create().await;
         let first = run_migrations(&db.url).await.expect("migrate");
-        assert_eq!(first.len(), 1);
+        assert_eq!(first.len(), 2);
         assert!(run_migrations(&db.url)
             .await
             .expect("migrate again")

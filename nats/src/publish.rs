@@ -35,3 +35,59 @@ pub async fn publish_submission(
         duplicate: ack.duplicate,
     })
 }
+
+/// Publishes delivery jobs pipelined (all sends first, then all acks), each with its
+/// `Nats-Msg-Id` so that a re-publish after a crash is dropped by JetStream.
+pub async fn publish_jobs(
+    js: &jetstream::Context,
+    jobs: &[quizflow_core::DeliveryJob],
+) -> Result<(), NatsError> {
+    let mut acks = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let msg = PublishMessage::build()
+            .payload(serde_json::to_vec(job)?.into())
+            .message_id(job.msg_id())
+            .expected_stream(subjects::DELIVERIES_STREAM);
+        acks.push(
+            js.send_publish(subjects::delivery(job.channel, job.priority), msg)
+                .await?,
+        );
+    }
+    for r in
+        futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await
+    {
+        r?;
+    }
+    Ok(())
+}
+
+/// Publishes an undecodable submission to `dead.submissions.<token>` with its reason, and
+/// waits for the ack: only then may the original be acked.
+pub async fn dead_letter_submission(
+    js: &jetstream::Context,
+    token: &str,
+    payload: bytes::Bytes,
+    reason: &str,
+    stream_seq: u64,
+) -> Result<(), NatsError> {
+    let mut headers = async_nats::HeaderMap::new();
+    // Header values cannot hold newlines.
+    headers.insert(
+        "Quizflow-Reason",
+        reason.replace(['\r', '\n'], " ").as_str(),
+    );
+    headers.insert("Quizflow-Class", "poison");
+    headers.insert("Quizflow-Stream-Seq", stream_seq.to_string().as_str());
+    let msg = PublishMessage::build()
+        .payload(payload)
+        .headers(headers)
+        .message_id(format!("submission-seq:{stream_seq}"))
+        .expected_stream(subjects::DEAD_LETTERS_STREAM);
+    js.send_publish(
+        subjects::dead_letter(subjects::DeadKind::Submission, token),
+        msg,
+    )
+    .await?
+    .await?;
+    Ok(())
+}

@@ -43,6 +43,9 @@ pub fn dead_letter(kind: DeadKind, channel_or_quiz: &str) -> String {
     }
 }
 
+/// Core NATS subject on which campaign changes are announced to every batcher.
+pub const CAMPAIGNS_CHANGED: &str = "quizflow.campaigns.changed";
+
 /// Header carrying JetStream's de-duplication id.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 

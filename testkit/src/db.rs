@@ -30,6 +30,24 @@ fn with_database(url: &str, db: &str) -> String {
 }
 
 impl TestDb {
+    /// `host:port` of the server.
+    pub fn host_port(&self) -> String {
+        let rest = self
+            .url
+            .split_once("://")
+            .map(|(_, r)| r)
+            .unwrap_or(&self.url);
+        let rest = rest.rsplit_once('@').map(|(_, r)| r).unwrap_or(rest);
+        rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+    }
+
+    /// The same database reached through another port (a proxy's).
+    pub fn url_via_port(&self, port: u16) -> String {
+        let host = self.host_port();
+        let host_only = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host);
+        self.url.replacen(&host, &format!("{host_only}:{port}"), 1)
+    }
+
     pub async fn create() -> Self {
         let admin_url = admin_url();
         let name = format!("qf_test_{}", uuid::Uuid::new_v4().simple());

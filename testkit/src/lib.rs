@@ -12,9 +12,11 @@
 
 mod db;
 mod nats;
+mod proxy;
 
 pub use db::TestDb;
 pub use nats::{nats_server_binary, NatsServer};
+pub use proxy::CutProxy;
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {

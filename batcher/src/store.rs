@@ -1,0 +1,255 @@
+//! Bulk writes of a batch: one transaction stores the new submissions and their ledger rows.
+//!
+//! Multi-row `INSERT … SELECT FROM UNNEST(…) ON CONFLICT DO NOTHING`: one statement per
+//! table per batch, whatever its size. `submission_ids` (unpartitioned, unique on `id`) is
+//! written first: only ids it did not hold go on to `submissions` and `deliveries`, which is
+//! what makes storage at-most-once forever, not just inside JetStream's duplicate window.
+
+use chrono::{DateTime, Datelike, Utc};
+use diesel::sql_types::{Array, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use quizflow_core::{Channel, DeliveryJob, Priority, SubmissionEnvelope, SubmissionId};
+use std::collections::HashSet;
+use uuid::Uuid;
+
+/// One decoded message of the batch.
+pub struct Row<'a> {
+    pub envelope: &'a SubmissionEnvelope,
+    pub stream_seq: u64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+}
+
+#[derive(diesel::QueryableByName)]
+struct QueuedRow {
+    #[diesel(sql_type = SqlUuid)]
+    submission_id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    campaign_id: Uuid,
+    #[diesel(sql_type = Integer)]
+    campaign_version: i32,
+    #[diesel(sql_type = Text)]
+    channel: String,
+    #[diesel(sql_type = Text)]
+    priority: String,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+}
+
+/// Creates missing monthly partitions for the months of `times` (cached per process).
+pub async fn ensure_partitions(
+    conn: &mut AsyncPgConnection,
+    known: &mut HashSet<(i32, u32)>,
+    times: impl Iterator<Item = DateTime<Utc>>,
+) -> Result<(), diesel::result::Error> {
+    let mut missing: Vec<DateTime<Utc>> = Vec::new();
+    for t in times {
+        if known.insert((t.year(), t.month())) {
+            missing.push(t);
+        }
+    }
+    for t in missing {
+        diesel::sql_query("SELECT quizflow_ensure_submission_partitions($1, 1)")
+            .bind::<Timestamptz, _>(t)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Stores the rows whose ids are new and the ledger rows of their jobs (from `jobs_for`),
+/// in one transaction. Returns the indexes of the rows that were new.
+pub async fn store_batch(
+    conn: &mut AsyncPgConnection,
+    rows: &[Row<'_>],
+    jobs_for: impl Fn(&HashSet<usize>) -> Vec<DeliveryJob> + Send + Sync,
+) -> Result<(HashSet<usize>, Vec<DeliveryJob>), diesel::result::Error> {
+    conn.transaction(async move |conn| {
+        {
+            let ids: Vec<Uuid> = rows.iter().map(|r| r.envelope.submission_id.0).collect();
+            let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.envelope.received_at).collect();
+            let fresh: Vec<IdRow> = diesel::sql_query(
+                "INSERT INTO submission_ids (id, received_at) SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[]) \
+                 ON CONFLICT (id) DO NOTHING RETURNING id",
+            )
+            .bind::<Array<SqlUuid>, _>(&ids)
+            .bind::<Array<Timestamptz>, _>(&received)
+            .load(conn)
+            .await?;
+            let fresh_ids: HashSet<Uuid> = fresh.into_iter().map(|r| r.id).collect();
+            // A batch may hold the same id twice (redelivery racing a retry): store it once.
+            let mut taken = HashSet::new();
+            let new_rows: HashSet<usize> = rows
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| fresh_ids.contains(&r.envelope.submission_id.0) && taken.insert(r.envelope.submission_id.0))
+                .map(|(i, _)| i)
+                .collect();
+            if !new_rows.is_empty() {
+                insert_submissions(conn, rows, &new_rows).await?;
+            }
+            let jobs = jobs_for(&new_rows);
+            if !jobs.is_empty() {
+                insert_ledger(conn, &jobs).await?;
+            }
+            Ok((new_rows, jobs))
+        }
+    })
+    .await
+}
+
+async fn insert_submissions(
+    conn: &mut AsyncPgConnection,
+    rows: &[Row<'_>],
+    new_rows: &HashSet<usize>,
+) -> Result<(), diesel::result::Error> {
+    let mut idx: Vec<usize> = new_rows.iter().copied().collect();
+    idx.sort_unstable();
+    let pick = |f: &dyn Fn(&Row<'_>) -> Option<String>| -> Vec<Option<String>> {
+        idx.iter().map(|&i| f(&rows[i])).collect()
+    };
+    let ids: Vec<Uuid> = idx
+        .iter()
+        .map(|&i| rows[i].envelope.submission_id.0)
+        .collect();
+    let quiz: Vec<String> = idx
+        .iter()
+        .map(|&i| rows[i].envelope.quiz_id.to_string())
+        .collect();
+    let received: Vec<DateTime<Utc>> = idx.iter().map(|&i| rows[i].envelope.received_at).collect();
+    let completed: Vec<DateTime<Utc>> = idx
+        .iter()
+        .map(|&i| {
+            rows[i]
+                .envelope
+                .submission
+                .completed_at
+                .unwrap_or(rows[i].envelope.received_at)
+        })
+        .collect();
+    let score: Vec<Option<f64>> = idx
+        .iter()
+        .map(|&i| rows[i].envelope.submission.score)
+        .collect();
+    let phone = pick(&|r| r.envelope.submission.respondent.phone.clone());
+    let email = pick(&|r| r.envelope.submission.respondent.email.clone());
+    let name = pick(&|r| r.envelope.submission.respondent.name.clone());
+    let locale = pick(&|r| r.envelope.submission.respondent.locale.clone());
+    let json = |f: &dyn Fn(&Row<'_>) -> String| -> Vec<String> {
+        idx.iter().map(|&i| f(&rows[i])).collect()
+    };
+    let answers = json(&|r| {
+        serde_json::to_string(&r.envelope.submission.answers).unwrap_or_else(|_| "[]".into())
+    });
+    let tags = json(&|r| {
+        serde_json::to_string(&r.envelope.submission.tags).unwrap_or_else(|_| "[]".into())
+    });
+    let metadata = json(&|r| {
+        serde_json::to_string(&r.envelope.submission.metadata).unwrap_or_else(|_| "{}".into())
+    });
+    let key = pick(&|r| {
+        r.envelope
+            .idempotency_key
+            .as_ref()
+            .map(|k| k.as_str().to_owned())
+    });
+    let seq: Vec<i64> = idx.iter().map(|&i| rows[i].stream_seq as i64).collect();
+    diesel::sql_query(
+        "INSERT INTO submissions (id, quiz_id, received_at, completed_at, score, phone, email, name, locale, \
+                                  answers, tags, metadata, idempotency_key, stream_seq) \
+         SELECT u.id, u.quiz_id, u.received_at, u.completed_at, u.score, u.phone, u.email, u.name, u.locale, \
+                u.answers::json, ARRAY(SELECT json_array_elements_text(u.tags::json)), u.metadata::json, u.key, u.seq \
+         FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::float8[], $6::text[], $7::text[], \
+                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int8[]) \
+              AS u(id, quiz_id, received_at, completed_at, score, phone, email, name, locale, answers, tags, metadata, key, seq) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<Text>, _>(&quiz)
+    .bind::<Array<Timestamptz>, _>(&received)
+    .bind::<Array<Timestamptz>, _>(&completed)
+    .bind::<Array<Nullable<diesel::sql_types::Double>>, _>(&score)
+    .bind::<Array<Nullable<Text>>, _>(&phone)
+    .bind::<Array<Nullable<Text>>, _>(&email)
+    .bind::<Array<Nullable<Text>>, _>(&name)
+    .bind::<Array<Nullable<Text>>, _>(&locale)
+    .bind::<Array<Text>, _>(&answers)
+    .bind::<Array<Text>, _>(&tags)
+    .bind::<Array<Text>, _>(&metadata)
+    .bind::<Array<Nullable<Text>>, _>(&key)
+    .bind::<Array<diesel::sql_types::BigInt>, _>(&seq)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_ledger(
+    conn: &mut AsyncPgConnection,
+    jobs: &[DeliveryJob],
+) -> Result<(), diesel::result::Error> {
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.job_id).collect();
+    let subs: Vec<Uuid> = jobs.iter().map(|j| j.submission_id.0).collect();
+    let camps: Vec<Uuid> = jobs.iter().map(|j| j.campaign_id).collect();
+    let versions: Vec<i32> = jobs.iter().map(|j| j.campaign_version).collect();
+    let channels: Vec<String> = jobs.iter().map(|j| j.channel.to_string()).collect();
+    let priorities: Vec<String> = jobs.iter().map(|j| j.priority.to_string()).collect();
+    let created: Vec<DateTime<Utc>> = jobs.iter().map(|j| j.created_at).collect();
+    diesel::sql_query(
+        "INSERT INTO deliveries (id, submission_id, campaign_id, campaign_version, channel, priority, status, created_at, updated_at) \
+         SELECT u.id, u.sub, u.camp, u.ver, u.channel, u.priority, 'queued', u.created, u.created \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int4[], $5::text[], $6::text[], $7::timestamptz[]) \
+              AS u(id, sub, camp, ver, channel, priority, created) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<SqlUuid>, _>(&subs)
+    .bind::<Array<SqlUuid>, _>(&camps)
+    .bind::<Array<Integer>, _>(&versions)
+    .bind::<Array<Text>, _>(&channels)
+    .bind::<Array<Text>, _>(&priorities)
+    .bind::<Array<Timestamptz>, _>(&created)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Ledger rows still `queued` for submissions stored by an earlier attempt: their jobs may
+/// not have been published before that attempt died, so they are published again (JetStream
+/// drops the copies it already has, by `Nats-Msg-Id`).
+pub async fn queued_jobs(
+    conn: &mut AsyncPgConnection,
+    submissions: &[SubmissionId],
+) -> Result<Vec<DeliveryJob>, diesel::result::Error> {
+    if submissions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = submissions.iter().map(|s| s.0).collect();
+    let rows: Vec<QueuedRow> = diesel::sql_query(
+        "SELECT submission_id, campaign_id, campaign_version, channel, priority, created_at \
+         FROM deliveries WHERE submission_id = ANY($1) AND status = 'queued'",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let channel = Channel::parse(&r.channel)?;
+            let submission_id = SubmissionId(r.submission_id);
+            Some(DeliveryJob {
+                v: DeliveryJob::VERSION,
+                job_id: DeliveryJob::job_id(submission_id, r.campaign_id, channel),
+                submission_id,
+                campaign_id: r.campaign_id,
+                campaign_version: r.campaign_version,
+                channel,
+                priority: Priority::parse(&r.priority).unwrap_or_default(),
+                created_at: r.created_at,
+            })
+        })
+        .collect())
+}

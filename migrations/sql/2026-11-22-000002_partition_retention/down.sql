@@ -1,0 +1,1 @@
+DROP FUNCTION quizflow_drop_old_submission_partitions(int);
