@@ -19,6 +19,8 @@ pub struct ApiSettings {
     pub respondent_limit_per_min: u32,
     /// `QUIZFLOW_RATE_LIMIT_IP_PER_MIN` (0 = off).
     pub ip_limit_per_min: u32,
+    /// Bearer token of the admin routes; without one every admin route answers 401.
+    pub admin_token: Option<String>,
     /// Window of both limits (a minute; shorter only in tests).
     pub limit_window: Duration,
 }
@@ -31,6 +33,7 @@ impl Default for ApiSettings {
             respondent_limit_per_min: 10,
             ip_limit_per_min: 0,
             limit_window: Duration::from_secs(60),
+            admin_token: None,
         }
     }
 }

@@ -31,7 +31,7 @@ struct Accepted {
 }
 
 /// `application/json`, optionally with `charset=utf-8`; anything else is 415.
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -59,7 +59,11 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// Reads at most `limit` bytes, whether or not the client sent a Content-Length: a chunked
 /// body is cut off as soon as it passes the limit.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, ApiError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Value, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -6,6 +6,7 @@
 //!
 //! Public surface: [`ApiSettings`], [`AppState::new`], [`app`] and [`serve`].
 
+mod admin;
 mod config;
 mod error;
 mod intake;
@@ -33,6 +34,7 @@ pub struct AppState {
     nats: async_nats::Client,
     js: jetstream::Context,
     db: Pool,
+    admin_token: Option<String>,
     respondent_limiter: limits::WindowLimiter,
     ip_limiter: limits::WindowLimiter,
     metrics: Metrics,
@@ -69,6 +71,7 @@ impl AppState {
                 settings.limit_window,
             ),
             metrics: Metrics::new()?,
+            admin_token: settings.admin_token.clone(),
             settings,
             nats,
             js,
@@ -93,9 +96,29 @@ impl AppState {
 /// The routes, with JSON errors for everything and per-route metrics.
 pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
     let metrics_state = state.clone();
+    let guard = {
+        let admin_state = state.clone();
+        move |ep: poem::RouteMethod| {
+            let st = admin_state.clone();
+            ep.around(move |ep, req| admin::require_admin(st.clone(), ep, req))
+        }
+    };
     Route::new()
         .at("/v1/quizzes/:quiz_id/submissions", post(intake::submit_one))
         .at("/v1/submissions/batch", post(intake::submit_batch))
+        .at(
+            "/v1/campaigns",
+            guard(post(admin::create_campaign).get(admin::list_campaigns)),
+        )
+        .at(
+            "/v1/campaigns/:id",
+            guard(
+                get(admin::get_campaign)
+                    .put(admin::replace_campaign)
+                    .delete(admin::delete_campaign),
+            ),
+        )
+        .at("/v1/submissions/:id", guard(get(admin::get_submission)))
         .at("/healthz", get(ops::healthz))
         .at("/readyz", get(ops::readyz))
         .at("/metrics", get(ops::metrics))

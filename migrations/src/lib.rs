@@ -5,6 +5,7 @@
 //! timeouts are decided in one place.
 
 pub mod campaigns;
+pub mod submissions;
 
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::{bb8, AsyncDieselConnectionManager};

@@ -31,6 +31,9 @@ pub struct Config {
     pub rate_limit_respondent_per_min: u32,
     pub rate_limit_ip_per_min: u32,
     pub log_format: String,
+    pub batch_max: usize,
+    pub batch_wait_ms: u64,
+    pub submissions_retention_months: u32,
 }
 
 impl Default for Config {
@@ -52,6 +55,9 @@ impl Default for Config {
             rate_limit_respondent_per_min: 10,
             rate_limit_ip_per_min: 0,
             log_format: "text".into(),
+            batch_max: 1000,
+            batch_wait_ms: 100,
+            submissions_retention_months: 12,
         }
     }
 }
@@ -71,6 +77,9 @@ const KEYS: &[&str] = &[
     "rate_limit_respondent_per_min",
     "rate_limit_ip_per_min",
     "log_format",
+    "batch_max",
+    "batch_wait_ms",
+    "submissions_retention_months",
 ];
 
 /// `QUIZFLOW_*` variables read by other tools (the test harness), not by this binary.
@@ -120,6 +129,9 @@ impl Config {
                 bail!("QUIZFLOW_ADMIN_TOKEN must be at least 16 characters");
             }
         }
+        if !(1..=10_000).contains(&self.batch_max) || self.batch_wait_ms == 0 {
+            bail!("batch_max must be 1 to 10000 and batch_wait_ms positive");
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be text or json");
         }
@@ -152,12 +164,22 @@ impl Config {
         }
     }
 
+    pub fn batcher_settings(&self) -> quizflow_batcher::BatcherSettings {
+        quizflow_batcher::BatcherSettings {
+            batch_max: self.batch_max,
+            batch_wait: Duration::from_millis(self.batch_wait_ms),
+            retention_months: self.submissions_retention_months,
+            ..Default::default()
+        }
+    }
+
     pub fn api_settings(&self) -> anyhow::Result<quizflow_api::ApiSettings> {
         Ok(quizflow_api::ApiSettings {
             http_addr: self.http_addr.clone(),
             publish_timeout: self.publish_timeout()?,
             respondent_limit_per_min: self.rate_limit_respondent_per_min,
             ip_limit_per_min: self.rate_limit_ip_per_min,
+            admin_token: self.admin_token.clone(),
             ..Default::default()
         })
     }

@@ -12,7 +12,6 @@ use config::Config;
 use devservices::DevServices;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 // Per-request allocations dominate the API's user time under glibc malloc (measured with
@@ -41,6 +40,9 @@ enum Command {
     Up,
     /// Serve the HTTP intake API (needs NATS_URL and DATABASE_URL).
     Api,
+    /// Store submissions in bulk, match campaigns and publish delivery jobs (needs NATS_URL
+    /// and DATABASE_URL).
+    Batcher,
     /// Create or update the stream topology (needs NATS_URL).
     Streams,
     /// Apply pending database migrations (needs DATABASE_URL).
@@ -64,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Up => up(cfg).await,
             Command::Api => api(cfg).await,
+            Command::Batcher => batcher(cfg).await,
             Command::Streams => streams(cfg).await,
             Command::Migrate => migrate(cfg).await,
             Command::Bench(args) => bench(cfg, args).await,
@@ -147,6 +150,9 @@ async fn run_api(
     let (client, js) = connect_nats(cfg, nats_url, "api").await?;
     ensure_topology(cfg, &js).await?;
     let settings = cfg.api_settings()?;
+    if settings.admin_token.is_none() {
+        tracing::warn!("QUIZFLOW_ADMIN_TOKEN is not set: every admin route answers 401");
+    }
     let pool = quizflow_migrations::pool(database_url, cfg.db_pool_size);
     let state = quizflow_api::AppState::new(settings.clone(), client.clone(), js, pool)?;
     let bound = quizflow_api::bind(&settings.http_addr).await?;
@@ -160,6 +166,27 @@ async fn api(cfg: Config) -> anyhow::Result<()> {
     let nats_url = required(&cfg.nats_url, "NATS_URL")?.to_owned();
     let database_url = required(&cfg.database_url, "DATABASE_URL")?.to_owned();
     run_api(&cfg, &nats_url, &database_url, shutdown_signal()).await
+}
+
+async fn run_batcher(
+    cfg: &Config,
+    nats_url: &str,
+    database_url: &str,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (client, js) = connect_nats(cfg, nats_url, "batcher").await?;
+    ensure_topology(cfg, &js).await?;
+    let pool = quizflow_migrations::pool(database_url, cfg.db_pool_size);
+    let batcher = quizflow_batcher::Batcher::new(cfg.batcher_settings(), client.clone(), js, pool);
+    batcher.run(shutdown).await?;
+    let _ = client.flush().await;
+    Ok(())
+}
+
+async fn batcher(cfg: Config) -> anyhow::Result<()> {
+    let nats_url = required(&cfg.nats_url, "NATS_URL")?.to_owned();
+    let database_url = required(&cfg.database_url, "DATABASE_URL")?.to_owned();
+    run_batcher(&cfg, &nats_url, &database_url, shutdown_signal()).await
 }
 
 async fn streams(cfg: Config) -> anyhow::Result<()> {
@@ -241,17 +268,33 @@ async fn up(cfg: Config) -> anyhow::Result<()> {
         let applied = quizflow_migrations::run_migrations(&database_url).await?;
         tracing::info!(applied = applied.len(), "database migrated");
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        let api_cfg = cfg.clone();
-        let (n, d) = (nats_url.clone(), database_url.clone());
-        let mut rx = shutdown_rx.clone();
-        let api = tokio::spawn(async move {
-            run_api(&api_cfg, &n, &d, async move {
-                let _ = rx.wait_for(|v| *v).await;
-            })
-            .await
-        });
+        let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        let mut cfg = cfg.clone();
+        cfg.admin_token = Some(token.clone());
+        let mut roles = tokio::task::JoinSet::new();
+        {
+            let (cfg, n, d, rx) = (
+                cfg.clone(),
+                nats_url.clone(),
+                database_url.clone(),
+                shutdown_rx.clone(),
+            );
+            roles.spawn(async move { run_api(&cfg, &n, &d, stop(rx)).await.context("api") });
+        }
+        {
+            let (cfg, n, d, rx) = (
+                cfg.clone(),
+                nats_url.clone(),
+                database_url.clone(),
+                shutdown_rx.clone(),
+            );
+            roles
+                .spawn(async move { run_batcher(&cfg, &n, &d, stop(rx)).await.context("batcher") });
+        }
         println!();
-        println!("quizflow is up");
+        println!("quizflow is up (api + batcher)");
         println!(
             "  API            http://{}  (docs: /docs, spec: /openapi.json)",
             cfg.http_addr
@@ -265,18 +308,24 @@ async fn up(cfg: Config) -> anyhow::Result<()> {
         );
         println!("Ctrl-C stops everything.");
         println!();
-        let api = Arc::new(tokio::sync::Mutex::new(api));
-        let api_wait = api.clone();
-        tokio::select! {
-            _ = shutdown_signal() => {}
-            r = async { (&mut *api_wait.lock().await).await } => {
-                r.context("api task")??;
-                anyhow::bail!("the API stopped unexpectedly");
-            }
-        }
+        let outcome = tokio::select! {
+            _ = shutdown_signal() => Ok(()),
+            r = roles.join_next() => match r {
+                Some(Ok(Err(e))) => Err(e),
+                Some(Err(e)) => Err(anyhow::anyhow!("a role panicked: {e}")),
+                _ => Err(anyhow::anyhow!("a role stopped unexpectedly")),
+            },
+        };
         let _ = shutdown_tx.send(true);
-        let mut guard = api.lock().await;
-        let _ = tokio::time::timeout(Duration::from_secs(15), &mut *guard).await;
+        let _ = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(r) = roles.join_next().await {
+                if let Ok(Err(e)) = r {
+                    tracing::warn!(error = %e, "role stopped with an error");
+                }
+            }
+        })
+        .await;
+        outcome?;
         anyhow::Ok(())
     }
     .await;

@@ -1,16 +1,19 @@
 //! Starts a real API against a private nats-server and a fresh database.
+#![allow(dead_code)] // shared by several test binaries; each uses a part
 
 use quizflow_api::ApiSettings;
 use quizflow_nats::{NatsSettings, TopologyConfig};
 use quizflow_testkit::{NatsServer, TestDb};
 use std::time::Duration;
 
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
     pub nats: NatsServer,
     pub js: async_nats::jetstream::Context,
-    _db: TestDb,
+    pub db: TestDb,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -32,9 +35,13 @@ impl Api {
         let mut settings = ApiSettings {
             http_addr: "127.0.0.1:0".into(),
             publish_timeout: Duration::from_secs(1),
+            admin_token: Some(ADMIN_TOKEN.into()),
             ..ApiSettings::default()
         };
         tune(&mut settings);
+        quizflow_migrations::run_migrations(&db.url)
+            .await
+            .expect("migrate");
         let pool = quizflow_migrations::pool(&db.url, 2);
         let state =
             quizflow_api::AppState::new(settings.clone(), client, js.clone(), pool).expect("state");
@@ -49,7 +56,7 @@ impl Api {
             http: reqwest::Client::new(),
             nats,
             js,
-            _db: db,
+            db,
             shutdown: Some(tx),
         }
     }
@@ -65,6 +72,13 @@ impl Api {
             .send()
             .await
             .expect("request")
+    }
+
+    /// An admin request with the bearer token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
     }
 
     pub async fn post_owned(&self, path: String, body: serde_json::Value) -> reqwest::Response {

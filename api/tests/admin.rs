@@ -1,0 +1,266 @@
+//! Admin routes: bearer token, campaigns CRUD with validation, reading stored submissions.
+
+mod harness;
+
+use harness::{assert_error, Api};
+use reqwest::Method;
+use serde_json::json;
+
+fn campaign() -> serde_json::Value {
+    json!({
+        "name": "Promo Nov high scorers", "active": true, "quiz_id": "promo-nov",
+        "match": {"all": [{"field": "score", "op": "gte", "value": 70}], "any": []},
+        "actions": [{"channel": "sms", "template": "Olá {{ respondent.name }}"}, {"channel": "webhook", "url": "https://crm.example.com/x"}],
+        "priority": "high", "starts_at": null, "ends_at": null
+    })
+}
+
+#[tokio::test]
+async fn given_no_or_a_wrong_token_then_every_admin_route_is_401_json() {
+    let api = Api::start().await;
+    let id = uuid::Uuid::new_v4();
+    let routes = [
+        (Method::GET, "/v1/campaigns".to_owned()),
+        (Method::POST, "/v1/campaigns".to_owned()),
+        (Method::GET, format!("/v1/campaigns/{id}")),
+        (Method::PUT, format!("/v1/campaigns/{id}")),
+        (Method::DELETE, format!("/v1/campaigns/{id}")),
+        (Method::PATCH, format!("/v1/campaigns/{id}")),
+        (Method::GET, format!("/v1/submissions/{id}")),
+    ];
+    for (method, path) in routes {
+        let none = api
+            .http
+            .request(method.clone(), api.url(&path))
+            .send()
+            .await
+            .expect("send");
+        assert_error(none, 401, "unauthorized").await;
+        let wrong = api
+            .http
+            .request(method.clone(), api.url(&path))
+            .bearer_auth("nope-nope-nope-nope")
+            .send()
+            .await
+            .expect("send");
+        assert_error(wrong, 401, "unauthorized").await;
+        let basic = api
+            .http
+            .request(method, api.url(&path))
+            .basic_auth("admin", Some(harness::ADMIN_TOKEN))
+            .send()
+            .await
+            .expect("send");
+        assert_error(basic, 401, "unauthorized").await;
+    }
+}
+
+#[tokio::test]
+async fn given_a_token_then_campaigns_can_be_created_read_replaced_and_deleted() {
+    let api = Api::start().await;
+    let created = api
+        .admin(Method::POST, "/v1/campaigns")
+        .json(&campaign())
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status().as_u16(), 201);
+    let c: serde_json::Value = created.json().await.expect("json");
+    let id = c["id"].as_str().expect("top-level id").to_owned();
+    assert_eq!(c["version"], 1);
+    assert_eq!(c["name"], "Promo Nov high scorers");
+    assert_eq!(c["match"]["all"][0]["field"], "score");
+
+    let list: serde_json::Value = api
+        .admin(Method::GET, "/v1/campaigns")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+    let got: serde_json::Value = api
+        .admin(Method::GET, &format!("/v1/campaigns/{id}"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(got["id"], c["id"]);
+
+    let mut changed = campaign();
+    changed["name"] = json!("renamed");
+    let put = api
+        .admin(Method::PUT, &format!("/v1/campaigns/{id}"))
+        .json(&changed)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status().as_u16(), 200);
+    let put: serde_json::Value = put.json().await.expect("json");
+    assert_eq!(put["name"], "renamed");
+    assert_eq!(put["version"], 2);
+
+    let del = api
+        .admin(Method::DELETE, &format!("/v1/campaigns/{id}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(del.status().as_u16(), 204);
+    let gone = api
+        .admin(Method::GET, &format!("/v1/campaigns/{id}"))
+        .send()
+        .await
+        .expect("get");
+    assert_error(gone, 404, "not_found").await;
+    let gone = api
+        .admin(Method::DELETE, &format!("/v1/campaigns/{id}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_error(gone, 404, "not_found").await;
+    let bad_id = api
+        .admin(Method::GET, "/v1/campaigns/not-a-uuid")
+        .send()
+        .await
+        .expect("get");
+    assert_error(bad_id, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn given_invalid_campaigns_then_400_with_details() {
+    let api = Api::start().await;
+    let cases = [
+        (
+            "unknown field",
+            json!({"name": "x", "colour": "red", "actions": [{"channel": "webhook", "url": "http://h"}]}),
+            "colour",
+        ),
+        (
+            "unknown op",
+            json!({"name": "x", "match": {"all": [{"field": "score", "op": "like", "value": 1}]}, "actions": [{"channel": "webhook", "url": "http://h"}]}),
+            "match.all[0].op",
+        ),
+        (
+            "unknown predicate field",
+            json!({"name": "x", "match": {"any": [{"field": "shoe", "op": "eq", "value": 1}]}, "actions": [{"channel": "webhook", "url": "http://h"}]}),
+            "match.any[0].field",
+        ),
+        (
+            "template does not compile",
+            json!({"name": "x", "actions": [{"channel": "sms", "template": "{{ oops"}]}),
+            "actions[0].template",
+        ),
+        (
+            "webhook not http",
+            json!({"name": "x", "actions": [{"channel": "webhook", "url": "ftp://h/x"}]}),
+            "actions[0].url",
+        ),
+        ("no actions", json!({"name": "x", "actions": []}), "actions"),
+        (
+            "bad priority",
+            json!({"name": "x", "priority": "urgent", "actions": [{"channel": "webhook", "url": "http://h"}]}),
+            "priority",
+        ),
+    ];
+    for (name, body, field) in cases {
+        let resp = api
+            .admin(Method::POST, "/v1/campaigns")
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        let err = assert_error(resp, 400, "invalid_request").await;
+        let fields: Vec<&str> = err["error"]["details"]
+            .as_array()
+            .expect("details")
+            .iter()
+            .filter_map(|d| d["field"].as_str())
+            .collect();
+        assert!(fields.contains(&field), "{name}: {field} not in {fields:?}");
+    }
+    let list: serde_json::Value = api
+        .admin(Method::GET, "/v1/campaigns")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0));
+}
+
+#[tokio::test]
+async fn given_an_unstored_submission_then_404_and_a_stored_one_reads_back_with_deliveries() {
+    let api = Api::start().await;
+    let accepted: serde_json::Value = api
+        .post_json(
+            "/v1/quizzes/promo-nov/submissions",
+            &harness::lead("+5511987654321"),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = accepted["submission_id"].as_str().expect("id").to_owned();
+    // No batcher runs here: accepted but not stored yet.
+    let missing = api
+        .admin(Method::GET, &format!("/v1/submissions/{id}"))
+        .send()
+        .await
+        .expect("get");
+    assert_error(missing, 404, "not_found").await;
+
+    // Store it the way the batcher does, with one ledger row.
+    let settings = quizflow_batcher::BatcherSettings {
+        batch_wait: std::time::Duration::from_millis(20),
+        ..Default::default()
+    };
+    let created: serde_json::Value = api
+        .admin(Method::POST, "/v1/campaigns")
+        .json(&campaign())
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let nats = async_nats::connect(api.nats.url()).await.expect("nats");
+    let js = async_nats::jetstream::new(nats.clone());
+    let batcher = quizflow_batcher::Batcher::new(
+        settings,
+        nats,
+        js,
+        quizflow_migrations::pool(&api.db.url, 2),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(batcher.run(async move {
+        let _ = rx.await;
+    }));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let body = loop {
+        let r = api
+            .admin(Method::GET, &format!("/v1/submissions/{id}"))
+            .send()
+            .await
+            .expect("get");
+        if r.status().as_u16() == 200 {
+            break r.json::<serde_json::Value>().await.expect("json");
+        }
+        assert!(std::time::Instant::now() < deadline, "stored in time");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let _ = tx.send(());
+    handle.await.expect("join").expect("batcher stop");
+    assert_eq!(body["submission_id"], id);
+    assert_eq!(body["respondent"]["phone"], "+5511987654321");
+    assert_eq!(body["score"], 72.0);
+    assert_eq!(body["tags"], json!(["promo-nov"]));
+    let deliveries = body["deliveries"].as_array().expect("deliveries");
+    assert_eq!(deliveries.len(), 2, "{body}");
+    assert!(deliveries.iter().all(|d| d["status"] == "queued"
+        && d["campaign_id"] == created["id"]
+        && d["attempts"] == 0));
+}
