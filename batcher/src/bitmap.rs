@@ -55,6 +55,10 @@ impl Bitmap {
         self.len == 0
     }
 
+    pub fn set(&mut self, row: usize) {
+        self.words[row / 64] |= 1 << (row % 64);
+    }
+
     pub fn get(&self, row: usize) -> bool {
         self.words[row / 64] >> (row % 64) & 1 == 1
     }

@@ -253,8 +253,8 @@ impl Matcher {
         self.compiled.is_empty()
     }
 
-    /// Matches a batch; the result is sorted by (row, campaign, channel) and holds at most
-    /// one entry per (row, campaign, channel).
+    /// Matches a batch: at most one entry per (row, campaign, channel), grouped by campaign
+    /// (no particular order otherwise).
     pub fn match_batch(&self, batch: &[SubmissionEnvelope]) -> Vec<Match> {
         let n = batch.len();
         if n == 0 || self.compiled.is_empty() {
@@ -285,15 +285,20 @@ impl Matcher {
             .enumerate()
             .map(|(i, p)| needed[i].then(|| cols.eval(p)))
             .collect();
+        // One bitmap per quiz in the batch, shared by all campaigns scoped to it.
+        let mut quiz_rows = vec![Bitmap::zeros(n); cols.quiz.dict.len()];
+        for (r, &code) in cols.quiz.codes.iter().enumerate() {
+            quiz_rows[code as usize].set(r);
+        }
         let phone = Bitmap::from_fn(n, |r| batch[r].submission.respondent.phone.is_some());
         let email = Bitmap::from_fn(n, |r| batch[r].submission.respondent.email.is_some());
 
-        let mut out: Vec<Match> = candidates
+        let out: Vec<Match> = candidates
             .par_iter()
             .flat_map_iter(|&(ci, quiz_code)| {
                 let c = &self.compiled[ci];
                 let mut rows = match quiz_code {
-                    Some(code) => Bitmap::from_fn(n, |r| cols.quiz.codes[r] == code),
+                    Some(code) => quiz_rows[code as usize].clone(),
                     None => Bitmap::ones(n),
                 };
                 if c.starts_ms.is_some() || c.ends_ms.is_some() {
@@ -341,7 +346,6 @@ impl Matcher {
                 found.into_iter()
             })
             .collect();
-        out.sort_unstable();
         out
     }
 }

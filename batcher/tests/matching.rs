@@ -127,7 +127,8 @@ fn quiz_scope_time_window_active_and_contact() {
         submission("q1", json!({"respondent": {"phone": PHONE}}), -100_000_000),
     ];
     let m = Matcher::new([c.clone(), inactive.clone()]);
-    let got = m.match_batch(&batch);
+    let mut got = m.match_batch(&batch);
+    got.sort_unstable();
     let want = vec![
         Match {
             row: 0,
@@ -273,7 +274,8 @@ proptest! {
     ) {
         let batch: Vec<_> = subs.into_iter().map(|(q, b, t)| submission(&q, b, t)).collect();
         let campaigns: Vec<_> = camps.into_iter().map(campaign).collect();
-        let got = Matcher::new(campaigns.iter().cloned()).match_batch(&batch);
+        let mut got = Matcher::new(campaigns.iter().cloned()).match_batch(&batch);
+        got.sort_unstable();
         let want = reference::match_batch(&campaigns, &batch);
         prop_assert_eq!(got, want);
     }
