@@ -145,9 +145,7 @@ async fn insert_submissions(
     let answers = json(&|r| {
         serde_json::to_string(&r.envelope.submission.answers).unwrap_or_else(|_| "[]".into())
     });
-    let tags = json(&|r| {
-        serde_json::to_string(&r.envelope.submission.tags).unwrap_or_else(|_| "[]".into())
-    });
+    let tags = json(&|r| pg_text_array(&r.envelope.submission.tags));
     let metadata = json(&|r| {
         serde_json::to_string(&r.envelope.submission.metadata).unwrap_or_else(|_| "{}".into())
     });
@@ -162,7 +160,7 @@ async fn insert_submissions(
         "INSERT INTO submissions (id, quiz_id, received_at, completed_at, score, phone, email, name, locale, \
                                   answers, tags, metadata, idempotency_key, stream_seq) \
          SELECT u.id, u.quiz_id, u.received_at, u.completed_at, u.score, u.phone, u.email, u.name, u.locale, \
-                u.answers::json, ARRAY(SELECT json_array_elements_text(u.tags::json)), u.metadata::json, u.key, u.seq \
+                u.answers::json, u.tags::text[], u.metadata::json, u.key, u.seq \
          FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::float8[], $6::text[], $7::text[], \
                      $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int8[]) \
               AS u(id, quiz_id, received_at, completed_at, score, phone, email, name, locale, answers, tags, metadata, key, seq) \
@@ -187,11 +185,32 @@ async fn insert_submissions(
     Ok(())
 }
 
+/// A PostgreSQL array literal (`{"a","b\\"c"}`): a ragged list of lists cannot be
+/// unnested, but one text per row cast to `text[]` can, and costs far less than JSON.
+fn pg_text_array(items: &[String]) -> String {
+    let mut out = String::with_capacity(2 + items.iter().map(|s| s.len() + 3).sum::<usize>());
+    out.push('{');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for ch in item.chars() {
+            if ch == '"' || ch == '\\' {
+                out.push('\\');
+            }
+            out.push(ch);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
 async fn insert_ledger(
     conn: &mut AsyncPgConnection,
     jobs: &[DeliveryJob],
 ) -> Result<(), diesel::result::Error> {
-    let ids: Vec<Uuid> = jobs.iter().map(|j| j.job_id).collect();
     let subs: Vec<Uuid> = jobs.iter().map(|j| j.submission_id.0).collect();
     let camps: Vec<Uuid> = jobs.iter().map(|j| j.campaign_id).collect();
     let versions: Vec<i32> = jobs.iter().map(|j| j.campaign_version).collect();
@@ -199,13 +218,12 @@ async fn insert_ledger(
     let priorities: Vec<String> = jobs.iter().map(|j| j.priority.to_string()).collect();
     let created: Vec<DateTime<Utc>> = jobs.iter().map(|j| j.created_at).collect();
     diesel::sql_query(
-        "INSERT INTO deliveries (id, submission_id, campaign_id, campaign_version, channel, priority, status, created_at, updated_at) \
-         SELECT u.id, u.sub, u.camp, u.ver, u.channel, u.priority, 'queued', u.created, u.created \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int4[], $5::text[], $6::text[], $7::timestamptz[]) \
-              AS u(id, sub, camp, ver, channel, priority, created) \
+        "INSERT INTO deliveries (submission_id, campaign_id, campaign_version, channel, priority, status, created_at, updated_at) \
+         SELECT u.sub, u.camp, u.ver, u.channel, u.priority, 'queued', u.created, u.created \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[]) \
+              AS u(sub, camp, ver, channel, priority, created) \
          ON CONFLICT DO NOTHING",
     )
-    .bind::<Array<SqlUuid>, _>(&ids)
     .bind::<Array<SqlUuid>, _>(&subs)
     .bind::<Array<SqlUuid>, _>(&camps)
     .bind::<Array<Integer>, _>(&versions)
@@ -252,4 +270,20 @@ pub async fn queued_jobs(
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn text_array_literals_escape_quotes_and_backslashes() {
+        assert_eq!(super::pg_text_array(&[]), "{}");
+        assert_eq!(
+            super::pg_text_array(&["a".into(), "b c".into()]),
+            r#"{"a","b c"}"#
+        );
+        assert_eq!(
+            super::pg_text_array(&[r#"q"u\o"#.into(), "{x,y}".into()]),
+            r#"{"q\"u\\o","{x,y}"}"#
+        );
+    }
 }

@@ -1,5 +1,5 @@
-//! quizflow's benchmark harness (behind `quizflow bench`) and data generators for the
-//! criterion benches in `benches/`.
+//! quizflow's benchmark harness (behind `quizflow bench ingest|store`) and data generators
+//! for the criterion benches in `benches/`.
 //!
 //! The ingest benchmark measures, in one run on one machine:
 //! 1. the raw ceiling: pipelined JetStream publishes of the very payloads the API would
@@ -12,5 +12,16 @@
 
 mod ingest;
 pub mod leads;
+mod store;
 
 pub use ingest::{run_ingest, Fsync, IngestArgs, IngestReport};
+pub use store::{run_store, StoreArgs, StoreReport};
+
+/// What `quizflow bench` measures.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchKind {
+    /// HTTP intake beside raw JetStream publishes (starts a private deployment unless --api/--nats).
+    Ingest(IngestArgs),
+    /// The batcher's write path beside raw binary COPY (private PostgreSQL unless DATABASE_URL).
+    Store(StoreArgs),
+}

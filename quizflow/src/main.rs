@@ -47,9 +47,10 @@ enum Command {
     Streams,
     /// Apply pending database migrations (needs DATABASE_URL).
     Migrate,
-    /// Measure ingest: raw JetStream publishes beside the HTTP API, at saturation and at a
-    /// constant rate. Starts a private deployment unless --api and --nats are given.
-    Bench(quizflow_benchmarks::IngestArgs),
+    /// Benchmarks: `ingest` (HTTP intake beside raw JetStream publishes) and `store` (the
+    /// batcher's write path beside raw COPY). Private servers unless configured.
+    #[command(subcommand)]
+    Bench(quizflow_benchmarks::BenchKind),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,7 +70,10 @@ fn main() -> anyhow::Result<()> {
             Command::Batcher => batcher(cfg).await,
             Command::Streams => streams(cfg).await,
             Command::Migrate => migrate(cfg).await,
-            Command::Bench(args) => bench(cfg, args).await,
+            Command::Bench(quizflow_benchmarks::BenchKind::Ingest(args)) => bench(cfg, args).await,
+            Command::Bench(quizflow_benchmarks::BenchKind::Store(args)) => {
+                bench_store(cfg, args).await
+            }
         }
     })
 }
@@ -331,6 +335,27 @@ async fn up(cfg: Config) -> anyhow::Result<()> {
     .await;
     dev.stop().await;
     result
+}
+
+async fn bench_store(cfg: Config, args: quizflow_benchmarks::StoreArgs) -> anyhow::Result<()> {
+    let mut dev = DevServices::none();
+    let tmp = tempfile::tempdir()?;
+    let url = match &cfg.database_url {
+        Some(u) => u.clone(),
+        None => dev.start_postgres(tmp.path()).await?,
+    };
+    let result = async {
+        quizflow_migrations::run_migrations(&url).await?;
+        anyhow::Ok(quizflow_benchmarks::run_store(&args, &url).await?)
+    }
+    .await;
+    dev.stop().await;
+    let report = result?;
+    std::fs::create_dir_all("bench-out")?;
+    std::fs::write("bench-out/store.json", serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write("bench-out/store.md", report.markdown())?;
+    println!("{}", report.markdown());
+    Ok(())
 }
 
 fn redact_pg(url: &str) -> String {

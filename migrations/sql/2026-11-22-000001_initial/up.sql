@@ -66,24 +66,23 @@ CREATE TABLE campaigns (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- The send ledger: one row per (submission, campaign, channel), ever.
+-- The send ledger: one row per (submission, campaign, channel), ever. The job id is derived
+-- from that triple, so the triple is the key and there is no second unique index to pay for
+-- on the hot insert path.
 CREATE TABLE deliveries (
-    id               uuid        PRIMARY KEY,
     submission_id    uuid        NOT NULL,
     campaign_id      uuid        NOT NULL,
-    campaign_version integer     NOT NULL,
     channel          text        NOT NULL,
+    campaign_version integer     NOT NULL,
     priority         text        NOT NULL,
     status           text        NOT NULL,
     attempts         integer     NOT NULL DEFAULT 0,
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT deliveries_once UNIQUE (submission_id, campaign_id, channel),
+    PRIMARY KEY (submission_id, campaign_id, channel),
     CONSTRAINT deliveries_status CHECK (status IN ('queued', 'sending', 'sent', 'delivered', 'failed', 'dead'))
 );
-
-CREATE INDEX deliveries_status_channel ON deliveries (channel, status);
 
 -- Mirror of DEAD_LETTERS for inspection and redrive.
 CREATE TABLE dead_letters (
