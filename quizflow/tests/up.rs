@@ -1,5 +1,6 @@
-//! `quizflow up` end to end: private servers, the API, clean shutdown, and a restart after
-//! `kill -9` that keeps what was acknowledged.
+//! `quizflow up` end to end: private servers, API and batcher, a campaign matching a
+//! submission into stored rows, a restart after `kill -9` that keeps what was acknowledged,
+//! and a clean SIGTERM shutdown.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
