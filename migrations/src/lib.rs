@@ -92,5 +92,31 @@ mod tests {
         .await
         .expect("count partitions");
         assert_eq!(c.n, 4);
+
+        // Retention drops whole partitions older than the cut-off, and only those.
+        diesel::sql_query(
+            "SELECT quizflow_ensure_submission_partitions(now() - interval '14 months', 2)",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("old partitions");
+        #[derive(diesel::QueryableByName)]
+        struct Dropped {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            dropped: i32,
+        }
+        let d: Dropped =
+            diesel::sql_query("SELECT quizflow_drop_old_submission_partitions(12) AS dropped")
+                .get_result(&mut conn)
+                .await
+                .expect("drop");
+        assert_eq!(d.dropped, 2);
+        let c: Count = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_inherits WHERE inhparent = 'submissions'::regclass",
+        )
+        .get_result(&mut conn)
+        .await
+        .expect("count partitions");
+        assert_eq!(c.n, 4, "the recent partitions are kept");
     }
 }
