@@ -16,6 +16,7 @@ use std::time::Duration;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub http_addr: String,
+    pub mock_addr: String,
     pub admin_token: Option<String>,
     pub nats_url: Option<String>,
     pub nats_creds: Option<PathBuf>,
@@ -40,6 +41,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             http_addr: "127.0.0.1:8080".into(),
+            mock_addr: "127.0.0.1:4010".into(),
             admin_token: None,
             nats_url: None,
             nats_creds: None,
@@ -64,6 +66,7 @@ impl Default for Config {
 
 const KEYS: &[&str] = &[
     "http_addr",
+    "mock_addr",
     "admin_token",
     "nats_creds",
     "nats_tls_ca",

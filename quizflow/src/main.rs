@@ -43,6 +43,9 @@ enum Command {
     /// Store submissions in bulk, match campaigns and publish delivery jobs (needs NATS_URL
     /// and DATABASE_URL).
     Batcher,
+    /// The bundled mock provider (Twilio, WhatsApp Cloud, Evolution, Resend and webhook
+    /// shapes) on QUIZFLOW_MOCK_ADDR, with `/_mock/*` inspection and fault injection.
+    MockProvider,
     /// Create or update the stream topology (needs NATS_URL).
     Streams,
     /// Apply pending database migrations (needs DATABASE_URL).
@@ -68,6 +71,7 @@ fn main() -> anyhow::Result<()> {
             Command::Up => up(cfg).await,
             Command::Api => api(cfg).await,
             Command::Batcher => batcher(cfg).await,
+            Command::MockProvider => mock_provider(cfg, shutdown_signal()).await,
             Command::Streams => streams(cfg).await,
             Command::Migrate => migrate(cfg).await,
             Command::Bench(quizflow_benchmarks::BenchKind::Ingest(args)) => bench(cfg, args).await,
@@ -193,6 +197,25 @@ async fn batcher(cfg: Config) -> anyhow::Result<()> {
     run_batcher(&cfg, &nats_url, &database_url, shutdown_signal()).await
 }
 
+async fn mock_provider(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use poem::listener::{Acceptor, Listener};
+    let acceptor = poem::listener::TcpListener::bind(cfg.mock_addr.clone())
+        .into_acceptor()
+        .await
+        .with_context(|| format!("mock provider cannot listen on {}", cfg.mock_addr))?;
+    tracing::info!(addr = ?acceptor.local_addr(), "mock provider listening");
+    quizflow_workers::mock::serve(
+        acceptor,
+        quizflow_workers::mock::MockState::default(),
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}
+
 async fn streams(cfg: Config) -> anyhow::Result<()> {
     let url = required(&cfg.nats_url, "NATS_URL")?.to_owned();
     let (_client, js) = connect_nats(&cfg, &url, "streams").await?;
@@ -298,10 +321,14 @@ async fn up(cfg: Config) -> anyhow::Result<()> {
                 .spawn(async move { run_batcher(&cfg, &n, &d, stop(rx)).await.context("batcher") });
         }
         println!();
-        println!("quizflow is up (api + batcher)");
+        println!("quizflow is up (api + batcher + mock provider)");
         println!(
             "  API            http://{}  (docs: /docs, spec: /openapi.json)",
             cfg.http_addr
+        );
+        println!(
+            "  mock provider  http://{}  (/_mock/messages)",
+            cfg.mock_addr
         );
         println!("  NATS           {}", quizflow_nats::redact_url(&nats_url));
         println!("  PostgreSQL     {}", redact_pg(&database_url));

@@ -1,0 +1,413 @@
+//! `quizflow mock-provider`: one HTTP server that speaks every provider's request shape.
+//!
+//! - Twilio Messages: `POST /2010-04-01/Accounts/{sid}/Messages.json` (form `To`, `From`, `Body`;
+//!   idempotency from `I-Twilio-Idempotency-Token`);
+//! - WhatsApp Cloud: `POST /{version}/{phone_number_id}/messages` (`{"to", "text": {"body"}}`);
+//! - Evolution: `POST /message/sendText/{instance}` (`{"number", "text"}`);
+//! - Resend: `POST /emails` (`{"to", "subject", "html"|"text"}`, `Idempotency-Key`);
+//! - webhooks: `POST /webhooks/{anything}` (any JSON body).
+//!
+//! Inspection: `GET /_mock/messages?channel=&to=`, `DELETE /_mock/messages`, `GET /_mock/requests`,
+//! `PUT /_mock/faults`. Magic recipients: `+15005550001` (21211 invalid number), `+15005550009`
+//! (21614 not SMS-capable), `bounce@quizflow.test` (permanent rejection). Memory is bounded:
+//! the oldest records are dropped past [`MAX_RECORDS`].
+
+use chrono::{DateTime, Utc};
+use poem::http::{HeaderMap, StatusCode};
+use poem::web::{Data, Form, Json, Path, Query};
+use poem::{get, handler, post, put, EndpointExt, IntoResponse, Response, Route};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const MAX_RECORDS: usize = 100_000;
+pub const INVALID_NUMBER: &str = "+15005550001";
+pub const NOT_SMS_CAPABLE: &str = "+15005550009";
+pub const BOUNCE_EMAIL: &str = "bounce@quizflow.test";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub channel: &'static str,
+    pub to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    pub body: String,
+    pub idempotency_key: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    pub channel: &'static str,
+    pub to: String,
+    pub status: u16,
+    pub idempotency_key: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Faults injected on one channel.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    pub channel: String,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub rate: f64,
+    #[serde(default)]
+    pub latency_ms: u64,
+    #[serde(default)]
+    pub retry_after_s: Option<u64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    messages: VecDeque<Message>,
+    requests: VecDeque<RequestRecord>,
+    faults: HashMap<String, Fault>,
+}
+
+/// The mock's recorded state; cheap to clone.
+#[derive(Clone, Default)]
+pub struct MockState(Arc<Mutex<Inner>>);
+
+impl MockState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn messages(&self) -> Vec<Message> {
+        self.lock().messages.iter().cloned().collect()
+    }
+}
+
+fn push_bounded<T>(q: &mut VecDeque<T>, item: T) {
+    if q.len() >= MAX_RECORDS {
+        q.pop_front();
+    }
+    q.push_back(item);
+}
+
+/// What the mock answers for one request, after faults and magic recipients.
+enum Verdict {
+    Accept,
+    Reject(Response, u16),
+}
+
+impl MockState {
+    async fn judge(&self, channel: &'static str, to: &str, key: Option<String>) -> Verdict {
+        let fault = self.lock().faults.get(channel).cloned();
+        if let Some(f) = &fault {
+            if f.latency_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(f.latency_ms)).await;
+            }
+        }
+        let verdict = if let Some(resp) = magic(channel, to) {
+            let status = resp.status().as_u16();
+            Verdict::Reject(resp, status)
+        } else if let Some(f) = fault.filter(|f| {
+            f.rate > 0.0 && f.status.is_some() && rand::rng().random_bool(f.rate.clamp(0.0, 1.0))
+        }) {
+            let status = StatusCode::from_u16(f.status.unwrap_or(503))
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut resp = (
+                status,
+                Json(json!({"code": status.as_u16(), "message": "injected fault"})),
+            )
+                .into_response();
+            if let Some(s) = f.retry_after_s {
+                resp.headers_mut().insert("retry-after", s.into());
+            }
+            Verdict::Reject(resp, status.as_u16())
+        } else {
+            Verdict::Accept
+        };
+        let status = match &verdict {
+            Verdict::Accept => 200,
+            Verdict::Reject(_, s) => *s,
+        };
+        push_bounded(
+            &mut self.lock().requests,
+            RequestRecord {
+                channel,
+                to: to.to_owned(),
+                status,
+                idempotency_key: key,
+                received_at: Utc::now(),
+            },
+        );
+        verdict
+    }
+
+    fn record(&self, m: Message) {
+        push_bounded(&mut self.lock().messages, m);
+    }
+}
+
+/// Permanent errors of the magic recipients, in each provider's own error shape.
+fn magic(channel: &str, to: &str) -> Option<Response> {
+    let (code, msg) = match to {
+        INVALID_NUMBER => (21211, "The 'To' number is not a valid phone number."),
+        NOT_SMS_CAPABLE => (21614, "'To' number is not a valid mobile number"),
+        BOUNCE_EMAIL => (550, "recipient rejected"),
+        _ => return None,
+    };
+    let body = match channel {
+        // WhatsApp Cloud's "message undeliverable" for an unreachable recipient.
+        "whatsapp" => json!({"error": {"code": 131026, "message": msg}}),
+        "email" => json!({"statusCode": 422, "name": "validation_error", "message": msg}),
+        _ => json!({"code": code, "message": msg, "status": 400}),
+    };
+    let status = if channel == "email" {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Some((status, Json(body)).into_response())
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TwilioForm {
+    to: String,
+    #[serde(default)]
+    from: Option<String>,
+    body: String,
+}
+
+#[handler]
+async fn twilio(
+    state: Data<&MockState>,
+    Path(_sid): Path<String>,
+    headers: &HeaderMap,
+    Form(f): Form<TwilioForm>,
+) -> Response {
+    let key = header(headers, "i-twilio-idempotency-token");
+    match state.judge("sms", &f.to, key.clone()).await {
+        Verdict::Reject(resp, _) => resp,
+        Verdict::Accept => {
+            let sid = format!("SM{}", uuid_like());
+            state.record(Message {
+                channel: "sms",
+                to: f.to.clone(),
+                subject: None,
+                body: f.body,
+                idempotency_key: key,
+                received_at: Utc::now(),
+            });
+            (
+                StatusCode::CREATED,
+                Json(json!({"sid": sid, "status": "queued", "to": f.to, "from": f.from})),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn uuid_like() -> String {
+    let n: u128 = rand::rng().random();
+    format!("{n:032x}")
+}
+
+#[handler]
+async fn whatsapp_cloud(
+    state: Data<&MockState>,
+    Path((_version, _phone_id)): Path<(String, String)>,
+    headers: &HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let to = body["to"].as_str().unwrap_or_default().to_owned();
+    let text = body["text"]["body"].as_str().unwrap_or_default().to_owned();
+    let key = header(headers, "idempotency-key");
+    match state.judge("whatsapp", &to, key.clone()).await {
+        Verdict::Reject(resp, _) => resp,
+        Verdict::Accept => {
+            state.record(Message {
+                channel: "whatsapp",
+                to: to.clone(),
+                subject: None,
+                body: text,
+                idempotency_key: key,
+                received_at: Utc::now(),
+            });
+            Json(json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": format!("wamid.{}", uuid_like())}]})).into_response()
+        }
+    }
+}
+
+#[handler]
+async fn evolution(
+    state: Data<&MockState>,
+    Path(_instance): Path<String>,
+    headers: &HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let to = body["number"].as_str().unwrap_or_default().to_owned();
+    let text = body["text"].as_str().unwrap_or_default().to_owned();
+    let key = header(headers, "idempotency-key");
+    match state.judge("whatsapp", &to, key.clone()).await {
+        Verdict::Reject(resp, _) => resp,
+        Verdict::Accept => {
+            state.record(Message {
+                channel: "whatsapp",
+                to,
+                subject: None,
+                body: text,
+                idempotency_key: key,
+                received_at: Utc::now(),
+            });
+            (
+                StatusCode::CREATED,
+                Json(json!({"key": {"id": uuid_like()}, "status": "PENDING"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+#[handler]
+async fn resend(state: Data<&MockState>, headers: &HeaderMap, Json(body): Json<Value>) -> Response {
+    let to = match &body["to"] {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a
+            .first()
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        _ => String::new(),
+    };
+    let key = header(headers, "idempotency-key");
+    match state.judge("email", &to, key.clone()).await {
+        Verdict::Reject(resp, _) => resp,
+        Verdict::Accept => {
+            state.record(Message {
+                channel: "email",
+                to,
+                subject: body["subject"].as_str().map(str::to_owned),
+                body: body["html"]
+                    .as_str()
+                    .or(body["text"].as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+                idempotency_key: key,
+                received_at: Utc::now(),
+            });
+            Json(json!({"id": uuid_like()})).into_response()
+        }
+    }
+}
+
+#[handler]
+async fn webhook(
+    state: Data<&MockState>,
+    Path(path): Path<String>,
+    headers: &HeaderMap,
+    body: String,
+) -> Response {
+    let key = header(headers, "idempotency-key");
+    let to = format!("/webhooks/{path}");
+    match state.judge("webhook", &to, key.clone()).await {
+        Verdict::Reject(resp, _) => resp,
+        Verdict::Accept => {
+            state.record(Message {
+                channel: "webhook",
+                to,
+                subject: None,
+                body,
+                idempotency_key: key,
+                received_at: Utc::now(),
+            });
+            StatusCode::NO_CONTENT.into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct MessageFilter {
+    channel: Option<String>,
+    to: Option<String>,
+}
+
+#[handler]
+fn list_messages(state: Data<&MockState>, Query(f): Query<MessageFilter>) -> Json<Value> {
+    let inner = state.lock();
+    let messages: Vec<&Message> = inner
+        .messages
+        .iter()
+        .filter(|m| {
+            f.channel.as_deref().is_none_or(|c| c == m.channel)
+                && f.to.as_deref().is_none_or(|t| t == m.to)
+        })
+        .collect();
+    Json(json!({ "messages": messages }))
+}
+
+#[handler]
+fn clear_messages(state: Data<&MockState>) -> StatusCode {
+    let mut inner = state.lock();
+    inner.messages.clear();
+    inner.requests.clear();
+    StatusCode::NO_CONTENT
+}
+
+#[handler]
+fn list_requests(state: Data<&MockState>) -> Json<Value> {
+    let inner = state.lock();
+    Json(json!({ "requests": inner.requests.iter().collect::<Vec<_>>() }))
+}
+
+#[handler]
+fn set_fault(state: Data<&MockState>, Json(f): Json<Fault>) -> Response {
+    if !matches!(f.channel.as_str(), "sms" | "email" | "whatsapp" | "webhook")
+        || !(0.0..=1.0).contains(&f.rate)
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"code": "invalid_request", "message": "channel must be sms|email|whatsapp|webhook and rate within 0..1", "details": []}})),
+        )
+            .into_response();
+    }
+    let mut inner = state.lock();
+    if f.rate == 0.0 && f.latency_ms == 0 {
+        inner.faults.remove(&f.channel);
+    } else {
+        inner.faults.insert(f.channel.clone(), f.clone());
+    }
+    Json(f).into_response()
+}
+
+/// The mock provider's routes over `state`.
+pub fn app(state: MockState) -> impl poem::Endpoint<Output = Response> {
+    Route::new()
+        .at("/2010-04-01/Accounts/:sid/Messages.json", post(twilio))
+        .at("/:version/:phone_id/messages", post(whatsapp_cloud))
+        .at("/message/sendText/:instance", post(evolution))
+        .at("/emails", post(resend))
+        .at("/webhooks/*path", post(webhook))
+        .at("/_mock/messages", get(list_messages).delete(clear_messages))
+        .at("/_mock/requests", get(list_requests))
+        .at("/_mock/faults", put(set_fault))
+        .data(state)
+        .map_to_response()
+}
+
+/// Serves the mock on `listener` until `shutdown` resolves.
+pub async fn serve(
+    acceptor: poem::listener::TcpAcceptor,
+    state: MockState,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    poem::Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(5)))
+        .await
+}
