@@ -72,7 +72,7 @@ mod tests {
     async fn migrations_apply_once_and_create_partitions() {
         let db = TestDb::create().await;
         let first = run_migrations(&db.url).await.expect("migrate");
-        assert_eq!(first.len(), 2);
+        assert_eq!(first.len(), 3);
         assert!(run_migrations(&db.url)
             .await
             .expect("migrate again")

@@ -1,7 +1,22 @@
-//! quizflow's delivery side (SPEC §3).
+//! quizflow's delivery side (SPEC §3): per-channel worker pools and the mock provider.
 //!
-//! So far: the bundled [`mock`] provider (SPEC §3.1) that speaks the Twilio Messages,
-//! WhatsApp Cloud, Evolution `sendText`, Resend `/emails` and webhook request shapes, records
-//! what it receives and injects faults. The channel worker pools come next.
+//! A pool per channel pulls from its three consumers (high, then normal, then low), loads the
+//! context of a whole fetch in one query, renders the campaign's template (minijinja), waits
+//! for the channel's token bucket, and calls the provider under a concurrency cap and a
+//! circuit breaker. The outcome ([`classify`]) is written to the ledger in batches
+//! ([`status`]) *before* the ack: sent → ack; throttled → nak after `Retry-After` (not an
+//! attempt); transient → nak after the retry schedule, dead letter once exhausted; permanent
+//! → dead letter at once.
 
+mod breaker;
+pub mod classify;
+mod config;
+mod context;
 pub mod mock;
+mod pool;
+pub mod provider;
+pub mod render;
+pub mod status;
+
+pub use config::{parse_schedule, Providers, WorkerSettings};
+pub use pool::{run, WorkerError};

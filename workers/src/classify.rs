@@ -1,0 +1,108 @@
+//! Provider outcomes, classified by a table kept as data (SPEC §3).
+
+use std::time::Duration;
+
+/// What to do with an attempt's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Class {
+    /// The provider accepted the message.
+    Sent,
+    /// Never retry: dead letter now.
+    Permanent(String),
+    /// Wait (Retry-After or backoff); not a failed attempt.
+    Throttle {
+        retry_after: Option<Duration>,
+        detail: String,
+    },
+    /// Retry with backoff.
+    Transient(String),
+    /// The request may have been accepted: retry with the same idempotency key.
+    Uncertain(String),
+}
+
+/// Provider error codes by class: the table. Codes not listed fall back to the HTTP status.
+pub struct CodeTable {
+    pub permanent: &'static [i64],
+    pub throttle: &'static [i64],
+}
+
+pub const TWILIO: CodeTable = CodeTable {
+    permanent: &[21211, 21610, 21612, 21614],
+    throttle: &[20429],
+};
+
+pub const WHATSAPP: CodeTable = CodeTable {
+    permanent: &[131026, 131050],
+    throttle: &[130429, 131056],
+};
+
+pub const NONE: CodeTable = CodeTable {
+    permanent: &[],
+    throttle: &[],
+};
+
+/// Classifies an HTTP answer: `code` is the provider's own error code, if its body had one.
+pub fn classify_http(
+    table: &CodeTable,
+    status: u16,
+    code: Option<i64>,
+    retry_after: Option<Duration>,
+    detail: String,
+) -> Class {
+    if (200..300).contains(&status) {
+        return Class::Sent;
+    }
+    if let Some(code) = code {
+        if table.permanent.contains(&code) {
+            return Class::Permanent(format!("{status} code {code}: {detail}"));
+        }
+        if table.throttle.contains(&code) {
+            return Class::Throttle {
+                retry_after,
+                detail: format!("{status} code {code}: {detail}"),
+            };
+        }
+    }
+    match status {
+        429 => Class::Throttle {
+            retry_after,
+            detail: format!("429: {detail}"),
+        },
+        408 | 409 => Class::Transient(format!("{status}: {detail}")),
+        400..=499 => Class::Permanent(format!("{status}: {detail}")),
+        // A 5xx after the request reached the provider: it may have been accepted.
+        500 | 502 | 504 => Class::Uncertain(format!("{status}: {detail}")),
+        _ => Class::Transient(format!("{status}: {detail}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_table() {
+        let c = |t: &CodeTable, s, code| classify_http(t, s, code, None, String::new());
+        assert_eq!(c(&TWILIO, 201, None), Class::Sent);
+        assert!(matches!(c(&TWILIO, 400, Some(21211)), Class::Permanent(_)));
+        assert!(matches!(c(&TWILIO, 400, Some(21614)), Class::Permanent(_)));
+        assert!(matches!(
+            c(&TWILIO, 429, Some(20429)),
+            Class::Throttle { .. }
+        ));
+        assert!(matches!(
+            c(&WHATSAPP, 400, Some(131026)),
+            Class::Permanent(_)
+        ));
+        assert!(matches!(
+            c(&WHATSAPP, 400, Some(131056)),
+            Class::Throttle { .. }
+        ));
+        assert!(matches!(c(&NONE, 429, None), Class::Throttle { .. }));
+        assert!(matches!(c(&NONE, 408, None), Class::Transient(_)));
+        assert!(matches!(c(&NONE, 409, None), Class::Transient(_)));
+        assert!(matches!(c(&NONE, 404, None), Class::Permanent(_)));
+        assert!(matches!(c(&NONE, 503, None), Class::Transient(_)));
+        assert!(matches!(c(&NONE, 500, None), Class::Uncertain(_)));
+    }
+}

@@ -1,0 +1,167 @@
+//! Provider adapters: one HTTP request per attempt, answered with a [`Class`].
+
+use crate::classify::{classify_http, Class, CodeTable, NONE, TWILIO, WHATSAPP};
+use hmac::{KeyInit, Mac};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Where and how a channel sends. Credentials are never logged (`Debug` hides them).
+#[derive(Clone)]
+pub enum Provider {
+    /// Twilio Messages API (`POST /2010-04-01/Accounts/{sid}/Messages.json`), for sms.
+    Twilio {
+        base: String,
+        account_sid: String,
+        auth_token: String,
+        from: String,
+    },
+    /// WhatsApp Cloud API (`POST /{version}/{phone_number_id}/messages`).
+    WhatsappCloud {
+        base: String,
+        version: String,
+        phone_number_id: String,
+        token: String,
+    },
+    /// Evolution API (`POST /message/sendText/{instance}`).
+    Evolution {
+        base: String,
+        instance: String,
+        api_key: String,
+    },
+    /// Resend-style e-mail API (`POST /emails`).
+    Resend {
+        base: String,
+        api_key: String,
+        from: String,
+    },
+    /// POST of the submission and campaign to the campaign's URL, HMAC-SHA256 signed.
+    Webhook { secret: Option<String> },
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One rendered message.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Phone (E.164), e-mail address, or webhook URL.
+    pub to: String,
+    pub subject: Option<String>,
+    pub body: String,
+    /// The job id: the provider's idempotency key where it has one.
+    pub idempotency_key: String,
+    /// Webhooks only: the JSON document to post.
+    pub payload: Option<Value>,
+}
+
+/// Header with the webhook body's signature: `sha256=<hex of HMAC-SHA256(secret, body)>`.
+pub const SIGNATURE_HEADER: &str = "X-Quizflow-Signature";
+
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+impl Provider {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::Twilio { .. } => "twilio",
+            Provider::WhatsappCloud { .. } => "whatsapp-cloud",
+            Provider::Evolution { .. } => "evolution",
+            Provider::Resend { .. } => "resend",
+            Provider::Webhook { .. } => "webhook",
+        }
+    }
+
+    fn table(&self) -> &'static CodeTable {
+        match self {
+            Provider::Twilio { .. } => &TWILIO,
+            Provider::WhatsappCloud { .. } | Provider::Evolution { .. } => &WHATSAPP,
+            _ => &NONE,
+        }
+    }
+
+    pub async fn send(&self, http: &reqwest::Client, out: &Outgoing, timeout: Duration) -> Class {
+        let req = match self {
+            Provider::Twilio { base, account_sid, auth_token, from } => http
+                .post(format!("{}/2010-04-01/Accounts/{account_sid}/Messages.json", base.trim_end_matches('/')))
+                .basic_auth(account_sid, Some(auth_token))
+                .header("I-Twilio-Idempotency-Token", &out.idempotency_key)
+                .form(&[("To", out.to.as_str()), ("From", from.as_str()), ("Body", out.body.as_str())]),
+            Provider::WhatsappCloud { base, version, phone_number_id, token } => http
+                .post(format!("{}/{version}/{phone_number_id}/messages", base.trim_end_matches('/')))
+                .bearer_auth(token)
+                .header("Idempotency-Key", &out.idempotency_key)
+                .json(&json!({"messaging_product": "whatsapp", "to": out.to, "type": "text", "text": {"body": out.body}})),
+            Provider::Evolution { base, instance, api_key } => http
+                .post(format!("{}/message/sendText/{instance}", base.trim_end_matches('/')))
+                .header("apikey", api_key)
+                .header("Idempotency-Key", &out.idempotency_key)
+                .json(&json!({"number": out.to, "text": out.body})),
+            Provider::Resend { base, api_key, from } => http
+                .post(format!("{}/emails", base.trim_end_matches('/')))
+                .bearer_auth(api_key)
+                .header("Idempotency-Key", &out.idempotency_key)
+                .json(&json!({"from": from, "to": [out.to], "subject": out.subject.clone().unwrap_or_default(), "html": out.body})),
+            Provider::Webhook { secret } => {
+                let body = serde_json::to_vec(out.payload.as_ref().unwrap_or(&Value::Null)).unwrap_or_default();
+                let mut r = http
+                    .post(&out.to)
+                    .header("content-type", "application/json")
+                    .header("Idempotency-Key", &out.idempotency_key);
+                if let Some(secret) = secret {
+                    r = r.header(SIGNATURE_HEADER, sign(secret, &body));
+                }
+                r.body(body)
+            }
+        };
+        match req.timeout(timeout).send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                if (200..300).contains(&status) {
+                    return Class::Sent;
+                }
+                let text = resp.text().await.unwrap_or_default();
+                let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                let code = body["code"].as_i64().or(body["error"]["code"].as_i64());
+                let message = body["message"]
+                    .as_str()
+                    .or(body["error"]["message"].as_str())
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| text.chars().take(200).collect());
+                classify_http(self.table(), status, code, retry_after, message)
+            }
+            // Sent but no answer: the provider may have accepted it.
+            Err(e) if e.is_timeout() => {
+                Class::Uncertain(format!("{}: timed out after {timeout:?}", self.name()))
+            }
+            Err(e) if e.is_builder() => {
+                Class::Permanent(format!("{}: invalid request: {e}", self.name()))
+            }
+            Err(e) => Class::Transient(format!("{}: {}", self.name(), e.without_url())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn signature_is_hmac_sha256_hex() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            super::sign("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

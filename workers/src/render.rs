@@ -1,0 +1,54 @@
+//! Rendering a campaign action for one submission (minijinja; SPEC §3 "Templates").
+
+use minijinja::Environment;
+use serde_json::{json, Map, Value};
+
+/// The template context: `respondent`, `answers` (a map question → value), `score`, `tags`,
+/// `metadata`, `quiz_id`, `submission_id`, and `campaign` (`id`, `name`).
+pub fn context(stored: &Value, campaign_id: &str, campaign_name: &str) -> Value {
+    let mut answers = Map::new();
+    for a in stored["answers"].as_array().into_iter().flatten() {
+        if let Some(q) = a["question"].as_str() {
+            answers.insert(q.to_owned(), a["value"].clone());
+        }
+    }
+    json!({
+        "respondent": stored["respondent"],
+        "answers": answers,
+        "score": stored["score"],
+        "tags": stored["tags"],
+        "metadata": stored["metadata"],
+        "quiz_id": stored["quiz_id"],
+        "submission_id": stored["submission_id"],
+        "completed_at": stored["completed_at"],
+        "campaign": {"id": campaign_id, "name": campaign_name},
+    })
+}
+
+/// Renders one template; an error is a permanent failure (the template will not change by retrying).
+pub fn render(template: &str, ctx: &Value) -> Result<String, String> {
+    let env = Environment::new();
+    env.render_str(template, minijinja::value::Serde(ctx))
+        .map_err(|e| format!("template: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_spec_example() {
+        let stored = json!({"respondent": {"name": "Ana"}, "submission_id": "643cab86-35be-57bd-ae61-a49ba8eaed7a", "score": 72.0,
+            "answers": [{"question": "q1", "value": "b"}]});
+        let ctx = context(&stored, "c1", "Promo");
+        assert_eq!(
+            render(
+                "Olá {{ respondent.name }}, seu cupom: {{ submission_id[:8] }} ({{ answers.q1 }})",
+                &ctx
+            )
+            .expect("renders"),
+            "Olá Ana, seu cupom: 643cab86 (b)"
+        );
+        assert!(render("{{ 1 / 0 }}", &ctx).is_err());
+    }
+}

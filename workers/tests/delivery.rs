@@ -1,0 +1,417 @@
+//! Worker pools against real NATS, PostgreSQL and the mock provider on loopback.
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use poem::listener::{Acceptor, Listener, TcpListener};
+use quizflow_batcher::{Batcher, BatcherSettings};
+use quizflow_core::{
+    parse_campaign, parse_submission, IdempotencyKey, QuizId, SubmissionEnvelope, SubmissionId,
+};
+use quizflow_nats::{subjects, NatsSettings, TopologyConfig};
+use quizflow_testkit::{NatsServer, TestDb};
+use quizflow_workers::{mock, Providers, WorkerSettings};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+struct Env {
+    _nats: NatsServer,
+    db: TestDb,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    mock: String,
+    http: reqwest::Client,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Env {
+    async fn start() -> Self {
+        let nats = NatsServer::start();
+        let db = TestDb::create().await;
+        quizflow_migrations::run_migrations(&db.url)
+            .await
+            .expect("migrate");
+        let settings = NatsSettings::new(nats.url(), "workers-test");
+        let client = quizflow_nats::connect(&settings).await.expect("connect");
+        let js = quizflow_nats::jetstream(client.clone(), &settings);
+        let topology = TopologyConfig {
+            worker_ack_wait: Duration::from_secs(2),
+            ..TopologyConfig::default()
+        };
+        quizflow_nats::ensure_topology(&js, &topology)
+            .await
+            .expect("topology");
+        let acceptor = TcpListener::bind("127.0.0.1:0")
+            .into_acceptor()
+            .await
+            .expect("bind");
+        let addr = acceptor.local_addr()[0]
+            .as_socket_addr()
+            .copied()
+            .expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(mock::serve(
+            acceptor,
+            mock::MockState::default(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        let mut env = Self {
+            _nats: nats,
+            db,
+            client,
+            js,
+            mock: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            stops: vec![tx],
+        };
+        let batcher = Batcher::new(
+            BatcherSettings {
+                batch_wait: Duration::from_millis(20),
+                ..Default::default()
+            },
+            env.client.clone(),
+            env.js.clone(),
+            quizflow_migrations::pool(&env.db.url, 2),
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(batcher.run(async move {
+            let _ = rx.await;
+        }));
+        env.stops.push(tx);
+        env
+    }
+
+    fn settings(&self, tune: impl FnOnce(&mut WorkerSettings)) -> WorkerSettings {
+        let mut s = WorkerSettings::new(Providers::mock(&self.mock));
+        s.retry_schedule = vec![Duration::from_millis(400), Duration::from_millis(400)];
+        s.ack_wait = Duration::from_secs(2);
+        s.send_timeout = Duration::from_secs(5);
+        tune(&mut s);
+        s
+    }
+
+    /// Starts a worker process-equivalent; returns its task so a test can kill it.
+    fn workers(&mut self, settings: WorkerSettings) -> tokio::task::JoinHandle<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        self.stops.push(tx);
+        let (js, pool) = (self.js.clone(), quizflow_migrations::pool(&self.db.url, 4));
+        tokio::spawn(async move {
+            let _ = quizflow_workers::run(settings, js, pool, async move {
+                let _ = rx.await;
+            })
+            .await;
+        })
+    }
+
+    async fn campaign(&self, actions: Value) {
+        let spec = parse_campaign(&json!({"name": "Promo", "match": {}, "actions": actions}))
+            .expect("valid");
+        let mut conn = AsyncPgConnection::establish(&self.db.url)
+            .await
+            .expect("db");
+        quizflow_migrations::campaigns::insert(&mut conn, &spec)
+            .await
+            .expect("insert");
+        self.client
+            .publish(subjects::CAMPAIGNS_CHANGED, "x".into())
+            .await
+            .expect("notify");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    async fn submit(&self, key: &str, respondent: Value) -> SubmissionId {
+        let quiz = QuizId::parse("promo").expect("quiz");
+        let key = IdempotencyKey::parse(key).expect("key");
+        let sub = parse_submission(&json!({"respondent": respondent, "score": 72})).expect("valid");
+        let env = SubmissionEnvelope::new(
+            SubmissionId::from_key(&quiz, &key),
+            quiz,
+            chrono::Utc::now(),
+            Some(key),
+            sub,
+        );
+        quizflow_nats::publish_submission(&self.js, &env)
+            .await
+            .expect("publish");
+        env.submission_id
+    }
+
+    async fn deliveries(&self, id: SubmissionId) -> Vec<(String, String, i32, Value)> {
+        #[derive(diesel::QueryableByName)]
+        struct R {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            channel: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            status: String,
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            attempts: i32,
+            #[diesel(sql_type = diesel::sql_types::Jsonb)]
+            history: Value,
+        }
+        let mut conn = AsyncPgConnection::establish(&self.db.url)
+            .await
+            .expect("db");
+        let rows: Vec<R> = diesel::sql_query("SELECT channel, status, attempts, history FROM deliveries WHERE submission_id = $1 ORDER BY channel")
+            .bind::<diesel::sql_types::Uuid, _>(id.0)
+            .load(&mut conn)
+            .await
+            .expect("deliveries");
+        rows.into_iter()
+            .map(|r| (r.channel, r.status, r.attempts, r.history))
+            .collect()
+    }
+
+    async fn wait_status(
+        &self,
+        id: SubmissionId,
+        want: &[(&str, &str)],
+        within: Duration,
+    ) -> Vec<(String, String, i32, Value)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.deliveries(id).await;
+            let pairs: Vec<(&str, &str)> = got
+                .iter()
+                .map(|(c, s, _, _)| (c.as_str(), s.as_str()))
+                .collect();
+            if pairs == want {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "deliveries {pairs:?}, want {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn mock_get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.mock))
+            .send()
+            .await
+            .expect("mock")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    async fn fault(&self, f: Value) {
+        let r = self
+            .http
+            .put(format!("{}/_mock/faults", self.mock))
+            .json(&f)
+            .send()
+            .await
+            .expect("fault");
+        assert!(r.status().is_success());
+    }
+
+    async fn dead_letters(&self) -> u64 {
+        let mut s = self.js.get_stream("DEAD_LETTERS").await.expect("stream");
+        s.info().await.expect("info").state.messages
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for tx in self.stops.drain(..) {
+            let _ = tx.send(());
+        }
+    }
+}
+
+const PHONE: &str = "+5511987654321";
+
+#[tokio::test]
+async fn given_a_matching_submission_then_every_channel_is_sent_once_with_its_rendered_template() {
+    let mut env = Env::start().await;
+    env.campaign(json!([
+        {"channel": "sms", "template": "Olá {{ respondent.name }}, cupom {{ submission_id[:8] }}"},
+        {"channel": "email", "subject": "Seu resultado", "template": "<p>Score {{ score }}</p>"},
+        {"channel": "whatsapp", "template": "oi {{ respondent.name }}"},
+        {"channel": "webhook", "url": format!("{}/webhooks/crm", env.mock)}
+    ]))
+    .await;
+    let s = env.settings(|_| {});
+    env.workers(s);
+    let id = env
+        .submit(
+            "k1",
+            json!({"phone": PHONE, "email": "ana@example.com", "name": "Ana"}),
+        )
+        .await;
+    let rows = env
+        .wait_status(
+            id,
+            &[
+                ("email", "sent"),
+                ("sms", "sent"),
+                ("webhook", "sent"),
+                ("whatsapp", "sent"),
+            ],
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(rows.iter().all(|(_, _, attempts, _)| *attempts == 1));
+    let sms = env.mock_get("/_mock/messages?channel=sms").await;
+    let body = sms["messages"][0]["body"].as_str().expect("body");
+    assert_eq!(body, format!("Olá Ana, cupom {}", &id.to_string()[..8]));
+    assert_eq!(sms["messages"][0]["to"], PHONE);
+    let email = env.mock_get("/_mock/messages?channel=email").await;
+    assert_eq!(email["messages"][0]["subject"], "Seu resultado");
+    assert_eq!(email["messages"][0]["body"], "<p>Score 72</p>");
+    let hook = env.mock_get("/_mock/messages?channel=webhook").await;
+    let posted: Value =
+        serde_json::from_str(hook["messages"][0]["body"].as_str().expect("body")).expect("json");
+    assert_eq!(posted["submission"]["submission_id"], id.to_string());
+    // The job id is the idempotency key.
+    assert!(sms["messages"][0]["idempotency_key"]
+        .as_str()
+        .is_some_and(|k| !k.is_empty()));
+    let all = env.mock_get("/_mock/messages").await;
+    assert_eq!(
+        all["messages"].as_array().map(Vec::len),
+        Some(4),
+        "each exactly once"
+    );
+}
+
+#[tokio::test]
+async fn given_a_permanent_error_then_dead_letter_after_exactly_one_attempt() {
+    let mut env = Env::start().await;
+    env.campaign(json!([{"channel": "sms", "template": "hi"}]))
+        .await;
+    let s = env.settings(|_| {});
+    env.workers(s);
+    let id = env
+        .submit("k2", json!({"phone": mock::INVALID_NUMBER}))
+        .await;
+    let rows = env
+        .wait_status(id, &[("sms", "dead")], Duration::from_secs(20))
+        .await;
+    assert_eq!(rows[0].2, 1, "one attempt");
+    let requests = env.mock_get("/_mock/requests").await;
+    assert_eq!(requests["requests"].as_array().map(Vec::len), Some(1));
+    assert_eq!(env.dead_letters().await, 1);
+    let dl = env.js.get_stream("DEAD_LETTERS").await.expect("stream");
+    let msg = dl
+        .get_last_raw_message_by_subject("dead.deliveries.sms")
+        .await
+        .expect("dead letter");
+    let letter: Value = serde_json::from_slice(&msg.payload).expect("json");
+    assert_eq!(letter["class"], "permanent");
+    assert!(
+        letter["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("21211")),
+        "{letter}"
+    );
+    assert_eq!(letter["attempts"], 1);
+}
+
+#[tokio::test]
+async fn given_transient_failures_until_exhausted_then_dead_letter_with_schedule_plus_one_attempts()
+{
+    let mut env = Env::start().await;
+    let hook = format!("{}/webhooks/down", env.mock);
+    env.campaign(json!([{"channel": "webhook", "url": hook}]))
+        .await;
+    env.fault(json!({"channel": "webhook", "status": 503, "rate": 1.0}))
+        .await;
+    let s = env.settings(|s| s.breaker_failures = 100);
+    env.workers(s);
+    let id = env.submit("k3", json!({"name": "x"})).await;
+    let rows = env
+        .wait_status(id, &[("webhook", "dead")], Duration::from_secs(30))
+        .await;
+    assert_eq!(rows[0].2, 3, "attempts = schedule entries + 1");
+    let history = rows[0].3.as_array().expect("history");
+    assert!(history.len() >= 3, "{history:?}");
+    let requests = env.mock_get("/_mock/requests").await;
+    let times: Vec<chrono::DateTime<chrono::Utc>> = requests["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter_map(|r| r["received_at"].as_str().and_then(|t| t.parse().ok()))
+        .collect();
+    assert_eq!(times.len(), 3);
+    for gap in times.windows(2).map(|w| (w[1] - w[0]).num_milliseconds()) {
+        // 400 ms ± 10 % jitter, plus redelivery overhead.
+        assert!((340..2000).contains(&gap), "gap {gap} ms");
+    }
+    let dl = env.js.get_stream("DEAD_LETTERS").await.expect("stream");
+    let letter: Value = serde_json::from_slice(
+        &dl.get_last_raw_message_by_subject("dead.deliveries.webhook")
+            .await
+            .expect("dl")
+            .payload,
+    )
+    .expect("json");
+    assert_eq!(letter["class"], "exhausted");
+    assert_eq!(letter["attempts"], 3);
+}
+
+#[tokio::test]
+async fn given_429_with_retry_after_then_it_waits_and_the_attempt_is_not_counted() {
+    let mut env = Env::start().await;
+    env.campaign(json!([{"channel": "sms", "template": "hi"}]))
+        .await;
+    env.fault(json!({"channel": "sms", "status": 429, "rate": 1.0, "retry_after_s": 1}))
+        .await;
+    let s = env.settings(|_| {});
+    env.workers(s);
+    let id = env.submit("k4", json!({"phone": PHONE})).await;
+    // Let it be throttled a couple of times, then lift the fault.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    env.fault(json!({"channel": "sms", "rate": 0})).await;
+    let rows = env
+        .wait_status(id, &[("sms", "sent")], Duration::from_secs(20))
+        .await;
+    assert_eq!(rows[0].2, 1, "throttles are not attempts");
+    let requests = env.mock_get("/_mock/requests").await;
+    let reqs = requests["requests"].as_array().expect("requests");
+    assert!(
+        reqs.len() >= 2 && reqs.len() <= 4,
+        "{} requests in ~2.5 s with Retry-After 1 s",
+        reqs.len()
+    );
+    let times: Vec<chrono::DateTime<chrono::Utc>> = reqs
+        .iter()
+        .filter_map(|r| r["received_at"].as_str().and_then(|t| t.parse().ok()))
+        .collect();
+    for gap in times.windows(2).map(|w| (w[1] - w[0]).num_milliseconds()) {
+        assert!(gap >= 900, "Retry-After honoured: gap {gap} ms");
+    }
+}
+
+#[tokio::test]
+async fn given_a_worker_killed_mid_send_then_another_finishes_the_job() {
+    let mut env = Env::start().await;
+    env.campaign(json!([{"channel": "sms", "template": "hi"}]))
+        .await;
+    env.fault(json!({"channel": "sms", "latency_ms": 1500, "rate": 0}))
+        .await;
+    let s = env.settings(|_| {});
+    let first = env.workers(s.clone());
+    let id = env.submit("k5", json!({"phone": PHONE})).await;
+    // Wait until the provider call is in flight (the ledger says `sending`; the mock holds
+    // the request for 1.5 s), then kill the worker: no answer recorded, no ack.
+    env.wait_status(id, &[("sms", "sending")], Duration::from_secs(10))
+        .await;
+    first.abort();
+    env.fault(json!({"channel": "sms", "rate": 0})).await;
+    env.workers(s);
+    env.wait_status(id, &[("sms", "sent")], Duration::from_secs(20))
+        .await;
+    // At-least-once: the killed call may have reached the provider too; both carry the
+    // same idempotency key (the job id).
+    let sms = env.mock_get("/_mock/requests").await;
+    let keys: std::collections::HashSet<&str> = sms["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter_map(|r| r["idempotency_key"].as_str())
+        .collect();
+    assert_eq!(keys.len(), 1);
+}
