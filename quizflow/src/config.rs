@@ -35,6 +35,25 @@ pub struct Config {
     pub batch_max: usize,
     pub batch_wait_ms: u64,
     pub submissions_retention_months: u32,
+    pub batcher_ack_wait: String,
+    pub retry_schedule: String,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: String,
+    pub worker_concurrency: usize,
+    pub provider_rate_per_sec: u32,
+    pub twilio_url: String,
+    pub twilio_account_sid: Option<String>,
+    pub twilio_auth_token: Option<String>,
+    pub twilio_from: Option<String>,
+    pub whatsapp_provider: Option<String>,
+    pub whatsapp_url: Option<String>,
+    pub whatsapp_token: Option<String>,
+    pub whatsapp_phone_number_id: Option<String>,
+    pub evolution_instance: Option<String>,
+    pub email_url: String,
+    pub email_api_key: Option<String>,
+    pub email_from: Option<String>,
+    pub webhook_secret: Option<String>,
 }
 
 impl Default for Config {
@@ -60,6 +79,25 @@ impl Default for Config {
             batch_max: 1000,
             batch_wait_ms: 100,
             submissions_retention_months: 12,
+            batcher_ack_wait: "60s".into(),
+            retry_schedule: "5s,25s,2m,10m,1h".into(),
+            breaker_failures: 5,
+            breaker_cooldown: "10s".into(),
+            worker_concurrency: 64,
+            provider_rate_per_sec: 50,
+            twilio_url: "https://api.twilio.com".into(),
+            twilio_account_sid: None,
+            twilio_auth_token: None,
+            twilio_from: None,
+            whatsapp_provider: None,
+            whatsapp_url: None,
+            whatsapp_token: None,
+            whatsapp_phone_number_id: None,
+            evolution_instance: None,
+            email_url: "https://api.resend.com".into(),
+            email_api_key: None,
+            email_from: None,
+            webhook_secret: None,
         }
     }
 }
@@ -83,6 +121,25 @@ const KEYS: &[&str] = &[
     "batch_max",
     "batch_wait_ms",
     "submissions_retention_months",
+    "batcher_ack_wait",
+    "retry_schedule",
+    "breaker_failures",
+    "breaker_cooldown",
+    "worker_concurrency",
+    "provider_rate_per_sec",
+    "twilio_url",
+    "twilio_account_sid",
+    "twilio_auth_token",
+    "twilio_from",
+    "whatsapp_provider",
+    "whatsapp_url",
+    "whatsapp_token",
+    "whatsapp_phone_number_id",
+    "evolution_instance",
+    "email_url",
+    "email_api_key",
+    "email_from",
+    "webhook_secret",
 ];
 
 /// `QUIZFLOW_*` variables read by other tools (the test harness), not by this binary.
@@ -135,6 +192,19 @@ impl Config {
         if !(1..=10_000).contains(&self.batch_max) || self.batch_wait_ms == 0 {
             bail!("batch_max must be 1 to 10000 and batch_wait_ms positive");
         }
+        humantime::parse_duration(&self.batcher_ack_wait)
+            .with_context(|| format!("batcher_ack_wait {:?}", self.batcher_ack_wait))?;
+        quizflow_workers::parse_schedule(&self.retry_schedule).map_err(anyhow::Error::msg)?;
+        humantime::parse_duration(&self.breaker_cooldown)
+            .with_context(|| format!("breaker_cooldown {:?}", self.breaker_cooldown))?;
+        if self.worker_concurrency == 0
+            || self.provider_rate_per_sec == 0
+            || self.breaker_failures == 0
+        {
+            bail!(
+                "worker_concurrency, provider_rate_per_sec and breaker_failures must be positive"
+            );
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be text or json");
         }
@@ -163,6 +233,8 @@ impl Config {
     pub fn topology(&self) -> quizflow_nats::TopologyConfig {
         quizflow_nats::TopologyConfig {
             replicas: self.stream_replicas,
+            batcher_ack_wait: humantime::parse_duration(&self.batcher_ack_wait)
+                .unwrap_or(Duration::from_secs(60)),
             ..Default::default()
         }
     }
@@ -174,6 +246,91 @@ impl Config {
             retention_months: self.submissions_retention_months,
             ..Default::default()
         }
+    }
+
+    /// Providers from configuration; channels with none configured use the mock provider.
+    pub fn providers(&self) -> anyhow::Result<(quizflow_workers::Providers, Vec<&'static str>)> {
+        use quizflow_workers::provider::Provider;
+        let mock_base = format!("http://{}", self.mock_addr);
+        let mut p = quizflow_workers::Providers::mock(&mock_base);
+        let mut mocked = Vec::new();
+        match (&self.twilio_account_sid, &self.twilio_auth_token, &self.twilio_from) {
+            (Some(sid), Some(token), Some(from)) => {
+                p.sms = Provider::Twilio { base: self.twilio_url.clone(), account_sid: sid.clone(), auth_token: token.clone(), from: from.clone() }
+            }
+            (None, None, None) => mocked.push("sms"),
+            _ => bail!("Twilio needs QUIZFLOW_TWILIO_ACCOUNT_SID, QUIZFLOW_TWILIO_AUTH_TOKEN and QUIZFLOW_TWILIO_FROM"),
+        }
+        match self.whatsapp_provider.as_deref() {
+            None => mocked.push("whatsapp"),
+            Some("cloud") => {
+                let (Some(url), Some(token), Some(id)) = (
+                    &self.whatsapp_url,
+                    &self.whatsapp_token,
+                    &self.whatsapp_phone_number_id,
+                ) else {
+                    bail!("WhatsApp Cloud needs QUIZFLOW_WHATSAPP_URL, QUIZFLOW_WHATSAPP_TOKEN and QUIZFLOW_WHATSAPP_PHONE_NUMBER_ID");
+                };
+                p.whatsapp = Provider::WhatsappCloud {
+                    base: url.clone(),
+                    version: "v21.0".into(),
+                    phone_number_id: id.clone(),
+                    token: token.clone(),
+                };
+            }
+            Some("evolution") => {
+                let (Some(url), Some(token), Some(instance)) = (
+                    &self.whatsapp_url,
+                    &self.whatsapp_token,
+                    &self.evolution_instance,
+                ) else {
+                    bail!("Evolution needs QUIZFLOW_WHATSAPP_URL, QUIZFLOW_WHATSAPP_TOKEN (API key) and QUIZFLOW_EVOLUTION_INSTANCE");
+                };
+                p.whatsapp = Provider::Evolution {
+                    base: url.clone(),
+                    instance: instance.clone(),
+                    api_key: token.clone(),
+                };
+            }
+            Some(other) => {
+                bail!("QUIZFLOW_WHATSAPP_PROVIDER must be cloud or evolution, not {other:?}")
+            }
+        }
+        match (&self.email_api_key, &self.email_from) {
+            (Some(key), Some(from)) => {
+                p.email = Provider::Resend {
+                    base: self.email_url.clone(),
+                    api_key: key.clone(),
+                    from: from.clone(),
+                }
+            }
+            (None, None) => mocked.push("email"),
+            _ => bail!("e-mail needs QUIZFLOW_EMAIL_API_KEY and QUIZFLOW_EMAIL_FROM"),
+        }
+        p.webhook = Provider::Webhook {
+            secret: self.webhook_secret.clone(),
+        };
+        Ok((p, mocked))
+    }
+
+    pub fn worker_settings(
+        &self,
+        channels: Vec<quizflow_core::Channel>,
+    ) -> anyhow::Result<quizflow_workers::WorkerSettings> {
+        let (providers, mocked) = self.providers()?;
+        if !mocked.is_empty() {
+            tracing::warn!(channels = ?mocked, mock = %self.mock_addr, "no provider configured: these channels use the mock provider");
+        }
+        let mut s = quizflow_workers::WorkerSettings::new(providers);
+        s.channels = channels;
+        s.concurrency = self.worker_concurrency;
+        s.rate_per_sec = self.provider_rate_per_sec;
+        s.retry_schedule =
+            quizflow_workers::parse_schedule(&self.retry_schedule).map_err(anyhow::Error::msg)?;
+        s.breaker_failures = self.breaker_failures;
+        s.breaker_cooldown = humantime::parse_duration(&self.breaker_cooldown)?;
+        s.ack_wait = self.topology().worker_ack_wait;
+        Ok(s)
     }
 
     pub fn api_settings(&self) -> anyhow::Result<quizflow_api::ApiSettings> {

@@ -43,6 +43,12 @@ enum Command {
     /// Store submissions in bulk, match campaigns and publish delivery jobs (needs NATS_URL
     /// and DATABASE_URL).
     Batcher,
+    /// Deliver jobs through per-channel worker pools (needs NATS_URL and DATABASE_URL).
+    Workers {
+        /// Channels to serve (default: all).
+        #[arg(long, value_delimiter = ',', value_parser = parse_channel)]
+        channels: Vec<quizflow_core::Channel>,
+    },
     /// The bundled mock provider (Twilio, WhatsApp Cloud, Evolution, Resend and webhook
     /// shapes) on QUIZFLOW_MOCK_ADDR, with `/_mock/*` inspection and fault injection.
     MockProvider,
@@ -71,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             Command::Up => up(cfg).await,
             Command::Api => api(cfg).await,
             Command::Batcher => batcher(cfg).await,
+            Command::Workers { channels } => workers(cfg, channels).await,
             Command::MockProvider => mock_provider(cfg, shutdown_signal()).await,
             Command::Streams => streams(cfg).await,
             Command::Migrate => migrate(cfg).await,
@@ -197,6 +204,38 @@ async fn batcher(cfg: Config) -> anyhow::Result<()> {
     run_batcher(&cfg, &nats_url, &database_url, shutdown_signal()).await
 }
 
+fn parse_channel(raw: &str) -> Result<quizflow_core::Channel, String> {
+    quizflow_core::Channel::parse(raw)
+        .ok_or_else(|| format!("unknown channel {raw:?}: sms, email, whatsapp or webhook"))
+}
+
+async fn run_workers(
+    cfg: &Config,
+    channels: Vec<quizflow_core::Channel>,
+    nats_url: &str,
+    database_url: &str,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let channels = if channels.is_empty() {
+        quizflow_core::Channel::ALL.to_vec()
+    } else {
+        channels
+    };
+    let settings = cfg.worker_settings(channels)?;
+    let (client, js) = connect_nats(cfg, nats_url, "workers").await?;
+    ensure_topology(cfg, &js).await?;
+    let pool = quizflow_migrations::pool(database_url, cfg.db_pool_size);
+    quizflow_workers::run(settings, js, pool, shutdown).await?;
+    let _ = client.flush().await;
+    Ok(())
+}
+
+async fn workers(cfg: Config, channels: Vec<quizflow_core::Channel>) -> anyhow::Result<()> {
+    let nats_url = required(&cfg.nats_url, "NATS_URL")?.to_owned();
+    let database_url = required(&cfg.database_url, "DATABASE_URL")?.to_owned();
+    run_workers(&cfg, channels, &nats_url, &database_url, shutdown_signal()).await
+}
+
 async fn mock_provider(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
@@ -320,8 +359,25 @@ async fn up(cfg: Config) -> anyhow::Result<()> {
             roles
                 .spawn(async move { run_batcher(&cfg, &n, &d, stop(rx)).await.context("batcher") });
         }
+        {
+            let (cfg, rx) = (cfg.clone(), shutdown_rx.clone());
+            roles.spawn(async move { mock_provider(cfg, stop(rx)).await.context("mock provider") });
+        }
+        {
+            let (cfg, n, d, rx) = (
+                cfg.clone(),
+                nats_url.clone(),
+                database_url.clone(),
+                shutdown_rx.clone(),
+            );
+            roles.spawn(async move {
+                run_workers(&cfg, Vec::new(), &n, &d, stop(rx))
+                    .await
+                    .context("workers")
+            });
+        }
         println!();
-        println!("quizflow is up (api + batcher + mock provider)");
+        println!("quizflow is up (api + batcher + workers + mock provider)");
         println!(
             "  API            http://{}  (docs: /docs, spec: /openapi.json)",
             cfg.http_addr

@@ -1,25 +1,24 @@
-//! `quizflow up` end to end: private servers, API and batcher, a campaign matching a
-//! submission into stored rows, a restart after `kill -9` that keeps what was acknowledged,
-//! and a clean SIGTERM shutdown.
+//! `quizflow up` end to end: private servers, API, batcher, workers and mock provider; a
+//! campaign turning a submission into stored rows and sent messages; a restart after
+//! `kill -9` that keeps what was acknowledged; and a clean SIGTERM shutdown.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn spawn_up(data_dir: &std::path::Path, port: u16) -> Child {
+fn spawn_up(data_dir: &std::path::Path, port: u16, mock_port: u16) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quizflow"));
     cmd.arg("up")
         .env_remove("NATS_URL")
         .env_remove("DATABASE_URL")
         .env("QUIZFLOW_DATA_DIR", data_dir)
         .env("QUIZFLOW_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env(
-            "QUIZFLOW_MOCK_ADDR",
-            format!("127.0.0.1:{}", quizflow_testkit::free_port()),
-        )
+        .env("QUIZFLOW_MOCK_ADDR", format!("127.0.0.1:{mock_port}"))
         .env(
             "QUIZFLOW_NATS_SERVER_BIN",
             quizflow_testkit::nats_server_binary(),
         )
+        // A killed batcher's unacked messages come back after this (60 s by default).
+        .env("QUIZFLOW_BATCHER_ACK_WAIT", "3s")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -57,7 +56,7 @@ async fn post(http: &reqwest::Client, base: &str, key: &str) -> serde_json::Valu
     let r = http
         .post(format!("{base}/v1/quizzes/up-test/submissions"))
         .header("Idempotency-Key", key)
-        .json(&serde_json::json!({"score": 1}))
+        .json(&serde_json::json!({"score": 1, "respondent": {"phone": "+5511987654321", "name": "Ana"}}))
         .send()
         .await
         .expect("post");
@@ -66,15 +65,18 @@ async fn post(http: &reqwest::Client, base: &str, key: &str) -> serde_json::Valu
 }
 
 #[tokio::test]
-async fn given_nothing_configured_when_up_then_it_serves_stops_cleanly_and_survives_kill_9() {
+async fn given_nothing_configured_when_up_then_leads_become_messages_it_survives_kill_9_and_stops_cleanly(
+) {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     let port = quizflow_testkit::free_port();
+    let mock_port = quizflow_testkit::free_port();
+    let mock = format!("http://127.0.0.1:{mock_port}");
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
 
     // First run: serve, then kill -9 (children are left behind, orphaned).
-    let mut up = spawn_up(&data, port);
+    let mut up = spawn_up(&data, port, mock_port);
     wait_ready(&http, &base).await;
     let first = post(&http, &base, "before-crash").await;
     assert_eq!(first["duplicate"], false);
@@ -85,7 +87,7 @@ async fn given_nothing_configured_when_up_then_it_serves_stops_cleanly_and_survi
 
     // Second run on the same data dir takes over, and the acknowledged submission is still
     // in the stream (JetStream answers "duplicate" for the same id).
-    let mut up = spawn_up(&data, port);
+    let mut up = spawn_up(&data, port, mock_port);
     wait_ready(&http, &base).await;
     let again = post(&http, &base, "before-crash").await;
     assert_eq!(again["submission_id"], first["submission_id"]);
@@ -98,6 +100,95 @@ async fn given_nothing_configured_when_up_then_it_serves_stops_cleanly_and_survi
         token,
         "the token is kept"
     );
+
+    // The whole pipeline: a campaign created over the API turns a matching submission into a
+    // stored row, ledger rows and messages at the mock provider (batcher and workers run
+    // inside `up`, every channel pointed at the bundled mock).
+    let campaign = serde_json::json!({
+        "name": "all up-test", "quiz_id": "up-test", "priority": "high",
+        "match": {"all": [{"field": "score", "op": "gte", "value": 1}]},
+        "actions": [{"channel": "webhook", "url": format!("{mock}/webhooks/up")},
+                    {"channel": "sms", "template": "Olá {{ respondent.name }}"}]
+    });
+    let created = http
+        .post(format!("{base}/v1/campaigns"))
+        .bearer_auth(&token)
+        .json(&campaign)
+        .send()
+        .await
+        .expect("create campaign");
+    assert_eq!(created.status().as_u16(), 201);
+    // Campaigns apply to submissions received after the change reached the batcher.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lead = post(&http, &base, "after-campaign").await;
+    let id = lead["submission_id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http
+            .get(format!("{base}/v1/submissions/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("get");
+        if r.status().as_u16() == 200 {
+            let body: serde_json::Value = r.json().await.expect("json");
+            let d = body["deliveries"].as_array().cloned().unwrap_or_default();
+            if d.len() == 2
+                && d.iter()
+                    .all(|d| d["status"] == "sent" && d["attempts"] == 1)
+            {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "stored and sent in time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sms: serde_json::Value = http
+        .get(format!("{mock}/_mock/messages?channel=sms"))
+        .send()
+        .await
+        .expect("mock")
+        .json()
+        .await
+        .expect("json");
+    let bodies: Vec<&str> = sms["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["body"].as_str())
+        .collect();
+    assert_eq!(bodies, ["Olá Ana"]);
+    let hooks: serde_json::Value = http
+        .get(format!("{mock}/_mock/messages?channel=webhook"))
+        .send()
+        .await
+        .expect("mock")
+        .json()
+        .await
+        .expect("json");
+    assert!(hooks["messages"][0]["body"]
+        .as_str()
+        .is_some_and(|b| b.contains(&id)));
+    // The submission accepted before the crash is stored too (redelivered to this run's
+    // batcher if the killed one had it in hand).
+    let before = first["submission_id"].as_str().expect("id");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = http
+            .get(format!("{base}/v1/submissions/{before}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("get");
+        if r.status().as_u16() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pre-crash submission was stored"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // SIGTERM stops everything, children included.
     nix::sys::signal::kill(
