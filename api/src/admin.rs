@@ -201,3 +201,111 @@ pub async fn get_submission(
         )),
     }
 }
+
+#[derive(serde::Deserialize)]
+pub struct DeadLetterQuery {
+    channel: Option<String>,
+    limit: Option<i64>,
+}
+
+fn channel_param(raw: Option<&str>) -> Result<Option<&'static str>, ApiError> {
+    match raw {
+        None => Ok(None),
+        Some(c) => quizflow_core::Channel::parse(c)
+            .map(|c| Some(c.as_str()))
+            .ok_or_else(|| {
+                ApiError::invalid_field("channel", "must be sms, email, whatsapp or webhook")
+            }),
+    }
+}
+
+#[handler]
+pub async fn list_dead_letters(
+    state: Data<&Arc<AppState>>,
+    poem::web::Query(q): poem::web::Query<DeadLetterQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let channel = channel_param(q.channel.as_deref())?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid_field("limit", "must be 1 to 1000"));
+    }
+    let mut conn = state.db.get().await.map_err(db_error)?;
+    let items = quizflow_migrations::dead_letters::list(&mut conn, channel, limit)
+        .await
+        .map_err(db_error)?;
+    Ok(Json(serde_json::json!({ "items": items })))
+}
+
+/// Takes dead letters for redrive and publishes their jobs again; what cannot be published
+/// is put back on the list.
+async fn redrive(
+    state: &AppState,
+    id: Option<Uuid>,
+    channel: Option<&str>,
+) -> Result<usize, ApiError> {
+    let mut conn = state.db.get().await.map_err(db_error)?;
+    let taken = quizflow_migrations::dead_letters::take_for_redrive(&mut conn, id, channel, 10_000)
+        .await
+        .map_err(db_error)?;
+    let mut failed = Vec::new();
+    let mut sent = 0;
+    for t in &taken {
+        let job: Option<quizflow_core::DeliveryJob> = t
+            .payload
+            .as_deref()
+            .and_then(|p| serde_json::from_slice(p).ok());
+        let ok = match job {
+            Some(job) => quizflow_nats::publish_redrive(&state.js, &job, &t.id.to_string())
+                .await
+                .is_ok(),
+            None => false,
+        };
+        if ok {
+            sent += 1;
+        } else {
+            failed.push(t.id);
+        }
+    }
+    if !failed.is_empty() {
+        quizflow_migrations::dead_letters::restore(&mut conn, &failed)
+            .await
+            .map_err(db_error)?;
+        if sent == 0 {
+            return Err(ApiError::unavailable(
+                "the jobs could not be published; retry shortly",
+            ));
+        }
+    }
+    tracing::info!(
+        redriven = sent,
+        kept = failed.len(),
+        "dead letters redriven"
+    );
+    Ok(sent)
+}
+
+#[handler]
+pub async fn redrive_one(
+    state: Data<&Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id, "dead letter")?;
+    match redrive(&state, Some(id), None).await? {
+        0 => Err(not_found("open delivery dead letter")),
+        n => Ok(Json(serde_json::json!({"redriven": n}))
+            .with_status(StatusCode::ACCEPTED)
+            .into_response()),
+    }
+}
+
+#[handler]
+pub async fn redrive_bulk(
+    state: Data<&Arc<AppState>>,
+    poem::web::Query(q): poem::web::Query<DeadLetterQuery>,
+) -> Result<Response, ApiError> {
+    let channel = channel_param(q.channel.as_deref())?;
+    let n = redrive(&state, None, channel).await?;
+    Ok(Json(serde_json::json!({"redriven": n}))
+        .with_status(StatusCode::ACCEPTED)
+        .into_response())
+}

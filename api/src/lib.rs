@@ -119,6 +119,12 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
             ),
         )
         .at("/v1/submissions/:id", guard(get(admin::get_submission)))
+        .at("/v1/dead-letters", guard(get(admin::list_dead_letters)))
+        .at("/v1/dead-letters/redrive", guard(post(admin::redrive_bulk)))
+        .at(
+            "/v1/dead-letters/:id/redrive",
+            guard(post(admin::redrive_one)),
+        )
         .at("/healthz", get(ops::healthz))
         .at("/readyz", get(ops::readyz))
         .at("/metrics", get(ops::metrics))

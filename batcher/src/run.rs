@@ -402,6 +402,20 @@ impl Batcher {
         .await
         {
             Ok(()) => {
+                // Mirror for `GET /v1/dead-letters`; the stream copy is the durable one.
+                if let Ok(mut conn) = self.pool.get().await {
+                    let id = uuid::Uuid::new_v4();
+                    if let Err(e) = quizflow_migrations::dead_letters::insert_poison_submission(
+                        &mut conn,
+                        id,
+                        reason,
+                        &msg.payload,
+                    )
+                    .await
+                    {
+                        tracing::warn!(error = %e, "poison submission not mirrored to dead_letters");
+                    }
+                }
                 let _ = msg.ack_with(AckKind::Term).await;
             }
             Err(e) => {

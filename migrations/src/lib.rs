@@ -5,6 +5,7 @@
 //! timeouts are decided in one place.
 
 pub mod campaigns;
+pub mod dead_letters;
 pub mod submissions;
 
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;

@@ -11,7 +11,9 @@ pub mod subjects;
 pub mod topology;
 
 pub use client::{connect, jetstream, redact_url, NatsSettings};
-pub use publish::{dead_letter_submission, publish_jobs, publish_submission, PublishOutcome};
+pub use publish::{
+    dead_letter_submission, publish_jobs, publish_redrive, publish_submission, PublishOutcome,
+};
 pub use topology::{ensure_topology, TopologyConfig};
 
 /// Errors of the NATS layer.

@@ -91,3 +91,20 @@ pub async fn dead_letter_submission(
     .await?;
     Ok(())
 }
+
+/// Publishes a redriven job. Its `Nats-Msg-Id` names the redrive (`redrive:<dead letter id>`),
+/// so JetStream's duplicate window cannot swallow it as a copy of the original job.
+pub async fn publish_redrive(
+    js: &jetstream::Context,
+    job: &quizflow_core::DeliveryJob,
+    dead_letter: &str,
+) -> Result<(), NatsError> {
+    let msg = PublishMessage::build()
+        .payload(serde_json::to_vec(job)?.into())
+        .message_id(format!("redrive:{dead_letter}"))
+        .expected_stream(subjects::DELIVERIES_STREAM);
+    js.send_publish(subjects::delivery(job.channel, job.priority), msg)
+        .await?
+        .await?;
+    Ok(())
+}

@@ -56,17 +56,22 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     for &channel in &settings.channels {
         let rate = NonZeroU32::new(settings.rate_per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
-        let c = Arc::new(Channelled {
-            channel,
-            provider: settings.providers.for_channel(channel).clone(),
-            limiter: RateLimiter::direct(Quota::per_second(rate)),
-            breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
-            settings: settings.clone(),
-            js: js.clone(),
-            pool: pool.clone(),
-            status: status.clone(),
-            http: http.clone(),
-        });
+        let c =
+            Arc::new(Channelled {
+                channel,
+                provider: settings.providers.for_channel(channel).clone(),
+                // A small burst (a tenth of a second's worth): a provider that allows 50 msg/s
+                // must not see 50 at once after an idle spell.
+                limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(
+                    NonZeroU32::new((rate.get() / 10).max(1)).unwrap_or(NonZeroU32::MIN),
+                )),
+                breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
+                settings: settings.clone(),
+                js: js.clone(),
+                pool: pool.clone(),
+                status: status.clone(),
+                http: http.clone(),
+            });
         let stop = stop_rx.clone();
         tasks.spawn(async move { c.run(stop).await });
     }

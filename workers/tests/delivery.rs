@@ -415,3 +415,199 @@ async fn given_a_worker_killed_mid_send_then_another_finishes_the_job() {
         .collect();
     assert_eq!(keys.len(), 1);
 }
+
+#[tokio::test]
+async fn given_an_exhausted_job_when_redriven_over_the_api_then_it_is_delivered_with_a_fresh_budget(
+) {
+    let mut env = Env::start().await;
+    let hook = format!("{}/webhooks/flaky", env.mock);
+    env.campaign(json!([{"channel": "webhook", "url": hook}]))
+        .await;
+    env.fault(json!({"channel": "webhook", "status": 503, "rate": 1.0}))
+        .await;
+    let s = env.settings(|s| s.breaker_failures = 100);
+    env.workers(s);
+    let id = env.submit("k6", json!({"name": "x"})).await;
+    env.wait_status(id, &[("webhook", "dead")], Duration::from_secs(30))
+        .await;
+
+    // The admin API over the same NATS and database.
+    let token = "redrive-test-token-0123456789";
+    let settings = quizflow_api::ApiSettings {
+        http_addr: "127.0.0.1:0".into(),
+        admin_token: Some(token.into()),
+        ..Default::default()
+    };
+    let state = quizflow_api::AppState::new(
+        settings,
+        env.client.clone(),
+        env.js.clone(),
+        quizflow_migrations::pool(&env.db.url, 2),
+    )
+    .expect("state");
+    let bound = quizflow_api::bind("127.0.0.1:0").await.expect("bind");
+    let api = format!("http://{}", bound.local_addr);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    env.stops.push(tx);
+    tokio::spawn(quizflow_api::serve(bound, state, async move {
+        let _ = rx.await;
+    }));
+    let list: Value = env
+        .http
+        .get(format!("{api}/v1/dead-letters?channel=webhook"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["class"], "exhausted");
+    assert_eq!(items[0]["attempts"], 3);
+    assert!(items[0]["history"].as_array().is_some_and(|h| h.len() >= 3));
+    let dl = items[0]["id"].as_str().expect("id").to_owned();
+
+    env.fault(json!({"channel": "webhook", "rate": 0})).await;
+    let r = env
+        .http
+        .post(format!("{api}/v1/dead-letters/{dl}/redrive"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("redrive");
+    assert_eq!(r.status().as_u16(), 202);
+    let rows = env
+        .wait_status(id, &[("webhook", "sent")], Duration::from_secs(20))
+        .await;
+    assert_eq!(rows[0].2, 1, "a fresh attempt budget");
+    let list: Value = env
+        .http
+        .get(format!("{api}/v1/dead-letters"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        list["items"].as_array().map(Vec::len),
+        Some(0),
+        "it left the list"
+    );
+    let again = env
+        .http
+        .post(format!("{api}/v1/dead-letters/{dl}/redrive"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("redrive");
+    assert_eq!(again.status().as_u16(), 404);
+    let bulk = env
+        .http
+        .post(format!("{api}/v1/dead-letters/redrive?channel=webhook"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("bulk");
+    assert_eq!(bulk.status().as_u16(), 202);
+    let bulk: Value = bulk.json().await.expect("json");
+    assert_eq!(bulk["redriven"], 0);
+}
+
+#[tokio::test]
+async fn given_a_provider_down_then_the_breaker_opens_burns_no_attempts_and_recovers() {
+    let mut env = Env::start().await;
+    env.campaign(json!([{"channel": "sms", "template": "hi"}]))
+        .await;
+    env.fault(json!({"channel": "sms", "status": 503, "rate": 1.0}))
+        .await;
+    let s = env.settings(|s| {
+        s.concurrency = 1;
+        s.breaker_failures = 2;
+        s.breaker_cooldown = Duration::from_millis(1500);
+        s.retry_schedule = vec![Duration::from_millis(300); 5];
+    });
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            env.submit(
+                &format!("b{i}"),
+                json!({"phone": format!("+55119000000{i:02}")}),
+            )
+            .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.workers(s);
+    let count = |v: Value| v["requests"].as_array().map(Vec::len).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(env.mock_get("/_mock/requests").await) < 2 {
+        assert!(Instant::now() < deadline, "two failures");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Open: nothing reaches the provider during the cooldown.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        count(env.mock_get("/_mock/requests").await),
+        2,
+        "the breaker stops the calls"
+    );
+    env.fault(json!({"channel": "sms", "rate": 0})).await;
+    for id in ids {
+        let rows = env
+            .wait_status(id, &[("sms", "sent")], Duration::from_secs(20))
+            .await;
+        assert!(
+            rows[0].2 <= 2,
+            "waiting behind an open breaker burns no attempt: {}",
+            rows[0].2
+        );
+    }
+    assert_eq!(env.dead_letters().await, 0);
+}
+
+#[tokio::test]
+async fn given_a_rate_limit_of_50_per_second_then_the_provider_sees_50_per_second() {
+    let mut env = Env::start().await;
+    let hook = format!("{}/webhooks/rate", env.mock);
+    env.campaign(json!([{"channel": "webhook", "url": hook}]))
+        .await;
+    for i in 0..300 {
+        env.submit(&format!("r{i}"), json!({"name": "x"})).await;
+    }
+    // Every job queued first, so the pool is never starved.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut s = env.js.get_stream("DELIVERIES").await.expect("stream");
+        if s.info().await.expect("info").state.messages == 300 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "jobs queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = env.settings(|s| {
+        s.rate_per_sec = 50;
+        s.channels = vec![quizflow_core::Channel::Webhook];
+    });
+    env.workers(s);
+    tokio::time::sleep(Duration::from_millis(5600)).await;
+    let requests = env.mock_get("/_mock/requests").await;
+    let times: Vec<chrono::DateTime<chrono::Utc>> = requests["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter_map(|r| r["received_at"].as_str().and_then(|t| t.parse().ok()))
+        .collect();
+    let t0 = times[0];
+    let in_5s = times
+        .iter()
+        .filter(|t| (**t - t0).num_milliseconds() < 5000)
+        .count();
+    assert!(
+        (225..=275).contains(&in_5s),
+        "{in_5s} requests in 5 s at 50/s"
+    );
+}
