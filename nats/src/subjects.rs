@@ -43,6 +43,14 @@ pub fn dead_letter(kind: DeadKind, channel_or_quiz: &str) -> String {
     }
 }
 
+/// JetStream's advisory when a job hit `max_deliver` without a worker deciding its fate
+/// (crash loops, ack timeouts). Captured durably by `DEAD_LETTERS` as well.
+pub const MAX_DELIVERIES_ADVISORIES: &str =
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.DELIVERIES.>";
+
+/// Durable consumer of those advisories, shared by every workers instance.
+pub const MAX_DELIVERIES_SWEEPER: &str = "max-deliveries-sweeper";
+
 /// Core NATS subject on which campaign changes are announced to every batcher.
 pub const CAMPAIGNS_CHANGED: &str = "quizflow.campaigns.changed";
 

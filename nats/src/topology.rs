@@ -83,7 +83,12 @@ impl TopologyConfig {
             description: Some(
                 "quizflow dead letters: jobs and submissions that could not be processed".into(),
             ),
-            subjects: vec![subjects::DEAD_LETTERS_ALL.into()],
+            // Also the max-deliveries advisories of DELIVERIES: captured durably, so a job
+            // JetStream gave up on is dead-lettered even if no worker was listening then.
+            subjects: vec![
+                subjects::DEAD_LETTERS_ALL.into(),
+                subjects::MAX_DELIVERIES_ADVISORIES.into(),
+            ],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             num_replicas: self.replicas,
@@ -105,6 +110,16 @@ impl TopologyConfig {
             max_ack_pending: self.batcher_max_ack_pending,
             deliver_policy: consumer::DeliverPolicy::All,
             num_replicas: 0,
+            ..Default::default()
+        }
+    }
+
+    pub fn sweeper_consumer(&self) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(subjects::MAX_DELIVERIES_SWEEPER.into()),
+            filter_subject: subjects::MAX_DELIVERIES_ADVISORIES.into(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(60),
             ..Default::default()
         }
     }
@@ -137,7 +152,14 @@ pub async fn ensure_topology(
     check_server_version(js)?;
     let submissions = create_or_update(js, SUBMISSIONS_STREAM, cfg.submissions()).await?;
     let deliveries = create_or_update(js, DELIVERIES_STREAM, cfg.deliveries()).await?;
-    create_or_update(js, DEAD_LETTERS_STREAM, cfg.dead_letters()).await?;
+    let dead = create_or_update(js, DEAD_LETTERS_STREAM, cfg.dead_letters()).await?;
+    dead.create_consumer(cfg.sweeper_consumer())
+        .await
+        .map_err(|source| NatsError::Consumer {
+            stream: DEAD_LETTERS_STREAM,
+            consumer: subjects::MAX_DELIVERIES_SWEEPER.into(),
+            source,
+        })?;
 
     submissions
         .create_consumer(cfg.batcher_consumer())

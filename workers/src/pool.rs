@@ -75,6 +75,13 @@ pub async fn run(
         let stop = stop_rx.clone();
         tasks.spawn(async move { c.run(stop).await });
     }
+    tasks.spawn({
+        let (js, pool, status, stop) = (js.clone(), pool.clone(), status.clone(), stop_rx.clone());
+        async move {
+            sweep_max_deliveries(js, pool, status, stop).await;
+            Ok(())
+        }
+    });
     drop(status);
     shutdown.await;
     let _ = stop_tx.send(true);
@@ -410,10 +417,8 @@ impl Channelled {
                 }
                 let attempts = attempts + 1;
                 if attempts as usize > self.settings.retry_schedule.len() {
-                    let mut c = ctx.clone();
-                    c.history.push(history_entry("failed", &reason));
                     return self
-                        .dead(msg, &job, &c, Some(to), "exhausted", &reason, attempts)
+                        .dead(msg, &job, &ctx, Some(to), "exhausted", &reason, attempts)
                         .await;
                 }
                 let u = self.update(
@@ -437,8 +442,8 @@ impl Channelled {
         let _ = msg.ack_with(ack).await;
     }
 
-    /// Publishes the job to `dead.deliveries.<channel>` with its reason and history, mirrors
-    /// it into `dead_letters`, marks the ledger row `dead`, then acks.
+    /// Dead-letters the job (see [`DeadLetters::record`]), then acks it; if that cannot be
+    /// recorded the job is naked and comes back.
     #[allow(clippy::too_many_arguments)]
     async fn dead(
         &self,
@@ -450,51 +455,15 @@ impl Channelled {
         reason: &str,
         attempts: i32,
     ) {
-        let id = uuid::Uuid::new_v4();
-        let mut history = ctx.history.clone();
-        if class == "permanent" {
-            history.push(history_entry("permanent", reason));
-        }
-        let history = serde_json::Value::Array(history);
-        let payload = serde_json::to_vec(job).unwrap_or_default();
-        let letter = serde_json::json!({"id": id, "kind": "delivery", "channel": job.channel, "submission_id": job.submission_id,
-            "campaign_id": job.campaign_id, "recipient": to, "class": class, "reason": reason, "attempts": attempts,
-            "history": history, "failed_at": chrono::Utc::now(), "job": job});
-        let published = async {
-            let m = async_nats::jetstream::message::PublishMessage::build()
-                .payload(serde_json::to_vec(&letter).unwrap_or_default().into())
-                .message_id(id.to_string());
-            self.js
-                .send_publish(
-                    subjects::dead_letter(subjects::DeadKind::Delivery, job.channel.as_str()),
-                    m,
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-            context::insert_dead_letter(
-                &mut conn, id, job, to, class, reason, attempts, &history, &payload,
-            )
+        let dl = DeadLetters {
+            js: &self.js,
+            pool: &self.pool,
+            status: &self.status,
+        };
+        match dl
+            .record(job, &ctx.history, to, class, reason, attempts)
             .await
-            .map_err(|e| e.to_string())?;
-            self.status
-                .write(self.update(
-                    job,
-                    "dead",
-                    attempts,
-                    Some(reason.to_owned()),
-                    if class == "permanent" {
-                        vec![history_entry("permanent", reason)]
-                    } else {
-                        vec![history_entry("failed", reason)]
-                    },
-                ))
-                .await
-        }
-        .await;
-        match published {
+        {
             Ok(()) => {
                 tracing::info!(job = %job.job_id, channel = %job.channel, class, "job dead-lettered");
                 let _ = msg.ack().await;
@@ -538,5 +507,199 @@ impl Channelled {
                 AckKind::Nak(Some(Duration::from_secs(5)))
             })
             .await;
+    }
+}
+
+/// Where dead letters go: `dead.deliveries.<channel>`, the `dead_letters` mirror, the ledger.
+pub(crate) struct DeadLetters<'a> {
+    pub js: &'a jetstream::Context,
+    pub pool: &'a Pool,
+    pub status: &'a StatusWriter,
+}
+
+impl DeadLetters<'_> {
+    /// Publishes the job with its reason and history to `dead.deliveries.<channel>`, mirrors
+    /// it into `dead_letters` and marks the ledger row `dead`.
+    pub async fn record(
+        &self,
+        job: &DeliveryJob,
+        history: &[serde_json::Value],
+        to: Option<&str>,
+        class: &str,
+        reason: &str,
+        attempts: i32,
+    ) -> Result<(), String> {
+        let id = uuid::Uuid::new_v4();
+        let entry = history_entry(
+            if class == "exhausted" {
+                "failed"
+            } else {
+                class
+            },
+            reason,
+        );
+        let mut all = history.to_vec();
+        all.push(entry.clone());
+        let history = serde_json::Value::Array(all);
+        let payload = serde_json::to_vec(job).unwrap_or_default();
+        let letter = serde_json::json!({"id": id, "kind": "delivery", "channel": job.channel, "submission_id": job.submission_id,
+            "campaign_id": job.campaign_id, "recipient": to, "class": class, "reason": reason, "attempts": attempts,
+            "history": history, "failed_at": chrono::Utc::now(), "job": job});
+        let m = async_nats::jetstream::message::PublishMessage::build()
+            .payload(serde_json::to_vec(&letter).unwrap_or_default().into())
+            .message_id(id.to_string());
+        self.js
+            .send_publish(
+                subjects::dead_letter(subjects::DeadKind::Delivery, job.channel.as_str()),
+                m,
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+        context::insert_dead_letter(
+            &mut conn, id, job, to, class, reason, attempts, &history, &payload,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        drop(conn);
+        self.status
+            .write(Update {
+                submission_id: job.submission_id.0,
+                campaign_id: job.campaign_id,
+                channel: job.channel.to_string(),
+                status: "dead",
+                attempts,
+                last_error: Some(reason.to_owned()),
+                history: vec![entry],
+            })
+            .await
+    }
+}
+
+/// Dead-letters jobs that JetStream gave up on (`max_deliver` reached without a worker
+/// deciding: crash loops, ack timeouts). Reads the advisories captured in `DEAD_LETTERS`,
+/// records a `max_deliveries` dead letter, then deletes the job from the work queue.
+pub(crate) async fn sweep_max_deliveries(
+    js: jetstream::Context,
+    pool: Pool,
+    status: StatusWriter,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let consumer: Result<PullConsumer, String> = async {
+        js.get_stream(subjects::DEAD_LETTERS_STREAM)
+            .await
+            .map_err(|e| e.to_string())?
+            .get_consumer(subjects::MAX_DELIVERIES_SWEEPER)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    let consumer = match consumer {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "max-deliveries sweeper cannot start");
+            return;
+        }
+    };
+    let deliveries = match js.get_stream(subjects::DELIVERIES_STREAM).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "max-deliveries sweeper cannot start");
+            return;
+        }
+    };
+    let dl = DeadLetters {
+        js: &js,
+        pool: &pool,
+        status: &status,
+    };
+    while !*stop.borrow() {
+        let batch = consumer.fetch().max_messages(100).messages().await;
+        let mut got = 0;
+        if let Ok(mut batch) = batch {
+            while let Some(Ok(advisory)) = batch.next().await {
+                got += 1;
+                let ok = sweep_one(&dl, &deliveries, &advisory.payload).await;
+                let _ = advisory
+                    .ack_with(if ok {
+                        AckKind::Ack
+                    } else {
+                        AckKind::Nak(Some(Duration::from_secs(5)))
+                    })
+                    .await;
+            }
+        }
+        if got == 0 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+async fn sweep_one(
+    dl: &DeadLetters<'_>,
+    deliveries: &jetstream::stream::Stream,
+    advisory: &[u8],
+) -> bool {
+    let seq = serde_json::from_slice::<serde_json::Value>(advisory)
+        .ok()
+        .and_then(|a| a["stream_seq"].as_u64());
+    let Some(seq) = seq else { return true };
+    // Already gone (acked or deleted meanwhile): nothing to do.
+    let Ok(original) = deliveries.get_raw_message(seq).await else {
+        return true;
+    };
+    let recorded = match serde_json::from_slice::<DeliveryJob>(&original.payload) {
+        Ok(job) => {
+            let (attempts, history) = match dl.pool.get().await {
+                Ok(mut conn) => match context::load(&mut conn, &[&job]).await {
+                    Ok(mut c) => c
+                        .pop()
+                        .flatten()
+                        .map(|c| (c.attempts, c.history))
+                        .unwrap_or_default(),
+                    Err(_) => return false,
+                },
+                Err(_) => return false,
+            };
+            dl.record(
+                &job,
+                &history,
+                None,
+                "max_deliveries",
+                "JetStream delivery limit reached without an outcome",
+                attempts,
+            )
+            .await
+        }
+        // Undecodable: the stream copy is all there is; keep it in DEAD_LETTERS as is.
+        Err(e) => {
+            let m = async_nats::jetstream::message::PublishMessage::build()
+                .payload(original.payload.clone())
+                .message_id(format!("max-deliveries-seq:{seq}"));
+            match dl
+                .js
+                .send_publish(
+                    subjects::dead_letter(subjects::DeadKind::Delivery, "unknown"),
+                    m,
+                )
+                .await
+            {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(p) => Err(format!("{e}; {p}")),
+            }
+        }
+    };
+    match recorded {
+        Ok(()) => {
+            let _ = deliveries.delete_message(seq).await;
+            tracing::warn!(seq, "job dead-lettered after reaching max deliveries");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, seq, "max-deliveries dead letter not recorded; will retry");
+            false
+        }
     }
 }

@@ -34,6 +34,7 @@ impl Env {
         let js = quizflow_nats::jetstream(client.clone(), &settings);
         let topology = TopologyConfig {
             worker_ack_wait: Duration::from_secs(2),
+            worker_max_deliver: 4,
             ..TopologyConfig::default()
         };
         quizflow_nats::ensure_topology(&js, &topology)
@@ -609,5 +610,67 @@ async fn given_a_rate_limit_of_50_per_second_then_the_provider_sees_50_per_secon
     assert!(
         (225..=275).contains(&in_5s),
         "{in_5s} requests in 5 s at 50/s"
+    );
+}
+
+#[tokio::test]
+async fn given_a_job_that_hits_max_deliver_without_an_outcome_then_it_becomes_a_dead_letter() {
+    let mut env = Env::start().await;
+    env.campaign(json!([{"channel": "sms", "template": "hi"}]))
+        .await;
+    let id = env.submit("m1", json!({"phone": PHONE})).await;
+    // A crash-looping consumer: takes the job and never answers, max_deliver (4) times.
+    let consumer: async_nats::jetstream::consumer::PullConsumer = env
+        .js
+        .get_stream("DELIVERIES")
+        .await
+        .expect("stream")
+        .get_consumer("workers-sms-normal")
+        .await
+        .expect("consumer");
+    let mut taken = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while taken < 4 {
+        assert!(Instant::now() < deadline, "took the job 4 times ({taken})");
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .messages()
+            .await
+            .expect("fetch");
+        while let Some(Ok(_unanswered)) = futures::StreamExt::next(&mut batch).await {
+            taken += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The server gives the job up when its last ack wait runs out and it would deliver it
+    // again: one more pull after that.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await
+        .expect("fetch");
+    while futures::StreamExt::next(&mut batch).await.is_some() {}
+    // Workers for another channel: the sweeper runs in every workers process.
+    let s = env.settings(|s| s.channels = vec![quizflow_core::Channel::Webhook]);
+    env.workers(s);
+    env.wait_status(id, &[("sms", "dead")], Duration::from_secs(20))
+        .await;
+    let dl = env.js.get_stream("DEAD_LETTERS").await.expect("stream");
+    let letter: Value = serde_json::from_slice(
+        &dl.get_last_raw_message_by_subject("dead.deliveries.sms")
+            .await
+            .expect("dl")
+            .payload,
+    )
+    .expect("json");
+    assert_eq!(letter["class"], "max_deliveries");
+    let mut deliveries = env.js.get_stream("DELIVERIES").await.expect("stream");
+    assert_eq!(
+        deliveries.info().await.expect("info").state.messages,
+        0,
+        "the stranded job left the work queue"
     );
 }
