@@ -674,3 +674,53 @@ async fn given_a_job_that_hits_max_deliver_without_an_outcome_then_it_becomes_a_
         "the stranded job left the work queue"
     );
 }
+
+#[tokio::test]
+async fn given_jobs_of_every_priority_then_high_drains_before_normal_before_low() {
+    let mut env = Env::start().await;
+    for p in ["low", "normal", "high"] {
+        let spec = parse_campaign(&json!({"name": p, "priority": p, "match": {}, "actions": [{"channel": "sms", "template": p}]})).expect("valid");
+        let mut conn = AsyncPgConnection::establish(&env.db.url).await.expect("db");
+        quizflow_migrations::campaigns::insert(&mut conn, &spec)
+            .await
+            .expect("insert");
+    }
+    env.client
+        .publish(subjects::CAMPAIGNS_CHANGED, "x".into())
+        .await
+        .expect("notify");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        env.submit(&format!("p{i}"), json!({"phone": PHONE})).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut s = env.js.get_stream("DELIVERIES").await.expect("stream");
+        if s.info().await.expect("info").state.messages == 9 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "9 jobs queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = env.settings(|s| s.concurrency = 1);
+    env.workers(s);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let bodies = loop {
+        let sms = env.mock_get("/_mock/messages?channel=sms").await;
+        let bodies: Vec<String> = sms["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .filter_map(|m| m["body"].as_str().map(str::to_owned))
+            .collect();
+        if bodies.len() == 9 {
+            break bodies;
+        }
+        assert!(Instant::now() < deadline, "9 sent: {bodies:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        bodies,
+        ["high", "high", "high", "normal", "normal", "normal", "low", "low", "low"]
+    );
+}
