@@ -10,10 +10,12 @@
 //!
 //! Benchmarks are never tests: tests check behaviour, this measures it.
 
+mod deliveries;
 mod ingest;
 pub mod leads;
 mod store;
 
+pub use deliveries::{run_deliveries, DeliveriesArgs, DeliveriesReport};
 pub use ingest::{run_ingest, Fsync, IngestArgs, IngestReport};
 pub use store::{run_store, StoreArgs, StoreReport};
 
@@ -24,4 +26,7 @@ pub enum BenchKind {
     Ingest(IngestArgs),
     /// The batcher's write path beside raw binary COPY (private PostgreSQL unless DATABASE_URL).
     Store(StoreArgs),
+    /// Deliveries/s of one workers process against the mock provider at several latencies
+    /// (private deployment; the mock runs as its own process).
+    Deliveries(DeliveriesArgs),
 }

@@ -82,6 +82,9 @@ fn main() -> anyhow::Result<()> {
             Command::Streams => streams(cfg).await,
             Command::Migrate => migrate(cfg).await,
             Command::Bench(quizflow_benchmarks::BenchKind::Ingest(args)) => bench(cfg, args).await,
+            Command::Bench(quizflow_benchmarks::BenchKind::Deliveries(args)) => {
+                bench_deliveries(cfg, args).await
+            }
             Command::Bench(quizflow_benchmarks::BenchKind::Store(args)) => {
                 bench_store(cfg, args).await
             }
@@ -418,6 +421,48 @@ async fn up(cfg: Config) -> anyhow::Result<()> {
     .await;
     dev.stop().await;
     result
+}
+
+async fn bench_deliveries(
+    cfg: Config,
+    args: quizflow_benchmarks::DeliveriesArgs,
+) -> anyhow::Result<()> {
+    let mut dev = DevServices::none();
+    let tmp = tempfile::tempdir()?;
+    let mock_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut mock = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("mock-provider")
+        .env("QUIZFLOW_MOCK_ADDR", format!("127.0.0.1:{mock_port}"))
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()?;
+    let result = async {
+        let nats_url = dev
+            .start_nats(tmp.path(), cfg.nats_server_bin.as_deref(), true)
+            .await?;
+        let database_url = dev.start_postgres(tmp.path()).await?;
+        quizflow_migrations::run_migrations(&database_url).await?;
+        let (_client, js) = connect_nats(&cfg, &nats_url, "bench").await?;
+        ensure_topology(&cfg, &js).await?;
+        let mock_url = format!("http://127.0.0.1:{mock_port}");
+        anyhow::Ok(
+            quizflow_benchmarks::run_deliveries(&args, &mock_url, &nats_url, &database_url).await?,
+        )
+    }
+    .await;
+    let _ = mock.kill().await;
+    dev.stop().await;
+    let report = result?;
+    std::fs::create_dir_all("bench-out")?;
+    std::fs::write(
+        "bench-out/deliveries.json",
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    std::fs::write("bench-out/deliveries.md", report.markdown())?;
+    println!("{}", report.markdown());
+    Ok(())
 }
 
 async fn bench_store(cfg: Config, args: quizflow_benchmarks::StoreArgs) -> anyhow::Result<()> {

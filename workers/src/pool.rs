@@ -206,10 +206,7 @@ impl Channelled {
                 return;
             };
             let me = self.clone();
-            tokio::spawn(async move {
-                me.process(msg, job, ctx).await;
-                drop(permit);
-            });
+            tokio::spawn(async move { me.process(msg, job, ctx, permit).await });
         }
     }
 
@@ -242,7 +239,15 @@ impl Channelled {
         }
     }
 
-    async fn process(&self, msg: jetstream::Message, job: DeliveryJob, ctx: Option<JobContext>) {
+    /// `slot` is held for the provider call only: recording the outcome and acking (which
+    /// waits for the batched status write) does not keep a provider slot busy.
+    async fn process(
+        &self,
+        msg: jetstream::Message,
+        job: DeliveryJob,
+        ctx: Option<JobContext>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let Some(ctx) = ctx else {
             // The ledger row is written before the job is published; not finding it means
             // the database is behind (a replica) or the row was removed: try again later.
@@ -358,6 +363,18 @@ impl Channelled {
                 _ = tick.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
             }
         };
+        // The breaker learns of the outcome before the slot frees, so the next call already
+        // sees an opened breaker.
+        match &class {
+            Class::Sent | Class::Permanent(_) => self.breaker.success(),
+            Class::Transient(_) | Class::Uncertain(_) => {
+                if self.breaker.failure() {
+                    tracing::warn!(channel = %self.channel, provider = self.provider.name(), "circuit breaker opened");
+                }
+            }
+            Class::Throttle { .. } => {}
+        }
+        drop(slot);
         self.settle(msg, job, ctx, &to, class).await;
     }
 
@@ -372,7 +389,6 @@ impl Channelled {
         let attempts = ctx.attempts;
         let (update, ack) = match class {
             Class::Sent => {
-                self.breaker.success();
                 let u = self.update(
                     &job,
                     "sent",
@@ -398,7 +414,6 @@ impl Channelled {
                 (u, AckKind::Nak(Some(wait)))
             }
             Class::Permanent(reason) => {
-                self.breaker.success();
                 return self
                     .dead(
                         msg,
@@ -412,9 +427,6 @@ impl Channelled {
                     .await;
             }
             Class::Transient(reason) | Class::Uncertain(reason) => {
-                if self.breaker.failure() {
-                    tracing::warn!(channel = %self.channel, provider = self.provider.name(), "circuit breaker opened");
-                }
                 let attempts = attempts + 1;
                 if attempts as usize > self.settings.retry_schedule.len() {
                     return self
