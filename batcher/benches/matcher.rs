@@ -65,7 +65,7 @@ fn campaigns(rng: &mut impl Rng, n: usize) -> Vec<Arc<Campaign>> {
             let spec = parse_campaign(&json!({"name": format!("c{i}"), "quiz_id": quiz, "match": {"all": all, "any": any},
                 "actions": [{"channel": "sms", "template": "hi"}, {"channel": "email", "template": "hi"}]}))
             .unwrap_or_else(|e| unreachable!("{e:?}"));
-            Arc::new(Campaign { id: uuid::Uuid::new_v4(), version: 1, spec, created_at: Utc::now(), updated_at: Utc::now() })
+            Arc::new(Campaign { id: uuid::Uuid::new_v4(), version: 1, spec, created_at: chrono::DateTime::UNIX_EPOCH, updated_at: Utc::now() })
         })
         .collect()
 }

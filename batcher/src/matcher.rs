@@ -14,7 +14,8 @@
 //!   (`"72"` is not `72`); on a list (tags, list answers) `eq`/`in` hold if any element does;
 //! - `gt`/`gte`/`lt`/`lte` compare numbers, and `completed_at` with an RFC 3339 value;
 //! - `contains` holds for a list holding the value, or a string containing it;
-//! - an empty `all` and an empty `any` are true; `starts_at <= received_at < ends_at`;
+//! - an empty `all` and an empty `any` are true; `starts_at <= received_at < ends_at`, and a
+//!   campaign never matches a submission received before the campaign was created;
 //! - a channel needs its contact (phone for sms/whatsapp, e-mail for email).
 
 use crate::bitmap::Bitmap;
@@ -231,7 +232,14 @@ impl Matcher {
                 None => m.global.push(idx),
             }
             m.compiled.push(Compiled {
-                starts_ms: c.spec.starts_at.map(|t| t.timestamp_millis()),
+                // A campaign applies to submissions received from its creation on (history
+                // is reached by replay), and from `starts_at` if that is later.
+                starts_ms: Some(
+                    c.spec
+                        .starts_at
+                        .map_or(c.created_at, |s| s.max(c.created_at))
+                        .timestamp_millis(),
+                ),
                 ends_ms: c.spec.ends_at.map(|t| t.timestamp_millis()),
                 campaign: c,
                 all,
@@ -518,7 +526,8 @@ pub mod reference {
         if spec.quiz_id.as_ref().is_some_and(|q| q != &s.quiz_id) {
             return false;
         }
-        if spec.starts_at.is_some_and(|t| s.received_at < t)
+        if s.received_at < c.created_at
+            || spec.starts_at.is_some_and(|t| s.received_at < t)
             || spec.ends_at.is_some_and(|t| s.received_at >= t)
         {
             return false;

@@ -18,7 +18,7 @@ fn campaign(body: Value) -> Arc<Campaign> {
         id: uuid::Uuid::new_v4(),
         version: 1,
         spec,
-        created_at: Utc::now(),
+        created_at: chrono::DateTime::UNIX_EPOCH,
         updated_at: Utc::now(),
     })
 }
@@ -279,4 +279,24 @@ proptest! {
         let want = reference::match_batch(&campaigns, &batch);
         prop_assert_eq!(got, want);
     }
+}
+
+#[test]
+fn a_campaign_does_not_match_submissions_received_before_it_existed() {
+    let spec = parse_campaign(&sms(json!([]), json!([]))).expect("valid");
+    let created = Utc.timestamp_opt(1_790_000_100, 0).single().expect("time");
+    let c = Arc::new(Campaign {
+        id: uuid::Uuid::new_v4(),
+        version: 1,
+        spec,
+        created_at: created,
+        updated_at: created,
+    });
+    let batch = vec![
+        submission("q1", json!({"respondent": {"phone": PHONE}}), 99),
+        submission("q1", json!({"respondent": {"phone": PHONE}}), 100),
+    ];
+    let got = Matcher::new([c.clone()]).match_batch(&batch);
+    assert_eq!(got.iter().map(|m| m.row).collect::<Vec<_>>(), [1]);
+    assert_eq!(reference::match_batch(&[c], &batch), got);
 }

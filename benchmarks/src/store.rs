@@ -113,7 +113,7 @@ fn campaigns(n: usize) -> Vec<Arc<Campaign>> {
                 id: uuid::Uuid::new_v4(),
                 version: 1,
                 spec,
-                created_at: chrono::Utc::now(),
+                created_at: chrono::DateTime::UNIX_EPOCH,
                 updated_at: chrono::Utc::now(),
             })
         })

@@ -54,6 +54,12 @@ pub struct Config {
     pub email_api_key: Option<String>,
     pub email_from: Option<String>,
     pub webhook_secret: Option<String>,
+    pub email_smtp_host: Option<String>,
+    pub email_smtp_port: u16,
+    pub email_smtp_tls: String,
+    pub email_smtp_username: Option<String>,
+    pub email_smtp_password: Option<String>,
+    pub mock_smtp_addr: String,
 }
 
 impl Default for Config {
@@ -98,6 +104,12 @@ impl Default for Config {
             email_api_key: None,
             email_from: None,
             webhook_secret: None,
+            email_smtp_host: None,
+            email_smtp_port: 587,
+            email_smtp_tls: "starttls".into(),
+            email_smtp_username: None,
+            email_smtp_password: None,
+            mock_smtp_addr: "127.0.0.1:2525".into(),
         }
     }
 }
@@ -140,6 +152,12 @@ const KEYS: &[&str] = &[
     "email_api_key",
     "email_from",
     "webhook_secret",
+    "email_smtp_host",
+    "email_smtp_port",
+    "email_smtp_tls",
+    "email_smtp_username",
+    "email_smtp_password",
+    "mock_smtp_addr",
 ];
 
 /// `QUIZFLOW_*` variables read by other tools (the test harness), not by this binary.
@@ -296,7 +314,23 @@ impl Config {
                 bail!("QUIZFLOW_WHATSAPP_PROVIDER must be cloud or evolution, not {other:?}")
             }
         }
+        match (&self.email_smtp_host, &self.email_api_key, &self.email_from) {
+            (Some(host), None, Some(from)) => {
+                let tls = match self.email_smtp_tls.as_str() {
+                    "none" => quizflow_workers::provider::SmtpTls::None,
+                    "starttls" => quizflow_workers::provider::SmtpTls::StartTls,
+                    "tls" => quizflow_workers::provider::SmtpTls::Tls,
+                    other => bail!("QUIZFLOW_EMAIL_SMTP_TLS must be none, starttls or tls, not {other:?}"),
+                };
+                let creds = self.email_smtp_username.clone().zip(self.email_smtp_password.clone());
+                p.email = Provider::smtp(host, self.email_smtp_port, tls, creds, from).map_err(anyhow::Error::msg)?;
+            }
+            (Some(_), Some(_), _) => bail!("configure e-mail for SMTP (QUIZFLOW_EMAIL_SMTP_HOST) or an HTTP API (QUIZFLOW_EMAIL_API_KEY), not both"),
+            (Some(_), None, None) => bail!("SMTP e-mail needs QUIZFLOW_EMAIL_FROM"),
+            (None, _, _) => {}
+        }
         match (&self.email_api_key, &self.email_from) {
+            _ if self.email_smtp_host.is_some() => {}
             (Some(key), Some(from)) => {
                 p.email = Provider::Resend {
                     base: self.email_url.clone(),

@@ -248,13 +248,22 @@ async fn mock_provider(
         .into_acceptor()
         .await
         .with_context(|| format!("mock provider cannot listen on {}", cfg.mock_addr))?;
-    tracing::info!(addr = ?acceptor.local_addr(), "mock provider listening");
-    quizflow_workers::mock::serve(
-        acceptor,
-        quizflow_workers::mock::MockState::default(),
-        shutdown,
-    )
-    .await?;
+    let smtp = tokio::net::TcpListener::bind(&cfg.mock_smtp_addr)
+        .await
+        .with_context(|| format!("mock SMTP cannot listen on {}", cfg.mock_smtp_addr))?;
+    tracing::info!(addr = ?acceptor.local_addr(), smtp = %cfg.mock_smtp_addr, "mock provider listening");
+    let state = quizflow_workers::mock::MockState::default();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let smtp_task = tokio::spawn(quizflow_workers::mock::serve_smtp(
+        smtp,
+        state.clone(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    quizflow_workers::mock::serve(acceptor, state, shutdown).await?;
+    let _ = stop_tx.send(());
+    let _ = smtp_task.await;
     Ok(())
 }
 

@@ -14,6 +14,10 @@ fn spawn_up(data_dir: &std::path::Path, port: u16, mock_port: u16) -> Child {
         .env("QUIZFLOW_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("QUIZFLOW_MOCK_ADDR", format!("127.0.0.1:{mock_port}"))
         .env(
+            "QUIZFLOW_MOCK_SMTP_ADDR",
+            format!("127.0.0.1:{}", quizflow_testkit::free_port()),
+        )
+        .env(
             "QUIZFLOW_NATS_SERVER_BIN",
             quizflow_testkit::nats_server_binary(),
         )

@@ -36,6 +36,54 @@ pub enum Provider {
     },
     /// POST of the submission and campaign to the campaign's URL, HMAC-SHA256 signed.
     Webhook { secret: Option<String> },
+    /// E-mail over SMTP (lettre, pooled connections).
+    Smtp {
+        transport: std::sync::Arc<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>>,
+        from: String,
+    },
+}
+
+/// How an SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain text (a local relay, the mock).
+    None,
+    /// STARTTLS required (port 587).
+    StartTls,
+    /// Implicit TLS (port 465).
+    Tls,
+}
+
+impl Provider {
+    pub fn smtp(
+        host: &str,
+        port: u16,
+        tls: SmtpTls,
+        credentials: Option<(String, String)>,
+        from: &str,
+    ) -> Result<Self, String> {
+        use lettre::transport::smtp::authentication::Credentials;
+        use lettre::{AsyncSmtpTransport, Tokio1Executor};
+        let mut b = match tls {
+            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
+            SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
+                .map_err(|e| e.to_string())?,
+            SmtpTls::Tls => {
+                AsyncSmtpTransport::<Tokio1Executor>::relay(host).map_err(|e| e.to_string())?
+            }
+        }
+        .port(port)
+        .timeout(Some(Duration::from_secs(15)));
+        if let Some((user, pass)) = credentials {
+            b = b.credentials(Credentials::new(user, pass));
+        }
+        from.parse::<lettre::message::Mailbox>()
+            .map_err(|e| format!("sender {from:?}: {e}"))?;
+        Ok(Provider::Smtp {
+            transport: std::sync::Arc::new(b.build()),
+            from: from.to_owned(),
+        })
+    }
 }
 
 impl std::fmt::Debug for Provider {
@@ -75,6 +123,7 @@ impl Provider {
             Provider::Evolution { .. } => "evolution",
             Provider::Resend { .. } => "resend",
             Provider::Webhook { .. } => "webhook",
+            Provider::Smtp { .. } => "smtp",
         }
     }
 
@@ -87,6 +136,9 @@ impl Provider {
     }
 
     pub async fn send(&self, http: &reqwest::Client, out: &Outgoing, timeout: Duration) -> Class {
+        if let Provider::Smtp { transport, from } = self {
+            return send_smtp(transport, from, out, timeout).await;
+        }
         let req = match self {
             Provider::Twilio { base, account_sid, auth_token, from } => http
                 .post(format!("{}/2010-04-01/Accounts/{account_sid}/Messages.json", base.trim_end_matches('/')))
@@ -119,6 +171,7 @@ impl Provider {
                 }
                 r.body(body)
             }
+            Provider::Smtp { .. } => return Class::Permanent("unreachable: smtp handled above".into()),
         };
         match req.timeout(timeout).send().await {
             Ok(resp) => {
@@ -151,6 +204,41 @@ impl Provider {
             }
             Err(e) => Class::Transient(format!("{}: {}", self.name(), e.without_url())),
         }
+    }
+}
+
+async fn send_smtp(
+    transport: &lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+    from: &str,
+    out: &Outgoing,
+    timeout: Duration,
+) -> Class {
+    use lettre::message::header::ContentType;
+    use lettre::AsyncTransport;
+    let (Ok(from), Ok(to)) = (
+        from.parse::<lettre::message::Mailbox>(),
+        out.to.parse::<lettre::message::Mailbox>(),
+    ) else {
+        return Class::Permanent("smtp: invalid sender or recipient address".into());
+    };
+    let message = lettre::Message::builder()
+        .from(from)
+        .to(to)
+        .subject(out.subject.clone().unwrap_or_default())
+        // The job id: a resend after a crash carries the same Message-ID.
+        .message_id(Some(format!("<{}@quizflow>", out.idempotency_key)))
+        .header(ContentType::TEXT_HTML)
+        .body(out.body.clone());
+    let message = match message {
+        Ok(m) => m,
+        Err(e) => return Class::Permanent(format!("smtp: {e}")),
+    };
+    match tokio::time::timeout(timeout, transport.send(message)).await {
+        Ok(Ok(_)) => Class::Sent,
+        // SMTP 5.x.x: permanent; 4.x.x and connection trouble: transient.
+        Ok(Err(e)) if e.is_permanent() => Class::Permanent(format!("smtp: {e}")),
+        Ok(Err(e)) => Class::Transient(format!("smtp: {e}")),
+        Err(_) => Class::Uncertain(format!("smtp: timed out after {timeout:?}")),
     }
 }
 

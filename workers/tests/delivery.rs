@@ -18,6 +18,7 @@ struct Env {
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
     mock: String,
+    smtp_port: u16,
     http: reqwest::Client,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
 }
@@ -48,22 +49,28 @@ impl Env {
             .as_socket_addr()
             .copied()
             .expect("addr");
+        let state = mock::MockState::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(mock::serve(
-            acceptor,
-            mock::MockState::default(),
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        tokio::spawn(mock::serve(acceptor, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        let smtp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind smtp");
+        let smtp_port = smtp.local_addr().expect("addr").port();
+        let (smtp_tx, smtp_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(mock::serve_smtp(smtp, state, async move {
+            let _ = smtp_rx.await;
+        }));
         let mut env = Self {
             _nats: nats,
             db,
             client,
             js,
             mock: format!("http://{addr}"),
+            smtp_port,
             http: reqwest::Client::new(),
-            stops: vec![tx],
+            stops: vec![tx, smtp_tx],
         };
         let batcher = Batcher::new(
             BatcherSettings {
@@ -722,5 +729,45 @@ async fn given_jobs_of_every_priority_then_high_drains_before_normal_before_low(
     assert_eq!(
         bodies,
         ["high", "high", "high", "normal", "normal", "normal", "low", "low", "low"]
+    );
+}
+
+#[tokio::test]
+async fn given_email_over_smtp_then_it_is_sent_and_a_5xx_recipient_is_a_permanent_dead_letter() {
+    let mut env = Env::start().await;
+    env.campaign(json!([{"channel": "email", "subject": "Seu resultado", "template": "<p>Olá {{ respondent.name }}</p>"}])).await;
+    let port = env.smtp_port;
+    let s = env.settings(|s| {
+        s.providers.email = quizflow_workers::provider::Provider::smtp(
+            "127.0.0.1",
+            port,
+            quizflow_workers::provider::SmtpTls::None,
+            None,
+            "quizflow@example.com",
+        )
+        .expect("smtp provider");
+    });
+    env.workers(s);
+    let ok = env
+        .submit("e1", json!({"email": "ana@example.com", "name": "Ana"}))
+        .await;
+    let bounce = env.submit("e2", json!({"email": mock::BOUNCE_EMAIL})).await;
+    env.wait_status(ok, &[("email", "sent")], Duration::from_secs(20))
+        .await;
+    let rows = env
+        .wait_status(bounce, &[("email", "dead")], Duration::from_secs(20))
+        .await;
+    assert_eq!(rows[0].2, 1, "a 5xx from SMTP is permanent: one attempt");
+    let email = env.mock_get("/_mock/messages?channel=email").await;
+    let messages = email["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["to"], "ana@example.com");
+    assert_eq!(messages[0]["subject"], "Seu resultado");
+    assert!(
+        messages[0]["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("Ol")),
+        "{}",
+        messages[0]
     );
 }
