@@ -195,6 +195,16 @@ async fn given_invalid_campaigns_then_400_with_details() {
 #[tokio::test]
 async fn given_an_unstored_submission_then_404_and_a_stored_one_reads_back_with_deliveries() {
     let api = Api::start().await;
+    // The campaign exists before the submission is received, so it applies to it.
+    let created: serde_json::Value = api
+        .admin(Method::POST, "/v1/campaigns")
+        .json(&campaign())
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
     let accepted: serde_json::Value = api
         .post_json(
             "/v1/quizzes/promo-nov/submissions",
@@ -213,20 +223,11 @@ async fn given_an_unstored_submission_then_404_and_a_stored_one_reads_back_with_
         .expect("get");
     assert_error(missing, 404, "not_found").await;
 
-    // Store it the way the batcher does, with one ledger row.
+    // Store it the way the batcher does, with its ledger rows.
     let settings = quizflow_batcher::BatcherSettings {
         batch_wait: std::time::Duration::from_millis(20),
         ..Default::default()
     };
-    let created: serde_json::Value = api
-        .admin(Method::POST, "/v1/campaigns")
-        .json(&campaign())
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
     let nats = async_nats::connect(api.nats.url()).await.expect("nats");
     let js = async_nats::jetstream::new(nats.clone());
     let batcher = quizflow_batcher::Batcher::new(
