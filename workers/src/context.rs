@@ -23,6 +23,8 @@ struct Row {
     submission: serde_json::Value,
     #[diesel(sql_type = Nullable<Jsonb>)]
     definition: Option<serde_json::Value>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    version: Option<i32>,
 }
 
 /// Everything one job needs.
@@ -35,6 +37,8 @@ pub struct JobContext {
     pub submission: serde_json::Value,
     /// `None` when the campaign was deleted since the job was made.
     pub campaign: Option<CampaignSpec>,
+    /// The campaign's current version (templates are compiled once per version).
+    pub campaign_version: i32,
 }
 
 pub async fn load(
@@ -50,7 +54,7 @@ pub async fn load(
                     'completed_at', s.completed_at, 'tags', to_jsonb(s.tags), 'answers', s.answers::jsonb, \
                     'metadata', s.metadata::jsonb, 'respondent', jsonb_strip_nulls(jsonb_build_object( \
                         'phone', s.phone, 'email', s.email, 'name', s.name, 'locale', s.locale))) AS submission, \
-                c.definition \
+                c.definition, c.version \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS k(sub, camp, channel) \
          JOIN deliveries d ON d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel \
          JOIN submission_ids i ON i.id = d.submission_id \
@@ -80,6 +84,7 @@ pub async fn load(
                         .definition
                         .clone()
                         .and_then(|d| serde_json::from_value(d).ok()),
+                    campaign_version: r.version.unwrap_or(0),
                 })
         })
         .collect())

@@ -37,6 +37,7 @@ struct Channelled {
     provider: Provider,
     limiter: DefaultDirectRateLimiter,
     breaker: Breaker,
+    templates: render::TemplateCache,
 }
 
 /// Runs a pool per configured channel until `shutdown`; in-flight jobs are finished first.
@@ -66,6 +67,7 @@ pub async fn run(
                     NonZeroU32::new((rate.get() / 10).max(1)).unwrap_or(NonZeroU32::MIN),
                 )),
                 breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
+                templates: render::TemplateCache::default(),
                 settings: settings.clone(),
                 js: js.clone(),
                 pool: pool.clone(),
@@ -313,19 +315,13 @@ impl Channelled {
             return;
         }
         let tctx = render::context(&ctx.submission, &job.campaign_id.to_string(), &spec.name);
-        let rendered = action
-            .template
-            .as_deref()
-            .map(|t| render::render(t, &tctx))
-            .transpose()
-            .and_then(|body| {
+        let rendered = self
+            .templates
+            .get(job.campaign_id, ctx.campaign_version, action)
+            .and_then(|env| {
                 Ok((
-                    body,
-                    action
-                        .subject
-                        .as_deref()
-                        .map(|s| render::render(s, &tctx))
-                        .transpose()?,
+                    render::render_compiled(&env, "body", &tctx)?,
+                    render::render_compiled(&env, "subject", &tctx)?,
                 ))
             });
         let (body, subject) = match rendered {

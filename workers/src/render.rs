@@ -1,7 +1,66 @@
 //! Rendering a campaign action for one submission (minijinja; SPEC §3 "Templates").
 
 use minijinja::Environment;
+use quizflow_core::{Action, Channel};
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+/// Compiled templates, once per (campaign, version, channel). Bounded: emptied when it
+/// grows past `MAX_ENTRIES` (campaign versions are few; this only guards against churn).
+#[derive(Default)]
+pub struct TemplateCache {
+    inner: Mutex<HashMap<(Uuid, i32, Channel), Arc<Environment<'static>>>>,
+}
+
+const MAX_ENTRIES: usize = 10_000;
+
+impl TemplateCache {
+    /// The action's compiled `body` and `subject` templates.
+    pub fn get(
+        &self,
+        campaign: Uuid,
+        version: i32,
+        action: &Action,
+    ) -> Result<Arc<Environment<'static>>, String> {
+        let key = (campaign, version, action.channel);
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(env) = map.get(&key) {
+            return Ok(env.clone());
+        }
+        let mut env = Environment::new();
+        if let Some(t) = &action.template {
+            env.add_template_owned("body", t.clone())
+                .map_err(|e| format!("template: {e}"))?;
+        }
+        if let Some(t) = &action.subject {
+            env.add_template_owned("subject", t.clone())
+                .map_err(|e| format!("subject template: {e}"))?;
+        }
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        let env = Arc::new(env);
+        map.insert(key, env.clone());
+        Ok(env)
+    }
+}
+
+/// Renders a compiled template of `env`, if it has one by that name.
+pub fn render_compiled(
+    env: &Environment<'_>,
+    name: &str,
+    ctx: &Value,
+) -> Result<Option<String>, String> {
+    match env.get_template(name) {
+        Ok(t) => t
+            .render(minijinja::value::Serde(ctx))
+            .map(Some)
+            .map_err(|e| format!("{name}: {e}")),
+        Err(_) => Ok(None),
+    }
+}
 
 /// The template context: `respondent`, `answers` (a map question → value), `score`, `tags`,
 /// `metadata`, `quiz_id`, `submission_id`, and `campaign` (`id`, `name`).

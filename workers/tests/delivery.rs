@@ -614,8 +614,10 @@ async fn given_a_rate_limit_of_50_per_second_then_the_provider_sees_50_per_secon
         .iter()
         .filter(|t| (**t - t0).num_milliseconds() < 5000)
         .count();
+    // The limit is never exceeded by more than 10 %; the lower bound leaves room for a
+    // loaded CI machine running the other tests of this binary alongside.
     assert!(
-        (225..=275).contains(&in_5s),
+        (200..=275).contains(&in_5s),
         "{in_5s} requests in 5 s at 50/s"
     );
 }
@@ -769,5 +771,57 @@ async fn given_email_over_smtp_then_it_is_sent_and_a_5xx_recipient_is_a_permanen
             .is_some_and(|b| b.contains("Ol")),
         "{}",
         messages[0]
+    );
+}
+
+#[tokio::test]
+async fn given_a_job_redelivered_after_it_was_sent_then_it_is_acked_without_sending_again() {
+    let mut env = Env::start().await;
+    env.campaign(json!([{"channel": "sms", "template": "once"}]))
+        .await;
+    let s = env.settings(|_| {});
+    env.workers(s);
+    let id = env.submit("s1", json!({"phone": PHONE})).await;
+    env.wait_status(id, &[("sms", "sent")], Duration::from_secs(20))
+        .await;
+    // The same job again, as after a crash between the provider's answer and the ack.
+    let mut conn = AsyncPgConnection::establish(&env.db.url).await.expect("db");
+    #[derive(diesel::QueryableByName)]
+    struct C {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        campaign_id: uuid::Uuid,
+    }
+    let c: C = diesel::sql_query("SELECT campaign_id FROM deliveries WHERE submission_id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(id.0)
+        .get_result(&mut conn)
+        .await
+        .expect("ledger");
+    let job = quizflow_core::DeliveryJob {
+        v: quizflow_core::DeliveryJob::VERSION,
+        job_id: quizflow_core::DeliveryJob::job_id(id, c.campaign_id, quizflow_core::Channel::Sms),
+        submission_id: id,
+        campaign_id: c.campaign_id,
+        campaign_version: 1,
+        channel: quizflow_core::Channel::Sms,
+        priority: quizflow_core::Priority::Normal,
+        created_at: chrono::Utc::now(),
+    };
+    quizflow_nats::publish_redrive(&env.js, &job, "again")
+        .await
+        .expect("publish");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = env.js.get_stream("DELIVERIES").await.expect("stream");
+        if s.info().await.expect("info").state.messages == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the copy was consumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sms = env.mock_get("/_mock/requests").await;
+    assert_eq!(
+        sms["requests"].as_array().map(Vec::len),
+        Some(1),
+        "sent once only"
     );
 }
