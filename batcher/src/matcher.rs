@@ -20,7 +20,9 @@
 
 use crate::bitmap::Bitmap;
 use chrono::DateTime;
-use quizflow_core::{AnswerValue, Campaign, Channel, Field, Op, Predicate, SubmissionEnvelope};
+use quizflow_core::{
+    AnswerValue, Campaign, Channel, DeliveryJob, Field, Op, Predicate, SubmissionEnvelope,
+};
 use rayon::prelude::*;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -247,6 +249,34 @@ impl Matcher {
             });
         }
         m
+    }
+
+    /// The delivery jobs of the `matches` whose row is in `rows` (the newly stored ones).
+    pub fn jobs(
+        &self,
+        matches: &[Match],
+        batch: &[SubmissionEnvelope],
+        rows: &std::collections::HashSet<usize>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<DeliveryJob> {
+        matches
+            .iter()
+            .filter(|m| rows.contains(&m.row))
+            .map(|m| {
+                let c = &self.compiled[m.campaign].campaign;
+                let submission_id = batch[m.row].submission_id;
+                DeliveryJob {
+                    v: DeliveryJob::VERSION,
+                    job_id: DeliveryJob::job_id(submission_id, c.id, m.channel),
+                    submission_id,
+                    campaign_id: c.id,
+                    campaign_version: c.version,
+                    channel: m.channel,
+                    priority: c.spec.priority,
+                    created_at: now,
+                }
+            })
+            .collect()
     }
 
     pub fn campaign(&self, idx: usize) -> &Arc<Campaign> {

@@ -1,11 +1,11 @@
 //! The batcher loop: pull, batch, store, match, publish jobs, then ack.
 
-use crate::matcher::{Match, Matcher};
+use crate::matcher::Matcher;
 use crate::store::{self, Row};
 use crate::BatcherSettings;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use futures::StreamExt;
-use quizflow_core::{DeliveryJob, SubmissionEnvelope, SubmissionId};
+use quizflow_core::{SubmissionEnvelope, SubmissionId};
 use quizflow_migrations::Pool;
 use quizflow_nats::subjects;
 use std::collections::HashSet;
@@ -303,32 +303,8 @@ impl Batcher {
             })
             .collect();
         let now = chrono::Utc::now();
-        let jobs_for = |new_rows: &HashSet<usize>| -> Vec<DeliveryJob> {
-            matches
-                .iter()
-                .filter(|m| new_rows.contains(&m.row))
-                .map(
-                    |&Match {
-                         row,
-                         campaign,
-                         channel,
-                     }| {
-                        let c = matcher.campaign(campaign);
-                        let submission_id = envelopes[row].submission_id;
-                        DeliveryJob {
-                            v: DeliveryJob::VERSION,
-                            job_id: DeliveryJob::job_id(submission_id, c.id, channel),
-                            submission_id,
-                            campaign_id: c.id,
-                            campaign_version: c.version,
-                            channel,
-                            priority: c.spec.priority,
-                            created_at: now,
-                        }
-                    },
-                )
-                .collect()
-        };
+        let jobs_for =
+            |new_rows: &HashSet<usize>| matcher.jobs(&matches, &envelopes, new_rows, now);
         let mut conn = self
             .pool
             .get()

@@ -11,8 +11,8 @@ use futures::StreamExt;
 use quizflow_batcher::store::{self, Row};
 use quizflow_batcher::Matcher;
 use quizflow_core::{
-    parse_campaign, parse_submission, Campaign, DeliveryJob, IdempotencyKey, QuizId,
-    SubmissionEnvelope, SubmissionId,
+    parse_campaign, parse_submission, Campaign, IdempotencyKey, QuizId, SubmissionEnvelope,
+    SubmissionId,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -198,26 +198,7 @@ async fn quizflow_batch(
         })
         .collect();
     let now = chrono::Utc::now();
-    let jobs_for = |new_rows: &HashSet<usize>| -> Vec<DeliveryJob> {
-        matches
-            .iter()
-            .filter(|m| new_rows.contains(&m.row))
-            .map(|m| {
-                let c = matcher.campaign(m.campaign);
-                let sid = rows[m.row].submission_id;
-                DeliveryJob {
-                    v: DeliveryJob::VERSION,
-                    job_id: DeliveryJob::job_id(sid, c.id, m.channel),
-                    submission_id: sid,
-                    campaign_id: c.id,
-                    campaign_version: c.version,
-                    channel: m.channel,
-                    priority: c.spec.priority,
-                    created_at: now,
-                }
-            })
-            .collect()
-    };
+    let jobs_for = |new_rows: &HashSet<usize>| matcher.jobs(&matches, rows, new_rows, now);
     let (_, jobs) = store::store_batch(conn, &store_rows, jobs_for).await?;
     Ok(jobs.len())
 }
