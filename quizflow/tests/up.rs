@@ -5,7 +5,23 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn spawn_up(data_dir: &std::path::Path, port: u16, mock_port: u16) -> Child {
+/// Kills `quizflow up` (and so its private servers, via the next start's takeover or its
+/// own shutdown) if a failing assertion unwinds past it: no process outlives the test.
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn_up(data_dir: &std::path::Path, port: u16, mock_port: u16) -> Up {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quizflow"));
     cmd.arg("up")
         .env_remove("NATS_URL")
@@ -26,7 +42,7 @@ fn spawn_up(data_dir: &std::path::Path, port: u16, mock_port: u16) -> Child {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    cmd.spawn().expect("spawn quizflow up")
+    Up(cmd.spawn().expect("spawn quizflow up"))
 }
 
 async fn wait_ready(http: &reqwest::Client, base: &str) {
@@ -86,8 +102,8 @@ async fn given_nothing_configured_when_up_then_leads_become_messages_it_survives
     assert_eq!(first["duplicate"], false);
     let token = std::fs::read_to_string(data.join("admin-token")).expect("admin token written");
     assert!(token.len() >= 32);
-    up.kill().expect("kill -9");
-    let _ = up.wait();
+    up.0.kill().expect("kill -9");
+    let _ = up.0.wait();
 
     // Second run on the same data dir takes over, and the acknowledged submission is still
     // in the stream (JetStream answers "duplicate" for the same id).
@@ -196,12 +212,12 @@ async fn given_nothing_configured_when_up_then_leads_become_messages_it_survives
 
     // SIGTERM stops everything, children included.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::unistd::Pid::from_raw(up.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("sigterm");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while up.try_wait().expect("wait").is_none() {
+    while up.0.try_wait().expect("wait").is_none() {
         assert!(Instant::now() < deadline, "up did not exit on SIGTERM");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
