@@ -35,17 +35,30 @@ pub async fn require_admin<E: Endpoint>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    // Failed attempts are throttled per client IP: guessing the token is not a way in.
+    let ip = crate::intake::client_ip(&req);
+    if state.auth_failures.is_over(&ip) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed admin authentications; retry later",
+        );
+        e.retry_after = Some(60);
+        return Ok(e.into_response());
+    }
     let ok = match (given, state.admin_token.as_deref()) {
         (Some(given), Some(expected)) => bool::from(given.as_bytes().ct_eq(expected.as_bytes())),
         _ => false,
     };
     if !ok {
+        state.auth_failures.hit(ip);
         return Ok(unauthorized().into_response());
     }
     ep.call(req).await.map(IntoResponse::into_response)
 }
 
 fn db_error(e: impl std::fmt::Display) -> ApiError {
+    // The driver's text can quote data: it goes to the log at warn, never to the client.
     tracing::warn!(error = %e, "database unavailable");
     ApiError::unavailable("the database is unavailable; retry shortly")
 }
@@ -101,7 +114,7 @@ pub async fn create_campaign(
 ) -> Result<Response, ApiError> {
     let spec = campaign_body(headers, body).await?;
     let mut conn = state.db.get().await.map_err(db_error)?;
-    let c = quizflow_migrations::campaigns::insert(&mut conn, &spec)
+    let c = quizflow_store::campaigns::insert(&mut conn, &spec)
         .await
         .map_err(db_error)?;
     state.announce_campaign_change(c.id).await;
@@ -118,7 +131,7 @@ pub async fn list_campaigns(
     state: Data<&Arc<AppState>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let mut conn = state.db.get().await.map_err(db_error)?;
-    let items = quizflow_migrations::campaigns::list(&mut conn)
+    let items = quizflow_store::campaigns::list(&mut conn)
         .await
         .map_err(db_error)?;
     Ok(Json(serde_json::json!({ "items": items })))
@@ -131,7 +144,7 @@ pub async fn get_campaign(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "campaign")?;
     let mut conn = state.db.get().await.map_err(db_error)?;
-    match quizflow_migrations::campaigns::get(&mut conn, id)
+    match quizflow_store::campaigns::get(&mut conn, id)
         .await
         .map_err(db_error)?
     {
@@ -150,7 +163,7 @@ pub async fn replace_campaign(
     let id = parse_id(&id, "campaign")?;
     let spec = campaign_body(headers, body).await?;
     let mut conn = state.db.get().await.map_err(db_error)?;
-    match quizflow_migrations::campaigns::replace(&mut conn, id, &spec)
+    match quizflow_store::campaigns::replace(&mut conn, id, &spec)
         .await
         .map_err(db_error)?
     {
@@ -170,7 +183,7 @@ pub async fn delete_campaign(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "campaign")?;
     let mut conn = state.db.get().await.map_err(db_error)?;
-    if quizflow_migrations::campaigns::delete(&mut conn, id)
+    if quizflow_store::campaigns::delete(&mut conn, id)
         .await
         .map_err(db_error)?
     {
@@ -189,7 +202,7 @@ pub async fn get_submission(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "submission")?;
     let mut conn = state.db.get().await.map_err(db_error)?;
-    match quizflow_migrations::submissions::get(&mut conn, id)
+    match quizflow_store::submissions::get(&mut conn, id)
         .await
         .map_err(db_error)?
     {
@@ -230,58 +243,64 @@ pub async fn list_dead_letters(
         return Err(ApiError::invalid_field("limit", "must be 1 to 1000"));
     }
     let mut conn = state.db.get().await.map_err(db_error)?;
-    let items = quizflow_migrations::dead_letters::list(&mut conn, channel, limit)
+    let items = quizflow_store::dead_letters::list(&mut conn, channel, limit)
         .await
         .map_err(db_error)?;
     Ok(Json(serde_json::json!({ "items": items })))
 }
 
-/// Takes dead letters for redrive and publishes their jobs again; what cannot be published
-/// is put back on the list.
+/// Redrives in chunks, each an outbox step: take (one transaction: letters marked, ledger
+/// rows reset), publish the chunk pipelined with `redrive:<id>` message ids, then mark it
+/// published. No connection is held across publishes. A chunk that could not be published
+/// stays in the outbox and the workers' relay publishes it later: nothing is lost, and the
+/// answer says how many are still pending.
 async fn redrive(
     state: &AppState,
     id: Option<Uuid>,
     channel: Option<&str>,
-) -> Result<usize, ApiError> {
-    let mut conn = state.db.get().await.map_err(db_error)?;
-    let taken = quizflow_migrations::dead_letters::take_for_redrive(&mut conn, id, channel, 10_000)
-        .await
-        .map_err(db_error)?;
-    let mut failed = Vec::new();
-    let mut sent = 0;
-    for t in &taken {
-        let job: Option<quizflow_core::DeliveryJob> = t
-            .payload
-            .as_deref()
-            .and_then(|p| serde_json::from_slice(p).ok());
-        let ok = match job {
-            Some(job) => quizflow_nats::publish_redrive(&state.js, &job, &t.id.to_string())
+) -> Result<(usize, usize), ApiError> {
+    const CHUNK: i64 = 500;
+    const MAX_PER_CALL: usize = 100_000;
+    let (mut published, mut pending) = (0usize, 0usize);
+    loop {
+        let taken = {
+            let mut conn = state.db.get().await.map_err(db_error)?;
+            quizflow_store::dead_letters::take_for_redrive(&mut conn, id, channel, CHUNK)
                 .await
-                .is_ok(),
-            None => false,
+                .map_err(db_error)?
         };
-        if ok {
-            sent += 1;
-        } else {
-            failed.push(t.id);
+        if taken.is_empty() {
+            break;
+        }
+        let jobs: Vec<(quizflow_core::DeliveryJob, String)> = taken
+            .iter()
+            .filter_map(|t| {
+                let job = serde_json::from_slice(t.payload.as_deref()?).ok()?;
+                Some((job, t.id.to_string()))
+            })
+            .collect();
+        let acked = quizflow_nats::publish_redrives(&state.js, &jobs).await;
+        let ok: Vec<Uuid> = jobs
+            .iter()
+            .zip(&acked)
+            .filter(|(_, ok)| **ok)
+            .filter_map(|((_, id), _)| id.parse().ok())
+            .collect();
+        {
+            let mut conn = state.db.get().await.map_err(db_error)?;
+            quizflow_store::dead_letters::mark_published(&mut conn, &ok)
+                .await
+                .map_err(db_error)?;
+        }
+        published += ok.len();
+        pending += taken.len() - ok.len();
+        if ok.len() < taken.len() || id.is_some() || published + pending >= MAX_PER_CALL {
+            // NATS is struggling (or this was one letter): the relay takes it from here.
+            break;
         }
     }
-    if !failed.is_empty() {
-        quizflow_migrations::dead_letters::restore(&mut conn, &failed)
-            .await
-            .map_err(db_error)?;
-        if sent == 0 {
-            return Err(ApiError::unavailable(
-                "the jobs could not be published; retry shortly",
-            ));
-        }
-    }
-    tracing::info!(
-        redriven = sent,
-        kept = failed.len(),
-        "dead letters redriven"
-    );
-    Ok(sent)
+    tracing::info!(published, pending, "dead letters redriven");
+    Ok((published, pending))
 }
 
 #[handler]
@@ -291,10 +310,12 @@ pub async fn redrive_one(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "dead letter")?;
     match redrive(&state, Some(id), None).await? {
-        0 => Err(not_found("open delivery dead letter")),
-        n => Ok(Json(serde_json::json!({"redriven": n}))
-            .with_status(StatusCode::ACCEPTED)
-            .into_response()),
+        (0, 0) => Err(not_found("open delivery dead letter")),
+        (n, pending) => Ok(Json(
+            serde_json::json!({"redriven": n + pending, "published": n, "pending": pending}),
+        )
+        .with_status(StatusCode::ACCEPTED)
+        .into_response()),
     }
 }
 
@@ -304,8 +325,10 @@ pub async fn redrive_bulk(
     poem::web::Query(q): poem::web::Query<DeadLetterQuery>,
 ) -> Result<Response, ApiError> {
     let channel = channel_param(q.channel.as_deref())?;
-    let n = redrive(&state, None, channel).await?;
-    Ok(Json(serde_json::json!({"redriven": n}))
-        .with_status(StatusCode::ACCEPTED)
-        .into_response())
+    let (n, pending) = redrive(&state, None, channel).await?;
+    Ok(
+        Json(serde_json::json!({"redriven": n + pending, "published": n, "pending": pending}))
+            .with_status(StatusCode::ACCEPTED)
+            .into_response(),
+    )
 }

@@ -23,6 +23,8 @@ pub struct ApiSettings {
     pub admin_token: Option<String>,
     /// Window of both limits (a minute; shorter only in tests).
     pub limit_window: Duration,
+    /// `QUIZFLOW_SHUTDOWN_TIMEOUT`: how long requests in flight may take after a stop.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ApiSettings {
@@ -34,6 +36,7 @@ impl Default for ApiSettings {
             ip_limit_per_min: 0,
             limit_window: Duration::from_secs(60),
             admin_token: None,
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }

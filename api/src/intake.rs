@@ -175,6 +175,17 @@ impl AppState {
         }
     }
 
+    /// During a graceful stop new submissions are refused: a 503 the client retries (on
+    /// another instance), never a request cut off halfway.
+    fn check_draining(&self) -> Result<(), ApiError> {
+        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ApiError::unavailable(
+                "this instance is shutting down; retry shortly",
+            ));
+        }
+        Ok(())
+    }
+
     fn check_ip(&self, remote: &RemoteAddr, n: usize) -> Result<(), ApiError> {
         if !self.ip_limiter.enabled() {
             return Ok(());
@@ -211,6 +222,7 @@ async fn submit_one_inner(
     remote: &RemoteAddr,
     body: Body,
 ) -> Result<Response, ApiError> {
+    state.check_draining()?;
     check_content_type(headers)?;
     let body = read_body(headers, body, MAX_BODY_BYTES).await?;
     let quiz =
@@ -348,6 +360,7 @@ pub async fn submit_batch(
     remote: &RemoteAddr,
     body: Body,
 ) -> Result<Response, ApiError> {
+    state.check_draining()?;
     check_content_type(headers)?;
     let body = read_body(headers, body, MAX_BATCH_BODY_BYTES).await?;
     let Value::Object(mut top) = body else {
@@ -400,6 +413,11 @@ pub async fn submit_batch(
     }))
     .await;
     Ok(poem::web::Json(serde_json::json!({ "results": results })).into_response())
+}
+
+/// The client's address as the connection shows it (`None` for non-TCP listeners).
+pub(crate) fn client_ip(req: &poem::Request) -> Option<std::net::IpAddr> {
+    req.remote_addr().as_socket_addr().map(|a| a.ip())
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use async_nats::jetstream;
 use metrics::Metrics;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{get, post, Endpoint, EndpointExt, IntoResponse, Response, Route, Server};
-use quizflow_migrations::Pool;
+use quizflow_store::Pool;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +37,35 @@ pub struct AppState {
     admin_token: Option<String>,
     respondent_limiter: limits::WindowLimiter,
     ip_limiter: limits::WindowLimiter,
+    /// Failed admin authentications per client IP.
+    auth_failures: AuthFailures,
+    /// Set once a graceful stop began: new submissions answer 503, those in flight finish.
+    draining: std::sync::atomic::AtomicBool,
     metrics: Metrics,
+}
+
+/// Failed admin authentications per client IP: past [`AuthFailures::LIMIT`] a minute, that IP
+/// gets 429 on admin routes until the window slides.
+pub(crate) struct AuthFailures(limits::WindowLimiter);
+
+impl AuthFailures {
+    const LIMIT: u32 = 20;
+
+    fn new() -> Self {
+        Self(limits::WindowLimiter::with_key_cap(
+            Self::LIMIT,
+            Duration::from_secs(60),
+            4096,
+        ))
+    }
+
+    pub(crate) fn is_over(&self, ip: &Option<std::net::IpAddr>) -> bool {
+        self.0.is_over(self.0.key(ip))
+    }
+
+    pub(crate) fn hit(&self, ip: Option<std::net::IpAddr>) {
+        self.0.hit(self.0.key(ip));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +98,8 @@ impl AppState {
                 settings.ip_limit_per_min,
                 settings.limit_window,
             ),
+            auth_failures: AuthFailures::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::new()?,
             admin_token: settings.admin_token.clone(),
             settings,
@@ -87,6 +117,7 @@ impl AppState {
                 let Some(s) = weak.upgrade() else { break };
                 s.respondent_limiter.prune();
                 s.ip_limiter.prune();
+                s.auth_failures.0.prune();
             }
         });
         Ok(state)
@@ -185,16 +216,31 @@ pub async fn bind(addr: &str) -> Result<BoundApi, ServeError> {
     })
 }
 
-/// Serves until `shutdown` resolves, then lets requests in flight finish (up to 10 s): a
-/// request whose publish is under way still gets its honest answer.
+/// Serves until `shutdown` resolves, then refuses new submissions with 503 and lets requests
+/// in flight finish (up to `shutdown_timeout`): a request whose publish is under way still
+/// gets its honest answer.
 pub async fn serve(
     bound: BoundApi,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     tracing::info!(addr = %bound.local_addr, "api listening");
+    let drain = state.clone();
+    let grace = state.settings.shutdown_timeout;
     Server::new_with_acceptor(bound.acceptor)
-        .run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(10)))
+        .run_with_graceful_shutdown(
+            app(state),
+            async move {
+                shutdown.await;
+                // From now on new submissions get 503 (their clients retry elsewhere), while
+                // publishes in flight get their honest answer.
+                drain
+                    .draining
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!("api draining: new submissions answer 503");
+            },
+            Some(grace),
+        )
         .await?;
     Ok(())
 }

@@ -29,6 +29,7 @@ struct Slot {
 pub struct WindowLimiter {
     limit: u32,
     window: Duration,
+    max_keys_per_shard: usize,
     hasher: RandomState,
     shards: Vec<Mutex<HashMap<u64, Slot>>>,
 }
@@ -42,9 +43,15 @@ pub struct Reservation {
 
 impl WindowLimiter {
     pub fn new(limit: u32, window: Duration) -> Self {
+        Self::with_key_cap(limit, window, MAX_KEYS_PER_SHARD)
+    }
+
+    /// As [`WindowLimiter::new`], with a cap on the keys each of its shards tracks.
+    pub fn with_key_cap(limit: u32, window: Duration, max_keys_per_shard: usize) -> Self {
         Self {
             limit,
             window,
+            max_keys_per_shard,
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
@@ -83,8 +90,16 @@ impl WindowLimiter {
 
     fn reserve_one(&self, key: u64, now: Instant) -> Result<Reservation, u64> {
         let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
-        if shard.len() >= MAX_KEYS_PER_SHARD && !shard.contains_key(&key) {
+        if shard.len() >= self.max_keys_per_shard && !shard.contains_key(&key) {
             Self::prune_shard(&mut shard, now, self.window);
+            if shard.len() >= self.max_keys_per_shard {
+                // Still full (a flood of distinct keys): the new key goes through untracked
+                // rather than growing memory without bound. Its release finds no slot.
+                return Ok(Reservation {
+                    key,
+                    window_start: now,
+                });
+            }
         }
         let slot = shard.entry(key).or_insert(Slot {
             window_start: now,
@@ -111,6 +126,43 @@ impl WindowLimiter {
             key,
             window_start: slot.window_start,
         })
+    }
+
+    /// Whether `key` is at its limit now (without counting an event).
+    pub fn is_over(&self, key: u64) -> bool {
+        if !self.enabled() {
+            return false;
+        }
+        let now = Instant::now();
+        let shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        let Some(slot) = shard.get(&key) else {
+            return false;
+        };
+        let elapsed = now.duration_since(slot.window_start);
+        if elapsed >= self.window * 2 {
+            return false;
+        }
+        let (previous, count, elapsed) = if elapsed >= self.window {
+            (slot.count, 0, elapsed - self.window)
+        } else {
+            (slot.previous, slot.count, elapsed)
+        };
+        let frac_left = 1.0 - elapsed.as_secs_f64() / self.window.as_secs_f64();
+        f64::from(previous) * frac_left + f64::from(count) >= f64::from(self.limit)
+    }
+
+    /// Counts one event for `key`, whether or not it is over the limit.
+    pub fn hit(&self, key: u64) {
+        let _ = self.reserve_one(key, Instant::now());
+    }
+
+    /// Keys tracked now (all shards).
+    #[cfg(test)]
+    pub fn tracked(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
     }
 
     /// Gives reservations back (duplicate, or not published).
@@ -185,6 +237,36 @@ mod tests {
         assert!(l.reserve(&[k]).is_err());
         std::thread::sleep(Duration::from_millis(220));
         assert!(l.reserve(&[k]).is_ok());
+    }
+
+    #[test]
+    fn a_flood_of_distinct_keys_stays_within_the_cap() {
+        let l = WindowLimiter::with_key_cap(5, Duration::from_secs(60), 100);
+        for i in 0..100_000u64 {
+            assert!(l.reserve(&[l.key(i)]).is_ok());
+        }
+        assert!(l.tracked() <= 100 * SHARDS, "tracked {}", l.tracked());
+        // Keys tracked before the flood are still limited.
+        let l = WindowLimiter::with_key_cap(2, Duration::from_secs(60), 10);
+        let k = l.key("early");
+        l.reserve(&[k]).expect("1");
+        l.reserve(&[k]).expect("2");
+        for i in 0..10_000u64 {
+            let _ = l.reserve(&[l.key(i)]);
+        }
+        assert!(l.reserve(&[k]).is_err(), "the early key kept its count");
+    }
+
+    #[test]
+    fn failures_are_counted_and_checked_without_reserving() {
+        let l = WindowLimiter::new(3, Duration::from_secs(60));
+        let k = l.key("1.2.3.4");
+        assert!(!l.is_over(k));
+        for _ in 0..3 {
+            l.hit(k);
+        }
+        assert!(l.is_over(k));
+        assert!(!l.is_over(l.key("5.6.7.8")));
     }
 
     #[test]

@@ -27,12 +27,15 @@ pub async fn readyz(state: Data<&Arc<AppState>>) -> Result<Json<serde_json::Valu
             problem: "not connected".into(),
         });
     }
-    match tokio::time::timeout(Duration::from_secs(2), quizflow_migrations::ping(&state.db)).await {
+    match tokio::time::timeout(Duration::from_secs(2), quizflow_store::ping(&state.db)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => problems.push(FieldProblem {
-            field: "postgres".into(),
-            problem: e.to_string(),
-        }),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: PostgreSQL check failed");
+            problems.push(FieldProblem {
+                field: "postgres".into(),
+                problem: e.public().into(),
+            })
+        }
         Err(_) => problems.push(FieldProblem {
             field: "postgres".into(),
             problem: "no answer within 2s".into(),

@@ -230,12 +230,8 @@ async fn given_an_unstored_submission_then_404_and_a_stored_one_reads_back_with_
     };
     let nats = async_nats::connect(api.nats.url()).await.expect("nats");
     let js = async_nats::jetstream::new(nats.clone());
-    let batcher = quizflow_batcher::Batcher::new(
-        settings,
-        nats,
-        js,
-        quizflow_migrations::pool(&api.db.url, 2),
-    );
+    let batcher =
+        quizflow_batcher::Batcher::new(settings, nats, js, quizflow_store::pool(&api.db.url, 2));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(batcher.run(async move {
         let _ = rx.await;

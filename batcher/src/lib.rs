@@ -2,14 +2,13 @@
 //!
 //! Per batch (flushed at `batch_max` messages or `batch_wait` after its first message):
 //! decode (poison → `DEAD_LETTERS`), match against the campaigns ([`Matcher`], columnar, on
-//! rayon), store submissions and ledger rows in one transaction ([`store`]), publish the jobs
+//! rayon), store submissions and ledger rows in one transaction (`quizflow_store::intake`), publish the jobs
 //! pipelined with `Nats-Msg-Id = <submission>:<campaign>:<channel>`, and only then ack.
 
 mod bitmap;
 mod config;
 pub mod matcher;
 mod run;
-pub mod store;
 
 pub use bitmap::Bitmap;
 pub use config::BatcherSettings;

@@ -1,15 +1,17 @@
 //! The batcher loop: pull, batch, store, match, publish jobs, then ack.
 
 use crate::matcher::Matcher;
-use crate::store::{self, Row};
 use crate::BatcherSettings;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use futures::StreamExt;
 use quizflow_core::{SubmissionEnvelope, SubmissionId};
-use quizflow_migrations::Pool;
 use quizflow_nats::subjects;
+use quizflow_store::intake::{self as store, Row};
+use quizflow_store::Pool;
+use quizflow_store::{Retry, StoreError};
 use std::collections::HashSet;
 use std::future::Future;
+#[cfg(feature = "test-hooks")]
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -20,9 +22,22 @@ pub enum BatcherError {
     #[error("nats: {0}")]
     Nats(String),
     #[error("database: {0}")]
-    Db(String),
+    Db(#[from] StoreError),
+    #[error("matcher task failed: {0}")]
+    Matcher(String),
+    #[cfg(feature = "test-hooks")]
     #[error("simulated crash after commit (tests)")]
     SimulatedCrash,
+}
+
+impl BatcherError {
+    /// What to do with the messages of a batch that failed this way.
+    fn retry(&self) -> Retry {
+        match self {
+            BatcherError::Db(e) => e.retry(),
+            _ => Retry::Later,
+        }
+    }
 }
 
 /// A batcher instance. Any number may run against the same consumer.
@@ -34,12 +49,22 @@ pub struct Batcher {
     matcher: RwLock<Arc<Matcher>>,
     partitions: Mutex<HashSet<(i32, u32)>>,
     /// Tests: stop dead right after the commit, before any publish or ack.
+    #[cfg(feature = "test-hooks")]
     crash_after_commit: AtomicBool,
 }
 
 struct Decoded {
     msg: jetstream::Message,
     seq: u64,
+    envelope: SubmissionEnvelope,
+}
+
+async fn nak_all(part: &[Decoded], delay: Duration) {
+    futures::future::join_all(
+        part.iter()
+            .map(|d| d.msg.ack_with(AckKind::Nak(Some(delay)))),
+    )
+    .await;
 }
 
 /// Decodes an envelope; the error is the reason recorded with the dead letter.
@@ -73,11 +98,13 @@ impl Batcher {
             pool,
             matcher: RwLock::new(Arc::new(Matcher::default())),
             partitions: Mutex::new(HashSet::new()),
+            #[cfg(feature = "test-hooks")]
             crash_after_commit: AtomicBool::new(false),
         })
     }
 
     /// Test hook: make the next flush die between the commit and the publishes/acks.
+    #[cfg(feature = "test-hooks")]
     pub fn crash_after_next_commit(&self) {
         self.crash_after_commit.store(true, Ordering::SeqCst);
     }
@@ -93,14 +120,8 @@ impl Batcher {
 
     /// Reloads campaigns from PostgreSQL into a fresh matcher.
     pub async fn reload_campaigns(&self) -> Result<(), BatcherError> {
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| BatcherError::Db(e.to_string()))?;
-        let campaigns = quizflow_migrations::campaigns::list(&mut conn)
-            .await
-            .map_err(|e| BatcherError::Db(e.to_string()))?;
+        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
+        let campaigns = quizflow_store::campaigns::list(&mut conn).await?;
         let matcher = Arc::new(Matcher::new(campaigns.into_iter().map(Arc::new)));
         tracing::info!(active = matcher.len(), "campaigns loaded");
         if let Ok(mut m) = self.matcher.write() {
@@ -140,17 +161,8 @@ impl Batcher {
             let Ok(mut conn) = self.pool.get().await else {
                 continue;
             };
-            use diesel_async::RunQueryDsl;
-            let ahead = diesel::sql_query("SELECT quizflow_ensure_submission_partitions(now(), 3)")
-                .execute(&mut conn)
-                .await;
-            let dropped = diesel::sql_query(format!(
-                "SELECT quizflow_drop_old_submission_partitions({})",
-                self.settings.retention_months
-            ))
-            .execute(&mut conn)
-            .await;
-            if let Err(e) = ahead.and(dropped) {
+            let retention = i32::try_from(self.settings.retention_months).unwrap_or(i32::MAX);
+            if let Err(e) = quizflow_store::maintain_partitions(&mut conn, 3, retention).await {
                 tracing::warn!(error = %e, "partition upkeep failed; will retry");
             }
         }
@@ -225,78 +237,124 @@ impl Batcher {
             }
             match self.flush(batch, backoff).await {
                 Ok(()) => backoff = Duration::ZERO,
+                #[cfg(feature = "test-hooks")]
                 Err(BatcherError::SimulatedCrash) => return Err(BatcherError::SimulatedCrash),
                 Err(e) => {
                     backoff =
                         (backoff * 2).clamp(Duration::from_millis(250), Duration::from_secs(30));
                     tracing::warn!(error = %e, retry_in = ?backoff, "batch not stored; naked for redelivery");
-                    tokio::time::sleep(backoff).await;
+                    if !stopping {
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = &mut shutdown => stopping = true,
+                        }
+                    }
                 }
             }
         }
+        // Messages the pull stream fetched ahead but no batch took: hand them back now
+        // instead of letting them wait out the ack wait. Bounded in count and time.
+        let drain_until = Instant::now() + Duration::from_secs(2);
+        let mut naked = 0usize;
+        while naked < self.settings.batch_max * 2 && Instant::now() < drain_until {
+            match tokio::time::timeout(Duration::from_millis(50), messages.next()).await {
+                Ok(Some(Ok(m))) => {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                    naked += 1;
+                }
+                _ => break,
+            }
+        }
+        tracing::info!(naked, "batcher stopped");
         Ok(())
     }
 
-    /// Stores, matches and publishes one batch, then acks it. On error every message of
-    /// the batch is naked (with the backoff as delay) and nothing is acked.
+    /// Stores, matches and publishes one batch, then acks it. A batch that fails for a
+    /// reason that may be one message's data is split and retried in halves, down to the one
+    /// message that fails, which goes to `DEAD_LETTERS` alone; the rest are stored and acked.
+    /// On an outage (database or NATS away) every message not yet done is naked with the
+    /// backoff as delay, and nothing of it is acked.
     async fn flush(
         &self,
         batch: Vec<jetstream::Message>,
         backoff: Duration,
     ) -> Result<(), BatcherError> {
         let mut good: Vec<Decoded> = Vec::with_capacity(batch.len());
-        let mut envelopes: Vec<SubmissionEnvelope> = Vec::with_capacity(batch.len());
         for msg in batch {
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
             match decode(&msg.payload) {
-                Ok(env) => {
-                    envelopes.push(env);
-                    good.push(Decoded { msg, seq });
-                }
+                Ok(envelope) => good.push(Decoded { msg, seq, envelope }),
                 Err(reason) => self.poison(msg, seq, &reason).await,
             }
         }
-        if good.is_empty() {
-            return Ok(());
+        let delay = backoff.max(Duration::from_millis(500));
+        let mut pending: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
+        pending.push(0..good.len());
+        let mut outage: Option<BatcherError> = None;
+        while let Some(range) = pending.pop() {
+            let part = &good[range.clone()];
+            if part.is_empty() {
+                continue;
+            }
+            if outage.is_some() {
+                nak_all(part, delay).await;
+                continue;
+            }
+            match self.store_and_publish(part).await {
+                Ok(()) => {
+                    futures::future::join_all(part.iter().map(|d| d.msg.ack())).await;
+                }
+                #[cfg(feature = "test-hooks")]
+                Err(BatcherError::SimulatedCrash) => return Err(BatcherError::SimulatedCrash),
+                Err(e) => match e.retry() {
+                    Retry::Later => {
+                        nak_all(part, delay).await;
+                        outage = Some(e);
+                    }
+                    _ if part.len() > 1 => {
+                        let mid = range.start + part.len() / 2;
+                        tracing::warn!(error = %e, size = part.len(), "batch rejected; isolating the failing message");
+                        pending.push(mid..range.end);
+                        pending.push(range.start..mid);
+                    }
+                    Retry::Isolate if quizflow_store::ping(&self.pool).await.is_err() => {
+                        // The server went away meanwhile: not this message's fault.
+                        nak_all(part, delay).await;
+                        outage = Some(e);
+                    }
+                    _ => {
+                        let d = &part[0];
+                        let reason = match &e {
+                            BatcherError::Db(db) => format!("cannot be stored: {}", db.public()),
+                            other => format!("cannot be stored: {other}"),
+                        };
+                        self.poison_message(&d.msg, d.seq, &reason).await;
+                    }
+                },
+            }
         }
-        let result = self.store_and_publish(&good, envelopes).await;
-        match result {
-            Ok(()) => {
-                futures::future::join_all(good.iter().map(|d| d.msg.ack())).await;
-                Ok(())
-            }
-            Err(BatcherError::SimulatedCrash) => Err(BatcherError::SimulatedCrash),
-            Err(e) => {
-                let delay = backoff.max(Duration::from_millis(500));
-                futures::future::join_all(
-                    good.iter()
-                        .map(|d| d.msg.ack_with(AckKind::Nak(Some(delay)))),
-                )
-                .await;
-                Err(e)
-            }
+        match outage {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
-    async fn store_and_publish(
-        &self,
-        good: &[Decoded],
-        envelopes: Vec<SubmissionEnvelope>,
-    ) -> Result<(), BatcherError> {
+    async fn store_and_publish(&self, part: &[Decoded]) -> Result<(), BatcherError> {
         // Matching is CPU work: off the async runtime, on rayon.
         let matcher = self.snapshot();
         let span = tracing::Span::current();
+        let envelopes: Vec<SubmissionEnvelope> = part.iter().map(|d| d.envelope.clone()).collect();
         let (envelopes, matches) = tokio::task::spawn_blocking(move || {
             let _g = span.enter();
             let m = matcher.match_batch(&envelopes);
             (envelopes, (matcher, m))
         })
         .await
-        .map_err(|e| BatcherError::Db(format!("matcher task: {e}")))?;
+        .map_err(|e| BatcherError::Matcher(e.to_string()))?;
         let (matcher, matches) = matches;
         let rows: Vec<Row<'_>> = envelopes
             .iter()
-            .zip(good)
+            .zip(part)
             .map(|(e, d)| Row {
                 envelope: e,
                 stream_seq: d.seq,
@@ -305,11 +363,7 @@ impl Batcher {
         let now = chrono::Utc::now();
         let jobs_for =
             |new_rows: &HashSet<usize>| matcher.jobs(&matches, &envelopes, new_rows, now);
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| BatcherError::Db(e.to_string()))?;
+        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
         {
             let mut known = self
                 .partitions
@@ -321,29 +375,24 @@ impl Batcher {
                 &mut known,
                 envelopes.iter().map(|e| e.received_at),
             )
-            .await
-            .map_err(|e| BatcherError::Db(e.to_string()))?;
+            .await?;
             if let Ok(mut k) = self.partitions.lock() {
                 *k = known;
             }
         }
-        let (new_rows, mut jobs) = store::store_batch(&mut conn, &rows, jobs_for)
-            .await
-            .map_err(|e| BatcherError::Db(e.to_string()))?;
+        let (new_rows, mut jobs) = store::store_batch(&mut conn, &rows, jobs_for).await?;
+        #[cfg(feature = "test-hooks")]
         if self.crash_after_commit.swap(false, Ordering::SeqCst) {
             return Err(BatcherError::SimulatedCrash);
         }
         // Rows stored by an earlier, interrupted attempt: publish their queued jobs again.
+        // (A copy that reaches a worker twice is sent once: the worker claims the ledger row.)
         let seen: Vec<SubmissionId> = (0..envelopes.len())
             .filter(|i| !new_rows.contains(i))
             .map(|i| envelopes[i].submission_id)
             .collect();
         if !seen.is_empty() {
-            jobs.extend(
-                store::queued_jobs(&mut conn, &seen)
-                    .await
-                    .map_err(|e| BatcherError::Db(e.to_string()))?,
-            );
+            jobs.extend(store::queued_jobs(&mut conn, &seen).await?);
         }
         drop(conn);
         quizflow_nats::publish_jobs(&self.js, &jobs)
@@ -360,6 +409,10 @@ impl Batcher {
 
     /// Moves an undecodable message to DEAD_LETTERS, then acks it: it never blocks the consumer.
     async fn poison(&self, msg: jetstream::Message, seq: u64, reason: &str) {
+        self.poison_message(&msg, seq, reason).await
+    }
+
+    async fn poison_message(&self, msg: &jetstream::Message, seq: u64, reason: &str) {
         let token = msg
             .subject
             .as_str()
@@ -380,8 +433,12 @@ impl Batcher {
             Ok(()) => {
                 // Mirror for `GET /v1/dead-letters`; the stream copy is the durable one.
                 if let Ok(mut conn) = self.pool.get().await {
-                    let id = uuid::Uuid::new_v4();
-                    if let Err(e) = quizflow_migrations::dead_letters::insert_poison_submission(
+                    // One mirror row per stream message, however often it is poisoned.
+                    let id = uuid::Uuid::new_v5(
+                        &uuid::Uuid::NAMESPACE_OID,
+                        format!("submission-seq:{seq}").as_bytes(),
+                    );
+                    if let Err(e) = quizflow_store::dead_letters::insert_poison_submission(
                         &mut conn,
                         id,
                         reason,

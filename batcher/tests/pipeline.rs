@@ -55,7 +55,7 @@ impl Env {
             settings,
             self.client.clone(),
             self.js.clone(),
-            quizflow_migrations::pool(url, 4),
+            quizflow_store::pool(url, 4),
         )
     }
 
@@ -89,7 +89,7 @@ impl Env {
 
     async fn add_campaign(&self, body: Value) -> Campaign {
         let spec = parse_campaign(&body).expect("valid campaign");
-        let c = quizflow_migrations::campaigns::insert(&mut self.conn().await, &spec)
+        let c = quizflow_store::campaigns::insert(&mut self.conn().await, &spec)
             .await
             .expect("insert");
         self.client
@@ -450,7 +450,7 @@ async fn given_shutdown_then_the_batch_in_hand_is_flushed() {
         settings,
         env.client.clone(),
         env.js.clone(),
-        quizflow_migrations::pool(&env.db.url, 2),
+        quizflow_store::pool(&env.db.url, 2),
     );
     let (stop, handle) = spawn(b);
     for l in leads(10) {

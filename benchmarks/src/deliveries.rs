@@ -67,7 +67,7 @@ fn setup<E: std::fmt::Display>(e: E) -> DeliveriesError {
     DeliveriesError::Setup(e.to_string())
 }
 
-async fn count_sent(pool: &quizflow_migrations::Pool, tag: &str) -> Result<i64, DeliveriesError> {
+async fn count_sent(pool: &quizflow_store::Pool, tag: &str) -> Result<i64, DeliveriesError> {
     use diesel_async::RunQueryDsl;
     #[derive(diesel::QueryableByName)]
     struct N {
@@ -101,13 +101,13 @@ pub async fn run_deliveries(
 ) -> Result<DeliveriesReport, DeliveriesError> {
     let client = async_nats::connect(nats_url).await.map_err(setup)?;
     let js = async_nats::jetstream::new(client.clone());
-    let pool = quizflow_migrations::pool(database_url, 8);
+    let pool = quizflow_store::pool(database_url, 8);
     let http = reqwest::Client::new();
     {
         let spec = parse_campaign(&serde_json::json!({"name": "bench", "match": {}, "actions": [{"channel": "sms", "template": "Olá {{ respondent.name }}"}]}))
             .map_err(|e| setup(format!("{e:?}")))?;
         let mut conn = pool.get().await.map_err(setup)?;
-        quizflow_migrations::campaigns::insert(&mut conn, &spec)
+        quizflow_store::campaigns::insert(&mut conn, &spec)
             .await
             .map_err(setup)?;
     }

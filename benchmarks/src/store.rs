@@ -8,12 +8,12 @@
 use crate::leads::lead;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures::StreamExt;
-use quizflow_batcher::store::{self, Row};
 use quizflow_batcher::Matcher;
 use quizflow_core::{
     parse_campaign, parse_submission, Campaign, IdempotencyKey, QuizId, SubmissionEnvelope,
     SubmissionId,
 };
+use quizflow_store::intake::{self as store, Row};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -74,6 +74,8 @@ pub enum StoreBenchError {
     Pg(#[from] tokio_postgres::Error),
     #[error("diesel: {0}")]
     Diesel(#[from] diesel::result::Error),
+    #[error("store: {0}")]
+    Store(#[from] quizflow_store::StoreError),
     #[error("connect: {0}")]
     Connect(#[from] diesel::ConnectionError),
 }

@@ -71,6 +71,9 @@ pub fn parse_submission(body: &Value) -> Result<Submission, ValidationErrors> {
         }]));
     };
     let mut out = Submission::default();
+    // PostgreSQL stores U+0000 neither in `text` nor in `jsonb`: one such character anywhere
+    // would make the lead unstorable, so it is refused here, with its path.
+    find_nul(body, "", &mut p);
     for (key, value) in obj {
         match key.as_str() {
             "respondent" => out.respondent = respondent(value, &mut p),
@@ -79,6 +82,10 @@ pub fn parse_submission(body: &Value) -> Result<Submission, ValidationErrors> {
             "completed_at" => out.completed_at = completed_at(value, &mut p),
             "tags" => out.tags = tags(value, &mut p),
             "metadata" => match value {
+                Value::Object(m) if depth(value) > MAX_METADATA_DEPTH => p.add(
+                    "metadata",
+                    format!("nested deeper than {MAX_METADATA_DEPTH} levels"),
+                ),
                 Value::Object(m) => out.metadata = m.clone(),
                 Value::Null => {}
                 other => p.add(
@@ -93,6 +100,41 @@ pub fn parse_submission(body: &Value) -> Result<Submission, ValidationErrors> {
         Ok(out)
     } else {
         Err(ValidationErrors(p.0))
+    }
+}
+
+/// How deep `metadata` may nest (the object itself is level 1).
+pub const MAX_METADATA_DEPTH: usize = 16;
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Reports every string and key holding U+0000, by path (`answers[2].value`, `metadata.a`).
+fn find_nul(v: &Value, at: &str, p: &mut Problems) {
+    const PROBLEM: &str = "must not contain the character U+0000";
+    match v {
+        Value::String(s) if s.contains('\0') => p.add(at, PROBLEM),
+        Value::Array(a) => {
+            for (i, item) in a.iter().enumerate() {
+                find_nul(item, &format!("{at}[{i}]"), p);
+            }
+        }
+        Value::Object(m) => {
+            for (k, item) in m {
+                let here = path(at, k);
+                if k.contains('\0') {
+                    p.add(here.replace('\0', "\\u0000"), format!("key {PROBLEM}"));
+                } else {
+                    find_nul(item, &here, p);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -493,6 +535,37 @@ mod tests {
         ] {
             assert!(f.contains(&want.to_owned()), "{want} missing from {f:?}");
         }
+    }
+
+    #[test]
+    fn nul_anywhere_is_refused_with_its_path() {
+        let body = json!({"respondent": {"name": "A\0na"}, "answers": [{"question": "q1", "value": "b\0"}],
+            "tags": ["ok", "t\0"], "metadata": {"deep": {"k": ["x\0"]}, "k\0": 1}});
+        let mut f = fields(body);
+        f.sort();
+        for want in [
+            "respondent.name",
+            "answers[0].value",
+            "tags[1]",
+            "metadata.deep.k[0]",
+            "metadata.k\\u0000",
+        ] {
+            assert!(f.iter().any(|x| x == want), "{want} in {f:?}");
+        }
+    }
+
+    #[test]
+    fn metadata_nested_deeper_than_16_is_refused() {
+        let mut deep = json!("leaf");
+        for _ in 0..16 {
+            deep = json!({"a": deep});
+        }
+        assert!(
+            parse_submission(&json!({"metadata": deep.clone()})).is_ok(),
+            "16 levels pass"
+        );
+        let deeper = json!({"metadata": {"a": deep}});
+        assert_eq!(fields(deeper), vec!["metadata"]);
     }
 
     #[test]

@@ -12,7 +12,8 @@ pub mod topology;
 
 pub use client::{connect, jetstream, redact_url, NatsSettings};
 pub use publish::{
-    dead_letter_submission, publish_jobs, publish_redrive, publish_submission, PublishOutcome,
+    dead_letter_delivery, dead_letter_job_message, dead_letter_submission, publish_jobs,
+    publish_redrives, publish_submission, PublishOutcome,
 };
 pub use topology::{ensure_topology, TopologyConfig};
 

@@ -92,19 +92,91 @@ pub async fn dead_letter_submission(
     Ok(())
 }
 
-/// Publishes a redriven job. Its `Nats-Msg-Id` names the redrive (`redrive:<dead letter id>`),
-/// so JetStream's duplicate window cannot swallow it as a copy of the original job.
-pub async fn publish_redrive(
+/// Publishes redriven jobs pipelined. Each `Nats-Msg-Id` names the redrive
+/// (`redrive:<dead letter id>`), so JetStream's duplicate window cannot swallow it as a copy
+/// of the original job, and publishing the same redrive again (the outbox relay after a
+/// crash) inside the window stores it once. Returns, per job, whether JetStream acked it.
+pub async fn publish_redrives(
     js: &jetstream::Context,
-    job: &quizflow_core::DeliveryJob,
-    dead_letter: &str,
+    jobs: &[(quizflow_core::DeliveryJob, String)],
+) -> Vec<bool> {
+    let mut acks = Vec::with_capacity(jobs.len());
+    for (job, dead_letter) in jobs {
+        let payload = match serde_json::to_vec(job) {
+            Ok(p) => p,
+            Err(_) => {
+                acks.push(None);
+                continue;
+            }
+        };
+        let msg = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(format!("redrive:{dead_letter}"))
+            .expected_stream(subjects::DELIVERIES_STREAM);
+        acks.push(
+            js.send_publish(subjects::delivery(job.channel, job.priority), msg)
+                .await
+                .ok(),
+        );
+    }
+    futures::future::join_all(acks.into_iter().map(|a| async move {
+        match a {
+            Some(ack) => ack.await.is_ok(),
+            None => false,
+        }
+    }))
+    .await
+}
+
+/// Publishes a delivery dead letter (the JSON letter with its job) to
+/// `dead.deliveries.<channel>`, de-duplicated by the letter's id, and waits for the ack.
+pub async fn dead_letter_delivery(
+    js: &jetstream::Context,
+    channel: &str,
+    letter_id: &str,
+    letter: bytes::Bytes,
 ) -> Result<(), NatsError> {
     let msg = PublishMessage::build()
-        .payload(serde_json::to_vec(job)?.into())
-        .message_id(format!("redrive:{dead_letter}"))
-        .expected_stream(subjects::DELIVERIES_STREAM);
-    js.send_publish(subjects::delivery(job.channel, job.priority), msg)
-        .await?
-        .await?;
+        .payload(letter)
+        .message_id(letter_id)
+        .expected_stream(subjects::DEAD_LETTERS_STREAM);
+    js.send_publish(
+        subjects::dead_letter(subjects::DeadKind::Delivery, channel),
+        msg,
+    )
+    .await?
+    .await?;
+    Ok(())
+}
+
+/// Publishes a job message that cannot be handled as it is (undecodable, unknown version, or
+/// a stream copy the sweeper rescued) to `dead.deliveries.<channel>` with its reason in
+/// headers, de-duplicated by its stream sequence (`<scheme>-seq:<n>`).
+pub async fn dead_letter_job_message(
+    js: &jetstream::Context,
+    channel: &str,
+    payload: bytes::Bytes,
+    reason: &str,
+    scheme: &str,
+    stream_seq: u64,
+) -> Result<(), NatsError> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "Quizflow-Reason",
+        reason.replace(['\r', '\n'], " ").as_str(),
+    );
+    headers.insert("Quizflow-Class", "poison");
+    headers.insert("Quizflow-Stream-Seq", stream_seq.to_string().as_str());
+    let msg = PublishMessage::build()
+        .payload(payload)
+        .headers(headers)
+        .message_id(format!("{scheme}-seq:{stream_seq}"))
+        .expected_stream(subjects::DEAD_LETTERS_STREAM);
+    js.send_publish(
+        subjects::dead_letter(subjects::DeadKind::Delivery, channel),
+        msg,
+    )
+    .await?
+    .await?;
     Ok(())
 }

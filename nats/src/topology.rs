@@ -23,8 +23,15 @@ pub struct TopologyConfig {
     /// Un-acked jobs per worker consumer (channel and priority).
     pub worker_max_ack_pending: i64,
     pub worker_ack_wait: Duration,
-    /// Deliveries after which JetStream gives a job up (the workers dead-letter it then).
+    /// Deliveries after which JetStream gives a job up; -1 (the default): never. Waiting
+    /// (throttles, breakers, claims held elsewhere) redelivers a job without spending its
+    /// attempt budget, which the ledger keeps; a limit here would turn a long wait into a
+    /// dead letter.
     pub worker_max_deliver: i64,
+    /// Bounds of the `DELIVERIES` work queue (-1: none). When full, publishes are refused and
+    /// the batcher naks its batch and retries: backpressure, never a dropped job.
+    pub deliveries_max_msgs: i64,
+    pub deliveries_max_bytes: i64,
 }
 
 impl Default for TopologyConfig {
@@ -38,7 +45,9 @@ impl Default for TopologyConfig {
             batcher_ack_wait: Duration::from_secs(60),
             worker_max_ack_pending: 10_000,
             worker_ack_wait: Duration::from_secs(60),
-            worker_max_deliver: 30,
+            worker_max_deliver: -1,
+            deliveries_max_msgs: 10_000_000,
+            deliveries_max_bytes: 8 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -70,6 +79,8 @@ impl TopologyConfig {
             storage: stream::StorageType::File,
             num_replicas: self.replicas,
             duplicate_window: self.duplicate_window,
+            max_messages: self.deliveries_max_msgs,
+            max_bytes: self.deliveries_max_bytes,
             // A full work queue must refuse new jobs (the batcher then retries), never
             // silently drop old ones.
             discard: stream::DiscardPolicy::New,

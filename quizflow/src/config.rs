@@ -6,7 +6,7 @@
 //! typo never goes unnoticed. Secrets (`admin_token`, URLs with passwords) are never logged.
 
 use anyhow::{bail, Context};
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -54,6 +54,10 @@ pub struct Config {
     pub email_api_key: Option<String>,
     pub email_from: Option<String>,
     pub webhook_secret: Option<String>,
+    pub webhook_allow_private: bool,
+    pub shutdown_timeout: String,
+    pub deliveries_max_msgs: i64,
+    pub deliveries_max_bytes: i64,
     pub email_smtp_host: Option<String>,
     pub email_smtp_port: u16,
     pub email_smtp_tls: String,
@@ -104,6 +108,10 @@ impl Default for Config {
             email_api_key: None,
             email_from: None,
             webhook_secret: None,
+            webhook_allow_private: false,
+            shutdown_timeout: "30s".into(),
+            deliveries_max_msgs: 10_000_000,
+            deliveries_max_bytes: 8 * 1024 * 1024 * 1024,
             email_smtp_host: None,
             email_smtp_port: 587,
             email_smtp_tls: "starttls".into(),
@@ -152,6 +160,10 @@ const KEYS: &[&str] = &[
     "email_api_key",
     "email_from",
     "webhook_secret",
+    "webhook_allow_private",
+    "shutdown_timeout",
+    "deliveries_max_msgs",
+    "deliveries_max_bytes",
     "email_smtp_host",
     "email_smtp_port",
     "email_smtp_tls",
@@ -172,14 +184,27 @@ impl Config {
             }
             fig = fig.merge(Toml::file(file));
         }
-        fig = fig.merge(Env::prefixed("QUIZFLOW_").only(KEYS)).merge(
-            Env::raw()
-                .only(&["NATS_URL", "DATABASE_URL"])
-                .map(|k| k.as_str().to_ascii_lowercase().into()),
-        );
-        let cfg: Config = fig.extract().context("invalid configuration")?;
+        fig = fig.merge(Serialized::defaults(env_values()?));
+        let cfg: Config = fig.extract().map_err(|e| {
+            // One line naming the key, not figment's nested report.
+            let key = e.path.join(".");
+            anyhow::anyhow!(
+                "invalid configuration: {}{}",
+                if key.is_empty() {
+                    String::new()
+                } else {
+                    format!("{} (QUIZFLOW_{}): ", key, key.to_ascii_uppercase())
+                },
+                e.kind
+            )
+        })?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// How long a graceful stop may take (`QUIZFLOW_SHUTDOWN_TIMEOUT`).
+    pub fn shutdown_timeout(&self) -> Duration {
+        humantime::parse_duration(&self.shutdown_timeout).unwrap_or(Duration::from_secs(30))
     }
 
     /// Unknown `QUIZFLOW_*` variables: probably typos.
@@ -210,6 +235,8 @@ impl Config {
         if !(1..=10_000).contains(&self.batch_max) || self.batch_wait_ms == 0 {
             bail!("batch_max must be 1 to 10000 and batch_wait_ms positive");
         }
+        humantime::parse_duration(&self.shutdown_timeout)
+            .with_context(|| format!("shutdown_timeout {:?}", self.shutdown_timeout))?;
         humantime::parse_duration(&self.batcher_ack_wait)
             .with_context(|| format!("batcher_ack_wait {:?}", self.batcher_ack_wait))?;
         quizflow_workers::parse_schedule(&self.retry_schedule).map_err(anyhow::Error::msg)?;
@@ -253,6 +280,8 @@ impl Config {
             replicas: self.stream_replicas,
             batcher_ack_wait: humantime::parse_duration(&self.batcher_ack_wait)
                 .unwrap_or(Duration::from_secs(60)),
+            deliveries_max_msgs: self.deliveries_max_msgs,
+            deliveries_max_bytes: self.deliveries_max_bytes,
             ..Default::default()
         }
     }
@@ -343,17 +372,45 @@ impl Config {
         }
         p.webhook = Provider::Webhook {
             secret: self.webhook_secret.clone(),
+            allow_private: self.webhook_allow_private,
         };
         Ok((p, mocked))
     }
 
+    /// `mock`: where channels without a provider go — `up`'s mock, or `--mock-provider URL`.
+    /// Without it, a served channel that has no provider configured is an error: a
+    /// production `quizflow workers` must not quietly "deliver" to a mock.
     pub fn worker_settings(
         &self,
         channels: Vec<quizflow_core::Channel>,
+        mock: Option<&str>,
     ) -> anyhow::Result<quizflow_workers::WorkerSettings> {
-        let (providers, mocked) = self.providers()?;
-        if !mocked.is_empty() {
-            tracing::warn!(channels = ?mocked, mock = %self.mock_addr, "no provider configured: these channels use the mock provider");
+        let (mut providers, mocked) = self.providers()?;
+        let unserved: Vec<&str> = mocked
+            .iter()
+            .copied()
+            .filter(|c| channels.iter().any(|ch| ch.as_str() == *c))
+            .collect();
+        match mock {
+            Some(url) => {
+                let m = quizflow_workers::Providers::mock(url);
+                for c in &unserved {
+                    match *c {
+                        "sms" => providers.sms = m.sms.clone(),
+                        "whatsapp" => providers.whatsapp = m.whatsapp.clone(),
+                        "email" => providers.email = m.email.clone(),
+                        _ => {}
+                    }
+                }
+                if !unserved.is_empty() {
+                    tracing::warn!(channels = ?unserved, mock = %url, "no provider configured: these channels use the mock provider");
+                }
+            }
+            None if !unserved.is_empty() => bail!(
+                "no provider configured for {}: configure one (see README), serve other channels with --channels, or pass --mock-provider URL",
+                unserved.join(", ")
+            ),
+            None => {}
         }
         let mut s = quizflow_workers::WorkerSettings::new(providers);
         s.channels = channels;
@@ -364,6 +421,8 @@ impl Config {
         s.breaker_failures = self.breaker_failures;
         s.breaker_cooldown = humantime::parse_duration(&self.breaker_cooldown)?;
         s.ack_wait = self.topology().worker_ack_wait;
+        s.shutdown_timeout = self.shutdown_timeout();
+        s.webhook_allow_private = self.webhook_allow_private;
         Ok(s)
     }
 
@@ -374,7 +433,71 @@ impl Config {
             respondent_limit_per_min: self.rate_limit_respondent_per_min,
             ip_limit_per_min: self.rate_limit_ip_per_min,
             admin_token: self.admin_token.clone(),
+            shutdown_timeout: self.shutdown_timeout(),
             ..Default::default()
         })
+    }
+}
+
+/// Environment values, typed by the key's default: keys whose default is a number or a
+/// boolean are parsed, every other key stays the string the user typed
+/// (`QUIZFLOW_TWILIO_FROM=+15550001111` is a phone number, not an integer).
+fn env_values() -> anyhow::Result<figment::value::Dict> {
+    use figment::value::Value;
+    let defaults = Value::serialize(Config::default())?;
+    let mut dict = figment::value::Dict::new();
+    for key in KEYS {
+        let Ok(raw) = std::env::var(format!("QUIZFLOW_{}", key.to_ascii_uppercase())) else {
+            continue;
+        };
+        let typed = match defaults.find_ref(key) {
+            Some(Value::Num(..)) | Some(Value::Bool(..)) => raw
+                .trim()
+                .parse::<Value>()
+                .unwrap_or_else(|_| Value::from(raw.clone())),
+            _ => Value::from(raw),
+        };
+        dict.insert((*key).to_owned(), typed);
+    }
+    for (env, key) in [("NATS_URL", "nats_url"), ("DATABASE_URL", "database_url")] {
+        if let Ok(v) = std::env::var(env) {
+            dict.insert(key.to_owned(), Value::from(v));
+        }
+    }
+    Ok(dict)
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_keys_stay_strings_and_numbers_parse() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("QUIZFLOW_TWILIO_FROM", "+15550001111");
+            jail.set_env("QUIZFLOW_TWILIO_AUTH_TOKEN", "12345");
+            jail.set_env("QUIZFLOW_BATCH_MAX", "250");
+            jail.set_env("QUIZFLOW_WEBHOOK_ALLOW_PRIVATE", "true");
+            jail.set_env("QUIZFLOW_RETRY_SCHEDULE", "1m30s,2h");
+            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.twilio_from.as_deref(), Some("+15550001111"));
+            assert_eq!(cfg.twilio_auth_token.as_deref(), Some("12345"));
+            assert_eq!(cfg.batch_max, 250);
+            assert!(cfg.webhook_allow_private);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_value_is_one_line_naming_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("QUIZFLOW_BATCH_MAX", "lots");
+            let err = Config::load(None).expect_err("invalid").to_string();
+            assert!(err.contains("batch_max"), "{err}");
+            assert!(err.contains("QUIZFLOW_BATCH_MAX"), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+            Ok(())
+        });
     }
 }

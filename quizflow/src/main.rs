@@ -48,6 +48,10 @@ enum Command {
         /// Channels to serve (default: all).
         #[arg(long, value_delimiter = ',', value_parser = parse_channel)]
         channels: Vec<quizflow_core::Channel>,
+        /// Send channels that have no provider configured to this mock provider (base URL,
+        /// e.g. http://127.0.0.1:4010). Without it such a channel is a start-up error.
+        #[arg(long, value_name = "URL")]
+        mock_provider: Option<String>,
     },
     /// The bundled mock provider (Twilio, WhatsApp Cloud, Evolution, Resend and webhook
     /// shapes) on QUIZFLOW_MOCK_ADDR, with `/_mock/*` inspection and fault injection.
@@ -64,7 +68,14 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let cfg = Config::load(cli.config.as_deref())?;
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            // One clear line, no backtrace: a user typed something we cannot take.
+            eprintln!("quizflow: {e:#}");
+            std::process::exit(2);
+        }
+    };
     init_tracing(&cfg);
     for key in Config::unknown_env_keys() {
         tracing::warn!(%key, "unknown QUIZFLOW_ variable ignored (typo?)");
@@ -77,7 +88,10 @@ fn main() -> anyhow::Result<()> {
             Command::Up => up(cfg).await,
             Command::Api => api(cfg).await,
             Command::Batcher => batcher(cfg).await,
-            Command::Workers { channels } => workers(cfg, channels).await,
+            Command::Workers {
+                channels,
+                mock_provider,
+            } => workers(cfg, channels, mock_provider).await,
             Command::MockProvider => mock_provider(cfg, shutdown_signal()).await,
             Command::Streams => streams(cfg).await,
             Command::Migrate => migrate(cfg).await,
@@ -171,7 +185,7 @@ async fn run_api(
     if settings.admin_token.is_none() {
         tracing::warn!("QUIZFLOW_ADMIN_TOKEN is not set: every admin route answers 401");
     }
-    let pool = quizflow_migrations::pool(database_url, cfg.db_pool_size);
+    let pool = quizflow_store::pool(database_url, cfg.db_pool_size);
     let state = quizflow_api::AppState::new(settings.clone(), client.clone(), js, pool)?;
     let bound = quizflow_api::bind(&settings.http_addr).await?;
     quizflow_api::serve(bound, state, shutdown).await?;
@@ -194,7 +208,7 @@ async fn run_batcher(
 ) -> anyhow::Result<()> {
     let (client, js) = connect_nats(cfg, nats_url, "batcher").await?;
     ensure_topology(cfg, &js).await?;
-    let pool = quizflow_migrations::pool(database_url, cfg.db_pool_size);
+    let pool = quizflow_store::pool(database_url, cfg.db_pool_size);
     let batcher = quizflow_batcher::Batcher::new(cfg.batcher_settings(), client.clone(), js, pool);
     batcher.run(shutdown).await?;
     let _ = client.flush().await;
@@ -215,6 +229,7 @@ fn parse_channel(raw: &str) -> Result<quizflow_core::Channel, String> {
 async fn run_workers(
     cfg: &Config,
     channels: Vec<quizflow_core::Channel>,
+    mock: Option<&str>,
     nats_url: &str,
     database_url: &str,
     shutdown: impl std::future::Future<Output = ()>,
@@ -224,19 +239,31 @@ async fn run_workers(
     } else {
         channels
     };
-    let settings = cfg.worker_settings(channels)?;
+    let settings = cfg.worker_settings(channels, mock)?;
     let (client, js) = connect_nats(cfg, nats_url, "workers").await?;
     ensure_topology(cfg, &js).await?;
-    let pool = quizflow_migrations::pool(database_url, cfg.db_pool_size);
+    let pool = quizflow_store::pool(database_url, cfg.db_pool_size);
     quizflow_workers::run(settings, js, pool, shutdown).await?;
     let _ = client.flush().await;
     Ok(())
 }
 
-async fn workers(cfg: Config, channels: Vec<quizflow_core::Channel>) -> anyhow::Result<()> {
+async fn workers(
+    cfg: Config,
+    channels: Vec<quizflow_core::Channel>,
+    mock: Option<String>,
+) -> anyhow::Result<()> {
     let nats_url = required(&cfg.nats_url, "NATS_URL")?.to_owned();
     let database_url = required(&cfg.database_url, "DATABASE_URL")?.to_owned();
-    run_workers(&cfg, channels, &nats_url, &database_url, shutdown_signal()).await
+    run_workers(
+        &cfg,
+        channels,
+        mock.as_deref(),
+        &nats_url,
+        &database_url,
+        shutdown_signal(),
+    )
+    .await
 }
 
 async fn mock_provider(
@@ -252,16 +279,16 @@ async fn mock_provider(
         .await
         .with_context(|| format!("mock SMTP cannot listen on {}", cfg.mock_smtp_addr))?;
     tracing::info!(addr = ?acceptor.local_addr(), smtp = %cfg.mock_smtp_addr, "mock provider listening");
-    let state = quizflow_workers::mock::MockState::default();
+    let state = quizflow_mock_provider::MockState::default();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let smtp_task = tokio::spawn(quizflow_workers::mock::serve_smtp(
+    let smtp_task = tokio::spawn(quizflow_mock_provider::serve_smtp(
         smtp,
         state.clone(),
         async move {
             let _ = stop_rx.await;
         },
     ));
-    quizflow_workers::mock::serve(acceptor, state, shutdown).await?;
+    quizflow_mock_provider::serve(acceptor, state, shutdown).await?;
     let _ = stop_tx.send(());
     let _ = smtp_task.await;
     Ok(())
@@ -351,6 +378,8 @@ async fn up(cfg: Config) -> anyhow::Result<()> {
         };
         let mut cfg = cfg.clone();
         cfg.admin_token = Some(token.clone());
+        // `up` delivers to its own mock on loopback (SPEC §6).
+        cfg.webhook_allow_private = true;
         let mut roles = tokio::task::JoinSet::new();
         {
             let (cfg, n, d, rx) = (
@@ -383,7 +412,8 @@ async fn up(cfg: Config) -> anyhow::Result<()> {
                 shutdown_rx.clone(),
             );
             roles.spawn(async move {
-                run_workers(&cfg, Vec::new(), &n, &d, stop(rx))
+                let mock = format!("http://{}", cfg.mock_addr);
+                run_workers(&cfg, Vec::new(), Some(&mock), &n, &d, stop(rx))
                     .await
                     .context("workers")
             });
@@ -416,7 +446,7 @@ async fn up(cfg: Config) -> anyhow::Result<()> {
             },
         };
         let _ = shutdown_tx.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        let _ = tokio::time::timeout(cfg.shutdown_timeout() + Duration::from_secs(5), async {
             while let Some(r) = roles.join_next().await {
                 if let Ok(Err(e)) = r {
                     tracing::warn!(error = %e, "role stopped with an error");

@@ -11,6 +11,12 @@ enum State {
     HalfOpen,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowance {
+    Closed,
+    Probe,
+}
+
 #[derive(Debug)]
 pub struct Breaker {
     failures: u32,
@@ -31,22 +37,44 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `Err(wait)` while open: the job should go back to the stream for `wait`.
-    pub fn admit(&self) -> Result<(), Duration> {
+    /// What the pool may fetch now. `Closed`: as much as it has room for. `Probe`: the
+    /// cooldown is over and this caller holds the one probe (fetch one job; call
+    /// [`Breaker::release_probe`] if it makes no provider call). `Err(wait)`: nothing — the
+    /// breaker is open, or a probe is in flight; jobs wait in the stream meanwhile.
+    pub fn allowance(&self) -> Result<Allowance, Duration> {
         let mut s = self.lock();
         match *s {
-            State::Closed { .. } => Ok(()),
+            State::Closed { .. } => Ok(Allowance::Closed),
             State::Open { until } => {
                 let now = Instant::now();
                 if now >= until {
                     *s = State::HalfOpen;
-                    Ok(())
+                    Ok(Allowance::Probe)
                 } else {
                     Err(until - now)
                 }
             }
-            // One probe at a time.
+            State::HalfOpen => Err(Duration::from_millis(100)),
+        }
+    }
+
+    /// For a job fetched while the breaker was closed: `Err(wait)` if it opened since.
+    pub fn admit(&self) -> Result<(), Duration> {
+        match *self.lock() {
+            State::Closed { .. } => Ok(()),
+            State::Open { until } => Err(until.saturating_duration_since(Instant::now())),
             State::HalfOpen => Err(Duration::from_millis(500)),
+        }
+    }
+
+    /// The probe made no provider call (nothing fetched, or its job needed no call): the
+    /// next caller may probe at once.
+    pub fn release_probe(&self) {
+        let mut s = self.lock();
+        if matches!(*s, State::HalfOpen) {
+            *s = State::Open {
+                until: Instant::now(),
+            };
         }
     }
 
@@ -74,10 +102,6 @@ impl Breaker {
         }
         opened
     }
-
-    pub fn is_open(&self) -> bool {
-        matches!(*self.lock(), State::Open { until } if Instant::now() < until)
-    }
 }
 
 #[cfg(test)]
@@ -91,10 +115,27 @@ mod tests {
         assert!(!b.failure());
         assert!(b.failure(), "third consecutive failure opens it");
         assert!(b.admit().is_err());
+        assert!(b.allowance().is_err(), "open: nothing is fetched");
         std::thread::sleep(Duration::from_millis(60));
-        assert!(b.admit().is_ok(), "a probe after the cooldown");
-        assert!(b.admit().is_err(), "only one probe");
+        assert_eq!(
+            b.allowance(),
+            Ok(Allowance::Probe),
+            "a probe after the cooldown"
+        );
+        assert!(b.allowance().is_err(), "only one probe is fetched");
+        assert!(b.admit().is_err(), "half-open: jobs fetched earlier wait");
+        b.release_probe();
+        assert_eq!(
+            b.allowance(),
+            Ok(Allowance::Probe),
+            "an unused probe is handed on"
+        );
+        assert!(b.failure(), "a failed probe opens it again");
+        assert!(b.allowance().is_err());
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(b.allowance(), Ok(Allowance::Probe));
         b.success();
+        assert_eq!(b.allowance(), Ok(Allowance::Closed));
         assert!(b.admit().is_ok());
         assert!(!b.failure(), "the count restarted");
     }

@@ -42,7 +42,10 @@ impl Providers {
                 api_key: "mock".into(),
                 from: "quizflow@example.com".into(),
             },
-            webhook: Provider::Webhook { secret: None },
+            webhook: Provider::Webhook {
+                secret: None,
+                allow_private: true,
+            },
         }
     }
 }
@@ -61,6 +64,10 @@ pub struct WorkerSettings {
     pub send_timeout: Duration,
     /// The consumers' ack wait: in-progress acks go out at a third of it during long calls.
     pub ack_wait: Duration,
+    /// `QUIZFLOW_SHUTDOWN_TIMEOUT`: the longest a graceful stop waits for calls in flight.
+    pub shutdown_timeout: Duration,
+    /// `QUIZFLOW_WEBHOOK_ALLOW_PRIVATE`: webhook targets may be loopback or private.
+    pub webhook_allow_private: bool,
     pub providers: Providers,
 }
 
@@ -78,6 +85,8 @@ impl WorkerSettings {
             breaker_cooldown: Duration::from_secs(10),
             send_timeout: Duration::from_secs(15),
             ack_wait: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
+            webhook_allow_private: false,
             providers,
         }
     }
@@ -92,17 +101,9 @@ pub fn parse_schedule(raw: &str) -> Result<Vec<Duration>, String> {
         .ok_or_else(|| format!("invalid retry schedule {raw:?}: expected e.g. 5s,25s,2m,10m,1h"))
 }
 
+/// The same duration syntax as every other key (`300ms`, `1m30s`, `2h`).
 fn humantime_like(p: &str) -> Option<Duration> {
-    let split = p.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = p.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    Some(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return None,
-    })
+    humantime::parse_duration(p).ok()
 }
 
 #[cfg(test)]
@@ -115,6 +116,10 @@ mod tests {
         assert_eq!(
             super::parse_schedule("300ms, 1s").expect("valid")[0].as_millis(),
             300
+        );
+        assert_eq!(
+            super::parse_schedule("1m30s,2h").expect("valid")[0].as_secs(),
+            90
         );
         assert!(super::parse_schedule("5x").is_err());
         assert!(super::parse_schedule("").is_err());

@@ -1,4 +1,4 @@
-//! quizflow's delivery side (SPEC §3): per-channel worker pools and the mock provider.
+//! quizflow's delivery side (SPEC §3): per-channel worker pools, provider adapters, egress rules.
 //!
 //! A pool per channel pulls from its three consumers (high, then normal, then low), loads the
 //! context of a whole fetch in one query, renders the campaign's template (minijinja), waits
@@ -11,12 +11,12 @@
 mod breaker;
 pub mod classify;
 mod config;
-mod context;
-pub mod mock;
+pub mod egress;
 mod pool;
 pub mod provider;
 pub mod render;
 pub mod status;
+mod sweep;
 
 pub use config::{parse_schedule, Providers, WorkerSettings};
 pub use pool::{run, WorkerError};

@@ -1,9 +1,12 @@
-//! Per-channel worker pools: pull (high before normal before low), send, then ack, nak with
-//! a delay, or dead-letter. Outcomes map to acks here and nowhere else.
+//! Per-channel worker pools: pull (high before normal before low), claim, send, then ack,
+//! nak with a delay, or dead-letter. Outcomes map to acks here and nowhere else.
+//!
+//! Waiting is not failing: the consumers redeliver without limit (`max_deliver: -1`), and the
+//! attempt budget lives in the ledger, so a job that waits on a `Retry-After`, the rate limiter,
+//! an open breaker or a claim held elsewhere keeps every attempt it had.
 
-use crate::breaker::Breaker;
+use crate::breaker::{Allowance, Breaker};
 use crate::classify::Class;
-use crate::context::{self, JobContext};
 use crate::provider::{Outgoing, Provider};
 use crate::render;
 use crate::status::{history_entry, StatusWriter, Update};
@@ -12,19 +15,25 @@ use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use quizflow_core::{Channel, DeliveryJob, Priority};
-use quizflow_migrations::Pool;
 use quizflow_nats::subjects;
+use quizflow_store::deliveries::{self, DeadLetterRow, JobContext, Key};
+use quizflow_store::{Pool, Retry};
 use rand::Rng;
+use std::collections::HashSet;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("nats: {0}")]
     Nats(String),
+    #[error("http client: {0}")]
+    Http(String),
 }
 
 struct Channelled {
@@ -38,9 +47,12 @@ struct Channelled {
     limiter: DefaultDirectRateLimiter,
     breaker: Breaker,
     templates: render::TemplateCache,
+    stop: watch::Receiver<bool>,
 }
 
-/// Runs a pool per configured channel until `shutdown`; in-flight jobs are finished first.
+/// Runs a pool per configured channel until `shutdown`. Then: no new fetches; jobs fetched
+/// but not started go back to the stream; provider calls in flight finish, and their outcomes
+/// are recorded and acked, all within `shutdown_timeout`.
 pub async fn run(
     settings: WorkerSettings,
     js: jetstream::Context,
@@ -48,13 +60,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let settings = Arc::new(settings);
-    let status = StatusWriter::start(pool.clone());
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(settings.concurrency)
-        .build()
-        .map_err(|e| WorkerError::Nats(format!("http client: {e}")))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
+    let (status, writer) = StatusWriter::start(pool.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
     for &channel in &settings.channels {
         let rate = NonZeroU32::new(settings.rate_per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
         let c =
@@ -72,27 +80,38 @@ pub async fn run(
                 js: js.clone(),
                 pool: pool.clone(),
                 status: status.clone(),
-                http: http.clone(),
+                http: crate::provider::http_client(&settings, channel)
+                    .map_err(|e| WorkerError::Http(e.to_string()))?,
+                stop: stop_rx.clone(),
             });
-        let stop = stop_rx.clone();
-        tasks.spawn(async move { c.run(stop).await });
+        tasks.spawn(async move { c.run().await });
     }
     tasks.spawn({
         let (js, pool, status, stop) = (js.clone(), pool.clone(), status.clone(), stop_rx.clone());
         async move {
-            sweep_max_deliveries(js, pool, status, stop).await;
+            crate::sweep::run(js, pool, status, stop).await;
             Ok(())
         }
     });
     drop(status);
     shutdown.await;
+    tracing::info!("workers stopping: no new jobs, finishing calls in flight");
     let _ = stop_tx.send(true);
     while let Some(r) = tasks.join_next().await {
         if let Ok(Err(e)) = r {
             tracing::warn!(error = %e, "channel pool stopped with an error");
         }
     }
+    // Every task that could write is gone: the writer flushes what it holds and ends.
+    let _ = writer.await;
     Ok(())
+}
+
+/// What became of a job in [`Channelled::process`]: did it reach the provider?
+#[derive(Debug, PartialEq, Eq)]
+enum Called {
+    Yes,
+    No,
 }
 
 impl Channelled {
@@ -114,102 +133,265 @@ impl Channelled {
         Ok(out)
     }
 
-    async fn run(
-        self: Arc<Self>,
-        stop: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<(), WorkerError> {
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Sleeps for `d` or until the stop signal, whichever comes first.
+    async fn pause(&self, d: Duration) {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+
+    async fn run(self: Arc<Self>) -> Result<(), WorkerError> {
         let consumers = self.consumers().await?;
         let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        let mut inflight: JoinSet<()> = JoinSet::new();
         let mut idle = Duration::from_millis(20);
         tracing::info!(channel = %self.channel, provider = self.provider.name(), "worker pool started");
-        while !*stop.borrow() {
-            // While the breaker is open the jobs wait in the stream: nothing is fetched.
-            if self.breaker.is_open() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        while !self.stopping() {
+            while inflight.try_join_next().is_some() {}
+            // Open breaker: nothing is fetched, the jobs wait in the stream. Half-open: one
+            // job is fetched, the probe.
+            let probe = match self.breaker.allowance() {
+                Ok(Allowance::Closed) => false,
+                Ok(Allowance::Probe) => true,
+                Err(wait) => {
+                    self.pause(wait.min(Duration::from_millis(250))).await;
+                    continue;
+                }
+            };
             let free = slots.available_permits();
             if free == 0 {
-                let _ = slots.acquire().await;
+                if probe {
+                    self.breaker.release_probe();
+                }
+                tokio::select! {
+                    _ = slots.acquire() => {}
+                    _ = self.pause(Duration::from_millis(250)) => {}
+                }
                 continue;
             }
-            let mut msgs = Vec::new();
-            // Highest priority first: lower ones are fetched only when it is empty.
-            for c in &consumers {
-                match c.fetch().max_messages(free.min(100)).messages().await {
-                    Ok(mut batch) => {
-                        while let Some(m) = batch.next().await {
-                            match m {
-                                Ok(m) => msgs.push(m),
-                                Err(e) => tracing::debug!(error = %e, "fetch"),
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, channel = %self.channel, "fetch failed"),
-                }
-                if !msgs.is_empty() {
-                    break;
-                }
-            }
+            let want = if probe { 1 } else { free.min(100) };
+            let msgs = self.fetch(&consumers, want).await;
             if msgs.is_empty() {
-                tokio::time::sleep(idle).await;
+                if probe {
+                    self.breaker.release_probe();
+                }
+                self.pause(idle).await;
                 idle = (idle * 2).min(Duration::from_millis(250));
                 continue;
             }
             idle = Duration::from_millis(20);
-            self.dispatch(msgs, &slots).await;
+            self.dispatch(msgs, &slots, &mut inflight, probe).await;
         }
-        // Let the jobs in flight finish (their answers get recorded and acked).
-        let _ = tokio::time::timeout(
-            self.settings.send_timeout + Duration::from_secs(5),
-            slots.acquire_many(self.settings.concurrency.max(1) as u32),
-        )
+        // Calls in flight finish, and their outcomes are recorded and acked.
+        let drained = tokio::time::timeout(self.settings.shutdown_timeout, async {
+            while inflight.join_next().await.is_some() {}
+        })
         .await;
+        if drained.is_err() {
+            tracing::warn!(channel = %self.channel, left = inflight.len(), "shutdown timeout: calls still in flight are abandoned (their jobs come back)");
+        }
         Ok(())
     }
 
-    async fn dispatch(self: &Arc<Self>, msgs: Vec<jetstream::Message>, slots: &Arc<Semaphore>) {
+    /// Highest priority first: lower ones are fetched only when it is empty.
+    async fn fetch(&self, consumers: &[PullConsumer], want: usize) -> Vec<jetstream::Message> {
+        let mut msgs = Vec::new();
+        for c in consumers {
+            match c
+                .fetch()
+                .max_messages(want)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await
+            {
+                Ok(mut batch) => {
+                    while let Some(m) = batch.next().await {
+                        match m {
+                            Ok(m) => msgs.push(m),
+                            Err(e) => tracing::debug!(error = %e, "fetch"),
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, channel = %self.channel, "fetch failed"),
+            }
+            if !msgs.is_empty() {
+                break;
+            }
+        }
+        msgs
+    }
+
+    /// Decodes, loads and claims a fetch, then starts a task per claimed job.
+    async fn dispatch(
+        self: &Arc<Self>,
+        msgs: Vec<jetstream::Message>,
+        slots: &Arc<Semaphore>,
+        inflight: &mut JoinSet<()>,
+        probe: bool,
+    ) {
         let mut jobs = Vec::with_capacity(msgs.len());
+        let mut keys_seen = HashSet::new();
         for msg in msgs {
             match serde_json::from_slice::<DeliveryJob>(&msg.payload) {
-                Ok(job) if job.v == DeliveryJob::VERSION => jobs.push((msg, job)),
-                Ok(job) => {
+                Ok(job) if job.v != DeliveryJob::VERSION => {
                     self.poison(msg, &format!("unsupported job version {}", job.v))
                         .await
+                }
+                Ok(job) => {
+                    if keys_seen.insert(key_of(&job)) {
+                        jobs.push((msg, job));
+                    } else {
+                        // A second copy in the same fetch: the first carries the job.
+                        let _ = msg.ack().await;
+                    }
                 }
                 Err(e) => self.poison(msg, &format!("undecodable job: {e}")).await,
             }
         }
-        if jobs.is_empty() {
+        let mut probe_used = false;
+        let contexts = self.load(&jobs).await;
+        let Some(contexts) = contexts else {
+            // The database is away: everything goes back, no attempt spent.
+            for (msg, _) in jobs {
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                    .await;
+            }
+            if probe {
+                self.breaker.release_probe();
+            }
+            self.pause(Duration::from_secs(1)).await;
             return;
-        }
-        // One query for the whole fetch: ledger rows, submissions and campaigns.
-        let refs: Vec<&DeliveryJob> = jobs.iter().map(|(_, j)| j).collect();
-        let contexts = match self.pool.get().await {
-            Ok(mut conn) => context::load(&mut conn, &refs)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
         };
-        let contexts = match contexts {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, channel = %self.channel, "cannot load job contexts; naked");
-                for (msg, _) in jobs {
-                    let _ = msg
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-                        .await;
+        let mut eligible = Vec::new();
+        for ((msg, job), ctx) in jobs.into_iter().zip(contexts) {
+            match ctx {
+                Err(reason) => self.poison(msg, &reason).await,
+                Ok(None) => {
+                    // The ledger row is written before the job is published, so a job without
+                    // one was never made by a batcher: after a few tries it is poison.
+                    if msg.info().map(|i| i.delivered).unwrap_or(0) >= 5 {
+                        self.poison(msg, "no ledger row for this job").await;
+                    } else {
+                        let _ = msg
+                            .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                            .await;
+                    }
                 }
-                return;
+                Ok(Some(ctx)) if ctx.is_final() => {
+                    // Already done: a redelivery, or a second copy (re-publish, redrive).
+                    let _ = msg.ack().await;
+                }
+                Ok(Some(ctx)) if !ctx.campaign_live => self.cancel(msg, &job, &ctx).await,
+                Ok(Some(ctx)) => match ctx.lease_until {
+                    Some(until) if ctx.status == "sending" && until > chrono::Utc::now() => {
+                        // Another worker holds it: wait for its outcome (or its lease).
+                        let wait = (until - chrono::Utc::now()).to_std().unwrap_or_default()
+                            + Duration::from_secs(1);
+                        let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
+                    }
+                    _ => eligible.push((msg, job, ctx)),
+                },
+            }
+        }
+        let claim = Uuid::new_v4();
+        let keys: Vec<Key> = eligible.iter().map(|(_, j, _)| key_of(j)).collect();
+        let claimed: HashSet<Key> = match self.pool.get().await {
+            Ok(mut conn) => deliveries::claim(&mut conn, &keys, claim, self.lease())
+                .await
+                .map(|v| v.into_iter().collect())
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "claim failed; jobs naked");
+                    HashSet::new()
+                }),
+            Err(e) => {
+                tracing::warn!(error = %e, "claim failed; jobs naked");
+                HashSet::new()
             }
         };
-        for ((msg, job), ctx) in jobs.into_iter().zip(contexts) {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
+        for (msg, job, ctx) in eligible {
+            if !claimed.contains(&key_of(&job)) {
+                // Taken or finished by someone else since the load: look again later.
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                    .await;
+                continue;
+            }
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.ok(),
+                _ = self.pause(self.settings.shutdown_timeout * 2) => None,
+            };
+            let Some(permit) = permit.filter(|_| !self.stopping()) else {
+                self.release(msg, &job, &ctx, claim, None).await;
+                continue;
             };
             let me = self.clone();
-            tokio::spawn(async move { me.process(msg, job, ctx, permit).await });
+            let is_probe = probe && !probe_used;
+            probe_used |= is_probe;
+            inflight.spawn(async move {
+                let called = me.process(msg, job, ctx, claim, permit, is_probe).await;
+                if is_probe && called == Called::No {
+                    me.breaker.release_probe();
+                }
+            });
         }
+        if probe && !probe_used {
+            self.breaker.release_probe();
+        }
+    }
+
+    /// Contexts of a fetch in one query. A query that fails for a reason that may be one
+    /// job's data is retried job by job, so one bad job never fails the others: its slot
+    /// holds `Err(reason)`. `None`: the database is away.
+    async fn load(
+        &self,
+        jobs: &[(jetstream::Message, DeliveryJob)],
+    ) -> Option<Vec<Result<Option<JobContext>, String>>> {
+        if jobs.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut conn = match self.pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, channel = %self.channel, "cannot load job contexts");
+                return None;
+            }
+        };
+        let refs: Vec<&DeliveryJob> = jobs.iter().map(|(_, j)| j).collect();
+        match deliveries::load(&mut conn, &refs).await {
+            Ok(c) => Some(c.into_iter().map(Ok).collect()),
+            Err(e) if e.retry() == Retry::Later => {
+                tracing::warn!(error = %e, channel = %self.channel, "cannot load job contexts");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "job contexts rejected; loading one by one");
+                let mut out = Vec::with_capacity(refs.len());
+                for j in refs {
+                    out.push(match deliveries::load(&mut conn, &[j]).await {
+                        Ok(mut c) => Ok(c.pop().flatten()),
+                        Err(e) if e.retry() == Retry::Later => return None,
+                        Err(e) => Err(format!("job context cannot be loaded: {}", e.public())),
+                    });
+                }
+                Some(out)
+            }
+        }
+    }
+
+    /// How long a claim holds: the longest a claimed job can take before its outcome is
+    /// recorded (waiting for the rate limiter, the call, the ack wait), with room to spare.
+    fn lease(&self) -> Duration {
+        let s = &self.settings;
+        let limiter =
+            Duration::from_secs_f64(s.concurrency as f64 / f64::from(s.rate_per_sec.max(1)));
+        s.send_timeout + s.ack_wait * 2 + limiter
     }
 
     fn delay(&self, attempt: usize) -> Duration {
@@ -222,73 +404,104 @@ impl Channelled {
         base.mul_f64(rand::rng().random_range(0.9..1.1))
     }
 
-    fn update(
-        &self,
-        job: &DeliveryJob,
-        status: &'static str,
-        attempts: i32,
-        err: Option<String>,
-        history: Vec<serde_json::Value>,
-    ) -> Update {
-        Update {
-            submission_id: job.submission_id.0,
-            campaign_id: job.campaign_id,
-            channel: job.channel.to_string(),
-            status,
-            attempts,
-            last_error: err,
-            history,
+    /// The status a claimed job waits in: `queued` before its first attempt, `failed` after.
+    fn waiting(attempts: i32) -> &'static str {
+        if attempts == 0 {
+            "queued"
+        } else {
+            "failed"
         }
     }
 
-    /// `slot` is held for the provider call only: recording the outcome and acking (which
-    /// waits for the batched status write) does not keep a provider slot busy.
+    /// Gives a claimed job back unsent (stopping, breaker opened): no attempt spent.
+    async fn release(
+        &self,
+        msg: jetstream::Message,
+        job: &DeliveryJob,
+        ctx: &JobContext,
+        claim: Uuid,
+        wait: Option<Duration>,
+    ) {
+        let _ = self
+            .status
+            .write(update(
+                job,
+                Self::waiting(ctx.attempts),
+                ctx.attempts,
+                None,
+                Vec::new(),
+                Some(claim),
+            ))
+            .await;
+        let _ = msg.ack_with(AckKind::Nak(wait)).await;
+    }
+
+    async fn cancel(&self, msg: jetstream::Message, job: &DeliveryJob, ctx: &JobContext) {
+        let why = if ctx.campaign_exists {
+            "campaign inactive or ended"
+        } else {
+            "campaign deleted"
+        };
+        let u = update(
+            job,
+            "cancelled",
+            ctx.attempts,
+            Some(why.to_owned()),
+            vec![history_entry("cancelled", why)],
+            None,
+        );
+        match self.status.write(u).await {
+            // Applied, or someone holds it (their outcome stands): either way this copy is done.
+            Ok(_) => {
+                tracing::info!(job = %job.job_id, why, "job cancelled");
+                let _ = msg.ack().await;
+            }
+            Err(_) => {
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await;
+            }
+        }
+    }
+
+    /// Sends one claimed job. `slot` is held for the provider call only: recording the
+    /// outcome and acking do not keep a provider slot busy.
     async fn process(
         &self,
         msg: jetstream::Message,
         job: DeliveryJob,
-        ctx: Option<JobContext>,
+        ctx: JobContext,
+        claim: Uuid,
         slot: tokio::sync::OwnedSemaphorePermit,
-    ) {
-        let Some(ctx) = ctx else {
-            // The ledger row is written before the job is published; not finding it means
-            // the database is behind (a replica) or the row was removed: try again later.
-            tracing::warn!(job = %job.job_id, "job without ledger row; retrying later");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await;
-            return;
-        };
-        if matches!(ctx.status.as_str(), "sent" | "delivered" | "dead") {
-            // A redelivery after a crash between the provider call and the ack.
-            let _ = msg.ack().await;
-            return;
-        }
+        probe: bool,
+    ) -> Called {
         let Some(spec) = ctx.campaign.as_ref() else {
-            return self
-                .dead(
-                    msg,
-                    &job,
-                    &ctx,
-                    None,
-                    "permanent",
-                    "campaign deleted",
-                    ctx.attempts,
-                )
-                .await;
+            self.dead(
+                msg,
+                &job,
+                &ctx,
+                claim,
+                None,
+                "permanent",
+                "campaign version unknown",
+                ctx.attempts,
+            )
+            .await;
+            return Called::No;
         };
         let Some(action) = spec.actions.iter().find(|a| a.channel == job.channel) else {
-            return self
-                .dead(
-                    msg,
-                    &job,
-                    &ctx,
-                    None,
-                    "permanent",
-                    "campaign has no action for this channel any more",
-                    ctx.attempts,
-                )
-                .await;
+            self.dead(
+                msg,
+                &job,
+                &ctx,
+                claim,
+                None,
+                "permanent",
+                "campaign has no action for this channel",
+                ctx.attempts,
+            )
+            .await;
+            return Called::No;
         };
         let respondent = &ctx.submission["respondent"];
         let to = match job.channel {
@@ -297,23 +510,19 @@ impl Channelled {
             Channel::Webhook => action.url.clone(),
         };
         let Some(to) = to else {
-            return self
-                .dead(
-                    msg,
-                    &job,
-                    &ctx,
-                    None,
-                    "permanent",
-                    "no recipient for this channel",
-                    ctx.attempts,
-                )
-                .await;
+            self.dead(
+                msg,
+                &job,
+                &ctx,
+                claim,
+                None,
+                "permanent",
+                "no recipient for this channel",
+                ctx.attempts,
+            )
+            .await;
+            return Called::No;
         };
-        if let Err(wait) = self.breaker.admit() {
-            // Provider down: back to the stream, no attempt burned.
-            let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
-            return;
-        }
         let tctx = render::context(&ctx.submission, &job.campaign_id.to_string(), &spec.name);
         let rendered = self
             .templates
@@ -327,9 +536,18 @@ impl Channelled {
         let (body, subject) = match rendered {
             Ok(r) => r,
             Err(e) => {
-                return self
-                    .dead(msg, &job, &ctx, Some(&to), "permanent", &e, ctx.attempts)
-                    .await
+                self.dead(
+                    msg,
+                    &job,
+                    &ctx,
+                    claim,
+                    Some(&to),
+                    "permanent",
+                    &e,
+                    ctx.attempts,
+                )
+                .await;
+                return Called::No;
             }
         };
         let out = Outgoing {
@@ -342,17 +560,38 @@ impl Channelled {
                     "campaign": {"id": job.campaign_id, "name": spec.name, "version": job.campaign_version}})
             }),
         };
-        self.limiter.until_ready().await;
-        self.status
-            .send(self.update(&job, "sending", ctx.attempts, None, Vec::new()))
-            .await;
+        // The rate limiter's wait is a wait, not a failure: in-progress acks keep the job ours.
+        let mut tick = tokio::time::interval(self.settings.ack_wait / 3);
+        tick.tick().await;
+        let ready = async {
+            let limiter = self.limiter.until_ready();
+            tokio::pin!(limiter);
+            loop {
+                tokio::select! {
+                    _ = &mut limiter => break true,
+                    _ = tick.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
+                    _ = self.pause(self.settings.shutdown_timeout * 4) => if self.stopping() { break false },
+                }
+            }
+        }
+        .await;
+        if !ready || self.stopping() {
+            // Fetched but not started when the stop came: back to the stream, unsent.
+            self.release(msg, &job, &ctx, claim, None).await;
+            return Called::No;
+        }
+        if !probe {
+            if let Err(wait) = self.breaker.admit() {
+                // Opened since this job was fetched: back to the stream, no attempt burned.
+                self.release(msg, &job, &ctx, claim, Some(wait)).await;
+                return Called::No;
+            }
+        }
         // Long calls: in-progress acks keep JetStream from redelivering a job being sent.
         let send = self
             .provider
             .send(&self.http, &out, self.settings.send_timeout);
         tokio::pin!(send);
-        let mut tick = tokio::time::interval(self.settings.ack_wait / 3);
-        tick.tick().await;
         let class = loop {
             tokio::select! {
                 c = &mut send => break c,
@@ -368,10 +607,17 @@ impl Channelled {
                     tracing::warn!(channel = %self.channel, provider = self.provider.name(), "circuit breaker opened");
                 }
             }
-            Class::Throttle { .. } => {}
+            // A throttle says the provider is up; a probe that is throttled closes nothing
+            // but must not keep the breaker half-open forever either.
+            Class::Throttle { .. } => {
+                if probe {
+                    self.breaker.release_probe();
+                }
+            }
         }
         drop(slot);
-        self.settle(msg, job, ctx, &to, class).await;
+        self.settle(msg, job, ctx, claim, &to, class).await;
+        Called::Yes
     }
 
     async fn settle(
@@ -379,35 +625,40 @@ impl Channelled {
         msg: jetstream::Message,
         job: DeliveryJob,
         ctx: JobContext,
+        claim: Uuid,
         to: &str,
         class: Class,
     ) {
         let attempts = ctx.attempts;
-        let (update, ack) = match class {
-            Class::Sent => {
-                let u = self.update(
+        let (u, ack) = match class {
+            Class::Sent => (
+                update(
                     &job,
                     "sent",
                     attempts + 1,
                     None,
                     vec![history_entry("sent", self.provider.name())],
-                );
-                (u, AckKind::Ack)
-            }
+                    Some(claim),
+                ),
+                AckKind::Ack,
+            ),
             Class::Throttle {
                 retry_after,
                 detail,
             } => {
-                // Not a failed attempt: the count stays.
+                // Not a failed attempt: the count stays, and so does the job's budget.
                 let wait = retry_after.unwrap_or_else(|| self.delay(attempts as usize));
-                let u = self.update(
-                    &job,
-                    "failed",
-                    attempts,
-                    Some(detail.clone()),
-                    vec![history_entry("throttled", &detail)],
-                );
-                (u, AckKind::Nak(Some(wait)))
+                (
+                    update(
+                        &job,
+                        Self::waiting(attempts),
+                        attempts,
+                        Some(detail.clone()),
+                        vec![history_entry("throttled", &detail)],
+                        Some(claim),
+                    ),
+                    AckKind::Nak(Some(wait)),
+                )
             }
             Class::Permanent(reason) => {
                 return self
@@ -415,6 +666,7 @@ impl Channelled {
                         msg,
                         &job,
                         &ctx,
+                        claim,
                         Some(to),
                         "permanent",
                         &reason,
@@ -426,28 +678,49 @@ impl Channelled {
                 let attempts = attempts + 1;
                 if attempts as usize > self.settings.retry_schedule.len() {
                     return self
-                        .dead(msg, &job, &ctx, Some(to), "exhausted", &reason, attempts)
+                        .dead(
+                            msg,
+                            &job,
+                            &ctx,
+                            claim,
+                            Some(to),
+                            "exhausted",
+                            &reason,
+                            attempts,
+                        )
                         .await;
                 }
-                let u = self.update(
-                    &job,
-                    "failed",
-                    attempts,
-                    Some(reason.clone()),
-                    vec![history_entry("failed", &reason)],
-                );
-                (u, AckKind::Nak(Some(self.delay(attempts as usize - 1))))
+                (
+                    update(
+                        &job,
+                        "failed",
+                        attempts,
+                        Some(reason.clone()),
+                        vec![history_entry("failed", &reason)],
+                        Some(claim),
+                    ),
+                    AckKind::Nak(Some(self.delay(attempts as usize - 1))),
+                )
             }
         };
         // The outcome is recorded before the ack: a crash in between resends at worst.
-        if let Err(e) = self.status.write(update).await {
-            tracing::warn!(error = %e, "status not recorded; job naked");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await;
-            return;
+        match self.status.write(u).await {
+            Ok(true) => {
+                let _ = msg.ack_with(ack).await;
+            }
+            Ok(false) => {
+                // The row is no longer ours (its lease ran out and another worker took it, or
+                // it was finished): that worker's outcome stands.
+                tracing::warn!(job = %job.job_id, "outcome superseded: the claim was lost");
+                let _ = msg.ack().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "status not recorded; job naked");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await;
+            }
         }
-        let _ = msg.ack_with(ack).await;
     }
 
     /// Dead-letters the job (see [`DeadLetters::record`]), then acks it; if that cannot be
@@ -458,6 +731,7 @@ impl Channelled {
         msg: jetstream::Message,
         job: &DeliveryJob,
         ctx: &JobContext,
+        claim: Uuid,
         to: Option<&str>,
         class: &str,
         reason: &str,
@@ -466,13 +740,12 @@ impl Channelled {
         let dl = DeadLetters {
             js: &self.js,
             pool: &self.pool,
-            status: &self.status,
         };
         match dl
-            .record(job, &ctx.history, to, class, reason, attempts)
+            .record(job, &ctx.history, to, class, reason, attempts, Some(claim))
             .await
         {
-            Ok(()) => {
+            Ok(_) => {
                 tracing::info!(job = %job.job_id, channel = %job.channel, class, "job dead-lettered");
                 let _ = msg.ack().await;
             }
@@ -485,29 +758,20 @@ impl Channelled {
         }
     }
 
+    /// A job message that cannot be handled at all goes to `DEAD_LETTERS` on its own.
     async fn poison(&self, msg: jetstream::Message, reason: &str) {
         let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            "Quizflow-Reason",
-            reason.replace(['\r', '\n'], " ").as_str(),
-        );
-        headers.insert("Quizflow-Class", "poison");
-        let m = async_nats::jetstream::message::PublishMessage::build()
-            .payload(msg.payload.clone())
-            .headers(headers)
-            .message_id(format!("delivery-seq:{seq}"));
-        let ok = match self
-            .js
-            .send_publish(
-                subjects::dead_letter(subjects::DeadKind::Delivery, self.channel.as_str()),
-                m,
-            )
-            .await
-        {
-            Ok(ack) => ack.await.is_ok(),
-            Err(_) => false,
-        };
+        tracing::warn!(seq, reason, channel = %self.channel, "poison job moved to dead letters");
+        let ok = quizflow_nats::dead_letter_job_message(
+            &self.js,
+            self.channel.as_str(),
+            msg.payload.clone(),
+            reason,
+            "delivery",
+            seq,
+        )
+        .await
+        .is_ok();
         let _ = msg
             .ack_with(if ok {
                 AckKind::Term
@@ -518,16 +782,47 @@ impl Channelled {
     }
 }
 
-/// Where dead letters go: `dead.deliveries.<channel>`, the `dead_letters` mirror, the ledger.
+fn key_of(job: &DeliveryJob) -> Key {
+    (
+        job.submission_id.0,
+        job.campaign_id,
+        job.channel.to_string(),
+    )
+}
+
+fn update(
+    job: &DeliveryJob,
+    status: &'static str,
+    attempts: i32,
+    err: Option<String>,
+    history: Vec<serde_json::Value>,
+    claim: Option<Uuid>,
+) -> Update {
+    Update {
+        submission_id: job.submission_id.0,
+        campaign_id: job.campaign_id,
+        channel: job.channel.to_string(),
+        status,
+        attempts,
+        last_error: err,
+        history,
+        claim,
+    }
+}
+
+/// Where dead letters go: the `dead_letters` mirror with the ledger's `dead`, then
+/// `dead.deliveries.<channel>`.
 pub(crate) struct DeadLetters<'a> {
     pub js: &'a jetstream::Context,
     pub pool: &'a Pool,
-    pub status: &'a StatusWriter,
 }
 
 impl DeadLetters<'_> {
-    /// Publishes the job with its reason and history to `dead.deliveries.<channel>`, mirrors
-    /// it into `dead_letters` and marks the ledger row `dead`.
+    /// Marks the ledger row `dead` and mirrors the letter into `dead_letters` in one
+    /// transaction (only while the row is the caller's: under `claim`, or nobody's), then
+    /// publishes the letter to `dead.deliveries.<channel>`. Returns false when the row was
+    /// no longer the caller's to finish.
+    #[allow(clippy::too_many_arguments)]
     pub async fn record(
         &self,
         job: &DeliveryJob,
@@ -536,8 +831,9 @@ impl DeadLetters<'_> {
         class: &str,
         reason: &str,
         attempts: i32,
-    ) -> Result<(), String> {
-        let id = uuid::Uuid::new_v4();
+        claim: Option<Uuid>,
+    ) -> Result<bool, String> {
+        let id = Uuid::new_v4();
         let entry = history_entry(
             if class == "exhausted" {
                 "failed"
@@ -549,165 +845,59 @@ impl DeadLetters<'_> {
         let mut all = history.to_vec();
         all.push(entry.clone());
         let history = serde_json::Value::Array(all);
-        let payload = serde_json::to_vec(job).unwrap_or_default();
-        let letter = serde_json::json!({"id": id, "kind": "delivery", "channel": job.channel, "submission_id": job.submission_id,
-            "campaign_id": job.campaign_id, "recipient": to, "class": class, "reason": reason, "attempts": attempts,
-            "history": history, "failed_at": chrono::Utc::now(), "job": job});
-        let m = async_nats::jetstream::message::PublishMessage::build()
-            .payload(serde_json::to_vec(&letter).unwrap_or_default().into())
-            .message_id(id.to_string());
-        self.js
-            .send_publish(
-                subjects::dead_letter(subjects::DeadKind::Delivery, job.channel.as_str()),
-                m,
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
+        let payload = serde_json::to_vec(job).map_err(|e| e.to_string())?;
         let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-        context::insert_dead_letter(
-            &mut conn, id, job, to, class, reason, attempts, &history, &payload,
+        let recorded = deliveries::record_dead(
+            &mut conn,
+            DeadLetterRow {
+                id,
+                job,
+                recipient: to,
+                class,
+                reason,
+                attempts,
+                history: &history,
+                payload: &payload,
+            },
+            update(
+                job,
+                "dead",
+                attempts,
+                Some(reason.to_owned()),
+                vec![entry],
+                claim,
+            ),
         )
         .await
         .map_err(|e| e.to_string())?;
         drop(conn);
-        self.status
-            .write(Update {
-                submission_id: job.submission_id.0,
-                campaign_id: job.campaign_id,
-                channel: job.channel.to_string(),
-                status: "dead",
-                attempts,
-                last_error: Some(reason.to_owned()),
-                history: vec![entry],
-            })
-            .await
-    }
-}
-
-/// Dead-letters jobs that JetStream gave up on (`max_deliver` reached without a worker
-/// deciding: crash loops, ack timeouts). Reads the advisories captured in `DEAD_LETTERS`,
-/// records a `max_deliveries` dead letter, then deletes the job from the work queue.
-pub(crate) async fn sweep_max_deliveries(
-    js: jetstream::Context,
-    pool: Pool,
-    status: StatusWriter,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let consumer: Result<PullConsumer, String> = async {
-        js.get_stream(subjects::DEAD_LETTERS_STREAM)
-            .await
-            .map_err(|e| e.to_string())?
-            .get_consumer(subjects::MAX_DELIVERIES_SWEEPER)
-            .await
-            .map_err(|e| e.to_string())
-    }
-    .await;
-    let consumer = match consumer {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "max-deliveries sweeper cannot start");
-            return;
+        if !recorded {
+            return Ok(false);
         }
-    };
-    let deliveries = match js.get_stream(subjects::DELIVERIES_STREAM).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "max-deliveries sweeper cannot start");
-            return;
-        }
-    };
-    let dl = DeadLetters {
-        js: &js,
-        pool: &pool,
-        status: &status,
-    };
-    while !*stop.borrow() {
-        let batch = consumer.fetch().max_messages(100).messages().await;
-        let mut got = 0;
-        if let Ok(mut batch) = batch {
-            while let Some(Ok(advisory)) = batch.next().await {
-                got += 1;
-                let ok = sweep_one(&dl, &deliveries, &advisory.payload).await;
-                let _ = advisory
-                    .ack_with(if ok {
-                        AckKind::Ack
-                    } else {
-                        AckKind::Nak(Some(Duration::from_secs(5)))
-                    })
-                    .await;
-            }
-        }
-        if got == 0 {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-}
-
-async fn sweep_one(
-    dl: &DeadLetters<'_>,
-    deliveries: &jetstream::stream::Stream,
-    advisory: &[u8],
-) -> bool {
-    let seq = serde_json::from_slice::<serde_json::Value>(advisory)
-        .ok()
-        .and_then(|a| a["stream_seq"].as_u64());
-    let Some(seq) = seq else { return true };
-    // Already gone (acked or deleted meanwhile): nothing to do.
-    let Ok(original) = deliveries.get_raw_message(seq).await else {
-        return true;
-    };
-    let recorded = match serde_json::from_slice::<DeliveryJob>(&original.payload) {
-        Ok(job) => {
-            let (attempts, history) = match dl.pool.get().await {
-                Ok(mut conn) => match context::load(&mut conn, &[&job]).await {
-                    Ok(mut c) => c
-                        .pop()
-                        .flatten()
-                        .map(|c| (c.attempts, c.history))
-                        .unwrap_or_default(),
-                    Err(_) => return false,
-                },
-                Err(_) => return false,
-            };
-            dl.record(
-                &job,
-                &history,
-                None,
-                "max_deliveries",
-                "JetStream delivery limit reached without an outcome",
-                attempts,
+        // The mirror row is what listing and redrive use; the stream copy is the archive.
+        let letter = serde_json::json!({"id": id, "kind": "delivery", "channel": job.channel, "submission_id": job.submission_id,
+            "campaign_id": job.campaign_id, "recipient": to, "class": class, "reason": reason, "attempts": attempts,
+            "history": history, "failed_at": chrono::Utc::now(), "job": job});
+        let bytes = serde_json::to_vec(&letter).map_err(|e| e.to_string())?;
+        let mut wait = Duration::from_millis(200);
+        for _ in 0..5 {
+            match quizflow_nats::dead_letter_delivery(
+                self.js,
+                job.channel.as_str(),
+                &id.to_string(),
+                bytes.clone().into(),
             )
             .await
-        }
-        // Undecodable: the stream copy is all there is; keep it in DEAD_LETTERS as is.
-        Err(e) => {
-            let m = async_nats::jetstream::message::PublishMessage::build()
-                .payload(original.payload.clone())
-                .message_id(format!("max-deliveries-seq:{seq}"));
-            match dl
-                .js
-                .send_publish(
-                    subjects::dead_letter(subjects::DeadKind::Delivery, "unknown"),
-                    m,
-                )
-                .await
             {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(p) => Err(format!("{e}; {p}")),
+                Ok(()) => return Ok(true),
+                Err(e) => {
+                    tracing::warn!(error = %e, "dead letter not archived in DEAD_LETTERS yet; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
             }
         }
-    };
-    match recorded {
-        Ok(()) => {
-            let _ = deliveries.delete_message(seq).await;
-            tracing::warn!(seq, "job dead-lettered after reaching max deliveries");
-            true
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, seq, "max-deliveries dead letter not recorded; will retry");
-            false
-        }
+        tracing::error!(letter = %id, "dead letter recorded in PostgreSQL but not archived in DEAD_LETTERS");
+        Ok(true)
     }
 }

@@ -35,7 +35,11 @@ pub enum Provider {
         from: String,
     },
     /// POST of the submission and campaign to the campaign's URL, HMAC-SHA256 signed.
-    Webhook { secret: Option<String> },
+    Webhook {
+        secret: Option<String>,
+        /// `QUIZFLOW_WEBHOOK_ALLOW_PRIVATE`: allow loopback and private targets.
+        allow_private: bool,
+    },
     /// E-mail over SMTP (lettre, pooled connections).
     Smtp {
         transport: std::sync::Arc<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>>,
@@ -136,6 +140,15 @@ impl Provider {
     }
 
     pub async fn send(&self, http: &reqwest::Client, out: &Outgoing, timeout: Duration) -> Class {
+        if let Provider::Webhook {
+            allow_private: false,
+            ..
+        } = self
+        {
+            if let Err(e) = crate::egress::check_url(&out.to) {
+                return Class::Permanent(e.to_string());
+            }
+        }
         if let Provider::Smtp { transport, from } = self {
             return send_smtp(transport, from, out, timeout).await;
         }
@@ -160,7 +173,7 @@ impl Provider {
                 .bearer_auth(api_key)
                 .header("Idempotency-Key", &out.idempotency_key)
                 .json(&json!({"from": from, "to": [out.to], "subject": out.subject.clone().unwrap_or_default(), "html": out.body})),
-            Provider::Webhook { secret } => {
+            Provider::Webhook { secret, .. } => {
                 let body = serde_json::to_vec(out.payload.as_ref().unwrap_or(&Value::Null)).unwrap_or_default();
                 let mut r = http
                     .post(&out.to)
@@ -185,7 +198,7 @@ impl Provider {
                 if (200..300).contains(&status) {
                     return Class::Sent;
                 }
-                let text = resp.text().await.unwrap_or_default();
+                let text = read_limited(resp, MAX_ERROR_BODY).await;
                 let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 let code = body["code"].as_i64().or(body["error"]["code"].as_i64());
                 let message = body["message"]
@@ -199,12 +212,46 @@ impl Provider {
             Err(e) if e.is_timeout() => {
                 Class::Uncertain(format!("{}: timed out after {timeout:?}", self.name()))
             }
+            Err(e) if crate::egress::is_denied(&e) => {
+                Class::Permanent(format!("{}: {}", self.name(), e.without_url()))
+            }
             Err(e) if e.is_builder() => {
                 Class::Permanent(format!("{}: invalid request: {e}", self.name()))
             }
             Err(e) => Class::Transient(format!("{}: {}", self.name(), e.without_url())),
         }
     }
+}
+
+/// How much of a provider's error answer is read: enough for its code and message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> String {
+    let mut buf = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = limit.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if buf.len() >= limit {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The HTTP client of one channel's pool: no redirects (a provider or webhook answer cannot
+/// send quizflow elsewhere), and for webhooks, unless allowed, a resolver that keeps only
+/// public addresses.
+pub fn http_client(
+    settings: &crate::WorkerSettings,
+    channel: quizflow_core::Channel,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(settings.concurrency);
+    if channel == quizflow_core::Channel::Webhook && !settings.webhook_allow_private {
+        b = b.dns_resolver(std::sync::Arc::new(crate::egress::PublicOnly));
+    }
+    b.build()
 }
 
 async fn send_smtp(

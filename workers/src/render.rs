@@ -30,6 +30,17 @@ impl TemplateCache {
             return Ok(env.clone());
         }
         let mut env = Environment::new();
+        // E-mail bodies are HTML: submission data is escaped in them (SPEC §4), so a name
+        // such as `<script>` arrives as text. Subjects and other channels are plain text.
+        if action.channel == Channel::Email {
+            env.set_auto_escape_callback(|name| {
+                if name == "body" {
+                    minijinja::AutoEscape::Html
+                } else {
+                    minijinja::AutoEscape::None
+                }
+            });
+        }
         if let Some(t) = &action.template {
             env.add_template_owned("body", t.clone())
                 .map_err(|e| format!("template: {e}"))?;
@@ -94,6 +105,33 @@ pub fn render(template: &str, ctx: &Value) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn email_bodies_escape_submission_data_and_subjects_do_not() {
+        let action: Action = serde_json::from_value(json!({"channel": "email",
+            "subject": "Hi {{ respondent.name }}", "template": "<p>Hi {{ respondent.name }}</p>"}))
+        .expect("action");
+        let cache = TemplateCache::default();
+        let env = cache.get(Uuid::nil(), 1, &action).expect("compiles");
+        let ctx = json!({"respondent": {"name": "<script>alert(1)</script>"}});
+        let body = render_compiled(&env, "body", &ctx)
+            .expect("renders")
+            .expect("body");
+        assert_eq!(body, "<p>Hi &lt;script&gt;alert(1)&lt;&#x2f;script&gt;</p>");
+        let subject = render_compiled(&env, "subject", &ctx)
+            .expect("renders")
+            .expect("subject");
+        assert_eq!(subject, "Hi <script>alert(1)</script>");
+        let sms: Action = serde_json::from_value(
+            json!({"channel": "sms", "template": "Hi {{ respondent.name }}"}),
+        )
+        .expect("action");
+        let env = cache.get(Uuid::nil(), 1, &sms).expect("compiles");
+        let body = render_compiled(&env, "body", &ctx)
+            .expect("renders")
+            .expect("body");
+        assert_eq!(body, "Hi <script>alert(1)</script>", "SMS is plain text");
+    }
 
     #[test]
     fn renders_the_spec_example() {

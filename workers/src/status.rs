@@ -1,33 +1,25 @@
 //! Batched delivery-status writes: every worker task of a process hands its updates to one
-//! writer, which applies them with one `UPDATE … FROM UNNEST` per flush (≤ 50 ms or 500
-//! updates). A task that must not ack before its update is durable awaits the flush.
+//! writer, which applies them with one statement per flush (≤ 50 ms or 500 updates;
+//! `quizflow_store::deliveries::write`). A task that must not ack before its update is durable
+//! awaits the flush and learns whether its write applied (it does not when the row was
+//! finished or claimed by someone else meanwhile: statuses only move forward).
 
 use chrono::Utc;
-use diesel::sql_types::{Array, Integer, Nullable, Text, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
-use quizflow_migrations::Pool;
-use std::collections::HashMap;
+pub use quizflow_store::deliveries::Update;
+use quizflow_store::deliveries::{self, Key};
+use quizflow_store::Pool;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
-
-#[derive(Debug, Clone)]
-pub struct Update {
-    pub submission_id: Uuid,
-    pub campaign_id: Uuid,
-    pub channel: String,
-    pub status: &'static str,
-    pub attempts: i32,
-    pub last_error: Option<String>,
-    /// `{at, outcome, detail}` entries to append.
-    pub history: Vec<serde_json::Value>,
-}
 
 pub fn history_entry(outcome: &str, detail: &str) -> serde_json::Value {
     serde_json::json!({"at": Utc::now(), "outcome": outcome, "detail": detail})
 }
 
-type Done = oneshot::Sender<Result<(), String>>;
+/// `Ok(true)`: applied; `Ok(false)`: superseded (the row is final or held by another claim).
+pub type Written = Result<bool, String>;
+type Done = oneshot::Sender<Written>;
 
 #[derive(Clone)]
 pub struct StatusWriter {
@@ -35,20 +27,16 @@ pub struct StatusWriter {
 }
 
 impl StatusWriter {
-    /// Starts the writer task; it ends when every clone of the writer is dropped.
-    pub fn start(pool: Pool) -> Self {
+    /// Starts the writer task; it flushes what it holds and ends when every clone of the
+    /// writer is dropped (await the handle on shutdown).
+    pub fn start(pool: Pool) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run(pool, rx));
-        Self { tx }
-    }
-
-    /// Queues an update without waiting for it.
-    pub async fn send(&self, u: Update) {
-        let _ = self.tx.send((u, None)).await;
+        let handle = tokio::spawn(run(pool, rx));
+        (Self { tx }, handle)
     }
 
     /// Queues an update and waits until it is committed.
-    pub async fn write(&self, u: Update) -> Result<(), String> {
+    pub async fn write(&self, u: Update) -> Written {
         let (done, wait) = oneshot::channel();
         self.tx
             .send((u, Some(done)))
@@ -73,74 +61,76 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<(Update, Option<Done>)>) {
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        let updates: Vec<Update> = batch.iter().map(|(u, _)| u.clone()).collect();
-        let mut result = flush(&pool, &updates).await;
-        // The database may be briefly away: retry a few times before failing the waiters.
-        for wait in [200u64, 1000, 3000] {
+        let merged = merge(batch.iter().map(|(u, _)| u));
+        let mut result = flush(&pool, &merged).await;
+        // The database may be away for a while: an outcome not recorded means a resend once
+        // the claim's lease runs out, so keep trying (~30 s) before failing the waiters.
+        let mut wait = Duration::from_millis(200);
+        for _ in 0..8 {
             if result.is_ok() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            result = flush(&pool, &updates).await;
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(8));
+            result = flush(&pool, &merged).await;
         }
         if let Err(e) = &result {
-            tracing::warn!(error = %e, updates = updates.len(), "delivery status not written");
+            tracing::warn!(error = %e, updates = merged.len(), "delivery status not written");
         }
-        for (_, done) in batch.drain(..) {
+        for (u, done) in batch.drain(..) {
             if let Some(done) = done {
-                let _ = done.send(result.clone());
+                let r = match &result {
+                    Ok(applied) => Ok(applied.contains(&(u.key(), u.claim))),
+                    Err(e) => Err(e.clone()),
+                };
+                let _ = done.send(r);
             }
         }
     }
 }
 
-async fn flush(pool: &Pool, updates: &[Update]) -> Result<(), String> {
-    // One row per ledger key: the last status wins, histories are concatenated in order.
-    let mut merged: HashMap<(Uuid, Uuid, String), Update> = HashMap::new();
-    let mut order = Vec::new();
+/// One row per ledger key and claim: the last status wins, histories are concatenated.
+fn merge<'a>(updates: impl Iterator<Item = &'a Update>) -> Vec<Update> {
+    let mut merged: HashMap<(Key, Option<Uuid>), usize> = HashMap::new();
+    let mut out: Vec<Update> = Vec::new();
     for u in updates {
-        let key = (u.submission_id, u.campaign_id, u.channel.clone());
-        match merged.get_mut(&key) {
-            Some(m) => {
+        match merged.get(&(u.key(), u.claim)) {
+            Some(&i) => {
+                let m = &mut out[i];
                 m.status = u.status;
                 m.attempts = u.attempts;
                 m.last_error = u.last_error.clone();
                 m.history.extend(u.history.iter().cloned());
             }
             None => {
-                order.push(key.clone());
-                merged.insert(key, u.clone());
+                merged.insert((u.key(), u.claim), out.len());
+                out.push(u.clone());
             }
         }
     }
-    let rows: Vec<&Update> = order.iter().filter_map(|k| merged.get(k)).collect();
-    let subs: Vec<Uuid> = rows.iter().map(|u| u.submission_id).collect();
-    let camps: Vec<Uuid> = rows.iter().map(|u| u.campaign_id).collect();
-    let channels: Vec<String> = rows.iter().map(|u| u.channel.clone()).collect();
-    let statuses: Vec<String> = rows.iter().map(|u| u.status.to_owned()).collect();
-    let attempts: Vec<i32> = rows.iter().map(|u| u.attempts).collect();
-    let errors: Vec<Option<String>> = rows.iter().map(|u| u.last_error.clone()).collect();
-    let history: Vec<String> = rows
-        .iter()
-        .map(|u| serde_json::Value::Array(u.history.clone()).to_string())
-        .collect();
+    out
+}
+
+async fn flush(pool: &Pool, updates: &[Update]) -> Result<HashSet<(Key, Option<Uuid>)>, String> {
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-    diesel::sql_query(
-        "UPDATE deliveries d SET status = u.status, attempts = u.attempts, last_error = u.err, \
-                history = d.history || u.hist::jsonb, updated_at = now() \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[]) \
-              AS u(sub, camp, channel, status, attempts, err, hist) \
-         WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel",
-    )
-    .bind::<Array<SqlUuid>, _>(&subs)
-    .bind::<Array<SqlUuid>, _>(&camps)
-    .bind::<Array<Text>, _>(&channels)
-    .bind::<Array<Text>, _>(&statuses)
-    .bind::<Array<Integer>, _>(&attempts)
-    .bind::<Array<Nullable<Text>>, _>(&errors)
-    .bind::<Array<Text>, _>(&history)
-    .execute(&mut conn)
-    .await
-    .map_err(|e| e.to_string())?;
-    Ok(())
+    // Updates of one key under different claims go in separate statements: one UPDATE
+    // touches a row once.
+    let mut applied = HashSet::new();
+    let mut rest: Vec<Update> = updates.to_vec();
+    while !rest.is_empty() {
+        let mut seen = HashSet::new();
+        let (now, later): (Vec<Update>, Vec<Update>) =
+            rest.into_iter().partition(|u| seen.insert(u.key()));
+        let keys = deliveries::write(&mut conn, &now)
+            .await
+            .map_err(|e| e.to_string())?;
+        let keys: HashSet<Key> = keys.into_iter().collect();
+        for u in &now {
+            if keys.contains(&u.key()) {
+                applied.insert((u.key(), u.claim));
+            }
+        }
+        rest = later;
+    }
+    Ok(applied)
 }

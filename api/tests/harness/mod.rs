@@ -42,7 +42,7 @@ impl Api {
         quizflow_migrations::run_migrations(&db.url)
             .await
             .expect("migrate");
-        let pool = quizflow_migrations::pool(&db.url, 2);
+        let pool = quizflow_store::pool(&db.url, 2);
         let state =
             quizflow_api::AppState::new(settings.clone(), client, js.clone(), pool).expect("state");
         let bound = quizflow_api::bind(&settings.http_addr).await.expect("bind");

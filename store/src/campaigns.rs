@@ -1,5 +1,6 @@
 //! The `campaigns` table: the only code that reads or writes it.
 
+use crate::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -40,7 +41,7 @@ impl Row {
 
 const COLUMNS: &str = "id, version, definition, created_at, updated_at";
 
-pub async fn list(conn: &mut AsyncPgConnection) -> Result<Vec<Campaign>, diesel::result::Error> {
+pub async fn list(conn: &mut AsyncPgConnection) -> Result<Vec<Campaign>, StoreError> {
     let rows: Vec<Row> = diesel::sql_query(format!(
         "SELECT {COLUMNS} FROM campaigns ORDER BY created_at, id"
     ))
@@ -49,10 +50,7 @@ pub async fn list(conn: &mut AsyncPgConnection) -> Result<Vec<Campaign>, diesel:
     Ok(rows.into_iter().filter_map(Row::into_campaign).collect())
 }
 
-pub async fn get(
-    conn: &mut AsyncPgConnection,
-    id: Uuid,
-) -> Result<Option<Campaign>, diesel::result::Error> {
+pub async fn get(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Option<Campaign>, StoreError> {
     let rows: Vec<Row> =
         diesel::sql_query(format!("SELECT {COLUMNS} FROM campaigns WHERE id = $1"))
             .bind::<SqlUuid, _>(id)
@@ -68,10 +66,12 @@ fn definition(spec: &CampaignSpec) -> serde_json::Value {
 pub async fn insert(
     conn: &mut AsyncPgConnection,
     spec: &CampaignSpec,
-) -> Result<Campaign, diesel::result::Error> {
+) -> Result<Campaign, StoreError> {
     let rows: Vec<Row> = diesel::sql_query(format!(
-        "INSERT INTO campaigns (id, version, name, active, quiz_id, priority, definition, starts_at, ends_at) \
-         VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
+        "WITH c AS (INSERT INTO campaigns (id, version, name, active, quiz_id, priority, definition, starts_at, ends_at) \
+         VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}), \
+         v AS (INSERT INTO campaign_versions (campaign_id, version, definition) SELECT id, version, definition FROM c) \
+         SELECT {COLUMNS} FROM c"
     ))
     .bind::<SqlUuid, _>(Uuid::new_v4())
     .bind::<Text, _>(&spec.name)
@@ -86,7 +86,7 @@ pub async fn insert(
     rows.into_iter()
         .next()
         .and_then(Row::into_campaign)
-        .ok_or(diesel::result::Error::NotFound)
+        .ok_or_else(|| StoreError::data("stored campaign does not parse"))
 }
 
 /// Replaces a campaign, bumping its version. `None` if it does not exist.
@@ -94,10 +94,12 @@ pub async fn replace(
     conn: &mut AsyncPgConnection,
     id: Uuid,
     spec: &CampaignSpec,
-) -> Result<Option<Campaign>, diesel::result::Error> {
+) -> Result<Option<Campaign>, StoreError> {
     let rows: Vec<Row> = diesel::sql_query(format!(
-        "UPDATE campaigns SET version = version + 1, name = $2, active = $3, quiz_id = $4, priority = $5, \
-         definition = $6, starts_at = $7, ends_at = $8, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+        "WITH c AS (UPDATE campaigns SET version = version + 1, name = $2, active = $3, quiz_id = $4, priority = $5, \
+         definition = $6, starts_at = $7, ends_at = $8, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}), \
+         v AS (INSERT INTO campaign_versions (campaign_id, version, definition) SELECT id, version, definition FROM c) \
+         SELECT {COLUMNS} FROM c"
     ))
     .bind::<SqlUuid, _>(id)
     .bind::<Text, _>(&spec.name)
@@ -113,9 +115,11 @@ pub async fn replace(
 }
 
 /// Deletes a campaign; false if it did not exist.
-pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> Result<bool, diesel::result::Error> {
-    let n = diesel::sql_query("DELETE FROM campaigns WHERE id = $1")
-        .bind::<SqlUuid, _>(id)
+/// Its versions stay: jobs matched under them still render (or are cancelled) with them.
+pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> Result<bool, StoreError> {
+    use crate::schema::campaigns::dsl;
+    use diesel::{ExpressionMethods, QueryDsl};
+    let n = diesel::delete(dsl::campaigns.filter(dsl::id.eq(id)))
         .execute(conn)
         .await?;
     Ok(n > 0)

@@ -60,7 +60,7 @@ struct Row {
 pub async fn get(
     conn: &mut AsyncPgConnection,
     id: Uuid,
-) -> Result<Option<serde_json::Value>, diesel::result::Error> {
+) -> Result<Option<serde_json::Value>, crate::StoreError> {
     // The id guard gives the receipt time, which prunes the search to one partition.
     let rows: Vec<Row> = diesel::sql_query(
         "SELECT s.id, s.quiz_id, s.received_at, s.completed_at, s.score, s.phone, s.email, s.name, s.locale, \

@@ -1,7 +1,7 @@
 //! The mock provider over real HTTP: every request shape, magic recipients, faults.
 
 use poem::listener::{Acceptor, Listener, TcpListener};
-use quizflow_workers::mock::{self, MockState};
+use quizflow_mock_provider::{self as mock, MockState};
 use serde_json::{json, Value};
 
 async fn start() -> (String, tokio::sync::oneshot::Sender<()>) {

@@ -6,9 +6,10 @@ use quizflow_batcher::{Batcher, BatcherSettings};
 use quizflow_core::{
     parse_campaign, parse_submission, IdempotencyKey, QuizId, SubmissionEnvelope, SubmissionId,
 };
+use quizflow_mock_provider as mock;
 use quizflow_nats::{subjects, NatsSettings, TopologyConfig};
 use quizflow_testkit::{NatsServer, TestDb};
-use quizflow_workers::{mock, Providers, WorkerSettings};
+use quizflow_workers::{Providers, WorkerSettings};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -79,7 +80,7 @@ impl Env {
             },
             env.client.clone(),
             env.js.clone(),
-            quizflow_migrations::pool(&env.db.url, 2),
+            quizflow_store::pool(&env.db.url, 2),
         );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(batcher.run(async move {
@@ -102,7 +103,7 @@ impl Env {
     fn workers(&mut self, settings: WorkerSettings) -> tokio::task::JoinHandle<()> {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         self.stops.push(tx);
-        let (js, pool) = (self.js.clone(), quizflow_migrations::pool(&self.db.url, 4));
+        let (js, pool) = (self.js.clone(), quizflow_store::pool(&self.db.url, 4));
         tokio::spawn(async move {
             let _ = quizflow_workers::run(settings, js, pool, async move {
                 let _ = rx.await;
@@ -117,7 +118,7 @@ impl Env {
         let mut conn = AsyncPgConnection::establish(&self.db.url)
             .await
             .expect("db");
-        quizflow_migrations::campaigns::insert(&mut conn, &spec)
+        quizflow_store::campaigns::insert(&mut conn, &spec)
             .await
             .expect("insert");
         self.client
@@ -450,7 +451,7 @@ async fn given_an_exhausted_job_when_redriven_over_the_api_then_it_is_delivered_
         settings,
         env.client.clone(),
         env.js.clone(),
-        quizflow_migrations::pool(&env.db.url, 2),
+        quizflow_store::pool(&env.db.url, 2),
     )
     .expect("state");
     let bound = quizflow_api::bind("127.0.0.1:0").await.expect("bind");
@@ -690,7 +691,7 @@ async fn given_jobs_of_every_priority_then_high_drains_before_normal_before_low(
     for p in ["low", "normal", "high"] {
         let spec = parse_campaign(&json!({"name": p, "priority": p, "match": {}, "actions": [{"channel": "sms", "template": p}]})).expect("valid");
         let mut conn = AsyncPgConnection::establish(&env.db.url).await.expect("db");
-        quizflow_migrations::campaigns::insert(&mut conn, &spec)
+        quizflow_store::campaigns::insert(&mut conn, &spec)
             .await
             .expect("insert");
     }
@@ -806,9 +807,11 @@ async fn given_a_job_redelivered_after_it_was_sent_then_it_is_acked_without_send
         priority: quizflow_core::Priority::Normal,
         created_at: chrono::Utc::now(),
     };
-    quizflow_nats::publish_redrive(&env.js, &job, "again")
-        .await
-        .expect("publish");
+    assert_eq!(
+        quizflow_nats::publish_redrives(&env.js, &[(job, "again".into())]).await,
+        vec![true],
+        "published"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut s = env.js.get_stream("DELIVERIES").await.expect("stream");

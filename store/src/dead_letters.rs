@@ -1,5 +1,6 @@
 //! The `dead_letters` mirror: listing and redrive bookkeeping (SPEC §2.4).
 
+use crate::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{
     BigInt, Binary, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
@@ -39,7 +40,7 @@ pub async fn list(
     conn: &mut AsyncPgConnection,
     channel: Option<&str>,
     limit: i64,
-) -> Result<Vec<DeadLetter>, diesel::result::Error> {
+) -> Result<Vec<DeadLetter>, StoreError> {
     diesel::sql_query(
         "SELECT id, kind, channel, submission_id, campaign_id, recipient, class, reason, attempts, history, failed_at \
          FROM dead_letters WHERE redriven_at IS NULL AND ($1::text IS NULL OR channel = $1) \
@@ -49,6 +50,7 @@ pub async fn list(
     .bind::<BigInt, _>(limit)
     .load(conn)
     .await
+    .map_err(Into::into)
 }
 
 #[derive(Debug, diesel::QueryableByName)]
@@ -59,20 +61,22 @@ pub struct Taken {
     pub payload: Option<Vec<u8>>,
 }
 
-/// Marks open *delivery* dead letters as redriven and gives their ledger rows a fresh
-/// attempt budget (`queued`, 0 attempts), in one transaction; returns their stored jobs.
-/// `id` selects one; otherwise all of `channel` (at most `limit`).
+/// Redrive, step 1 of 2 (an outbox): marks up to `limit` open *delivery* dead letters as
+/// redriven and gives their ledger rows a fresh attempt budget (`queued`, 0 attempts), in one
+/// transaction; returns their stored jobs. `id` selects one; otherwise those of `channel`.
+/// Step 2 is [`mark_published`] once JetStream acknowledged the jobs; rows taken but not
+/// published (a crash, NATS away) are found again by [`unpublished`].
 pub async fn take_for_redrive(
     conn: &mut AsyncPgConnection,
     id: Option<Uuid>,
     channel: Option<&str>,
     limit: i64,
-) -> Result<Vec<Taken>, diesel::result::Error> {
+) -> Result<Vec<Taken>, StoreError> {
     use diesel_async::AsyncConnection;
     let channel = channel.map(str::to_owned);
-    conn.transaction(async move |conn| {
+    conn.transaction::<_, StoreError, _>(async move |conn| {
         let taken: Vec<Taken> = diesel::sql_query(
-            "UPDATE dead_letters SET redriven_at = now() WHERE id IN ( \
+            "UPDATE dead_letters SET redriven_at = now(), redrive_published_at = NULL WHERE id IN ( \
                  SELECT id FROM dead_letters WHERE redriven_at IS NULL AND kind = 'delivery' \
                  AND ($1::uuid IS NULL OR id = $1) AND ($2::text IS NULL OR channel = $2) \
                  ORDER BY failed_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
@@ -85,10 +89,12 @@ pub async fn take_for_redrive(
         .await?;
         let ids: Vec<Uuid> = taken.iter().map(|t| t.id).collect();
         diesel::sql_query(
-            "UPDATE deliveries d SET status = 'queued', attempts = 0, last_error = NULL, updated_at = now(), \
-                 history = d.history || jsonb_build_array(jsonb_build_object('at', now(), 'outcome', 'redriven', 'detail', l.id::text)) \
+            "UPDATE deliveries d SET status = 'queued', attempts = 0, last_error = NULL, claim = NULL, \
+                 lease_until = NULL, updated_at = now(), \
+                 history = quizflow_cap_history(d.history || jsonb_build_array(jsonb_build_object('at', now(), \
+                     'outcome', 'redriven', 'detail', l.id::text)), 50) \
              FROM dead_letters l WHERE l.id = ANY($1) AND d.submission_id = l.submission_id \
-               AND d.campaign_id = l.campaign_id AND d.channel = l.channel",
+               AND d.campaign_id = l.campaign_id AND d.channel = l.channel AND d.status = 'dead'",
         )
         .bind::<diesel::sql_types::Array<SqlUuid>, _>(&ids)
         .execute(conn)
@@ -98,23 +104,33 @@ pub async fn take_for_redrive(
     .await
 }
 
-/// Undoes a redrive whose job could not be published: the letter is listed again.
-pub async fn restore(
-    conn: &mut AsyncPgConnection,
-    ids: &[Uuid],
-) -> Result<(), diesel::result::Error> {
-    diesel::sql_query(
-        "UPDATE deliveries d SET status = 'dead', updated_at = now() FROM dead_letters l \
-         WHERE l.id = ANY($1) AND d.submission_id = l.submission_id AND d.campaign_id = l.campaign_id AND d.channel = l.channel",
-    )
-    .bind::<diesel::sql_types::Array<SqlUuid>, _>(ids)
-    .execute(conn)
-    .await?;
-    diesel::sql_query("UPDATE dead_letters SET redriven_at = NULL WHERE id = ANY($1)")
+/// Redrive, step 2: the jobs of these letters are in JetStream.
+pub async fn mark_published(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    diesel::sql_query("UPDATE dead_letters SET redrive_published_at = now() WHERE id = ANY($1)")
         .bind::<diesel::sql_types::Array<SqlUuid>, _>(ids)
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Letters taken for redrive more than `older_than` ago whose jobs were never confirmed
+/// published: the outbox relay publishes them (again).
+pub async fn unpublished(
+    conn: &mut AsyncPgConnection,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Taken>, StoreError> {
+    Ok(diesel::sql_query(
+        "SELECT id, payload FROM dead_letters WHERE redriven_at IS NOT NULL AND redrive_published_at IS NULL \
+           AND redriven_at < now() - make_interval(secs => $1) ORDER BY redriven_at LIMIT $2",
+    )
+    .bind::<diesel::sql_types::Double, _>(older_than.as_secs_f64())
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?)
 }
 
 /// Mirrors an undecodable submission (kind `submission`, class `poison`).
@@ -123,13 +139,13 @@ pub async fn insert_poison_submission(
     id: Uuid,
     reason: &str,
     payload: &[u8],
-) -> Result<(), diesel::result::Error> {
+) -> Result<(), StoreError> {
     diesel::sql_query(
         "INSERT INTO dead_letters (id, kind, class, reason, attempts, payload) VALUES ($1, 'submission', 'poison', $2, 1, $3) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind::<SqlUuid, _>(id)
-    .bind::<Text, _>(reason)
+    .bind::<Text, _>(reason.replace('\0', "\u{FFFD}"))
     .bind::<Binary, _>(payload)
     .execute(conn)
     .await?;

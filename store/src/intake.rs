@@ -45,7 +45,7 @@ pub async fn ensure_partitions(
     conn: &mut AsyncPgConnection,
     known: &mut HashSet<(i32, u32)>,
     times: impl Iterator<Item = DateTime<Utc>>,
-) -> Result<(), diesel::result::Error> {
+) -> Result<(), crate::StoreError> {
     let mut missing: Vec<DateTime<Utc>> = Vec::new();
     for t in times {
         if known.insert((t.year(), t.month())) {
@@ -67,8 +67,8 @@ pub async fn store_batch(
     conn: &mut AsyncPgConnection,
     rows: &[Row<'_>],
     jobs_for: impl Fn(&HashSet<usize>) -> Vec<DeliveryJob> + Send + Sync,
-) -> Result<(HashSet<usize>, Vec<DeliveryJob>), diesel::result::Error> {
-    conn.transaction(async move |conn| {
+) -> Result<(HashSet<usize>, Vec<DeliveryJob>), crate::StoreError> {
+    conn.transaction::<_, crate::StoreError, _>(async move |conn| {
         {
             let ids: Vec<Uuid> = rows.iter().map(|r| r.envelope.submission_id.0).collect();
             let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.envelope.received_at).collect();
@@ -106,7 +106,7 @@ async fn insert_submissions(
     conn: &mut AsyncPgConnection,
     rows: &[Row<'_>],
     new_rows: &HashSet<usize>,
-) -> Result<(), diesel::result::Error> {
+) -> Result<(), crate::StoreError> {
     let mut idx: Vec<usize> = new_rows.iter().copied().collect();
     idx.sort_unstable();
     let pick = |f: &dyn Fn(&Row<'_>) -> Option<String>| -> Vec<Option<String>> {
@@ -210,7 +210,7 @@ fn pg_text_array(items: &[String]) -> String {
 async fn insert_ledger(
     conn: &mut AsyncPgConnection,
     jobs: &[DeliveryJob],
-) -> Result<(), diesel::result::Error> {
+) -> Result<(), crate::StoreError> {
     let subs: Vec<Uuid> = jobs.iter().map(|j| j.submission_id.0).collect();
     let camps: Vec<Uuid> = jobs.iter().map(|j| j.campaign_id).collect();
     let versions: Vec<i32> = jobs.iter().map(|j| j.campaign_version).collect();
@@ -241,7 +241,7 @@ async fn insert_ledger(
 pub async fn queued_jobs(
     conn: &mut AsyncPgConnection,
     submissions: &[SubmissionId],
-) -> Result<Vec<DeliveryJob>, diesel::result::Error> {
+) -> Result<Vec<DeliveryJob>, crate::StoreError> {
     if submissions.is_empty() {
         return Ok(Vec::new());
     }

@@ -1,0 +1,323 @@
+//! The `deliveries` ledger as the workers see it: what a fetch of jobs needs (one query), the
+//! claim taken before a provider call, and batched, forward-only status writes.
+//!
+//! Statuses only move forward. A worker claims a row (`queued|failed → sending`, or a
+//! `sending` row whose lease expired) with a token; its outcome is written only while the row
+//! is still `sending` under that token. Writes without a token (cancellation, the
+//! max-deliveries sweeper) apply only to rows nobody holds. So `sent`, `delivered`, `dead` and
+//! `cancelled` are never overwritten by a late `failed`, and two copies of a job never both
+//! reach the provider unless a lease ran out.
+
+use crate::StoreError;
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{
+    Array, Bool, Integer, Json, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use quizflow_core::{CampaignSpec, DeliveryJob};
+use uuid::Uuid;
+
+/// How many attempt-history entries a ledger row keeps (the newest).
+pub const HISTORY_CAP: i32 = 50;
+
+/// Final statuses: nothing is ever written over them but a redrive of `dead`.
+pub const FINAL: [&str; 4] = ["sent", "delivered", "dead", "cancelled"];
+
+#[derive(diesel::QueryableByName)]
+struct Row {
+    #[diesel(sql_type = SqlUuid)]
+    submission_id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    campaign_id: Uuid,
+    #[diesel(sql_type = Text)]
+    channel: String,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    lease_until: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Jsonb)]
+    history: serde_json::Value,
+    // `json`, not `jsonb`: the stored columns are `json` and are read back as they are.
+    #[diesel(sql_type = Json)]
+    submission: serde_json::Value,
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    definition: Option<serde_json::Value>,
+    #[diesel(sql_type = Integer)]
+    version: i32,
+    #[diesel(sql_type = Bool)]
+    campaign_exists: bool,
+    #[diesel(sql_type = Bool)]
+    campaign_live: bool,
+}
+
+/// Everything one job needs.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub status: String,
+    pub attempts: i32,
+    /// Set while another worker holds the row (`sending`).
+    pub lease_until: Option<DateTime<Utc>>,
+    pub history: Vec<serde_json::Value>,
+    /// The stored submission (the `GET /v1/submissions/{id}` shape, without deliveries).
+    pub submission: serde_json::Value,
+    /// The campaign as it was when the job was matched (`None`: that version is unknown).
+    pub campaign: Option<CampaignSpec>,
+    /// The version the job was matched under (templates are compiled once per version).
+    pub campaign_version: i32,
+    /// The campaign still exists, is active and has not ended: otherwise the job is cancelled.
+    pub campaign_live: bool,
+    pub campaign_exists: bool,
+}
+
+impl JobContext {
+    pub fn is_final(&self) -> bool {
+        FINAL.contains(&self.status.as_str())
+    }
+}
+
+const LOAD: &str = "SELECT d.submission_id, d.campaign_id, d.channel, d.status, d.attempts, d.lease_until, d.history, \
+        json_build_object('submission_id', s.id, 'quiz_id', s.quiz_id, 'score', s.score, \
+            'completed_at', s.completed_at, 'tags', to_json(s.tags), 'answers', s.answers, \
+            'metadata', s.metadata, 'respondent', json_strip_nulls(json_build_object( \
+                'phone', s.phone, 'email', s.email, 'name', s.name, 'locale', s.locale))) AS submission, \
+        v.definition, d.campaign_version AS version, (c.id IS NOT NULL) AS campaign_exists, \
+        COALESCE(c.active AND (c.ends_at IS NULL OR c.ends_at > now()), false) AS campaign_live \
+ FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS k(sub, camp, channel) \
+ JOIN deliveries d ON d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel \
+ JOIN submission_ids i ON i.id = d.submission_id \
+ JOIN submissions s ON s.id = i.id AND s.received_at = i.received_at \
+ LEFT JOIN campaign_versions v ON v.campaign_id = d.campaign_id AND v.version = d.campaign_version \
+ LEFT JOIN campaigns c ON c.id = d.campaign_id";
+
+/// Loads the context of every job of a fetch in one query; `None` where the ledger row (or
+/// its submission) is missing.
+pub async fn load(
+    conn: &mut AsyncPgConnection,
+    jobs: &[&DeliveryJob],
+) -> Result<Vec<Option<JobContext>>, StoreError> {
+    let subs: Vec<Uuid> = jobs.iter().map(|j| j.submission_id.0).collect();
+    let camps: Vec<Uuid> = jobs.iter().map(|j| j.campaign_id).collect();
+    let channels: Vec<String> = jobs.iter().map(|j| j.channel.to_string()).collect();
+    let rows: Vec<Row> = diesel::sql_query(LOAD)
+        .bind::<Array<SqlUuid>, _>(&subs)
+        .bind::<Array<SqlUuid>, _>(&camps)
+        .bind::<Array<Text>, _>(&channels)
+        .load(conn)
+        .await?;
+    let by_key: std::collections::HashMap<(Uuid, Uuid, String), Row> = rows
+        .into_iter()
+        .map(|r| ((r.submission_id, r.campaign_id, r.channel.clone()), r))
+        .collect();
+    Ok(jobs
+        .iter()
+        .map(|j| {
+            let key = (j.submission_id.0, j.campaign_id, j.channel.to_string());
+            // A fetch may hold two copies of one job: each gets the same context.
+            let r = by_key.get(&key)?;
+            Some(JobContext {
+                status: r.status.clone(),
+                attempts: r.attempts,
+                lease_until: r.lease_until,
+                history: r.history.as_array().cloned().unwrap_or_default(),
+                submission: r.submission.clone(),
+                campaign: r
+                    .definition
+                    .clone()
+                    .and_then(|d| serde_json::from_value(d).ok()),
+                campaign_version: r.version,
+                campaign_live: r.campaign_live,
+                campaign_exists: r.campaign_exists,
+            })
+        })
+        .collect())
+}
+
+/// A ledger key: (submission, campaign, channel).
+pub type Key = (Uuid, Uuid, String);
+
+#[derive(diesel::QueryableByName)]
+struct KeyRow {
+    #[diesel(sql_type = SqlUuid)]
+    submission_id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    campaign_id: Uuid,
+    #[diesel(sql_type = Text)]
+    channel: String,
+}
+
+impl KeyRow {
+    fn key(self) -> Key {
+        (self.submission_id, self.campaign_id, self.channel)
+    }
+}
+
+fn unzip(keys: &[Key]) -> (Vec<Uuid>, Vec<Uuid>, Vec<String>) {
+    let mut a = Vec::with_capacity(keys.len());
+    let mut b = Vec::with_capacity(keys.len());
+    let mut c = Vec::with_capacity(keys.len());
+    for (s, k, ch) in keys {
+        a.push(*s);
+        b.push(*k);
+        c.push(ch.clone());
+    }
+    (a, b, c)
+}
+
+/// Claims the rows nobody holds (`queued`, `failed`, or `sending` with an expired lease) for
+/// `lease`, under `claim`, in one statement; returns the keys it claimed.
+pub async fn claim(
+    conn: &mut AsyncPgConnection,
+    keys: &[Key],
+    claim: Uuid,
+    lease: std::time::Duration,
+) -> Result<Vec<Key>, StoreError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (subs, camps, channels) = unzip(keys);
+    let rows: Vec<KeyRow> = diesel::sql_query(
+        "UPDATE deliveries d SET status = 'sending', claim = $4, \
+                lease_until = now() + make_interval(secs => $5), updated_at = now() \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS k(sub, camp, channel) \
+         WHERE d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel \
+           AND (d.status IN ('queued', 'failed') OR (d.status = 'sending' AND d.lease_until < now())) \
+         RETURNING d.submission_id, d.campaign_id, d.channel",
+    )
+    .bind::<Array<SqlUuid>, _>(&subs)
+    .bind::<Array<SqlUuid>, _>(&camps)
+    .bind::<Array<Text>, _>(&channels)
+    .bind::<SqlUuid, _>(claim)
+    .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(KeyRow::key).collect())
+}
+
+/// One status change, applied by [`write`].
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub submission_id: Uuid,
+    pub campaign_id: Uuid,
+    pub channel: String,
+    pub status: &'static str,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    /// `{at, outcome, detail}` entries to append.
+    pub history: Vec<serde_json::Value>,
+    /// The claim under which the worker acted; `None` for writes by nobody's claim
+    /// (cancellation, the sweeper), which apply only to rows nobody holds.
+    pub claim: Option<Uuid>,
+}
+
+impl Update {
+    pub fn key(&self) -> Key {
+        (self.submission_id, self.campaign_id, self.channel.clone())
+    }
+}
+
+/// PostgreSQL stores U+0000 neither in `text` nor in `jsonb`; provider answers can hold it.
+fn storable(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
+/// Applies `updates` in one statement (the caller merged them one per key and claim).
+/// Returns the keys whose write applied; the others were superseded (final, or held by
+/// another claim).
+pub async fn write(
+    conn: &mut AsyncPgConnection,
+    updates: &[Update],
+) -> Result<Vec<Key>, StoreError> {
+    if updates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let subs: Vec<Uuid> = updates.iter().map(|u| u.submission_id).collect();
+    let camps: Vec<Uuid> = updates.iter().map(|u| u.campaign_id).collect();
+    let channels: Vec<String> = updates.iter().map(|u| u.channel.clone()).collect();
+    let statuses: Vec<String> = updates.iter().map(|u| u.status.to_owned()).collect();
+    let attempts: Vec<i32> = updates.iter().map(|u| u.attempts).collect();
+    let errors: Vec<Option<String>> = updates
+        .iter()
+        .map(|u| u.last_error.as_deref().map(storable))
+        .collect();
+    let history: Vec<String> = updates
+        .iter()
+        .map(|u| storable(&serde_json::Value::Array(u.history.clone()).to_string()))
+        .collect();
+    let claims: Vec<Option<Uuid>> = updates.iter().map(|u| u.claim).collect();
+    let rows: Vec<KeyRow> = diesel::sql_query(
+        "UPDATE deliveries d SET status = u.status, attempts = u.attempts, last_error = u.err, \
+                history = quizflow_cap_history(d.history || u.hist::jsonb, $9), \
+                claim = CASE WHEN u.status = 'sending' THEN d.claim END, \
+                lease_until = CASE WHEN u.status = 'sending' THEN d.lease_until END, \
+                updated_at = now() \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::uuid[]) \
+              AS u(sub, camp, channel, status, attempts, err, hist, claim) \
+         WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel \
+           AND CASE WHEN u.claim IS NULL \
+                    THEN d.status IN ('queued', 'failed') OR (d.status = 'sending' AND d.lease_until < now()) \
+                    ELSE d.status = 'sending' AND d.claim = u.claim END \
+         RETURNING d.submission_id, d.campaign_id, d.channel",
+    )
+    .bind::<Array<SqlUuid>, _>(&subs)
+    .bind::<Array<SqlUuid>, _>(&camps)
+    .bind::<Array<Text>, _>(&channels)
+    .bind::<Array<Text>, _>(&statuses)
+    .bind::<Array<Integer>, _>(&attempts)
+    .bind::<Array<Nullable<Text>>, _>(&errors)
+    .bind::<Array<Text>, _>(&history)
+    .bind::<Array<Nullable<SqlUuid>>, _>(&claims)
+    .bind::<Integer, _>(HISTORY_CAP)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(KeyRow::key).collect())
+}
+
+/// A dead letter's row in the `dead_letters` mirror.
+#[derive(Debug, Clone)]
+pub struct DeadLetterRow<'a> {
+    pub id: Uuid,
+    pub job: &'a DeliveryJob,
+    pub recipient: Option<&'a str>,
+    pub class: &'a str,
+    pub reason: &'a str,
+    pub attempts: i32,
+    pub history: &'a serde_json::Value,
+    pub payload: &'a [u8],
+}
+
+/// Mirrors a dead letter into `dead_letters` and marks its ledger row `dead` (under `update`'s
+/// claim rules), in one transaction. Returns false, writing nothing, when the row was no
+/// longer the caller's to finish.
+pub async fn record_dead(
+    conn: &mut AsyncPgConnection,
+    letter: DeadLetterRow<'_>,
+    update: Update,
+) -> Result<bool, StoreError> {
+    conn.transaction::<bool, StoreError, _>(async move |conn| {
+        let applied = write(conn, std::slice::from_ref(&update)).await?;
+        if applied.is_empty() {
+            return Ok(false);
+        }
+        let history = storable(&letter.history.to_string());
+        diesel::sql_query(
+            "INSERT INTO dead_letters (id, kind, channel, submission_id, campaign_id, recipient, class, reason, attempts, history, payload) \
+             VALUES ($1, 'delivery', $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind::<SqlUuid, _>(letter.id)
+        .bind::<Text, _>(letter.job.channel.as_str())
+        .bind::<SqlUuid, _>(letter.job.submission_id.0)
+        .bind::<SqlUuid, _>(letter.job.campaign_id)
+        .bind::<Nullable<Text>, _>(letter.recipient)
+        .bind::<Text, _>(letter.class)
+        .bind::<Text, _>(storable(letter.reason))
+        .bind::<Integer, _>(letter.attempts)
+        .bind::<Text, _>(history)
+        .bind::<diesel::sql_types::Binary, _>(letter.payload)
+        .execute(conn)
+        .await?;
+        Ok(true)
+    })
+    .await
+}
