@@ -106,7 +106,7 @@ case "${1:-}" in
     ensure_cargo; ensure_postgres; ensure_nats_server
     start_test_postgres
     export QUIZFLOW_NATS_SERVER_BIN="$NATS_SERVER" PATH="$PG_BIN:$PATH"
-    cargo test --workspace --locked
+    cargo test --workspace --locked --no-fail-fast
     ;;
   *)
     echo "usage: $0 up|test" >&2

@@ -51,7 +51,10 @@ pub async fn require_admin<E: Endpoint>(
         _ => false,
     };
     if !ok {
-        state.auth_failures.hit(ip);
+        // Only a presented, wrong token is a guess; a missing header guesses nothing.
+        if given.is_some() {
+            state.auth_failures.hit(ip);
+        }
         return Ok(unauthorized().into_response());
     }
     ep.call(req).await.map(IntoResponse::into_response)

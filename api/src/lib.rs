@@ -49,7 +49,7 @@ pub struct AppState {
 pub(crate) struct AuthFailures(limits::WindowLimiter);
 
 impl AuthFailures {
-    const LIMIT: u32 = 20;
+    const LIMIT: u32 = 30;
 
     fn new() -> Self {
         Self(limits::WindowLimiter::with_key_cap(

@@ -56,6 +56,32 @@ async fn given_no_or_a_wrong_token_then_every_admin_route_is_401_json() {
 }
 
 #[tokio::test]
+async fn given_many_wrong_tokens_from_one_ip_then_admin_routes_answer_429_for_a_while() {
+    let api = Api::start().await;
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        let r = api
+            .http
+            .get(api.url("/v1/campaigns"))
+            .bearer_auth("guess-guess-guess-guess")
+            .send()
+            .await
+            .expect("send");
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses[..30].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[30..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Throttled means throttled: even the right token waits until the window slides.
+    let right = api
+        .admin(Method::GET, "/v1/campaigns")
+        .send()
+        .await
+        .expect("send");
+    let body = assert_error(right, 429, "rate_limited").await;
+    assert!(body["error"]["message"].as_str().is_some());
+}
+
+#[tokio::test]
 async fn given_a_token_then_campaigns_can_be_created_read_replaced_and_deleted() {
     let api = Api::start().await;
     let created = api

@@ -734,3 +734,68 @@ async fn given_concurrent_posts_then_every_202_is_in_the_stream() {
     assert!(results.iter().all(|r| r.status().as_u16() == 202));
     assert_eq!(api.stream_count().await, 300);
 }
+
+#[tokio::test]
+async fn given_u0000_anywhere_then_400_names_the_field_and_nothing_reaches_the_stream() {
+    let api = Api::start().await;
+    // Raw JSON text: `\u0000` escapes, as a frontend would send them.
+    for (body, field) in [
+        (
+            r#"{"respondent": {"name": "A\u0000na"}}"#,
+            "respondent.name",
+        ),
+        (
+            r#"{"answers": [{"question": "q1", "value": "b\u0000"}]}"#,
+            "answers[0].value",
+        ),
+        (r#"{"tags": ["ok", "t\u0000"]}"#, "tags[1]"),
+        (
+            r#"{"metadata": {"utm": {"src": "tv\u0000"}}}"#,
+            "metadata.utm.src",
+        ),
+    ] {
+        let resp = api
+            .http
+            .post(api.url("/v1/quizzes/q1/submissions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        let err = assert_error(resp, 400, "invalid_request").await;
+        let fields: Vec<&str> = err["error"]["details"]
+            .as_array()
+            .expect("details")
+            .iter()
+            .filter_map(|d| d["field"].as_str())
+            .collect();
+        assert!(fields.contains(&field), "{field} in {fields:?}");
+    }
+    let mut deep = json!(1);
+    for _ in 0..17 {
+        deep = json!({ "a": deep });
+    }
+    let resp = api
+        .post_json("/v1/quizzes/q1/submissions", &json!({ "metadata": deep }))
+        .await;
+    assert_error(resp, 400, "invalid_request").await;
+    // In a batch, the bad item is refused alone.
+    let resp = api
+        .post_json(
+            "/v1/submissions/batch",
+            &json!({"submissions": [
+                {"quiz_id": "q1", "idempotency_key": "a", "respondent": {"name": "A\u{0}na"}},
+                {"quiz_id": "q1", "idempotency_key": "b", "respondent": {"name": "Ana"}}
+            ]}),
+        )
+        .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let results: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(results["results"][0]["status"], 400);
+    assert_eq!(results["results"][1]["status"], 202);
+    assert_eq!(
+        api.stream_count().await,
+        1,
+        "only the clean lead was published"
+    );
+}

@@ -386,6 +386,14 @@ fn set_fault(state: Data<&MockState>, Json(f): Json<Fault>) -> Response {
     Json(f).into_response()
 }
 
+#[handler]
+fn redirect() -> Response {
+    Response::builder()
+        .status(StatusCode::TEMPORARY_REDIRECT)
+        .header("location", "/webhooks/redirected")
+        .finish()
+}
+
 /// The mock provider's routes over `state`.
 pub fn app(state: MockState) -> impl poem::Endpoint<Output = Response> {
     Route::new()
@@ -397,6 +405,8 @@ pub fn app(state: MockState) -> impl poem::Endpoint<Output = Response> {
         .at("/_mock/messages", get(list_messages).delete(clear_messages))
         .at("/_mock/requests", get(list_requests))
         .at("/_mock/faults", put(set_fault))
+        // A target that redirects: quizflow must not follow it (SPEC §4).
+        .at("/_mock/redirect", post(redirect))
         .data(state)
         .map_to_response()
 }

@@ -68,6 +68,8 @@ pub fn classify_http(
             retry_after,
             detail: format!("429: {detail}"),
         },
+        // Redirects are never followed (SPEC §4): a target that redirects will not work.
+        300..=399 => Class::Permanent(format!("{status}: redirect not followed")),
         408 | 409 => Class::Transient(format!("{status}: {detail}")),
         400..=499 => Class::Permanent(format!("{status}: {detail}")),
         // A 5xx after the request reached the provider: it may have been accepted.

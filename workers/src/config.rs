@@ -68,6 +68,8 @@ pub struct WorkerSettings {
     pub shutdown_timeout: Duration,
     /// `QUIZFLOW_WEBHOOK_ALLOW_PRIVATE`: webhook targets may be loopback or private.
     pub webhook_allow_private: bool,
+    /// How long a redrive may stay taken but unpublished before the relay publishes it.
+    pub redrive_relay_after: Duration,
     pub providers: Providers,
 }
 
@@ -87,6 +89,7 @@ impl WorkerSettings {
             ack_wait: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             webhook_allow_private: false,
+            redrive_relay_after: Duration::from_secs(30),
             providers,
         }
     }

@@ -88,8 +88,9 @@ pub async fn run(
     }
     tasks.spawn({
         let (js, pool, status, stop) = (js.clone(), pool.clone(), status.clone(), stop_rx.clone());
+        let relay_after = settings.redrive_relay_after;
         async move {
-            crate::sweep::run(js, pool, status, stop).await;
+            crate::sweep::run(relay_after, js, pool, status, stop).await;
             Ok(())
         }
     });
@@ -291,9 +292,11 @@ impl Channelled {
                 Ok(Some(ctx)) if !ctx.campaign_live => self.cancel(msg, &job, &ctx).await,
                 Ok(Some(ctx)) => match ctx.lease_until {
                     Some(until) if ctx.status == "sending" && until > chrono::Utc::now() => {
-                        // Another worker holds it: wait for its outcome (or its lease).
-                        let wait = (until - chrono::Utc::now()).to_std().unwrap_or_default()
-                            + Duration::from_secs(1);
+                        // Another worker holds it: look again soon (its outcome usually
+                        // lands within seconds), at the latest when its lease runs out.
+                        let wait = ((until - chrono::Utc::now()).to_std().unwrap_or_default()
+                            + Duration::from_secs(1))
+                        .min(Duration::from_secs(5));
                         let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
                     }
                     _ => eligible.push((msg, job, ctx)),

@@ -16,10 +16,8 @@ use quizflow_store::{deliveries, Pool};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How long a taken redrive may stay unpublished before the relay publishes it.
-const RELAY_AFTER: Duration = Duration::from_secs(30);
-
 pub(crate) async fn run(
+    relay_after: Duration,
     js: jetstream::Context,
     pool: Pool,
     status: StatusWriter,
@@ -44,7 +42,7 @@ pub(crate) async fn run(
         js: &js,
         pool: &pool,
     };
-    let mut relay_tick = tokio::time::interval(Duration::from_secs(10));
+    let mut relay_tick = tokio::time::interval((relay_after / 3).max(Duration::from_millis(200)));
     loop {
         if *stop.borrow() {
             break;
@@ -73,7 +71,7 @@ pub(crate) async fn run(
         }
         if got == 0 {
             tokio::select! {
-                _ = relay_tick.tick() => relay_redrives(&js, &pool).await,
+                _ = relay_tick.tick() => relay_redrives(&js, &pool, relay_after).await,
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 _ = stop.changed() => {}
             }
@@ -82,11 +80,11 @@ pub(crate) async fn run(
 }
 
 /// Publishes redrives that were taken but never confirmed published.
-pub(crate) async fn relay_redrives(js: &jetstream::Context, pool: &Pool) {
+pub(crate) async fn relay_redrives(js: &jetstream::Context, pool: &Pool, relay_after: Duration) {
     let Ok(mut conn) = pool.get().await else {
         return;
     };
-    let taken = match quizflow_store::dead_letters::unpublished(&mut conn, RELAY_AFTER, 500).await {
+    let taken = match quizflow_store::dead_letters::unpublished(&mut conn, relay_after, 500).await {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(error = %e, "redrive relay: cannot read the outbox");
