@@ -222,6 +222,30 @@ fn storable(s: &str) -> String {
     s.replace('\0', "\u{FFFD}")
 }
 
+/// [`storable`] for JSON: every string and key, before serialising (serde_json writes U+0000
+/// as the escape `\u0000`, which `jsonb` refuses just the same).
+fn storable_json(v: &serde_json::Value) -> String {
+    fn scrub(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) if s.contains('\0') => *s = storable(s),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(scrub),
+            serde_json::Value::Object(m) => {
+                let bad: Vec<String> = m.keys().filter(|k| k.contains('\0')).cloned().collect();
+                for k in bad {
+                    if let Some(x) = m.remove(&k) {
+                        m.insert(storable(&k), x);
+                    }
+                }
+                m.values_mut().for_each(scrub);
+            }
+            _ => {}
+        }
+    }
+    let mut v = v.clone();
+    scrub(&mut v);
+    v.to_string()
+}
+
 /// Applies `updates` in one statement (the caller merged them one per key and claim).
 /// Returns the keys whose write applied; the others were superseded (final, or held by
 /// another claim).
@@ -243,7 +267,7 @@ pub async fn write(
         .collect();
     let history: Vec<String> = updates
         .iter()
-        .map(|u| storable(&serde_json::Value::Array(u.history.clone()).to_string()))
+        .map(|u| storable_json(&serde_json::Value::Array(u.history.clone())))
         .collect();
     let claims: Vec<Option<Uuid>> = updates.iter().map(|u| u.claim).collect();
     let rows: Vec<KeyRow> = diesel::sql_query(
@@ -300,7 +324,7 @@ pub async fn record_dead(
         if applied.is_empty() {
             return Ok(false);
         }
-        let history = storable(&letter.history.to_string());
+        let history = storable_json(letter.history);
         diesel::sql_query(
             "INSERT INTO dead_letters (id, kind, channel, submission_id, campaign_id, recipient, class, reason, attempts, history, payload) \
              VALUES ($1, 'delivery', $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10) ON CONFLICT (id) DO NOTHING",
