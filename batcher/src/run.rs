@@ -48,6 +48,8 @@ pub struct Batcher {
     pool: Pool,
     matcher: RwLock<Arc<Matcher>>,
     partitions: Mutex<HashSet<(i32, u32)>>,
+    /// How many times campaigns were (re)loaded: start, announcements, periodic refresh.
+    loads: std::sync::atomic::AtomicU64,
     /// Tests: stop dead right after the commit, before any publish or ack.
     #[cfg(feature = "test-hooks")]
     crash_after_commit: AtomicBool,
@@ -98,6 +100,7 @@ impl Batcher {
             pool,
             matcher: RwLock::new(Arc::new(Matcher::default())),
             partitions: Mutex::new(HashSet::new()),
+            loads: std::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "test-hooks")]
             crash_after_commit: AtomicBool::new(false),
         })
@@ -114,6 +117,11 @@ impl Batcher {
         self.matcher.read().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// How many campaign loads completed (observability and tests).
+    pub fn campaign_loads(&self) -> u64 {
+        self.loads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn snapshot(&self) -> Arc<Matcher> {
         self.matcher.read().map(|m| m.clone()).unwrap_or_default()
     }
@@ -127,6 +135,7 @@ impl Batcher {
         if let Ok(mut m) = self.matcher.write() {
             *m = matcher;
         }
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 

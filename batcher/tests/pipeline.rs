@@ -105,6 +105,36 @@ impl Env {
             .expect("publish");
     }
 
+    async fn batcher_consumer(&self) -> async_nats::jetstream::consumer::Info {
+        let mut c: async_nats::jetstream::consumer::PullConsumer = self
+            .js
+            .get_stream(subjects::SUBMISSIONS_STREAM)
+            .await
+            .expect("stream")
+            .get_consumer(subjects::BATCHER_CONSUMER)
+            .await
+            .expect("consumer");
+        c.info().await.expect("info").clone()
+    }
+
+    /// Waits until the batcher's consumer has nothing pending and nothing unacked.
+    async fn wait_drained(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let i = self.batcher_consumer().await;
+            if i.num_pending == 0 && i.num_ack_pending == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "consumer not drained: pending {}, ack pending {}",
+                i.num_pending,
+                i.num_ack_pending
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn wait_for(&self, sql: &str, want: i64, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
@@ -233,7 +263,7 @@ async fn given_campaigns_when_submissions_arrive_then_rows_ledger_and_jobs_match
             .await
             .expect("ack");
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    env.wait_drained(Duration::from_secs(20)).await;
     assert_eq!(
         env.count("SELECT count(*) AS n FROM submissions").await,
         120
@@ -376,12 +406,31 @@ async fn given_postgres_down_under_load_then_nothing_is_acked_and_the_batcher_ca
     )
     .await;
 
+    env.wait_drained(Duration::from_secs(10)).await;
+    let acked_before = env.batcher_consumer().await.ack_floor.stream_sequence;
     proxy.cut();
     let batch = leads(200);
     for l in &batch {
         env.publish(l).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The batcher has taken them and tried to store them (redeliveries prove the naks).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let i = env.batcher_consumer().await;
+        if i.num_ack_pending > 0 && i.num_redelivered > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the batcher retries while down: {i:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        env.batcher_consumer().await.ack_floor.stream_sequence,
+        acked_before,
+        "nothing acked while the database is down"
+    );
     assert_eq!(
         env.count("SELECT count(*) AS n FROM submissions").await,
         1,
@@ -410,12 +459,14 @@ async fn given_a_new_campaign_then_every_running_batcher_applies_it_within_5_sec
     let (stop_a, ha) = spawn(a.clone());
     let (stop_b, hb) = spawn(b.clone());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !(a.active_campaigns() == 0 && b.active_campaigns() == 0) {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    while !(a.campaign_loads() >= 1 && b.campaign_loads() >= 1) {
+        assert!(Instant::now() < deadline, "both loaded their first set");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Both have loaded (empty) sets; their periodic refresh is 60 s away.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both have loaded (empty) sets; their periodic refresh is 60 s away, so the next load
+    // can only come from the announcement.
+    let (loads_a, loads_b) = (a.campaign_loads(), b.campaign_loads());
+    assert_eq!((a.active_campaigns(), b.active_campaigns()), (0, 0));
     let created = Instant::now();
     env.add_campaign(json!({"name": "new", "match": {}, "actions": [{"channel": "webhook", "url": "https://h/x"}]})).await;
     while !(a.active_campaigns() == 1 && b.active_campaigns() == 1) {
@@ -425,6 +476,10 @@ async fn given_a_new_campaign_then_every_running_batcher_applies_it_within_5_sec
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(
+        a.campaign_loads() > loads_a && b.campaign_loads() > loads_b,
+        "applied by a reload the announcement caused"
+    );
     // And it matches the next submission.
     env.publish(&lead("q7", 7, json!({"score": 1}))).await;
     env.wait_for(
@@ -456,7 +511,12 @@ async fn given_shutdown_then_the_batch_in_hand_is_flushed() {
     for l in leads(10) {
         env.publish(&l).await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The batcher holds all 10 (fetched, unacked) in its open batch.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.batcher_consumer().await.num_ack_pending != 10 {
+        assert!(Instant::now() < deadline, "the batcher took the 10");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         env.count("SELECT count(*) AS n FROM submissions").await,
         0,
@@ -465,4 +525,10 @@ async fn given_shutdown_then_the_batch_in_hand_is_flushed() {
     let _ = stop.send(());
     handle.await.expect("join").expect("clean stop");
     assert_eq!(env.count("SELECT count(*) AS n FROM submissions").await, 10);
+    let i = env.batcher_consumer().await;
+    assert_eq!(
+        (i.num_pending, i.num_ack_pending),
+        (0, 0),
+        "flushed and acked"
+    );
 }

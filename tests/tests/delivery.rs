@@ -184,6 +184,12 @@ async fn given_a_worker_killed_mid_send_then_another_finishes_the_job() {
     env.wait_status(id, &[("sms", "sending")], Duration::from_secs(10))
         .await;
     first.abort();
+    // Killed means killed: no task of the first worker lives on to record an outcome (the
+    // provider may still complete a request already on the wire, as after a real kill -9).
+    // Longer than the mock's 1.5 s hold: a detached task would have recorded `sent` by now.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let rows = env.deliveries(id).await;
+    assert_eq!(rows[0].1, "sending", "the killed worker recorded nothing");
     env.fault(json!({"channel": "sms", "rate": 0})).await;
     env.workers(s);
     env.wait_status(id, &[("sms", "sent")], Duration::from_secs(20))
@@ -346,8 +352,9 @@ async fn given_a_provider_down_then_the_breaker_opens_burns_no_attempts_and_reco
             .await;
         assert!(
             rows[0].2 <= 2,
-            "waiting behind an open breaker burns no attempt: {}",
-            rows[0].2
+            "waiting behind an open breaker burns no attempt: {} {}",
+            rows[0].2,
+            rows[0].3
         );
     }
     assert_eq!(env.dead_letters().await, 0);

@@ -204,13 +204,7 @@ impl Channelled {
     async fn fetch(&self, consumers: &[PullConsumer], want: usize) -> Vec<jetstream::Message> {
         let mut msgs = Vec::new();
         for c in consumers {
-            match c
-                .fetch()
-                .max_messages(want)
-                .expires(Duration::from_millis(500))
-                .messages()
-                .await
-            {
+            match c.fetch().max_messages(want).messages().await {
                 Ok(mut batch) => {
                     while let Some(m) = batch.next().await {
                         match m {

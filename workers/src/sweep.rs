@@ -49,13 +49,7 @@ pub(crate) async fn run(
         }
         let mut got = 0;
         if let (Some(consumer), Some(stream)) = (&consumer, &deliveries_stream) {
-            if let Ok(mut batch) = consumer
-                .fetch()
-                .max_messages(100)
-                .expires(Duration::from_millis(500))
-                .messages()
-                .await
-            {
+            if let Ok(mut batch) = consumer.fetch().max_messages(100).messages().await {
                 while let Some(Ok(advisory)) = batch.next().await {
                     got += 1;
                     let ok = sweep_one(&dl, stream, &advisory.payload).await;
