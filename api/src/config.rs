@@ -9,7 +9,7 @@ pub const MAX_BATCH_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Most items in one batch (SPEC §2.2).
 pub const MAX_BATCH_ITEMS: usize = 1000;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiSettings {
     /// `QUIZFLOW_HTTP_ADDR`
     pub http_addr: String,
@@ -38,5 +38,20 @@ impl Default for ApiSettings {
             admin_token: None,
             shutdown_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// The admin token never shows.
+impl std::fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSettings")
+            .field("http_addr", &self.http_addr)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("respondent_limit_per_min", &self.respondent_limit_per_min)
+            .field("ip_limit_per_min", &self.ip_limit_per_min)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field("limit_window", &self.limit_window)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
     }
 }

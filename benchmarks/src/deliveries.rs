@@ -68,22 +68,10 @@ fn setup<E: std::fmt::Display>(e: E) -> DeliveriesError {
 }
 
 async fn count_sent(pool: &quizflow_store::Pool, tag: &str) -> Result<i64, DeliveriesError> {
-    use diesel_async::RunQueryDsl;
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
     let mut conn = pool.get().await.map_err(setup)?;
-    let n: N = diesel::sql_query(
-        "SELECT count(*) AS n FROM deliveries d JOIN submissions s ON s.id = d.submission_id \
-         WHERE d.status = 'sent' AND s.quiz_id = $1",
-    )
-    .bind::<diesel::sql_types::Text, _>(tag)
-    .get_result(&mut conn)
-    .await
-    .map_err(setup)?;
-    Ok(n.n)
+    quizflow_store::deliveries::count_sent_for_quiz(&mut conn, tag)
+        .await
+        .map_err(setup)
 }
 
 async fn queued_jobs(js: &async_nats::jetstream::Context) -> Result<u64, DeliveriesError> {

@@ -5,8 +5,8 @@ use async_nats::jetstream::{self, context::ContextBuilder};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// How to reach NATS.
-#[derive(Debug, Clone)]
+/// How to reach NATS. `Debug` redacts credentials in the URL.
+#[derive(Clone)]
 pub struct NatsSettings {
     /// `nats://host:port[,nats://...]`; user/password or token may be embedded in the URL.
     pub url: String,
@@ -23,6 +23,20 @@ pub struct NatsSettings {
     /// Publishes whose acks may be outstanding at once, per process. Bounded so that an
     /// overloaded server slows publishers down instead of growing a queue.
     pub max_ack_inflight: usize,
+}
+
+impl std::fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("url", &redact_url(&self.url))
+            .field("creds_file", &self.creds_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_required", &self.tls_required)
+            .field("name", &self.name)
+            .field("ack_timeout", &self.ack_timeout)
+            .field("max_ack_inflight", &self.max_ack_inflight)
+            .finish()
+    }
 }
 
 impl NatsSettings {

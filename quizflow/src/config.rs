@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub http_addr: String,
@@ -439,6 +439,35 @@ impl Config {
     }
 }
 
+/// Keys whose values are secrets: `Debug` shows them as `***`.
+const SECRET_KEYS: &[&str] = &[
+    "admin_token",
+    "twilio_auth_token",
+    "whatsapp_token",
+    "email_api_key",
+    "email_smtp_password",
+    "webhook_secret",
+];
+
+/// Secrets redacted, credentials in URLs too: a `{cfg:?}` in a log line leaks nothing.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut v = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+        if let Some(m) = v.as_object_mut() {
+            for (k, val) in m.iter_mut() {
+                if SECRET_KEYS.contains(&k.as_str()) && !val.is_null() {
+                    *val = "***".into();
+                } else if k.ends_with("_url") {
+                    if let Some(u) = val.as_str() {
+                        *val = quizflow_nats::redact_url(u).into();
+                    }
+                }
+            }
+        }
+        write!(f, "Config {v}")
+    }
+}
+
 /// Environment values, typed by the key's default: keys whose default is a number or a
 /// boolean are parsed, every other key stays the string the user typed
 /// (`QUIZFLOW_TWILIO_FROM=+15550001111` is a phone number, not an integer).
@@ -487,6 +516,49 @@ mod tests {
             assert!(cfg.webhook_allow_private);
             Ok(())
         });
+    }
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let cfg = Config {
+            admin_token: Some("admin-secret-123456".into()),
+            twilio_auth_token: Some("twilio-secret".into()),
+            email_smtp_password: Some("smtp-secret".into()),
+            webhook_secret: Some("hook-secret".into()),
+            database_url: Some("postgres://u:pg-secret@h/db".into()),
+            ..Config::default()
+        };
+        let shown = format!("{cfg:?}");
+        for secret in [
+            "admin-secret",
+            "twilio-secret",
+            "smtp-secret",
+            "hook-secret",
+            "pg-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("http_addr"));
+    }
+
+    #[test]
+    fn workers_refuse_a_channel_without_a_provider_unless_a_mock_is_named() {
+        let cfg = Config::default();
+        let err = cfg
+            .worker_settings(vec![quizflow_core::Channel::Sms], None)
+            .expect_err("no provider for sms");
+        assert!(err.to_string().contains("sms"), "{err}");
+        assert!(
+            cfg.worker_settings(vec![quizflow_core::Channel::Webhook], None)
+                .is_ok(),
+            "webhooks need no provider"
+        );
+        assert!(cfg
+            .worker_settings(
+                vec![quizflow_core::Channel::Sms],
+                Some("http://127.0.0.1:4010")
+            )
+            .is_ok());
     }
 
     #[test]

@@ -278,7 +278,7 @@ async fn stop_stale(pid_file: &Path, signal: Signal, what: &str) {
 }
 
 async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    use diesel_async::{AsyncConnection, AsyncPgConnection};
     let deadline = Instant::now() + Duration::from_secs(30);
     // The port opens a moment before PostgreSQL accepts logins.
     let mut conn = loop {
@@ -291,20 +291,6 @@ async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Resu
             Err(e) => bail!("PostgreSQL does not accept connections: {e}"),
         }
     };
-    #[derive(diesel::QueryableByName)]
-    struct Exists {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        exists: bool,
-    }
-    let found: Exists =
-        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
-            .bind::<diesel::sql_types::Text, _>(name)
-            .get_result(&mut conn)
-            .await?;
-    if !found.exists {
-        diesel::sql_query(format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await?;
-    }
+    quizflow_store::create_database_if_missing(&mut conn, name).await?;
     Ok(())
 }

@@ -345,3 +345,23 @@ pub async fn record_dead(
     })
     .await
 }
+
+/// Ledger rows `sent` for the submissions of one quiz (benchmarks count their progress).
+pub async fn count_sent_for_quiz(
+    conn: &mut AsyncPgConnection,
+    quiz_id: &str,
+) -> Result<i64, StoreError> {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let n: N = diesel::sql_query(
+        "SELECT count(*) AS n FROM deliveries d JOIN submissions s ON s.id = d.submission_id \
+         WHERE d.status = 'sent' AND s.quiz_id = $1",
+    )
+    .bind::<Text, _>(quiz_id)
+    .get_result(conn)
+    .await?;
+    Ok(n.n)
+}

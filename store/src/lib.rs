@@ -197,6 +197,35 @@ pub async fn maintain_partitions(
     Ok(d.dropped)
 }
 
+/// Creates database `name` if the server has none by that name (`quizflow up`'s private
+/// server). `name` must be a plain identifier.
+pub async fn create_database_if_missing(
+    conn: &mut AsyncPgConnection,
+    name: &str,
+) -> Result<(), StoreError> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(StoreError::data(format!(
+            "not a plain database name: {name:?}"
+        )));
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    let found: Exists =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+            .bind::<diesel::sql_types::Text, _>(name)
+            .get_result(conn)
+            .await?;
+    if !found.exists {
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,3 +154,42 @@ async fn one_claim_at_a_time_and_statuses_only_move_forward() {
         1
     );
 }
+
+#[tokio::test]
+async fn attempt_histories_keep_the_newest_fifty() {
+    let (_db, mut conn) = setup().await;
+    let key = (Uuid::new_v4(), Uuid::new_v4(), "sms".to_owned());
+    diesel::sql_query(
+        "INSERT INTO deliveries (submission_id, campaign_id, channel, campaign_version, priority, status) \
+         VALUES ($1, $2, 'sms', 1, 'normal', 'queued')",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(key.0)
+    .bind::<diesel::sql_types::Uuid, _>(key.1)
+    .execute(&mut conn)
+    .await
+    .expect("row");
+    for i in 0..60 {
+        let mut u = update(&key, "failed", None);
+        u.history = vec![serde_json::json!({"n": i})];
+        assert_eq!(
+            deliveries::write(&mut conn, &[u])
+                .await
+                .expect("write")
+                .len(),
+            1
+        );
+    }
+    #[derive(diesel::QueryableByName)]
+    struct H {
+        #[diesel(sql_type = diesel::sql_types::Jsonb)]
+        history: serde_json::Value,
+    }
+    let h: H = diesel::sql_query("SELECT history FROM deliveries")
+        .get_result(&mut conn)
+        .await
+        .expect("history");
+    let entries = h.history.as_array().expect("array");
+    assert_eq!(entries.len(), 50);
+    assert_eq!(entries[0]["n"], 10, "the oldest are dropped");
+    assert_eq!(entries[49]["n"], 59);
+}

@@ -337,6 +337,43 @@ async fn given_two_workers_processes_on_one_consumer_then_each_job_is_sent_once(
 }
 
 #[tokio::test]
+async fn given_a_full_work_queue_then_the_batcher_backs_off_and_every_job_is_sent_once_later() {
+    let mut env = Env::start_with(|t| t.deliveries_max_msgs = 10).await;
+    env.campaign(json!([{"channel": "sms", "template": "hi"}]))
+        .await;
+    for i in 0..30 {
+        env.submit(&format!("f-{i}"), json!({"phone": phone(i)}))
+            .await;
+    }
+    // The queue fills to its bound and the batcher keeps the rest back (naked, not acked).
+    wait_until("DELIVERIES full", Duration::from_secs(20), || async {
+        let mut s = env.js.get_stream("DELIVERIES").await.expect("stream");
+        s.info().await.expect("info").state.messages == 10
+    })
+    .await;
+    wait_until("the batcher retries", Duration::from_secs(20), || async {
+        let mut c: async_nats::jetstream::consumer::PullConsumer = env
+            .js
+            .get_stream("SUBMISSIONS")
+            .await
+            .expect("stream")
+            .get_consumer("batcher")
+            .await
+            .expect("consumer");
+        let info = c.info().await.expect("info");
+        info.num_redelivered > 0 && info.num_ack_pending > 0
+    })
+    .await;
+    env.workers(production(&env));
+    wait_until("all 30 sent", Duration::from_secs(60), || async {
+        status_count(&env, "sent").await == 30
+    })
+    .await;
+    assert_sent_once_each(&env, 30).await;
+    assert_eq!(env.dead_letters().await, 0);
+}
+
+#[tokio::test]
 async fn given_a_redrive_interrupted_between_commit_and_publish_then_the_relay_delivers_it_once() {
     let mut env = Env::start_with(|_| {}).await;
     env.campaign(json!([{"channel": "sms", "template": "hi"}]))
