@@ -799,3 +799,55 @@ async fn given_u0000_anywhere_then_400_names_the_field_and_nothing_reaches_the_s
         "only the clean lead was published"
     );
 }
+
+#[tokio::test]
+async fn given_a_graceful_stop_under_load_then_every_answer_is_honest_and_every_202_is_durable() {
+    let mut api = Api::start_with(|s| s.respondent_limit_per_min = 0).await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(16)
+        .build()
+        .expect("client");
+    let url = api.url("/v1/quizzes/q1/submissions");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let (http, url) = (http.clone(), url.clone());
+        tasks.spawn(async move {
+            http.post(url)
+                .header("content-type", "application/json")
+                .header("idempotency-key", format!("drain-{i}"))
+                .body(lead("+5511987654321").to_string())
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        statuses.push(r.expect("task"));
+        if statuses.len() == 50 {
+            api.stop();
+        }
+    }
+    let accepted = statuses.iter().filter(|s| matches!(s, Ok(202))).count();
+    for s in statuses.iter().flatten() {
+        assert!(
+            matches!(s, 202 | 503),
+            "only 202 or 503 during a stop, got {s}"
+        );
+    }
+    let refused = statuses.iter().filter(|s| matches!(s, Ok(503))).count();
+    eprintln!(
+        "drain: {accepted} accepted, {refused} refused with 503, {} not connected",
+        statuses.iter().filter(|s| s.is_err()).count()
+    );
+    assert!(accepted >= 50, "{accepted} accepted");
+    assert!(
+        refused > 0,
+        "requests on open connections after the stop were refused with 503"
+    );
+    assert_eq!(
+        api.stream_count().await,
+        accepted as u64,
+        "every 202 is in the stream, nothing else is"
+    );
+}

@@ -138,6 +138,12 @@ impl Channelled {
         *self.stop.borrow()
     }
 
+    /// Resolves once the stop signal is given.
+    async fn stopped(&self) {
+        let mut stop = self.stop.clone();
+        let _ = stop.wait_for(|s| *s).await;
+    }
+
     /// Sleeps for `d` or until the stop signal, whichever comes first.
     async fn pause(&self, d: Duration) {
         let mut stop = self.stop.clone();
@@ -322,7 +328,7 @@ impl Channelled {
             }
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => p.ok(),
-                _ = self.pause(self.settings.shutdown_timeout * 2) => None,
+                _ = self.stopped() => None,
             };
             let Some(permit) = permit.filter(|_| !self.stopping()) else {
                 self.release(msg, &job, &ctx, claim, None).await;
@@ -567,7 +573,7 @@ impl Channelled {
                 tokio::select! {
                     _ = &mut limiter => break true,
                     _ = tick.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
-                    _ = self.pause(self.settings.shutdown_timeout * 4) => if self.stopping() { break false },
+                    _ = self.stopped() => break false,
                 }
             }
         }

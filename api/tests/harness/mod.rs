@@ -85,6 +85,13 @@ impl Api {
         self.post_json(&path, &body).await
     }
 
+    /// Begins the graceful stop (as SIGTERM does).
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Messages stored in SUBMISSIONS.
     pub async fn stream_count(&self) -> u64 {
         let mut s = self.js.get_stream("SUBMISSIONS").await.expect("stream");
