@@ -70,6 +70,28 @@ pub async fn dead_letter_submission(
     reason: &str,
     stream_seq: u64,
 ) -> Result<(), NatsError> {
+    publish_poison(
+        js,
+        subjects::dead_letter(subjects::DeadKind::Submission, token),
+        payload,
+        reason,
+        "submission",
+        stream_seq,
+    )
+    .await
+}
+
+/// The one shape of a poison dead letter: the original bytes, the reason and class in
+/// headers, de-duplicated by the original's stream sequence (`Nats-Msg-Id =
+/// <scheme>-seq:<n>`), so poisoning the same message twice stores it once.
+async fn publish_poison(
+    js: &jetstream::Context,
+    subject: String,
+    payload: bytes::Bytes,
+    reason: &str,
+    scheme: &str,
+    stream_seq: u64,
+) -> Result<(), NatsError> {
     let mut headers = async_nats::HeaderMap::new();
     // Header values cannot hold newlines.
     headers.insert(
@@ -81,14 +103,9 @@ pub async fn dead_letter_submission(
     let msg = PublishMessage::build()
         .payload(payload)
         .headers(headers)
-        .message_id(format!("submission-seq:{stream_seq}"))
+        .message_id(format!("{scheme}-seq:{stream_seq}"))
         .expected_stream(subjects::DEAD_LETTERS_STREAM);
-    js.send_publish(
-        subjects::dead_letter(subjects::DeadKind::Submission, token),
-        msg,
-    )
-    .await?
-    .await?;
+    js.send_publish(subject, msg).await?.await?;
     Ok(())
 }
 
@@ -160,23 +177,13 @@ pub async fn dead_letter_job_message(
     scheme: &str,
     stream_seq: u64,
 ) -> Result<(), NatsError> {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(
-        "Quizflow-Reason",
-        reason.replace(['\r', '\n'], " ").as_str(),
-    );
-    headers.insert("Quizflow-Class", "poison");
-    headers.insert("Quizflow-Stream-Seq", stream_seq.to_string().as_str());
-    let msg = PublishMessage::build()
-        .payload(payload)
-        .headers(headers)
-        .message_id(format!("{scheme}-seq:{stream_seq}"))
-        .expected_stream(subjects::DEAD_LETTERS_STREAM);
-    js.send_publish(
+    publish_poison(
+        js,
         subjects::dead_letter(subjects::DeadKind::Delivery, channel),
-        msg,
+        payload,
+        reason,
+        scheme,
+        stream_seq,
     )
-    .await?
-    .await?;
-    Ok(())
+    .await
 }

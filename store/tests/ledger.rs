@@ -54,6 +54,19 @@ async fn partitions(c: &mut AsyncPgConnection) -> i64 {
     .n
 }
 
+async fn queued_row(conn: &mut AsyncPgConnection, key: &(Uuid, Uuid, String)) {
+    diesel::sql_query(
+        "INSERT INTO deliveries (submission_id, campaign_id, channel, campaign_version, priority, status) \
+         VALUES ($1, $2, $3, 1, 'normal', 'queued')",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(key.0)
+    .bind::<diesel::sql_types::Uuid, _>(key.1)
+    .bind::<diesel::sql_types::Text, _>(&key.2)
+    .execute(conn)
+    .await
+    .expect("row");
+}
+
 fn update(key: &(Uuid, Uuid, String), status: &'static str, claim: Option<Uuid>) -> Update {
     Update {
         submission_id: key.0,
@@ -71,15 +84,7 @@ fn update(key: &(Uuid, Uuid, String), status: &'static str, claim: Option<Uuid>)
 async fn one_claim_at_a_time_and_statuses_only_move_forward() {
     let (_db, mut conn) = setup().await;
     let key = (Uuid::new_v4(), Uuid::new_v4(), "sms".to_owned());
-    diesel::sql_query(
-        "INSERT INTO deliveries (submission_id, campaign_id, channel, campaign_version, priority, status) \
-         VALUES ($1, $2, 'sms', 1, 'normal', 'queued')",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(key.0)
-    .bind::<diesel::sql_types::Uuid, _>(key.1)
-    .execute(&mut conn)
-    .await
-    .expect("row");
+    queued_row(&mut conn, &key).await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let lease = Duration::from_secs(60);
     assert_eq!(
@@ -133,15 +138,7 @@ async fn one_claim_at_a_time_and_statuses_only_move_forward() {
     assert_eq!(sent.n, 1);
     // An expired lease can be taken over (the holder crashed).
     let key2 = (Uuid::new_v4(), key.1, "sms".to_owned());
-    diesel::sql_query(
-        "INSERT INTO deliveries (submission_id, campaign_id, channel, campaign_version, priority, status) \
-         VALUES ($1, $2, 'sms', 1, 'normal', 'queued')",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(key2.0)
-    .bind::<diesel::sql_types::Uuid, _>(key2.1)
-    .execute(&mut conn)
-    .await
-    .expect("row");
+    queued_row(&mut conn, &key2).await;
     deliveries::claim(&mut conn, std::slice::from_ref(&key2), a, Duration::ZERO)
         .await
         .expect("claim");
@@ -159,15 +156,7 @@ async fn one_claim_at_a_time_and_statuses_only_move_forward() {
 async fn attempt_histories_keep_the_newest_fifty() {
     let (_db, mut conn) = setup().await;
     let key = (Uuid::new_v4(), Uuid::new_v4(), "sms".to_owned());
-    diesel::sql_query(
-        "INSERT INTO deliveries (submission_id, campaign_id, channel, campaign_version, priority, status) \
-         VALUES ($1, $2, 'sms', 1, 'normal', 'queued')",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(key.0)
-    .bind::<diesel::sql_types::Uuid, _>(key.1)
-    .execute(&mut conn)
-    .await
-    .expect("row");
+    queued_row(&mut conn, &key).await;
     for i in 0..60 {
         let mut u = update(&key, "failed", None);
         u.history = vec![serde_json::json!({"n": i})];

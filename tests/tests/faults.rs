@@ -135,15 +135,7 @@ async fn given_a_lead_that_cannot_be_stored_then_it_alone_is_dead_lettered_and_t
         "the batcher's consumer is drained",
         Duration::from_secs(10),
         || async {
-            let mut c: async_nats::jetstream::consumer::PullConsumer = env
-                .js
-                .get_stream("SUBMISSIONS")
-                .await
-                .expect("stream")
-                .get_consumer("batcher")
-                .await
-                .expect("consumer");
-            let info = c.info().await.expect("info");
+            let info = env.batcher_consumer().await;
             info.num_pending == 0 && info.num_ack_pending == 0
         },
     )
@@ -352,15 +344,7 @@ async fn given_a_full_work_queue_then_the_batcher_backs_off_and_every_job_is_sen
     })
     .await;
     wait_until("the batcher retries", Duration::from_secs(20), || async {
-        let mut c: async_nats::jetstream::consumer::PullConsumer = env
-            .js
-            .get_stream("SUBMISSIONS")
-            .await
-            .expect("stream")
-            .get_consumer("batcher")
-            .await
-            .expect("consumer");
-        let info = c.info().await.expect("info");
+        let info = env.batcher_consumer().await;
         info.num_redelivered > 0 && info.num_ack_pending > 0
     })
     .await;

@@ -245,6 +245,19 @@ impl Env {
         assert!(r.status().is_success());
     }
 
+    /// The batcher's consumer as the server sees it now.
+    pub async fn batcher_consumer(&self) -> async_nats::jetstream::consumer::Info {
+        let mut c: async_nats::jetstream::consumer::PullConsumer = self
+            .js
+            .get_stream(subjects::SUBMISSIONS_STREAM)
+            .await
+            .expect("stream")
+            .get_consumer(subjects::BATCHER_CONSUMER)
+            .await
+            .expect("consumer");
+        c.info().await.expect("info").clone()
+    }
+
     pub async fn dead_letters(&self) -> u64 {
         let mut s = self.js.get_stream("DEAD_LETTERS").await.expect("stream");
         s.info().await.expect("info").state.messages
