@@ -111,6 +111,7 @@ async fn given_a_lead_that_cannot_be_stored_then_it_alone_is_dead_lettered_and_t
         env.submit(&format!("clean-{i}"), json!({"phone": phone(i)}))
             .await;
     }
+    let published = Instant::now();
     wait_until(
         "the 20 clean leads are stored",
         Duration::from_secs(20),
@@ -141,6 +142,10 @@ async fn given_a_lead_that_cannot_be_stored_then_it_alone_is_dead_lettered_and_t
     )
     .await;
     assert!(env.dead_letters().await >= 3);
+    eprintln!(
+        "measured: 3 unstorable + 20 clean leads; all settled {:?} after publishing",
+        published.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -179,6 +184,16 @@ async fn given_a_provider_throttling_longer_than_any_delivery_limit_then_every_j
     })
     .await;
     assert_sent_once_each(&env, 10).await;
+    let per_key = requests_per_key(&env).await;
+    let throttles: Vec<usize> = per_key
+        .values()
+        .map(|s| s.iter().filter(|s| **s == 429).count())
+        .collect();
+    eprintln!(
+        "measured: throttled {}..{} times per job, each then sent once, 0 dead letters",
+        throttles.iter().min().unwrap_or(&0),
+        throttles.iter().max().unwrap_or(&0)
+    );
     assert_eq!(env.dead_letters().await, 0, "nothing dead-lettered");
     assert_eq!(
         count(
@@ -215,6 +230,7 @@ async fn given_a_hanging_then_failing_provider_at_default_concurrency_then_jobs_
     assert_eq!(env.dead_letters().await, 0, "nothing dead-lettered");
     // The open breaker held the jobs back: far fewer calls than 40 s of retries would make.
     let calls: usize = requests_per_key(&env).await.values().map(Vec::len).sum();
+    eprintln!("measured: 20 jobs, 40 s hang+503, {calls} provider calls in all, 0 dead letters, each sent once");
     assert!(calls < 20 * 5, "{calls} calls");
 }
 
@@ -258,6 +274,7 @@ async fn given_sigterm_with_calls_in_flight_then_each_is_recorded_and_nothing_is
     })
     .await;
     assert!(after_stop > 0, "calls in flight were finished and recorded");
+    eprintln!("measured: SIGTERM with 30 claimed: {after_stop} finished and recorded by the stopping worker, the rest sent by the next; each once");
     assert_sent_once_each(&env, 30).await;
 }
 
@@ -526,4 +543,83 @@ async fn given_webhooks_to_internal_addresses_or_redirects_then_they_are_refused
         "the redirect target was never requested: {reqs}"
     );
     let _: Value = reqs;
+}
+
+#[tokio::test]
+async fn given_a_job_published_straight_to_the_subject_without_a_ledger_row_then_it_alone_is_dead_lettered(
+) {
+    let mut env = Env::start_with(|_| {}).await;
+    env.campaign(json!([{"channel": "sms", "template": "hi"}]))
+        .await;
+    let bogus = quizflow_core::DeliveryJob {
+        v: quizflow_core::DeliveryJob::VERSION,
+        job_id: uuid::Uuid::new_v4(),
+        submission_id: SubmissionId(uuid::Uuid::new_v4()),
+        campaign_id: uuid::Uuid::new_v4(),
+        campaign_version: 1,
+        channel: quizflow_core::Channel::Sms,
+        priority: quizflow_core::Priority::Normal,
+        created_at: chrono::Utc::now(),
+    };
+    assert_eq!(
+        quizflow_nats::publish_redrives(&env.js, &[(bogus, "bogus".into())]).await,
+        vec![true]
+    );
+    env.workers(production(&env));
+    for i in 0..10 {
+        env.submit(&format!("p-{i}"), json!({"phone": phone(i)}))
+            .await;
+    }
+    wait_until(
+        "the 10 real jobs are sent",
+        Duration::from_secs(20),
+        || async { status_count(&env, "sent").await == 10 },
+    )
+    .await;
+    wait_until(
+        "the bogus job is dead-lettered",
+        Duration::from_secs(30),
+        || async { env.dead_letters().await == 1 },
+    )
+    .await;
+    let mut s = env.js.get_stream("DELIVERIES").await.expect("stream");
+    assert_eq!(s.info().await.expect("info").state.messages, 0);
+    assert_sent_once_each(&env, 10).await;
+}
+
+#[tokio::test]
+async fn given_jobs_waiting_for_the_rate_limiter_then_in_progress_acks_keep_them_from_redelivery() {
+    // A short ack wait makes a missing in-progress ack visible as a redelivery.
+    let mut env = Env::start().await;
+    env.campaign(json!([{"channel": "sms", "template": "hi"}]))
+        .await;
+    for i in 0..8 {
+        env.submit(&format!("r-{i}"), json!({"phone": phone(i)}))
+            .await;
+    }
+    wait_until("8 jobs queued", Duration::from_secs(20), || async {
+        status_count(&env, "queued").await == 8
+    })
+    .await;
+    // 2 per second: the last job waits ~4 s behind the limiter, twice the ack wait.
+    env.workers(env.settings(|s| s.rate_per_sec = 2));
+    wait_until("all 8 sent", Duration::from_secs(30), || async {
+        status_count(&env, "sent").await == 8
+    })
+    .await;
+    let mut c: async_nats::jetstream::consumer::PullConsumer = env
+        .js
+        .get_stream("DELIVERIES")
+        .await
+        .expect("stream")
+        .get_consumer("workers-sms-normal")
+        .await
+        .expect("consumer");
+    let info = c.info().await.expect("info");
+    // Every delivery, redeliveries included, advances the consumer sequence.
+    assert_eq!(
+        info.delivered.consumer_sequence, 8,
+        "8 deliveries for 8 jobs: none was redelivered while it waited"
+    );
+    assert_sent_once_each(&env, 8).await;
 }
