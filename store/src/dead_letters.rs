@@ -90,7 +90,7 @@ pub async fn take_for_redrive(
         let ids: Vec<Uuid> = taken.iter().map(|t| t.id).collect();
         diesel::sql_query(
             "UPDATE deliveries d SET status = 'queued', attempts = 0, last_error = NULL, claim = NULL, \
-                 lease_until = NULL, updated_at = now(), \
+                 lease_until = NULL, next_attempt_at = NULL, updated_at = now(), \
                  history = quizflow_cap_history(d.history || jsonb_build_array(jsonb_build_object('at', now(), \
                      'outcome', 'redriven', 'detail', l.id::text)), 50) \
              FROM dead_letters l WHERE l.id = ANY($1) AND d.submission_id = l.submission_id \

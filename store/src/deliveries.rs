@@ -37,6 +37,8 @@ struct Row {
     attempts: i32,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     lease_until: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    next_attempt_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Jsonb)]
     history: serde_json::Value,
     // `json`, not `jsonb`: the stored columns are `json` and are read back as they are.
@@ -59,6 +61,8 @@ pub struct JobContext {
     pub attempts: i32,
     /// Set while another worker holds the row (`sending`).
     pub lease_until: Option<DateTime<Utc>>,
+    /// A waiting job (backoff, `Retry-After`) is not claimed before this.
+    pub next_attempt_at: Option<DateTime<Utc>>,
     pub history: Vec<serde_json::Value>,
     /// The stored submission (the `GET /v1/submissions/{id}` shape, without deliveries).
     pub submission: serde_json::Value,
@@ -77,7 +81,7 @@ impl JobContext {
     }
 }
 
-const LOAD: &str = "SELECT d.submission_id, d.campaign_id, d.channel, d.status, d.attempts, d.lease_until, d.history, \
+const LOAD: &str = "SELECT d.submission_id, d.campaign_id, d.channel, d.status, d.attempts, d.lease_until, d.next_attempt_at, d.history, \
         json_build_object('submission_id', s.id, 'quiz_id', s.quiz_id, 'score', s.score, \
             'completed_at', s.completed_at, 'tags', to_json(s.tags), 'answers', s.answers, \
             'metadata', s.metadata, 'respondent', json_strip_nulls(json_build_object( \
@@ -120,6 +124,7 @@ pub async fn load(
                 status: r.status.clone(),
                 attempts: r.attempts,
                 lease_until: r.lease_until,
+                next_attempt_at: r.next_attempt_at,
                 history: r.history.as_array().cloned().unwrap_or_default(),
                 submission: r.submission.clone(),
                 campaign: r
@@ -182,7 +187,8 @@ pub async fn claim(
                 lease_until = now() + make_interval(secs => $5), updated_at = now() \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS k(sub, camp, channel) \
          WHERE d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel \
-           AND (d.status IN ('queued', 'failed') OR (d.status = 'sending' AND d.lease_until < now())) \
+           AND ((d.status IN ('queued', 'failed') AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= now())) \
+                OR (d.status = 'sending' AND d.lease_until < now())) \
          RETURNING d.submission_id, d.campaign_id, d.channel",
     )
     .bind::<Array<SqlUuid>, _>(&subs)
@@ -206,6 +212,9 @@ pub struct Update {
     pub last_error: Option<String>,
     /// `{at, outcome, detail}` entries to append.
     pub history: Vec<serde_json::Value>,
+    /// For a job that goes back to waiting: how long until it may be claimed again
+    /// (measured on the database's clock, like every other lease and time in the ledger).
+    pub retry_in: Option<std::time::Duration>,
     /// The claim under which the worker acted; `None` for writes by nobody's claim
     /// (cancellation, the sweeper), which apply only to rows nobody holds.
     pub claim: Option<Uuid>,
@@ -270,14 +279,20 @@ pub async fn write(
         .map(|u| storable_json(&serde_json::Value::Array(u.history.clone())))
         .collect();
     let claims: Vec<Option<Uuid>> = updates.iter().map(|u| u.claim).collect();
+    let retry_in: Vec<Option<f64>> = updates
+        .iter()
+        .map(|u| u.retry_in.map(|d| d.as_secs_f64()))
+        .collect();
     let rows: Vec<KeyRow> = diesel::sql_query(
         "UPDATE deliveries d SET status = u.status, attempts = u.attempts, last_error = u.err, \
                 history = quizflow_cap_history(d.history || u.hist::jsonb, $9), \
                 claim = CASE WHEN u.status = 'sending' THEN d.claim END, \
                 lease_until = CASE WHEN u.status = 'sending' THEN d.lease_until END, \
+                next_attempt_at = now() + make_interval(secs => u.retry_in), \
                 updated_at = now() \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::uuid[]) \
-              AS u(sub, camp, channel, status, attempts, err, hist, claim) \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::uuid[], \
+                     $10::float8[]) \
+              AS u(sub, camp, channel, status, attempts, err, hist, claim, retry_in) \
          WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel \
            AND CASE WHEN u.claim IS NULL \
                     THEN d.status IN ('queued', 'failed') OR (d.status = 'sending' AND d.lease_until < now()) \
@@ -293,6 +308,7 @@ pub async fn write(
     .bind::<Array<Text>, _>(&history)
     .bind::<Array<Nullable<SqlUuid>>, _>(&claims)
     .bind::<Integer, _>(HISTORY_CAP)
+    .bind::<Array<Nullable<diesel::sql_types::Double>>, _>(&retry_in)
     .load(conn)
     .await?;
     Ok(rows.into_iter().map(KeyRow::key).collect())

@@ -69,6 +69,7 @@ diesel::table! {
         history -> Jsonb,
         claim -> Nullable<Uuid>,
         lease_until -> Nullable<Timestamptz>,
+        next_attempt_at -> Nullable<Timestamptz>,
     }
 }
 

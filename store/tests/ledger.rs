@@ -77,6 +77,7 @@ fn update(key: &(Uuid, Uuid, String), status: &'static str, claim: Option<Uuid>)
         last_error: Some("e\0rr".into()),
         history: vec![serde_json::json!({"outcome": status, "detail": "with \0 inside"})],
         claim,
+        retry_in: None,
     }
 }
 
@@ -149,6 +150,43 @@ async fn one_claim_at_a_time_and_statuses_only_move_forward() {
             .expect("claim")
             .len(),
         1
+    );
+}
+
+#[tokio::test]
+async fn a_waiting_job_is_not_claimed_before_its_backoff_runs_out() {
+    let (_db, mut conn) = setup().await;
+    let key = (Uuid::new_v4(), Uuid::new_v4(), "sms".to_owned());
+    queued_row(&mut conn, &key).await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let lease = Duration::from_secs(60);
+    deliveries::claim(&mut conn, std::slice::from_ref(&key), a, lease)
+        .await
+        .expect("claim");
+    let mut failed = update(&key, "failed", Some(a));
+    failed.retry_in = Some(Duration::from_millis(400));
+    assert_eq!(
+        deliveries::write(&mut conn, &[failed])
+            .await
+            .expect("write")
+            .len(),
+        1
+    );
+    assert!(
+        deliveries::claim(&mut conn, std::slice::from_ref(&key), b, lease)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "an early copy cannot jump the backoff"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        deliveries::claim(&mut conn, std::slice::from_ref(&key), b, lease)
+            .await
+            .expect("claim")
+            .len(),
+        1,
+        "claimable once the backoff ran out"
     );
 }
 

@@ -290,6 +290,15 @@ impl Channelled {
                     let _ = msg.ack().await;
                 }
                 Ok(Some(ctx)) if !ctx.campaign_live => self.cancel(msg, &job, &ctx).await,
+                Ok(Some(ctx)) if ctx.next_attempt_at.is_some_and(|t| t > chrono::Utc::now()) => {
+                    // A copy that arrived before the job's backoff ran out (a re-publish, a
+                    // redrive of an older letter): it waits like the original.
+                    let wait = ctx
+                        .next_attempt_at
+                        .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
+                        .unwrap_or_default();
+                    let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
+                }
                 Ok(Some(ctx)) => match ctx.lease_until {
                     Some(until) if ctx.status == "sending" && until > chrono::Utc::now() => {
                         // Another worker holds it: look again soon (its outcome usually
@@ -651,17 +660,16 @@ impl Channelled {
             } => {
                 // Not a failed attempt: the count stays, and so does the job's budget.
                 let wait = retry_after.unwrap_or_else(|| self.delay(attempts as usize));
-                (
-                    update(
-                        &job,
-                        Self::waiting(attempts),
-                        attempts,
-                        Some(detail.clone()),
-                        vec![history_entry("throttled", &detail)],
-                        Some(claim),
-                    ),
-                    AckKind::Nak(Some(wait)),
-                )
+                let mut u = update(
+                    &job,
+                    Self::waiting(attempts),
+                    attempts,
+                    Some(detail.clone()),
+                    vec![history_entry("throttled", &detail)],
+                    Some(claim),
+                );
+                u.retry_in = Some(wait);
+                (u, AckKind::Nak(Some(wait)))
             }
             Class::Permanent(reason) => {
                 return self
@@ -693,17 +701,17 @@ impl Channelled {
                         )
                         .await;
                 }
-                (
-                    update(
-                        &job,
-                        "failed",
-                        attempts,
-                        Some(reason.clone()),
-                        vec![history_entry("failed", &reason)],
-                        Some(claim),
-                    ),
-                    AckKind::Nak(Some(self.delay(attempts as usize - 1))),
-                )
+                let wait = self.delay(attempts as usize - 1);
+                let mut u = update(
+                    &job,
+                    "failed",
+                    attempts,
+                    Some(reason.clone()),
+                    vec![history_entry("failed", &reason)],
+                    Some(claim),
+                );
+                u.retry_in = Some(wait);
+                (u, AckKind::Nak(Some(wait)))
             }
         };
         // The outcome is recorded before the ack: a crash in between resends at worst.
@@ -810,6 +818,7 @@ fn update(
         last_error: err,
         history,
         claim,
+        retry_in: None,
     }
 }
 

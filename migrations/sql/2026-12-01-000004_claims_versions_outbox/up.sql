@@ -4,6 +4,9 @@
 -- or deleted before the job was sent.
 ALTER TABLE deliveries ADD COLUMN claim uuid;
 ALTER TABLE deliveries ADD COLUMN lease_until timestamptz;
+-- The earliest a waiting job (backoff after a failure, `Retry-After` after a throttle) may be
+-- claimed again: a copy that arrives early (a re-publish) waits too.
+ALTER TABLE deliveries ADD COLUMN next_attempt_at timestamptz;
 ALTER TABLE deliveries DROP CONSTRAINT deliveries_status;
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_status
     CHECK (status IN ('queued', 'sending', 'sent', 'delivered', 'failed', 'dead', 'cancelled'));
