@@ -164,35 +164,39 @@ async fn given_a_provider_throttling_longer_than_any_delivery_limit_then_every_j
         env.submit(&format!("t-{i}"), json!({"phone": phone(i)}))
             .await;
     }
-    // Longer than any delivery limit: every job is throttled more often than the old
-    // `max_deliver` (30) allowed; each throttle is a fresh JetStream delivery.
-    wait_until(
-        "every job throttled more than 30 times",
-        Duration::from_secs(150),
-        || async {
-            let per_key = requests_per_key(&env).await;
-            per_key.len() == 10
-                && per_key
-                    .values()
-                    .all(|s| s.iter().filter(|s| **s == 429).count() > 30)
-        },
-    )
+    // Longer than any delivery limit: more than 40 throttled calls at `Retry-After: 1`, about
+    // 30 s of a channel that answers nothing but 429 (the old `max_deliver` was 30).
+    let started = Instant::now();
+    let throttled = |per_key: &HashMap<String, Vec<u16>>| -> usize {
+        per_key
+            .values()
+            .map(|s| s.iter().filter(|s| **s == 429).count())
+            .sum()
+    };
+    wait_until("40 throttled calls", Duration::from_secs(150), || async {
+        throttled(&requests_per_key(&env).await) > 40
+    })
     .await;
+    let lasted = started.elapsed();
     env.fault(json!({"channel": "sms", "rate": 0})).await;
     wait_until("all 10 sent", Duration::from_secs(30), || async {
         status_count(&env, "sent").await == 10
     })
     .await;
     assert_sent_once_each(&env, 10).await;
-    let per_key = requests_per_key(&env).await;
-    let throttles: Vec<usize> = per_key
-        .values()
-        .map(|s| s.iter().filter(|s| **s == 429).count())
-        .collect();
+    let calls = throttled(&requests_per_key(&env).await);
     eprintln!(
-        "measured: throttled {}..{} times per job, each then sent once, 0 dead letters",
-        throttles.iter().min().unwrap_or(&0),
-        throttles.iter().max().unwrap_or(&0)
+        "measured: throttled for {lasted:?}: {calls} throttled calls in all (10 jobs), each job then sent once, 0 dead letters"
+    );
+    // The channel paused for each Retry-After and probed with one job: about one call a
+    // second, not one per job per second.
+    assert!(
+        (calls as f64) < 10.0 + 1.5 * lasted.as_secs_f64(),
+        "{calls} throttled calls in {lasted:?}: the provider was hammered"
+    );
+    assert!(
+        lasted > Duration::from_secs(25),
+        "throttled long enough: {lasted:?}"
     );
     assert_eq!(env.dead_letters().await, 0, "nothing dead-lettered");
     assert_eq!(

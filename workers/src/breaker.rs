@@ -78,6 +78,18 @@ impl Breaker {
         }
     }
 
+    /// The provider said "slow down" (429, `Retry-After`): the whole channel pauses for
+    /// `wait` — no fetches, calls not yet made go back — then probes with one job, as after
+    /// an outage. A throttle is not a failure: the failure count is not touched.
+    pub fn pause(&self, wait: Duration) {
+        let mut s = self.lock();
+        let until = Instant::now() + wait;
+        *s = match *s {
+            State::Open { until: u } if u > until => State::Open { until: u },
+            _ => State::Open { until },
+        };
+    }
+
     pub fn success(&self) {
         *self.lock() = State::Closed { failures: 0 };
     }
@@ -138,5 +150,13 @@ mod tests {
         assert_eq!(b.allowance(), Ok(Allowance::Closed));
         assert!(b.admit().is_ok());
         assert!(!b.failure(), "the count restarted");
+        b.success();
+        b.pause(Duration::from_millis(50));
+        assert!(b.allowance().is_err(), "paused: nothing is fetched");
+        assert!(b.admit().is_err(), "paused: calls not yet made wait");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(b.allowance(), Ok(Allowance::Probe), "then one probe");
+        b.success();
+        assert_eq!(b.allowance(), Ok(Allowance::Closed));
     }
 }

@@ -619,12 +619,12 @@ impl Channelled {
                     tracing::warn!(channel = %self.channel, provider = self.provider.name(), "circuit breaker opened");
                 }
             }
-            // A throttle says the provider is up; a probe that is throttled closes nothing
-            // but must not keep the breaker half-open forever either.
-            Class::Throttle { .. } => {
-                if probe {
-                    self.breaker.release_probe();
-                }
+            // A throttle is about the provider, not this job: the whole channel pauses for
+            // `Retry-After` (then probes), instead of every job hammering it on its own.
+            Class::Throttle { retry_after, .. } => {
+                let wait = retry_after.unwrap_or_else(|| self.delay(ctx.attempts as usize));
+                self.breaker.pause(wait);
+                tracing::debug!(channel = %self.channel, ?wait, "provider throttles: channel paused");
             }
         }
         drop(slot);
