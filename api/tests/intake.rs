@@ -851,3 +851,48 @@ async fn given_a_graceful_stop_under_load_then_every_answer_is_honest_and_every_
         "every 202 is in the stream, nothing else is"
     );
 }
+
+#[tokio::test]
+async fn given_postgres_unreachable_then_readyz_names_it_without_driver_text() {
+    let nats = quizflow_testkit::NatsServer::start();
+    let ns = quizflow_nats::NatsSettings::new(nats.url(), "readyz-test");
+    let client = quizflow_nats::connect(&ns).await.expect("connect");
+    let js = quizflow_nats::jetstream(client.clone(), &ns);
+    // Nothing listens on port 1: every connection attempt is refused.
+    let pool = quizflow_store::pool("postgres://quizflow:s3cret@127.0.0.1:1/quizflow", 1);
+    let settings = quizflow_api::ApiSettings {
+        http_addr: "127.0.0.1:0".into(),
+        ..Default::default()
+    };
+    let state = quizflow_api::AppState::new(settings, client, js, pool).expect("state");
+    let bound = quizflow_api::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/readyz", bound.local_addr);
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(quizflow_api::serve(bound, state, async move {
+        let _ = rx.await;
+    }));
+    // NATS connects in the background; once it has, only PostgreSQL is named.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let resp = reqwest::get(&url).await.expect("readyz");
+        let body = assert_error(resp, 503, "unavailable").await;
+        if body["error"]["details"].as_array().map(Vec::len) == Some(1) {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let problem = &body["error"]["details"][0];
+    assert_eq!(problem["field"], "postgres");
+    assert!(
+        matches!(
+            problem["problem"].as_str(),
+            Some("database unavailable" | "database timeout")
+        ),
+        "{body}"
+    );
+    let text = body.to_string();
+    for leak in ["s3cret", "127.0.0.1:1", "refused", "Connection"] {
+        assert!(!text.contains(leak), "{leak} in {text}");
+    }
+}
