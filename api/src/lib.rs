@@ -124,6 +124,15 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Begins draining: from now on new submissions answer 503 (the graceful stop calls this
+    /// when its signal arrives; requests already in flight finish).
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// The routes, with JSON errors for everything and per-route metrics.
 pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
     let metrics_state = state.clone();
@@ -234,9 +243,7 @@ pub async fn serve(
                 shutdown.await;
                 // From now on new submissions get 503 (their clients retry elsewhere), while
                 // publishes in flight get their honest answer.
-                drain
-                    .draining
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                drain.drain();
                 tracing::info!("api draining: new submissions answer 503");
             },
             Some(grace),

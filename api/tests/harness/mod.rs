@@ -14,6 +14,7 @@ pub struct Api {
     pub nats: NatsServer,
     pub js: async_nats::jetstream::Context,
     pub db: TestDb,
+    pub state: std::sync::Arc<quizflow_api::AppState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -48,7 +49,7 @@ impl Api {
         let bound = quizflow_api::bind(&settings.http_addr).await.expect("bind");
         let base = format!("http://{}", bound.local_addr);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(quizflow_api::serve(bound, state, async move {
+        tokio::spawn(quizflow_api::serve(bound, state.clone(), async move {
             let _ = rx.await;
         }));
         Self {
@@ -57,6 +58,7 @@ impl Api {
             nats,
             js,
             db,
+            state,
             shutdown: Some(tx),
         }
     }
