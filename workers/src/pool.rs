@@ -487,53 +487,39 @@ impl Channelled {
         slot: tokio::sync::OwnedSemaphorePermit,
         probe: bool,
     ) -> Called {
-        let Some(spec) = ctx.campaign.as_ref() else {
-            self.dead(
-                msg,
-                &job,
-                &ctx,
-                claim,
-                None,
-                "permanent",
-                "campaign version unknown",
-                ctx.attempts,
-            )
-            .await;
-            return Called::No;
-        };
-        let Some(action) = spec.actions.iter().find(|a| a.channel == job.channel) else {
-            self.dead(
-                msg,
-                &job,
-                &ctx,
-                claim,
-                None,
-                "permanent",
-                "campaign has no action for this channel",
-                ctx.attempts,
-            )
-            .await;
-            return Called::No;
-        };
-        let respondent = &ctx.submission["respondent"];
-        let to = match job.channel {
-            Channel::Sms | Channel::Whatsapp => respondent["phone"].as_str().map(str::to_owned),
-            Channel::Email => respondent["email"].as_str().map(str::to_owned),
-            Channel::Webhook => action.url.clone(),
-        };
-        let Some(to) = to else {
-            self.dead(
-                msg,
-                &job,
-                &ctx,
-                claim,
-                None,
-                "permanent",
-                "no recipient for this channel",
-                ctx.attempts,
-            )
-            .await;
-            return Called::No;
+        // What the send needs; without it the job can never be sent (permanent).
+        let prepared = (|| {
+            let spec = ctx.campaign.as_ref().ok_or("campaign version unknown")?;
+            let action = spec
+                .actions
+                .iter()
+                .find(|a| a.channel == job.channel)
+                .ok_or("campaign has no action for this channel")?;
+            let respondent = &ctx.submission["respondent"];
+            let to = match job.channel {
+                Channel::Sms | Channel::Whatsapp => respondent["phone"].as_str().map(str::to_owned),
+                Channel::Email => respondent["email"].as_str().map(str::to_owned),
+                Channel::Webhook => action.url.clone(),
+            }
+            .ok_or("no recipient for this channel")?;
+            Ok::<_, &'static str>((spec, action, to))
+        })();
+        let (spec, action, to) = match prepared {
+            Ok(p) => p,
+            Err(reason) => {
+                self.dead(
+                    msg,
+                    &job,
+                    &ctx,
+                    claim,
+                    None,
+                    "permanent",
+                    reason,
+                    ctx.attempts,
+                )
+                .await;
+                return Called::No;
+            }
         };
         let tctx = render::context(&ctx.submission, &job.campaign_id.to_string(), &spec.name);
         let rendered = self
