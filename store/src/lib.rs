@@ -12,6 +12,7 @@ pub mod dead_letters;
 pub mod deliveries;
 pub mod intake;
 pub mod schema;
+pub mod stats;
 pub mod submissions;
 
 use diesel::result::DatabaseErrorKind;

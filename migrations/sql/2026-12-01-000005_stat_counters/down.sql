@@ -1,0 +1,14 @@
+DROP TABLE instance_reports;
+DROP TRIGGER dead_letters_count_ins ON dead_letters;
+DROP TRIGGER dead_letters_count_upd ON dead_letters;
+DROP TRIGGER dead_letters_count_del ON dead_letters;
+DROP TRIGGER submission_ids_count_ins ON submission_ids;
+DROP TRIGGER submission_ids_count_del ON submission_ids;
+DROP TRIGGER deliveries_count_ins ON deliveries;
+DROP TRIGGER deliveries_count_upd ON deliveries;
+DROP TRIGGER deliveries_count_del ON deliveries;
+DROP FUNCTION quizflow_count_dead_letters();
+DROP FUNCTION quizflow_count_submissions();
+DROP FUNCTION quizflow_count_deliveries();
+DROP TABLE stat_deltas;
+DROP TABLE stat_counts;
