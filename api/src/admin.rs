@@ -60,7 +60,7 @@ pub async fn require_admin<E: Endpoint>(
     ep.call(req).await.map(IntoResponse::into_response)
 }
 
-fn db_error(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn db_error(e: impl std::fmt::Display) -> ApiError {
     // The driver's text can quote data: it goes to the log at warn, never to the client.
     tracing::warn!(error = %e, "database unavailable");
     ApiError::unavailable("the database is unavailable; retry shortly")

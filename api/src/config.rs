@@ -25,6 +25,8 @@ pub struct ApiSettings {
     pub limit_window: Duration,
     /// `QUIZFLOW_SHUTDOWN_TIMEOUT`: how long requests in flight may take after a stop.
     pub shutdown_timeout: Duration,
+    /// Unit prices per channel (`QUIZFLOW_COST_*`): the cost figures of `/v1/stats`.
+    pub costs: quizflow_core::Costs,
 }
 
 impl Default for ApiSettings {
@@ -37,6 +39,7 @@ impl Default for ApiSettings {
             limit_window: Duration::from_secs(60),
             admin_token: None,
             shutdown_timeout: Duration::from_secs(30),
+            costs: quizflow_core::Costs::default(),
         }
     }
 }
@@ -52,6 +55,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
             .field("limit_window", &self.limit_window)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("costs", &self.costs)
             .finish()
     }
 }

@@ -13,6 +13,7 @@ mod intake;
 mod limits;
 mod metrics;
 mod ops;
+mod stats;
 
 pub use config::{ApiSettings, MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_BODY_BYTES};
 pub use error::ApiError;
@@ -42,6 +43,8 @@ pub struct AppState {
     /// Set once a graceful stop began: new submissions answer 503, those in flight finish.
     draining: std::sync::atomic::AtomicBool,
     metrics: Metrics,
+    /// What `/metrics` serves: the API's own metrics, and in `up` every role's.
+    registry: prometheus::Registry,
 }
 
 /// Failed admin authentications per client IP: past [`AuthFailures::LIMIT`] a minute, that IP
@@ -89,6 +92,18 @@ impl AppState {
         js: jetstream::Context,
         db: Pool,
     ) -> Result<Arc<Self>, ServeError> {
+        Self::with_registry(settings, nats, js, db, prometheus::Registry::new())
+    }
+
+    /// As [`AppState::new`], serving `registry` on `/metrics` (the API registers its own
+    /// metrics in it; `up` passes the registry every role shares).
+    pub fn with_registry(
+        settings: ApiSettings,
+        nats: async_nats::Client,
+        js: jetstream::Context,
+        db: Pool,
+        registry: prometheus::Registry,
+    ) -> Result<Arc<Self>, ServeError> {
         let state = Arc::new(Self {
             respondent_limiter: limits::WindowLimiter::new(
                 settings.respondent_limit_per_min,
@@ -100,13 +115,15 @@ impl AppState {
             ),
             auth_failures: AuthFailures::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
-            metrics: Metrics::new()?,
+            metrics: Metrics::new(&registry)?,
+            registry,
             admin_token: settings.admin_token.clone(),
             settings,
             nats,
             js,
             db,
         });
+        stats::spawn_flusher(Arc::downgrade(&state));
         // Prune idle limiter keys; the task ends when the state is dropped.
         let weak = Arc::downgrade(&state);
         let every = state.settings.limit_window;
@@ -159,6 +176,8 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
             ),
         )
         .at("/v1/submissions/:id", guard(get(admin::get_submission)))
+        .at("/v1/stats", guard(get(stats::stats)))
+        .at("/", get(ops::dashboard))
         .at("/v1/dead-letters", guard(get(admin::list_dead_letters)))
         .at("/v1/dead-letters/redrive", guard(post(admin::redrive_bulk)))
         .at(
@@ -179,7 +198,22 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
             async move {
                 let route = metrics::route_label(req.uri().path());
                 let started = Instant::now();
-                let resp = ep.call(req).await?;
+                let resp = if quizflow_telemetry::enabled() {
+                    // The caller's `traceparent` (if any) is this request's parent; the
+                    // publish inside carries the trace on to the batcher.
+                    let span = tracing::info_span!(
+                        "http.request",
+                        http.method = %req.method(),
+                        http.route = route,
+                        http.status_code = tracing::field::Empty,
+                    );
+                    quizflow_telemetry::set_parent_from_http(&span, req.headers());
+                    let resp = tracing::Instrument::instrument(ep.call(req), span.clone()).await?;
+                    span.record("http.status_code", resp.status().as_u16());
+                    resp
+                } else {
+                    ep.call(req).await?
+                };
                 let status = resp.status();
                 state
                     .metrics

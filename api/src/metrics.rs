@@ -1,11 +1,9 @@
 //! Prometheus metrics of the API. Labels are routes, statuses and codes: never personal data.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::core::Collector;
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
 pub struct Metrics {
-    registry: Registry,
     pub requests: IntCounterVec,
     pub request_seconds: HistogramVec,
     pub accepted: IntCounter,
@@ -15,8 +13,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
+    /// The API's metrics, registered in `registry` (its own, or the one `up` shares).
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         let requests = IntCounterVec::new(
             Opts::new(
                 "quizflow_api_requests_total",
@@ -65,7 +63,6 @@ impl Metrics {
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(publish_seconds.clone()))?;
         Ok(Self {
-            registry,
             requests,
             request_seconds,
             accepted,
@@ -75,10 +72,28 @@ impl Metrics {
         })
     }
 
-    pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 * 1024);
-        // Encoding into a Vec only fails on malformed metric families, which we never build.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+    /// This process's cumulative duplicate and rejection counts, keyed as the database
+    /// counters are (`metric`, `status`): what the stats flusher adds up cluster-wide.
+    pub fn process_counts(&self) -> std::collections::BTreeMap<(&'static str, String), u64> {
+        let mut out = std::collections::BTreeMap::new();
+        out.insert(
+            ("submissions_duplicate", String::new()),
+            self.duplicates.get(),
+        );
+        for m in self.rejected.collect() {
+            for metric in m.get_metric() {
+                let code = metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "code")
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default();
+                out.insert(
+                    ("submissions_rejected", code),
+                    metric.get_counter().get_value() as u64,
+                );
+            }
+        }
         out
     }
 }
@@ -92,6 +107,15 @@ pub fn route_label(path: &str) -> &'static str {
         "/metrics" => "/metrics",
         "/openapi.json" => "/openapi.json",
         "/docs" => "/docs",
+        "/" => "/",
+        "/v1/stats" => "/v1/stats",
+        "/v1/campaigns" => "/v1/campaigns",
+        "/v1/dead-letters" => "/v1/dead-letters",
+        "/v1/dead-letters/redrive" => "/v1/dead-letters/redrive",
+        p if p.starts_with("/v1/campaigns/") => "/v1/campaigns/{id}",
+        p if p.starts_with("/v1/dead-letters/") && p.ends_with("/redrive") => {
+            "/v1/dead-letters/{id}/redrive"
+        }
         p if p.starts_with("/v1/quizzes/") && p.ends_with("/submissions") => {
             "/v1/quizzes/{quiz_id}/submissions"
         }

@@ -58,7 +58,16 @@ pub async fn readyz(state: Data<&Arc<AppState>>) -> Result<Json<serde_json::Valu
 pub fn metrics(state: Data<&Arc<AppState>>) -> Response {
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-        .body(state.metrics.render())
+        .body(quizflow_telemetry::render(&state.registry))
+}
+
+const DASHBOARD: &str = include_str!("../dashboard.html");
+
+/// The live dashboard (SPEC §2.5): one static page that asks for the admin token and polls
+/// `/v1/stats`. No build step; the figures come from the same counters as the stats.
+#[handler]
+pub fn dashboard() -> impl IntoResponse {
+    poem::web::Html(DASHBOARD)
 }
 
 #[handler]

@@ -8,9 +8,11 @@
 mod bitmap;
 mod config;
 pub mod matcher;
+mod metrics;
 mod run;
 
 pub use bitmap::Bitmap;
 pub use config::BatcherSettings;
 pub use matcher::{Match, Matcher};
+pub use metrics::BatcherMetrics;
 pub use run::{Batcher, BatcherError};

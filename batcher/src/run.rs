@@ -1,6 +1,7 @@
 //! The batcher loop: pull, batch, store, match, publish jobs, then ack.
 
 use crate::matcher::Matcher;
+use crate::metrics::BatcherMetrics;
 use crate::BatcherSettings;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use futures::StreamExt;
@@ -50,6 +51,7 @@ pub struct Batcher {
     partitions: Mutex<HashSet<(i32, u32)>>,
     /// How many times campaigns were (re)loaded: start, announcements, periodic refresh.
     loads: std::sync::atomic::AtomicU64,
+    metrics: BatcherMetrics,
     /// Tests: stop dead right after the commit, before any publish or ack.
     #[cfg(feature = "test-hooks")]
     crash_after_commit: AtomicBool,
@@ -101,6 +103,7 @@ impl Batcher {
             matcher: RwLock::new(Arc::new(Matcher::default())),
             partitions: Mutex::new(HashSet::new()),
             loads: std::sync::atomic::AtomicU64::new(0),
+            metrics: BatcherMetrics::new().expect("static metric definitions are valid"),
             #[cfg(feature = "test-hooks")]
             crash_after_commit: AtomicBool::new(false),
         })
@@ -115,6 +118,11 @@ impl Batcher {
     /// Campaigns the matcher holds now (active ones).
     pub fn active_campaigns(&self) -> usize {
         self.matcher.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The batcher's metrics; register them where they should be served.
+    pub fn metrics(&self) -> &BatcherMetrics {
+        &self.metrics
     }
 
     /// How many campaign loads completed (observability and tests).
@@ -244,7 +252,19 @@ impl Batcher {
                     _ = &mut shutdown => { stopping = true; break; }
                 }
             }
-            match self.flush(batch, backoff).await {
+            let size = batch.len();
+            let started = std::time::Instant::now();
+            let span = tracing::info_span!("batcher.flush", size);
+            let result = tracing::Instrument::instrument(self.flush(batch, backoff), span).await;
+            self.metrics.batch_size.observe(size as f64);
+            self.metrics
+                .flush_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .batches
+                .with_label_values(&[if result.is_ok() { "stored" } else { "retried" }])
+                .inc();
+            match result {
                 Ok(()) => backoff = Duration::ZERO,
                 #[cfg(feature = "test-hooks")]
                 Err(BatcherError::SimulatedCrash) => return Err(BatcherError::SimulatedCrash),
@@ -293,7 +313,7 @@ impl Batcher {
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
             match decode(&msg.payload) {
                 Ok(envelope) => good.push(Decoded { msg, seq, envelope }),
-                Err(reason) => self.poison(msg, seq, &reason).await,
+                Err(reason) => self.poison_message(&msg, seq, &reason, "poison").await,
             }
         }
         let delay = backoff.max(Duration::from_millis(500));
@@ -321,6 +341,7 @@ impl Batcher {
                         outage = Some(e);
                     }
                     _ if part.len() > 1 => {
+                        self.metrics.batches.with_label_values(&["isolated"]).inc();
                         let mid = range.start + part.len() / 2;
                         tracing::warn!(error = %e, size = part.len(), "batch rejected; isolating the failing message");
                         pending.push(mid..range.end);
@@ -337,7 +358,8 @@ impl Batcher {
                             BatcherError::Db(db) => format!("cannot be stored: {}", db.public()),
                             other => format!("cannot be stored: {other}"),
                         };
-                        self.poison_message(&d.msg, d.seq, &reason).await;
+                        self.poison_message(&d.msg, d.seq, &reason, "unstorable")
+                            .await;
                     }
                 },
             }
@@ -404,24 +426,54 @@ impl Batcher {
             jobs.extend(store::queued_jobs(&mut conn, &seen).await?);
         }
         drop(conn);
-        quizflow_nats::publish_jobs(&self.js, &jobs)
-            .await
-            .map_err(|e| BatcherError::Nats(e.to_string()))?;
-        tracing::debug!(
+        // One span per submission, child of the request that published it, so a lead's trace
+        // runs from the API through here to each delivery attempt. Only when tracing is on.
+        let traces: std::collections::HashMap<SubmissionId, async_nats::HeaderMap> =
+            if quizflow_telemetry::enabled() {
+                part.iter()
+                    .filter_map(|d| {
+                        let span = tracing::info_span!(
+                            "batcher.store",
+                            submission_id = %d.envelope.submission_id,
+                            stream_seq = d.seq
+                        );
+                        quizflow_telemetry::set_parent_from_nats(&span, d.msg.headers.as_ref());
+                        quizflow_telemetry::headers_for(&span)
+                            .map(|h| (d.envelope.submission_id, h))
+                    })
+                    .collect()
+            } else {
+                Default::default()
+            };
+        quizflow_nats::publish_jobs(&self.js, &jobs, |job| {
+            traces.get(&job.submission_id).cloned()
+        })
+        .await
+        .map_err(|e| BatcherError::Nats(e.to_string()))?;
+        self.metrics.stored.inc_by(new_rows.len() as u64);
+        self.metrics.already_stored.inc_by(seen.len() as u64);
+        self.metrics.jobs_per_batch.observe(jobs.len() as f64);
+        self.metrics.jobs_published.inc_by(jobs.len() as u64);
+        tracing::info!(
+            size = part.len(),
             stored = new_rows.len(),
-            redelivered = seen.len(),
+            already_stored = seen.len(),
             jobs = jobs.len(),
-            "batch flushed"
+            "batch stored"
         );
         Ok(())
     }
 
-    /// Moves an undecodable message to DEAD_LETTERS, then acks it: it never blocks the consumer.
-    async fn poison(&self, msg: jetstream::Message, seq: u64, reason: &str) {
-        self.poison_message(&msg, seq, reason).await
-    }
-
-    async fn poison_message(&self, msg: &jetstream::Message, seq: u64, reason: &str) {
+    /// Moves a message that cannot be stored (undecodable: `poison`; refused by the database
+    /// for its data: `unstorable`) to DEAD_LETTERS, then terminates it: it never blocks the
+    /// consumer.
+    async fn poison_message(
+        &self,
+        msg: &jetstream::Message,
+        seq: u64,
+        reason: &str,
+        class: &'static str,
+    ) {
         let token = msg
             .subject
             .as_str()
@@ -429,7 +481,8 @@ impl Batcher {
             .next()
             .unwrap_or("_")
             .to_owned();
-        tracing::warn!(seq, reason, "poison message moved to dead letters");
+        tracing::warn!(seq, reason, class, "submission moved to dead letters");
+        self.metrics.dead_letters.with_label_values(&[class]).inc();
         match quizflow_nats::dead_letter_submission(
             &self.js,
             &token,

@@ -166,6 +166,7 @@ pub async fn run_deliveries(
             settings,
             js.clone(),
             pool.clone(),
+            prometheus::Registry::new(),
             async move {
                 let _ = rx.await;
             },

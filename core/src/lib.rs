@@ -7,6 +7,7 @@
 //! types is valid by construction wherever it is used.
 
 mod campaign;
+mod cost;
 mod ids;
 mod job;
 mod submission;
@@ -15,6 +16,7 @@ mod validate;
 pub use campaign::{
     parse_campaign, Action, Campaign, CampaignSpec, Field, MatchSpec, Op, Predicate,
 };
+pub use cost::Costs;
 pub use ids::{Channel, IdError, IdempotencyKey, Priority, QuizId, SubmissionId};
 pub use job::DeliveryJob;
 pub use submission::{Answer, AnswerValue, Respondent, Submission, SubmissionEnvelope};

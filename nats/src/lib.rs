@@ -6,11 +6,13 @@
 //! ([`TopologyConfig`]): 1 replica on a single server, 3 on a cluster.
 
 mod client;
+mod depths;
 mod publish;
 pub mod subjects;
 pub mod topology;
 
 pub use client::{connect, jetstream, redact_url, NatsSettings};
+pub use depths::{depths, ConsumerDepth, Depths, StreamDepth};
 pub use publish::{
     dead_letter_delivery, dead_letter_job_message, dead_letter_submission, publish_jobs,
     publish_redrives, publish_submission, PublishOutcome,
@@ -45,6 +47,8 @@ pub enum NatsError {
     Publish(#[from] async_nats::jetstream::context::PublishError),
     #[error("cannot encode message: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("JetStream API request failed: {0}")]
+    Api(String),
     #[error("server {found} is too old: quizflow needs nats-server >= 2.10")]
     ServerTooOld { found: String },
 }

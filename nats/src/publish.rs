@@ -22,7 +22,11 @@ pub async fn publish_submission(
     envelope: &SubmissionEnvelope,
 ) -> Result<PublishOutcome, NatsError> {
     let payload = serde_json::to_vec(envelope)?;
+    let mut headers = async_nats::HeaderMap::new();
+    // The request's trace continues in the batcher (nothing is added when tracing is off).
+    quizflow_telemetry::inject_current(&mut headers);
     let msg = PublishMessage::build()
+        .headers(headers)
         .payload(payload.into())
         .message_id(envelope.submission_id.to_string())
         .expected_stream(subjects::SUBMISSIONS_STREAM);
@@ -37,14 +41,20 @@ pub async fn publish_submission(
 }
 
 /// Publishes delivery jobs pipelined (all sends first, then all acks), each with its
-/// `Nats-Msg-Id` so that a re-publish after a crash is dropped by JetStream.
+/// `Nats-Msg-Id` so that a re-publish after a crash is dropped by JetStream. `trace` gives a
+/// job's trace-context headers (the submission's trace continues in the worker).
 pub async fn publish_jobs(
     js: &jetstream::Context,
     jobs: &[quizflow_core::DeliveryJob],
+    trace: impl Fn(&quizflow_core::DeliveryJob) -> Option<async_nats::HeaderMap>,
 ) -> Result<(), NatsError> {
     let mut acks = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let msg = PublishMessage::build()
+        let mut msg = PublishMessage::build();
+        if let Some(h) = trace(job) {
+            msg = msg.headers(h);
+        }
+        let msg = msg
             .payload(serde_json::to_vec(job)?.into())
             .message_id(job.msg_id())
             .expected_stream(subjects::DELIVERIES_STREAM);

@@ -64,6 +64,14 @@ pub struct Config {
     pub email_smtp_username: Option<String>,
     pub email_smtp_password: Option<String>,
     pub mock_smtp_addr: String,
+    /// `/metrics`, `/healthz`, `/readyz` of `quizflow batcher` / `quizflow workers` (the API
+    /// and `up` serve them on `http_addr`). Empty: not served.
+    pub metrics_addr: String,
+    pub cost_currency: String,
+    pub cost_sms: f64,
+    pub cost_email: f64,
+    pub cost_whatsapp: f64,
+    pub cost_webhook: f64,
 }
 
 impl Default for Config {
@@ -118,6 +126,12 @@ impl Default for Config {
             email_smtp_username: None,
             email_smtp_password: None,
             mock_smtp_addr: "127.0.0.1:2525".into(),
+            metrics_addr: "127.0.0.1:9464".into(),
+            cost_currency: "USD".into(),
+            cost_sms: 0.0,
+            cost_email: 0.0,
+            cost_whatsapp: 0.0,
+            cost_webhook: 0.0,
         }
     }
 }
@@ -170,6 +184,12 @@ const KEYS: &[&str] = &[
     "email_smtp_username",
     "email_smtp_password",
     "mock_smtp_addr",
+    "metrics_addr",
+    "cost_currency",
+    "cost_sms",
+    "cost_email",
+    "cost_whatsapp",
+    "cost_webhook",
 ];
 
 /// `QUIZFLOW_*` variables read by other tools (the test harness), not by this binary.
@@ -252,6 +272,22 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be text or json");
+        }
+        for (key, v) in [
+            ("cost_sms", self.cost_sms),
+            ("cost_email", self.cost_email),
+            ("cost_whatsapp", self.cost_whatsapp),
+            ("cost_webhook", self.cost_webhook),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                bail!(
+                    "{key} (QUIZFLOW_{}) must be a price of 0 or more",
+                    key.to_ascii_uppercase()
+                );
+            }
+        }
+        if self.cost_currency.trim().is_empty() || self.cost_currency.len() > 8 {
+            bail!("cost_currency must be a currency code such as USD or BRL");
         }
         Ok(())
     }
@@ -423,7 +459,18 @@ impl Config {
         s.ack_wait = self.topology().worker_ack_wait;
         s.shutdown_timeout = self.shutdown_timeout();
         s.webhook_allow_private = self.webhook_allow_private;
+        s.costs = self.costs();
         Ok(s)
+    }
+
+    pub fn costs(&self) -> quizflow_core::Costs {
+        quizflow_core::Costs {
+            currency: self.cost_currency.trim().to_owned(),
+            sms: self.cost_sms,
+            email: self.cost_email,
+            whatsapp: self.cost_whatsapp,
+            webhook: self.cost_webhook,
+        }
     }
 
     pub fn api_settings(&self) -> anyhow::Result<quizflow_api::ApiSettings> {
@@ -434,6 +481,7 @@ impl Config {
             ip_limit_per_min: self.rate_limit_ip_per_min,
             admin_token: self.admin_token.clone(),
             shutdown_timeout: self.shutdown_timeout(),
+            costs: self.costs(),
             ..Default::default()
         })
     }

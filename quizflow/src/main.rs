@@ -76,22 +76,45 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    init_tracing(&cfg);
+    let service = match &cli.command {
+        Command::Api => "quizflow-api",
+        Command::Batcher => "quizflow-batcher",
+        Command::Workers { .. } => "quizflow-workers",
+        _ => "quizflow",
+    };
+    let format = if cfg.log_format == "json" {
+        quizflow_telemetry::LogFormat::Json
+    } else {
+        quizflow_telemetry::LogFormat::Text
+    };
+    let telemetry = match quizflow_telemetry::init(format, service) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("quizflow: {e}");
+            std::process::exit(2);
+        }
+    };
     for key in Config::unknown_env_keys() {
         tracing::warn!(%key, "unknown QUIZFLOW_ variable ignored (typo?)");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
-        match cli.command {
-            Command::Up => up(cfg).await,
-            Command::Api => api(cfg).await,
-            Command::Batcher => batcher(cfg).await,
+    // One registry per process: in `up` every role's metrics are on the API's `/metrics`.
+    let registry = quizflow_telemetry::prometheus::Registry::new();
+    let mut telemetry = telemetry;
+    let outcome = runtime.block_on(async move {
+        if let Err(e) = telemetry.export_metrics(registry.clone(), Duration::from_secs(10)) {
+            tracing::warn!(error = %e, "OTLP metrics export not started");
+        }
+        let r = match cli.command {
+            Command::Up => up(cfg, registry).await,
+            Command::Api => api(cfg, registry).await,
+            Command::Batcher => batcher(cfg, registry).await,
             Command::Workers {
                 channels,
                 mock_provider,
-            } => workers(cfg, channels, mock_provider).await,
+            } => workers(cfg, channels, mock_provider, registry).await,
             Command::MockProvider => mock_provider(cfg, shutdown_signal()).await,
             Command::Streams => streams(cfg).await,
             Command::Migrate => migrate(cfg).await,
@@ -102,21 +125,93 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(quizflow_benchmarks::BenchKind::Store(args)) => {
                 bench_store(cfg, args).await
             }
-        }
-    })
+        };
+        // Exporters flush on a thread of their own; not on the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        r
+    });
+    outcome
 }
 
-fn init_tracing(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,poem=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cfg.log_format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+/// Polls stream and consumer depths into the `quizflow_consumer_*` gauges every 5 s, until
+/// `stop` resolves.
+async fn poll_depths(
+    js: async_nats::jetstream::Context,
+    registry: &quizflow_telemetry::prometheus::Registry,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let gauges = match quizflow_telemetry::DepthGauges::register(registry) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(error = %e, "consumer depth gauges not registered");
+            return;
+        }
+    };
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return,
+        }
+        match quizflow_nats::depths(&js).await {
+            Ok(d) => {
+                for s in &d.streams {
+                    gauges.set_stream(&s.stream, s.messages);
+                }
+                for c in &d.consumers {
+                    gauges.set_consumer(c);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "consumer depths not read"),
+        }
     }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` for a role running alone, with the depth
+/// poller, until `stop` fires. Nothing when `metrics_addr` is empty.
+async fn role_ops(
+    cfg: &Config,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    pool: quizflow_store::Pool,
+    registry: quizflow_telemetry::prometheus::Registry,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let poll_registry = registry.clone();
+    let poll_stop = stop.clone();
+    let poller =
+        tokio::spawn(async move { poll_depths(js, &poll_registry, wait(poll_stop)).await });
+    if cfg.metrics_addr.trim().is_empty() {
+        return Ok(poller);
+    }
+    let ready: quizflow_telemetry::ReadyCheck = std::sync::Arc::new(move || {
+        let (client, pool) = (client.clone(), pool.clone());
+        Box::pin(async move {
+            let mut down = Vec::new();
+            if client.connection_state() != async_nats::connection::State::Connected {
+                down.push("nats".to_owned());
+            }
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(2), quizflow_store::ping(&pool)).await,
+                Ok(Ok(()))
+            ) {
+                down.push("postgres".to_owned());
+            }
+            down
+        })
+    });
+    let (_, serve) =
+        quizflow_telemetry::serve_ops(&cfg.metrics_addr, registry, ready, wait(stop)).await?;
+    Ok(tokio::spawn(async move {
+        if let Err(e) = serve.await {
+            tracing::warn!(error = %e, "metrics server stopped");
+        }
+        let _ = poller.await;
+    }))
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -177,6 +272,7 @@ async fn run_api(
     cfg: &Config,
     nats_url: &str,
     database_url: &str,
+    registry: quizflow_telemetry::prometheus::Registry,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (client, js) = connect_nats(cfg, nats_url, "api").await?;
@@ -186,7 +282,13 @@ async fn run_api(
         tracing::warn!("QUIZFLOW_ADMIN_TOKEN is not set: every admin route answers 401");
     }
     let pool = quizflow_store::pool(database_url, cfg.db_pool_size);
-    let state = quizflow_api::AppState::new(settings.clone(), client.clone(), js, pool)?;
+    let state = quizflow_api::AppState::with_registry(
+        settings.clone(),
+        client.clone(),
+        js,
+        pool,
+        registry,
+    )?;
     let bound = quizflow_api::bind(&settings.http_addr).await?;
     quizflow_api::serve(bound, state, shutdown).await?;
     // Flush anything the client still holds before exiting.
@@ -194,31 +296,78 @@ async fn run_api(
     Ok(())
 }
 
-async fn api(cfg: Config) -> anyhow::Result<()> {
+async fn api(
+    cfg: Config,
+    registry: quizflow_telemetry::prometheus::Registry,
+) -> anyhow::Result<()> {
     let nats_url = required(&cfg.nats_url, "NATS_URL")?.to_owned();
     let database_url = required(&cfg.database_url, "DATABASE_URL")?.to_owned();
-    run_api(&cfg, &nats_url, &database_url, shutdown_signal()).await
+    let (_client, js) = connect_nats(&cfg, &nats_url, "api-depths").await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let poll_registry = registry.clone();
+    let poller = tokio::spawn(async move {
+        let mut rx = stop_rx;
+        poll_depths(js, &poll_registry, async move {
+            let _ = rx.wait_for(|v| *v).await;
+        })
+        .await
+    });
+    let r = run_api(&cfg, &nats_url, &database_url, registry, shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    let _ = poller.await;
+    r
 }
 
+/// `ops`: serve `/metrics` etc. on `metrics_addr` (a role running alone), or not (`up`).
 async fn run_batcher(
     cfg: &Config,
     nats_url: &str,
     database_url: &str,
+    registry: quizflow_telemetry::prometheus::Registry,
+    ops: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (client, js) = connect_nats(cfg, nats_url, "batcher").await?;
     ensure_topology(cfg, &js).await?;
     let pool = quizflow_store::pool(database_url, cfg.db_pool_size);
-    let batcher = quizflow_batcher::Batcher::new(cfg.batcher_settings(), client.clone(), js, pool);
-    batcher.run(shutdown).await?;
+    let batcher = quizflow_batcher::Batcher::new(
+        cfg.batcher_settings(),
+        client.clone(),
+        js.clone(),
+        pool.clone(),
+    );
+    batcher.metrics().register(&registry)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ops = if ops {
+        Some(role_ops(cfg, client.clone(), js, pool, registry, stop_rx).await?)
+    } else {
+        None
+    };
+    let r = batcher.run(shutdown).await;
+    let _ = stop_tx.send(true);
+    if let Some(o) = ops {
+        let _ = o.await;
+    }
+    r?;
     let _ = client.flush().await;
     Ok(())
 }
 
-async fn batcher(cfg: Config) -> anyhow::Result<()> {
+async fn batcher(
+    cfg: Config,
+    registry: quizflow_telemetry::prometheus::Registry,
+) -> anyhow::Result<()> {
     let nats_url = required(&cfg.nats_url, "NATS_URL")?.to_owned();
     let database_url = required(&cfg.database_url, "DATABASE_URL")?.to_owned();
-    run_batcher(&cfg, &nats_url, &database_url, shutdown_signal()).await
+    run_batcher(
+        &cfg,
+        &nats_url,
+        &database_url,
+        registry,
+        true,
+        shutdown_signal(),
+    )
+    .await
 }
 
 fn parse_channel(raw: &str) -> Result<quizflow_core::Channel, String> {
@@ -226,12 +375,15 @@ fn parse_channel(raw: &str) -> Result<quizflow_core::Channel, String> {
         .ok_or_else(|| format!("unknown channel {raw:?}: sms, email, whatsapp or webhook"))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_workers(
     cfg: &Config,
     channels: Vec<quizflow_core::Channel>,
     mock: Option<&str>,
     nats_url: &str,
     database_url: &str,
+    registry: quizflow_telemetry::prometheus::Registry,
+    ops: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let channels = if channels.is_empty() {
@@ -243,7 +395,28 @@ async fn run_workers(
     let (client, js) = connect_nats(cfg, nats_url, "workers").await?;
     ensure_topology(cfg, &js).await?;
     let pool = quizflow_store::pool(database_url, cfg.db_pool_size);
-    quizflow_workers::run(settings, js, pool, shutdown).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ops = if ops {
+        Some(
+            role_ops(
+                cfg,
+                client.clone(),
+                js.clone(),
+                pool.clone(),
+                registry.clone(),
+                stop_rx,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let r = quizflow_workers::run(settings, js, pool, registry, shutdown).await;
+    let _ = stop_tx.send(true);
+    if let Some(o) = ops {
+        let _ = o.await;
+    }
+    r?;
     let _ = client.flush().await;
     Ok(())
 }
@@ -252,6 +425,7 @@ async fn workers(
     cfg: Config,
     channels: Vec<quizflow_core::Channel>,
     mock: Option<String>,
+    registry: quizflow_telemetry::prometheus::Registry,
 ) -> anyhow::Result<()> {
     let nats_url = required(&cfg.nats_url, "NATS_URL")?.to_owned();
     let database_url = required(&cfg.database_url, "DATABASE_URL")?.to_owned();
@@ -261,6 +435,8 @@ async fn workers(
         mock.as_deref(),
         &nats_url,
         &database_url,
+        registry,
+        true,
         shutdown_signal(),
     )
     .await
@@ -363,7 +539,7 @@ async fn dev_services(
     Ok((dev, nats_url, database_url))
 }
 
-async fn up(cfg: Config) -> anyhow::Result<()> {
+async fn up(cfg: Config, registry: quizflow_telemetry::prometheus::Registry) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
     let data_dir = std::path::absolute(&cfg.data_dir)?;
@@ -388,7 +564,8 @@ async fn up(cfg: Config) -> anyhow::Result<()> {
                 database_url.clone(),
                 shutdown_rx.clone(),
             );
-            roles.spawn(async move { run_api(&cfg, &n, &d, stop(rx)).await.context("api") });
+            let r = registry.clone();
+            roles.spawn(async move { run_api(&cfg, &n, &d, r, stop(rx)).await.context("api") });
         }
         {
             let (cfg, n, d, rx) = (
@@ -397,8 +574,12 @@ async fn up(cfg: Config) -> anyhow::Result<()> {
                 database_url.clone(),
                 shutdown_rx.clone(),
             );
-            roles
-                .spawn(async move { run_batcher(&cfg, &n, &d, stop(rx)).await.context("batcher") });
+            let r = registry.clone();
+            roles.spawn(async move {
+                run_batcher(&cfg, &n, &d, r, false, stop(rx))
+                    .await
+                    .context("batcher")
+            });
         }
         {
             let (cfg, rx) = (cfg.clone(), shutdown_rx.clone());
@@ -411,17 +592,27 @@ async fn up(cfg: Config) -> anyhow::Result<()> {
                 database_url.clone(),
                 shutdown_rx.clone(),
             );
+            let r = registry.clone();
             roles.spawn(async move {
                 let mock = format!("http://{}", cfg.mock_addr);
-                run_workers(&cfg, Vec::new(), Some(&mock), &n, &d, stop(rx))
+                run_workers(&cfg, Vec::new(), Some(&mock), &n, &d, r, false, stop(rx))
                     .await
                     .context("workers")
+            });
+        }
+        {
+            // One depth poller for the whole of `up`; its gauges are on the API's /metrics.
+            let (cfg, n, rx, r) = (cfg.clone(), nats_url.clone(), shutdown_rx.clone(), registry.clone());
+            roles.spawn(async move {
+                let (_client, js) = connect_nats(&cfg, &n, "depths").await?;
+                poll_depths(js, &r, stop(rx)).await;
+                Ok(())
             });
         }
         println!();
         println!("quizflow is up (api + batcher + workers + mock provider)");
         println!(
-            "  API            http://{}  (docs: /docs, spec: /openapi.json)",
+            "  API            http://{}  (dashboard: /, docs: /docs, spec: /openapi.json, metrics: /metrics)",
             cfg.http_addr
         );
         println!(

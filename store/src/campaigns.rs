@@ -124,3 +124,20 @@ pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> Result<bool, Stor
         .await?;
     Ok(n > 0)
 }
+
+/// Campaign names by id (the stats' cost per campaign).
+pub async fn names(
+    conn: &mut AsyncPgConnection,
+) -> Result<std::collections::HashMap<Uuid, String>, StoreError> {
+    #[derive(diesel::QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+    let rows: Vec<Name> = diesel::sql_query("SELECT id, name FROM campaigns")
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.name)).collect())
+}

@@ -11,6 +11,32 @@ enum State {
     HalfOpen,
 }
 
+/// What the breaker is doing, for metrics and stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl CircuitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+
+    pub fn gauge(self) -> i64 {
+        match self {
+            CircuitState::Closed => 0,
+            CircuitState::Open => 1,
+            CircuitState::HalfOpen => 2,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allowance {
     Closed,
@@ -35,6 +61,16 @@ impl Breaker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state now: `Open` until its cooldown (or throttle pause) ends, `HalfOpen` while the
+    /// probe may go or is out.
+    pub fn state(&self) -> CircuitState {
+        match *self.lock() {
+            State::Closed { .. } => CircuitState::Closed,
+            State::Open { until } if Instant::now() < until => CircuitState::Open,
+            State::Open { .. } | State::HalfOpen => CircuitState::HalfOpen,
+        }
     }
 
     /// What the pool may fetch now. `Closed`: as much as it has room for. `Probe`: the

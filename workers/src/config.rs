@@ -71,6 +71,8 @@ pub struct WorkerSettings {
     /// How long a redrive may stay taken but unpublished before the relay publishes it.
     pub redrive_relay_after: Duration,
     pub providers: Providers,
+    /// Unit prices per channel (`QUIZFLOW_COST_*`): the cost counters.
+    pub costs: quizflow_core::Costs,
 }
 
 impl WorkerSettings {
@@ -91,6 +93,7 @@ impl WorkerSettings {
             webhook_allow_private: false,
             redrive_relay_after: Duration::from_secs(30),
             providers,
+            costs: quizflow_core::Costs::default(),
         }
     }
 }

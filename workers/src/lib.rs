@@ -12,6 +12,7 @@ mod breaker;
 pub mod classify;
 mod config;
 pub mod egress;
+mod metrics;
 mod pool;
 pub mod provider;
 pub mod render;
@@ -19,4 +20,5 @@ pub mod status;
 mod sweep;
 
 pub use config::{parse_schedule, Providers, WorkerSettings};
+pub use metrics::WorkerMetrics;
 pub use pool::{run, WorkerError};

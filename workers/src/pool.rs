@@ -7,6 +7,7 @@
 
 use crate::breaker::{Allowance, Breaker};
 use crate::classify::Class;
+use crate::metrics::WorkerMetrics;
 use crate::provider::{Outgoing, Provider};
 use crate::render;
 use crate::status::{history_entry, StatusWriter, Update};
@@ -34,6 +35,8 @@ pub enum WorkerError {
     Nats(String),
     #[error("http client: {0}")]
     Http(String),
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 struct Channelled {
@@ -46,6 +49,7 @@ struct Channelled {
     provider: Provider,
     limiter: DefaultDirectRateLimiter,
     breaker: Breaker,
+    metrics: WorkerMetrics,
     templates: render::TemplateCache,
     stop: watch::Receiver<bool>,
 }
@@ -57,9 +61,13 @@ pub async fn run(
     settings: WorkerSettings,
     js: jetstream::Context,
     pool: Pool,
+    registry: prometheus::Registry,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let settings = Arc::new(settings);
+    let metrics = WorkerMetrics::new()?;
+    metrics.register(&registry)?;
+    let mut pools: Vec<Arc<Channelled>> = Vec::new();
     let (status, writer) = StatusWriter::start(pool.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -75,6 +83,7 @@ pub async fn run(
                     NonZeroU32::new((rate.get() / 10).max(1)).unwrap_or(NonZeroU32::MIN),
                 )),
                 breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
+                metrics: metrics.clone(),
                 templates: render::TemplateCache::default(),
                 settings: settings.clone(),
                 js: js.clone(),
@@ -84,8 +93,10 @@ pub async fn run(
                     .map_err(|e| WorkerError::Http(e.to_string()))?,
                 stop: stop_rx.clone(),
             });
+        pools.push(c.clone());
         tasks.spawn(async move { c.run().await });
     }
+    tasks.spawn(report(pools, pool.clone(), stop_rx.clone()));
     tasks.spawn({
         let (js, pool, status, stop) = (js.clone(), pool.clone(), status.clone(), stop_rx.clone());
         let relay_after = settings.redrive_relay_after;
@@ -106,6 +117,44 @@ pub async fn run(
     // Every task that could write is gone: the writer flushes what it holds and ends.
     let _ = writer.await;
     Ok(())
+}
+
+/// Every 2 s: circuit states into the gauges, and this instance's report (circuits per
+/// channel) into the database, where any API instance reads it for `/v1/stats`.
+async fn report(
+    pools: Vec<Arc<Channelled>>,
+    db: Pool,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let instance = format!("workers-{}", Uuid::new_v4().simple());
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        let mut circuits = serde_json::Map::new();
+        for c in &pools {
+            let state = c.breaker.state();
+            c.metrics
+                .circuit
+                .with_label_values(&[c.channel.as_str(), c.provider.name()])
+                .set(state.gauge());
+            circuits.insert(
+                c.channel.as_str().to_owned(),
+                serde_json::json!({"provider": c.provider.name(), "state": state.as_str()}),
+            );
+        }
+        let report = serde_json::json!({ "circuits": circuits });
+        if let Ok(mut conn) = db.get().await {
+            if let Err(e) =
+                quizflow_store::stats::report_instance(&mut conn, &instance, "workers", &report)
+                    .await
+            {
+                tracing::debug!(error = %e, "instance report not written");
+            }
+        }
+    }
 }
 
 /// What became of a job in [`Channelled::process`]: did it reach the provider?
@@ -346,8 +395,19 @@ impl Channelled {
             let me = self.clone();
             let is_probe = probe && !probe_used;
             probe_used |= is_probe;
+            let span = tracing::info_span!(
+                "worker.deliver",
+                channel = %job.channel,
+                job_id = %job.job_id,
+                attempt = ctx.attempts + 1
+            );
+            quizflow_telemetry::set_parent_from_nats(&span, msg.headers.as_ref());
             inflight.spawn(async move {
-                let called = me.process(msg, job, ctx, claim, permit, is_probe).await;
+                let called = tracing::Instrument::instrument(
+                    me.process(msg, job, ctx, claim, permit, is_probe),
+                    span,
+                )
+                .await;
                 if is_probe && called == Called::No {
                     me.breaker.release_probe();
                 }
@@ -561,6 +621,7 @@ impl Channelled {
         // The rate limiter's wait is a wait, not a failure: in-progress acks keep the job ours.
         let mut tick = tokio::time::interval(self.settings.ack_wait / 3);
         tick.tick().await;
+        let waited = std::time::Instant::now();
         let ready = async {
             let limiter = self.limiter.until_ready();
             tokio::pin!(limiter);
@@ -573,6 +634,10 @@ impl Channelled {
             }
         }
         .await;
+        self.metrics
+            .limiter_wait_seconds
+            .with_label_values(&[self.channel.as_str()])
+            .observe(waited.elapsed().as_secs_f64());
         if !ready || self.stopping() {
             // Fetched but not started when the stop came: back to the stream, unsent.
             self.release(msg, &job, &ctx, claim, None).await;
@@ -586,6 +651,7 @@ impl Channelled {
             }
         }
         // Long calls: in-progress acks keep JetStream from redelivering a job being sent.
+        let called = std::time::Instant::now();
         let send = self
             .provider
             .send(&self.http, &out, self.settings.send_timeout);
@@ -596,6 +662,7 @@ impl Channelled {
                 _ = tick.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
             }
         };
+        self.observe(&class, called.elapsed());
         // The breaker learns of the outcome before the slot frees, so the next call already
         // sees an opened breaker.
         match &class {
@@ -616,6 +683,48 @@ impl Channelled {
         drop(slot);
         self.settle(msg, job, ctx, claim, &to, class).await;
         Called::Yes
+    }
+
+    /// Counts a provider call: its outcome class, duration, and what it cost.
+    fn observe(&self, class: &Class, took: Duration) {
+        let channel = self.channel.as_str();
+        let outcome = match class {
+            Class::Sent => "sent",
+            Class::Throttle { .. } => "throttled",
+            Class::Transient(_) => "transient",
+            Class::Uncertain(_) => "uncertain",
+            Class::Permanent(_) => "permanent",
+        };
+        self.metrics
+            .deliveries
+            .with_label_values(&[channel, outcome])
+            .inc();
+        self.metrics
+            .provider_seconds
+            .with_label_values(&[channel])
+            .observe(took.as_secs_f64());
+        if matches!(class, Class::Sent) {
+            let unit = self.settings.costs.unit(self.channel);
+            if unit > 0.0 {
+                self.metrics
+                    .cost
+                    .with_label_values(&[channel, &self.settings.costs.currency])
+                    .inc_by(unit);
+            }
+        }
+        match class {
+            Class::Throttle { .. } => self
+                .metrics
+                .retries
+                .with_label_values(&[channel, "throttled"])
+                .inc(),
+            Class::Transient(_) | Class::Uncertain(_) => self
+                .metrics
+                .retries
+                .with_label_values(&[channel, "failed"])
+                .inc(),
+            _ => {}
+        }
     }
 
     async fn settle(
@@ -743,7 +852,11 @@ impl Channelled {
             .await
         {
             Ok(_) => {
-                tracing::info!(job = %job.job_id, channel = %job.channel, class, "job dead-lettered");
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&[job.channel.as_str(), class])
+                    .inc();
+                tracing::info!(job = %job.job_id, channel = %job.channel, class, reason, "job dead-lettered");
                 let _ = msg.ack().await;
             }
             Err(e) => {

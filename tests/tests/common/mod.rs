@@ -24,6 +24,8 @@ pub struct Env {
     pub smtp_port: u16,
     pub http: reqwest::Client,
     pub stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// The metrics registry of each workers process started, in order.
+    pub registries: Vec<prometheus::Registry>,
 }
 
 impl Env {
@@ -82,6 +84,7 @@ impl Env {
             smtp_port,
             http: reqwest::Client::new(),
             stops: vec![tx, smtp_tx],
+            registries: Vec::new(),
         };
         let batcher = Batcher::new(
             BatcherSettings {
@@ -114,8 +117,11 @@ impl Env {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         self.stops.push(tx);
         let (js, pool) = (self.js.clone(), quizflow_store::pool(&self.db.url, 4));
+        // Each workers process has a registry of its own, as in production.
+        let registry = prometheus::Registry::new();
+        self.registries.push(registry.clone());
         tokio::spawn(async move {
-            let _ = quizflow_workers::run(settings, js, pool, async move {
+            let _ = quizflow_workers::run(settings, js, pool, registry, async move {
                 let _ = rx.await;
             })
             .await;
@@ -132,8 +138,10 @@ impl Env {
     ) {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (js, pool) = (self.js.clone(), quizflow_store::pool(&self.db.url, 4));
+        let registry = prometheus::Registry::new();
+        self.registries.push(registry.clone());
         let handle = tokio::spawn(async move {
-            let _ = quizflow_workers::run(settings, js, pool, async move {
+            let _ = quizflow_workers::run(settings, js, pool, registry, async move {
                 let _ = rx.await;
             })
             .await;

@@ -1,0 +1,248 @@
+//! `GET /v1/stats` (SPEC §2.4): cluster-wide figures from counters, never from scans.
+//!
+//! Stored submissions, deliveries per campaign, channel and status, and open dead letters come
+//! from the counters the database keeps by trigger (`quizflow_store::stats`); accepted
+//! submissions from the SUBMISSIONS stream's last sequence; duplicates and rejections from the
+//! counters every API instance adds to the database every two seconds; depths from JetStream;
+//! circuits from the reports live workers instances write. Each source answers in a few
+//! milliseconds whatever the size of the tables.
+
+use crate::admin::db_error;
+use crate::error::ApiError;
+use crate::AppState;
+use poem::handler;
+use poem::web::{Data, Json};
+use quizflow_core::Channel;
+use quizflow_store::stats::{self as counters, Delta};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const STATUSES: [&str; 7] = [
+    "queued",
+    "sending",
+    "sent",
+    "delivered",
+    "failed",
+    "dead",
+    "cancelled",
+];
+/// Statuses whose message the provider accepted: what costs money.
+const BILLED: [&str; 2] = ["sent", "delivered"];
+
+#[handler]
+pub async fn stats(state: Data<&Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let depths = tokio::time::timeout(Duration::from_secs(2), quizflow_nats::depths(&state.js));
+    let db = async {
+        let mut conn = state.db.get().await.map_err(db_error)?;
+        let rows = counters::read(&mut conn).await.map_err(db_error)?;
+        let instances = counters::live_instances(&mut conn, 30)
+            .await
+            .map_err(db_error)?;
+        let names = quizflow_store::campaigns::names(&mut conn)
+            .await
+            .map_err(db_error)?;
+        Ok::<_, ApiError>((rows, instances, names))
+    };
+    let (depths, db) = tokio::join!(depths, db);
+    let (rows, instances, names) = db?;
+    let depths = match depths {
+        Ok(Ok(d)) => Some(d),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "stats: JetStream depths unavailable");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("stats: JetStream depths timed out");
+            None
+        }
+    };
+    let costs = &state.settings.costs;
+
+    let mut stored = 0i64;
+    let mut duplicate = 0i64;
+    let mut rejected: BTreeMap<String, i64> = BTreeMap::new();
+    let mut deliveries: BTreeMap<&str, BTreeMap<&str, i64>> = Channel::ALL
+        .iter()
+        .map(|c| (c.as_str(), STATUSES.iter().map(|s| (*s, 0i64)).collect()))
+        .collect();
+    let mut dead_letters: BTreeMap<String, i64> = Channel::ALL
+        .iter()
+        .map(|c| (c.as_str().to_owned(), 0))
+        .chain([("submission".to_owned(), 0)])
+        .collect();
+    // (campaign, channel) -> billed messages
+    let mut billed: BTreeMap<(uuid::Uuid, String), i64> = BTreeMap::new();
+    for c in &rows {
+        match c.metric.as_str() {
+            "submissions_stored" => stored += c.n,
+            "submissions_duplicate" => duplicate += c.n,
+            "submissions_rejected" => *rejected.entry(c.status.clone()).or_default() += c.n,
+            "dead_letters" => *dead_letters.entry(c.channel.clone()).or_default() += c.n,
+            "deliveries" => {
+                if let Some(ch) = deliveries.get_mut(c.channel.as_str()) {
+                    if let Some(n) = ch.get_mut(c.status.as_str()) {
+                        *n += c.n;
+                    }
+                }
+                if BILLED.contains(&c.status.as_str()) {
+                    *billed
+                        .entry((c.campaign_id, c.channel.clone()))
+                        .or_default() += c.n;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let mut cost_by_channel: BTreeMap<&str, f64> =
+        Channel::ALL.iter().map(|c| (c.as_str(), 0.0)).collect();
+    let mut by_campaign: Vec<Value> = Vec::new();
+    for ((campaign, channel), n) in &billed {
+        let unit = Channel::parse(channel)
+            .map(|c| costs.unit(c))
+            .unwrap_or(0.0);
+        let cost = unit * *n as f64;
+        if let Some(t) = cost_by_channel.get_mut(channel.as_str()) {
+            *t += cost;
+        }
+        by_campaign.push(json!({
+            "campaign_id": campaign,
+            "campaign": names.get(campaign),
+            "channel": channel,
+            "sent": n,
+            "cost": round(cost),
+        }));
+    }
+    let total: f64 = cost_by_channel.values().sum();
+
+    let (streams, consumers) = match &depths {
+        Some(d) => (
+            Value::Array(
+                d.streams
+                    .iter()
+                    .map(|s| json!({"stream": s.stream, "messages": s.messages, "bytes": s.bytes}))
+                    .collect(),
+            ),
+            Value::Array(
+                d.consumers
+                    .iter()
+                    .map(|c| {
+                        json!({"stream": c.stream, "consumer": c.consumer, "pending": c.pending,
+                               "ack_pending": c.ack_pending, "redelivered": c.redelivered})
+                    })
+                    .collect(),
+            ),
+        ),
+        None => (Value::Null, Value::Null),
+    };
+    let accepted = depths
+        .as_ref()
+        .and_then(|d| d.stream(quizflow_nats::subjects::SUBMISSIONS_STREAM))
+        .map(|s| s.last_sequence);
+
+    let mut circuits: Vec<Value> = Vec::new();
+    for i in &instances {
+        if let Some(Value::Object(per)) = i.report.get("circuits") {
+            for (channel, c) in per {
+                circuits.push(json!({
+                    "instance": i.instance,
+                    "channel": channel,
+                    "provider": c.get("provider"),
+                    "state": c.get("state"),
+                    "seen_at": i.seen_at,
+                }));
+            }
+        }
+    }
+
+    let rejected_total: i64 = rejected.values().sum();
+    let mut body = Map::new();
+    body.insert(
+        "submissions".into(),
+        json!({
+            "accepted": accepted,
+            "duplicate": duplicate,
+            "rejected": rejected_total,
+            "rejected_by_code": rejected,
+            "stored": stored,
+        }),
+    );
+    body.insert("deliveries".into(), json!(deliveries));
+    body.insert("dead_letters".into(), json!(dead_letters));
+    body.insert("streams".into(), streams);
+    body.insert("consumers".into(), consumers);
+    body.insert("circuits".into(), Value::Array(circuits));
+    body.insert(
+        "cost".into(),
+        json!({
+            "currency": costs.currency,
+            "unit": {"sms": costs.sms, "email": costs.email, "whatsapp": costs.whatsapp, "webhook": costs.webhook},
+            "total": round(total),
+            "by_channel": cost_by_channel.into_iter().map(|(k, v)| (k, round(v))).collect::<BTreeMap<_, _>>(),
+            "by_campaign": by_campaign,
+        }),
+    );
+    body.insert("generated_at".into(), json!(chrono::Utc::now()));
+    body.insert(
+        "took_ms".into(),
+        json!(started.elapsed().as_secs_f64() * 1000.0),
+    );
+    Ok(Json(Value::Object(body)))
+}
+
+/// Money to a millionth: no float noise in the JSON.
+fn round(v: f64) -> f64 {
+    (v * 1e6).round() / 1e6
+}
+
+/// Every 2 s: adds this instance's duplicate and rejection counts (since the last flush) to
+/// the database counters, and folds the counters' deltas. Ends when the state is dropped.
+pub(crate) fn spawn_flusher(state: std::sync::Weak<AppState>) {
+    tokio::spawn(async move {
+        let mut flushed: BTreeMap<(&'static str, String), u64> = BTreeMap::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        let mut rounds = 0u64;
+        loop {
+            tick.tick().await;
+            let Some(s) = state.upgrade() else { break };
+            let now = s.metrics.process_counts();
+            let deltas: Vec<(&'static str, String, i64)> = now
+                .iter()
+                .filter_map(|((metric, status), n)| {
+                    let before = flushed
+                        .get(&(*metric, status.clone()))
+                        .copied()
+                        .unwrap_or(0);
+                    (*n > before).then(|| (*metric, status.clone(), (*n - before) as i64))
+                })
+                .collect();
+            let Ok(mut conn) = s.db.get().await else {
+                continue;
+            };
+            if !deltas.is_empty() {
+                let rows: Vec<Delta<'_>> = deltas
+                    .iter()
+                    .map(|(m, st, n)| Delta {
+                        metric: m,
+                        status: st,
+                        n: *n,
+                    })
+                    .collect();
+                match counters::add(&mut conn, &rows).await {
+                    Ok(()) => flushed = now,
+                    Err(e) => tracing::debug!(error = %e, "stats counters not flushed; next round"),
+                }
+            }
+            rounds += 1;
+            // Compaction keeps the deltas table small; one compactor at a time cluster-wide.
+            if rounds.is_multiple_of(3) {
+                if let Err(e) = counters::compact(&mut conn).await {
+                    tracing::debug!(error = %e, "stats compaction failed; next round");
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,97 @@
+//! The workers' Prometheus metrics. Labels are channels, outcome classes and providers: never
+//! recipients, ids or message text.
+
+use prometheus::{
+    CounterVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    /// Provider calls by channel and outcome class (`sent`, `throttled`, `transient`,
+    /// `uncertain`, `permanent`).
+    pub deliveries: IntCounterVec,
+    pub provider_seconds: HistogramVec,
+    /// Attempts that will be tried again (failed, throttled, released).
+    pub retries: IntCounterVec,
+    /// Jobs dead-lettered, by channel and class (`permanent`, `exhausted`, `poison`,
+    /// `max_deliveries`).
+    pub dead_letters: IntCounterVec,
+    /// 0 closed, 1 open (or paused for a throttle), 2 half-open (probing).
+    pub circuit: IntGaugeVec,
+    pub limiter_wait_seconds: HistogramVec,
+    /// What sent messages cost, in the configured currency.
+    pub cost: CounterVec,
+}
+
+impl WorkerMetrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            deliveries: IntCounterVec::new(
+                Opts::new(
+                    "quizflow_deliveries_total",
+                    "Provider calls by channel and outcome class",
+                ),
+                &["channel", "outcome"],
+            )?,
+            provider_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "quizflow_provider_request_duration_seconds",
+                    "Provider call duration",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                &["channel"],
+            )?,
+            retries: IntCounterVec::new(
+                Opts::new(
+                    "quizflow_delivery_retries_total",
+                    "Delivery attempts scheduled again (failed or throttled)",
+                ),
+                &["channel", "reason"],
+            )?,
+            dead_letters: IntCounterVec::new(
+                Opts::new(
+                    "quizflow_worker_dead_letters_total",
+                    "Delivery jobs moved to DEAD_LETTERS",
+                ),
+                &["channel", "class"],
+            )?,
+            circuit: IntGaugeVec::new(
+                Opts::new(
+                    "quizflow_circuit_breaker_state",
+                    "Provider circuit: 0 closed, 1 open, 2 half-open",
+                ),
+                &["channel", "provider"],
+            )?,
+            limiter_wait_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "quizflow_rate_limiter_wait_seconds",
+                    "Time a job waited for its channel's token bucket",
+                )
+                .buckets(vec![
+                    0.0001, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                &["channel"],
+            )?,
+            cost: CounterVec::new(
+                Opts::new(
+                    "quizflow_delivery_cost_total",
+                    "What sent messages cost (unit price per channel)",
+                ),
+                &["channel", "currency"],
+            )?,
+        })
+    }
+
+    pub fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.deliveries.clone()))?;
+        registry.register(Box::new(self.provider_seconds.clone()))?;
+        registry.register(Box::new(self.retries.clone()))?;
+        registry.register(Box::new(self.dead_letters.clone()))?;
+        registry.register(Box::new(self.circuit.clone()))?;
+        registry.register(Box::new(self.limiter_wait_seconds.clone()))?;
+        registry.register(Box::new(self.cost.clone()))?;
+        Ok(())
+    }
+}
