@@ -27,6 +27,13 @@ async fn given_no_or_a_wrong_token_then_every_admin_route_is_401_json() {
         (Method::DELETE, format!("/v1/campaigns/{id}")),
         (Method::PATCH, format!("/v1/campaigns/{id}")),
         (Method::GET, format!("/v1/submissions/{id}")),
+        (Method::GET, "/v1/stats".to_owned()),
+        (Method::GET, "/v1/dead-letters".to_owned()),
+        (
+            Method::POST,
+            "/v1/dead-letters/redrive?channel=sms".to_owned(),
+        ),
+        (Method::POST, format!("/v1/dead-letters/{id}/redrive")),
     ];
     for (method, path) in routes {
         let none = api

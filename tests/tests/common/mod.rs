@@ -26,6 +26,8 @@ pub struct Env {
     pub stops: Vec<tokio::sync::oneshot::Sender<()>>,
     /// The metrics registry of each workers process started, in order.
     pub registries: Vec<prometheus::Registry>,
+    /// The batcher every environment runs (its metrics are read by tests).
+    pub batcher: Option<std::sync::Arc<Batcher>>,
 }
 
 impl Env {
@@ -85,6 +87,7 @@ impl Env {
             http: reqwest::Client::new(),
             stops: vec![tx, smtp_tx],
             registries: Vec::new(),
+            batcher: None,
         };
         let batcher = Batcher::new(
             BatcherSettings {
@@ -95,6 +98,7 @@ impl Env {
             env.js.clone(),
             quizflow_store::pool(&env.db.url, 2),
         );
+        env.batcher = Some(batcher.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(batcher.run(async move {
             let _ = rx.await;
