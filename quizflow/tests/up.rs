@@ -2,64 +2,10 @@
 //! campaign turning a submission into stored rows and sent messages; a restart after
 //! `kill -9` that keeps what was acknowledged; and a clean SIGTERM shutdown.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
-
-/// Kills `quizflow up` (and so its private servers, via the next start's takeover or its
-/// own shutdown) if a failing assertion unwinds past it: no process outlives the test.
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn spawn_up(data_dir: &std::path::Path, port: u16, mock_port: u16) -> Up {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quizflow"));
-    cmd.arg("up")
-        .env_remove("NATS_URL")
-        .env_remove("DATABASE_URL")
-        .env("QUIZFLOW_DATA_DIR", data_dir)
-        .env("QUIZFLOW_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("QUIZFLOW_MOCK_ADDR", format!("127.0.0.1:{mock_port}"))
-        .env(
-            "QUIZFLOW_MOCK_SMTP_ADDR",
-            format!("127.0.0.1:{}", quizflow_testkit::free_port()),
-        )
-        .env(
-            "QUIZFLOW_NATS_SERVER_BIN",
-            quizflow_testkit::nats_server_binary(),
-        )
-        // A killed batcher's unacked messages come back after this (60 s by default).
-        .env("QUIZFLOW_BATCHER_ACK_WAIT", "3s")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    Up(cmd.spawn().expect("spawn quizflow up"))
-}
-
-async fn wait_ready(http: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "quizflow up did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use support::{spawn_up, wait_ready};
 
 fn children_alive(data_dir: &std::path::Path) -> usize {
     let needle = data_dir.to_string_lossy().into_owned();

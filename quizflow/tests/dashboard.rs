@@ -1,0 +1,192 @@
+//! The dashboard at `/`, driven in headless Chromium against `quizflow up`: without a token it
+//! shows its layout and asks for one; with the token it shows live figures, and after a burst
+//! of leads the figures have moved to exactly what was sent. A screenshot is written under the
+//! test's target directory (never into the repository).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::{spawn_up, wait_ready};
+
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("QUIZFLOW_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        path.exists(),
+        "{} not found: install Debian's chromium (scripts/dev.sh test does) or set QUIZFLOW_CHROMIUM",
+        path.display()
+    );
+    path
+}
+
+/// Headless Chromium with the flags a closed network needs, a fresh profile each run.
+fn headless(profile: &Path) -> Command {
+    let mut c = Command::new(chromium());
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1100",
+        // Lets the page run its polls (virtual time stops while a fetch is on the wire).
+        "--virtual-time-budget=4000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
+
+fn dump_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().expect("profile");
+    let out = headless(profile.path())
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 DOM")
+}
+
+/// The text of the element with `id` (our page writes plain text into its cells).
+fn text_by_id(dom: &str, id: &str) -> String {
+    let marker = format!("id=\"{id}\"");
+    let at = dom
+        .find(&marker)
+        .unwrap_or_else(|| panic!("#{id} not in the page"));
+    let rest = &dom[at..];
+    let open = rest.find('>').expect("tag end") + 1;
+    let close = rest[open..].find('<').expect("text end");
+    rest[open..open + close].to_owned()
+}
+
+fn number(dom: &str, id: &str) -> i64 {
+    let t = text_by_id(dom, id);
+    t.replace(',', "")
+        .parse()
+        .unwrap_or_else(|_| panic!("#{id} is {t:?}, not a number"))
+}
+
+/// The delivery count the page shows for one channel and status.
+fn delivery_cell(dom: &str, channel: &str, status: &str) -> i64 {
+    let row_at = dom
+        .find(&format!("data-channel=\"{channel}\"><td>{channel}</td>"))
+        .unwrap_or_else(|| panic!("no deliveries row for {channel}"));
+    let row = &dom[row_at..];
+    let row = &row[..row.find("</tr>").expect("row end")];
+    let cell_at = row
+        .find(&format!("data-status=\"{status}\">"))
+        .expect("status cell");
+    let rest = &row[cell_at..];
+    let open = rest.find('>').expect("tag end") + 1;
+    let close = rest[open..].find('<').expect("text end");
+    rest[open..open + close]
+        .replace(',', "")
+        .parse()
+        .expect("count")
+}
+
+#[tokio::test]
+async fn given_up_when_leads_arrive_then_the_dashboard_shows_them_live() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let port = quizflow_testkit::free_port();
+    let mock_port = quizflow_testkit::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let _up = spawn_up(&data, port, mock_port);
+    wait_ready(&http, &base).await;
+    let token = std::fs::read_to_string(data.join("admin-token")).expect("admin token");
+
+    // No token: the layout, and a form asking for it; no figures.
+    let login = dump_dom(&format!("{base}/"));
+    assert!(login.contains("<form id=\"login\" class=\"\">"), "{login}");
+    assert!(login.contains("Where leads wait"));
+    assert_eq!(text_by_id(&login, "accepted-total"), "–");
+
+    let created = http
+        .post(format!("{base}/v1/campaigns"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "name": "dashboard", "quiz_id": "dash", "match": {},
+            "actions": [{"channel": "sms", "template": "Oi {{ respondent.name }}"}]
+        }))
+        .send()
+        .await
+        .expect("campaign");
+    assert_eq!(created.status().as_u16(), 201);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let page = format!("{base}/#token={token}");
+    let before = dump_dom(&page);
+    assert!(
+        text_by_id(&before, "status").starts_with("live"),
+        "{before}"
+    );
+    let accepted_before = number(&before, "accepted-total");
+    let stored_before = number(&before, "stored-total");
+    let sent_before = delivery_cell(&before, "sms", "sent");
+
+    const BURST: i64 = 30;
+    for i in 0..BURST {
+        let r = http
+            .post(format!("{base}/v1/quizzes/dash/submissions"))
+            .header("Idempotency-Key", format!("dash-{i}"))
+            .json(&serde_json::json!({"score": 5, "respondent": {"phone": format!("+55119800{i:05}"), "name": "Ana"}}))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status().as_u16(), 202);
+    }
+    // Wait for the pipeline (not for the page): all stored and sent.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s: serde_json::Value = http
+            .get(format!("{base}/v1/stats"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json");
+        if s["deliveries"]["sms"]["sent"].as_i64() == Some(sent_before + BURST) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "burst not delivered: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let after = dump_dom(&page);
+    assert_eq!(number(&after, "accepted-total"), accepted_before + BURST);
+    assert_eq!(number(&after, "stored-total"), stored_before + BURST);
+    assert_eq!(delivery_cell(&after, "sms", "sent"), sent_before + BURST);
+    assert_eq!(delivery_cell(&after, "sms", "queued"), 0);
+    assert!(after.contains("SUBMISSIONS / batcher"), "consumers listed");
+    assert!(
+        after.contains("<td class=\"closed\">closed</td>"),
+        "circuits shown: {after}"
+    );
+    assert!(!after.contains("+5511980"), "no phone number on the page");
+
+    // A screenshot for people, kept out of the repository.
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let profile = tempfile::tempdir().expect("profile");
+    let status = headless(profile.path())
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&page)
+        .output()
+        .expect("screenshot");
+    assert!(status.status.success());
+    assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false));
+}
