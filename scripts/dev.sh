@@ -66,6 +66,12 @@ ensure_nats_server() {
   "$NATS_SERVER" --version >/dev/null
 }
 
+# Headless Chromium for the dashboard test (Debian's package; never a downloaded browser).
+ensure_chromium() {
+  command -v chromium >/dev/null 2>&1 && return
+  apt_install --no-install-recommends chromium
+}
+
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -103,7 +109,7 @@ case "${1:-}" in
     exec "$ROOT/target/release/quizflow" up
     ;;
   test)
-    ensure_cargo; ensure_postgres; ensure_nats_server
+    ensure_cargo; ensure_postgres; ensure_nats_server; ensure_chromium
     start_test_postgres
     export QUIZFLOW_NATS_SERVER_BIN="$NATS_SERVER" PATH="$PG_BIN:$PATH"
     cargo test --workspace --locked --no-fail-fast
