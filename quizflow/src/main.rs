@@ -103,10 +103,11 @@ fn main() -> anyhow::Result<()> {
     // One registry per process: in `up` every role's metrics are on the API's `/metrics`.
     let registry = quizflow_telemetry::prometheus::Registry::new();
     let mut telemetry = telemetry;
+    // Outside the runtime: the exporter's blocking HTTP client must not be built inside it.
+    if let Err(e) = telemetry.export_metrics(registry.clone()) {
+        tracing::warn!(error = %e, "OTLP metrics export not started");
+    }
     let outcome = runtime.block_on(async move {
-        if let Err(e) = telemetry.export_metrics(registry.clone(), Duration::from_secs(10)) {
-            tracing::warn!(error = %e, "OTLP metrics export not started");
-        }
         let r = match cli.command {
             Command::Up => up(cfg, registry).await,
             Command::Api => api(cfg, registry).await,

@@ -188,5 +188,7 @@ async fn given_up_when_leads_arrive_then_the_dashboard_shows_them_live() {
         .output()
         .expect("screenshot");
     assert!(status.status.success());
-    assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false));
+    assert!(std::fs::metadata(&shot)
+        .map(|m| m.len() > 10_000)
+        .unwrap_or(false));
 }

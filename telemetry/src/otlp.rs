@@ -78,14 +78,19 @@ pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryErro
             )
         }
     };
+    // Spans go to OTLP whatever `RUST_LOG` says about log lines (an operator who quiets the
+    // logs still gets traces); only quizflow's own spans, never the exporter's HTTP client's.
     let otel_layer = tracer.as_ref().map(|tp| {
         tracing_opentelemetry::layer()
             .with_tracer(tp.tracer("quizflow"))
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("quizflow", tracing::Level::INFO),
+            )
             .boxed()
     });
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel_layer)
         .try_init()
         .map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
@@ -110,14 +115,11 @@ impl Telemetry {
         self.tracer.is_some()
     }
 
-    /// Exports `registry` over OTLP too (every `every`), when an endpoint is configured:
-    /// counters and gauges as they are, histograms as their `_sum` and `_count`. Families
-    /// registered later are picked up on the next export.
-    pub fn export_metrics(
-        &mut self,
-        registry: Registry,
-        every: Duration,
-    ) -> Result<(), TelemetryError> {
+    /// Exports `registry` over OTLP too, when an endpoint is configured (every 60 s, or
+    /// `OTEL_METRIC_EXPORT_INTERVAL` milliseconds): counters and gauges as they are,
+    /// histograms as their `_sum` and `_count`. Families registered later are picked up within
+    /// seconds.
+    pub fn export_metrics(&mut self, registry: Registry) -> Result<(), TelemetryError> {
         if self.tracer.is_none() {
             return Ok(());
         }
@@ -125,9 +127,7 @@ impl Telemetry {
             .with_http()
             .build()
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-        let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter)
-            .with_interval(every)
-            .build();
+        let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build();
         let provider = SdkMeterProvider::builder()
             .with_reader(reader)
             .with_resource(

@@ -21,6 +21,16 @@ impl Drop for Up {
 }
 
 pub fn spawn_up(data_dir: &std::path::Path, port: u16, mock_port: u16) -> Up {
+    spawn_up_with(data_dir, port, mock_port, &[])
+}
+
+/// As [`spawn_up`], with extra environment variables.
+pub fn spawn_up_with(
+    data_dir: &std::path::Path,
+    port: u16,
+    mock_port: u16,
+    env: &[(&str, &str)],
+) -> Up {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quizflow"));
     cmd.arg("up")
         .env_remove("NATS_URL")
@@ -41,6 +51,7 @@ pub fn spawn_up(data_dir: &std::path::Path, port: u16, mock_port: u16) -> Up {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    cmd.envs(env.iter().copied());
     Up(cmd.spawn().expect("spawn quizflow up"))
 }
 
@@ -59,4 +70,3 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
-
