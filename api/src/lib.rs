@@ -198,7 +198,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
             async move {
                 let route = metrics::route_label(req.uri().path());
                 let started = Instant::now();
-                let resp = if quizflow_telemetry::enabled() {
+                let mut resp = if quizflow_telemetry::enabled() {
                     // The caller's `traceparent` (if any) is this request's parent; the
                     // publish inside carries the trace on to the batcher.
                     let span = tracing::info_span!(
@@ -215,6 +215,14 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
                     ep.call(req).await?
                 };
                 let status = resp.status();
+                if status == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+                    if let Some(allow) = metrics::allowed_methods(route) {
+                        resp.headers_mut().insert(
+                            poem::http::header::ALLOW,
+                            poem::http::HeaderValue::from_static(allow),
+                        );
+                    }
+                }
                 state
                     .metrics
                     .requests

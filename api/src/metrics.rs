@@ -123,3 +123,36 @@ pub fn route_label(path: &str) -> &'static str {
         _ => "other",
     }
 }
+
+/// Every route the API serves, as its template (what `route_label` returns).
+pub const ROUTES: &[&str] = &[
+    "/",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/v1/quizzes/{quiz_id}/submissions",
+    "/v1/submissions/batch",
+    "/v1/submissions/{id}",
+    "/v1/campaigns",
+    "/v1/campaigns/{id}",
+    "/v1/dead-letters",
+    "/v1/dead-letters/redrive",
+    "/v1/dead-letters/{id}/redrive",
+    "/v1/stats",
+];
+
+/// The methods a route answers, for the `Allow` header of its 405 (RFC 9110 §15.5.6).
+pub fn allowed_methods(route: &str) -> Option<&'static str> {
+    Some(match route {
+        "/v1/quizzes/{quiz_id}/submissions"
+        | "/v1/submissions/batch"
+        | "/v1/dead-letters/redrive"
+        | "/v1/dead-letters/{id}/redrive" => "POST",
+        "/v1/campaigns" => "GET, HEAD, POST",
+        "/v1/campaigns/{id}" => "GET, HEAD, PUT, DELETE",
+        "other" => return None,
+        _ => "GET, HEAD",
+    })
+}

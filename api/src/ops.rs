@@ -84,6 +84,42 @@ pub fn docs() -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
+    /// Every documented operation is served with that method, and every served route is
+    /// documented with exactly its methods: the document and the router cannot drift apart.
+    #[test]
+    fn the_openapi_document_has_exactly_the_served_routes_and_methods() {
+        let doc: serde_json::Value =
+            serde_json::from_str(super::OPENAPI).expect("openapi.json is JSON");
+        let paths = doc["paths"].as_object().expect("paths");
+        let served = crate::metrics::ROUTES;
+        for (path, ops) in paths {
+            let mut documented: Vec<String> = ops
+                .as_object()
+                .expect("operations")
+                .keys()
+                .map(|m| m.to_ascii_uppercase())
+                .collect();
+            documented.sort();
+            let route =
+                crate::metrics::route_label(&path.replace("{quiz_id}", "q").replace("{id}", "x"));
+            let mut allowed: Vec<String> = crate::metrics::allowed_methods(route)
+                .unwrap_or_else(|| panic!("{path} is documented but not served"))
+                .split(", ")
+                .filter(|m| *m != "HEAD")
+                .map(str::to_owned)
+                .collect();
+            allowed.sort();
+            assert_eq!(documented, allowed, "methods of {path}");
+        }
+        for route in served {
+            assert!(
+                paths.contains_key(*route),
+                "{route} is served but not documented"
+            );
+        }
+        assert_eq!(paths.len(), served.len());
+    }
+
     #[test]
     fn the_openapi_document_is_json_and_lists_the_routes() {
         let doc: serde_json::Value =

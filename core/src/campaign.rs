@@ -178,6 +178,11 @@ pub fn parse_campaign(body: &Value) -> Result<CampaignSpec, ValidationErrors> {
             problem: "the body must be a JSON object".into(),
         }]));
     };
+    // Stored as `jsonb`, which cannot hold U+0000: refused up front with its path.
+    let nul = crate::validate::nul_problems(body);
+    if !nul.is_empty() {
+        return Err(ValidationErrors(nul));
+    }
     for k in obj.keys() {
         if !CAMPAIGN_KEYS.contains(&k.as_str()) {
             problem(&mut p, k, "unknown field");
@@ -495,6 +500,16 @@ mod tests {
         assert_eq!(spec.priority, Priority::High);
         let back = serde_json::to_value(&spec).expect("json");
         assert_eq!(parse_campaign(&back).expect("round trip"), spec);
+    }
+
+    #[test]
+    fn u0000_anywhere_in_a_campaign_is_refused_with_its_path() {
+        let mut c = spec_example();
+        c["actions"][1]["template"] = json!("a\u{0}b");
+        c["match"]["all"][0]["value"] = json!(["x\u{0}"]);
+        let e = parse_campaign(&c).expect_err("refused");
+        let fields: Vec<&str> = e.0.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["actions[1].template", "match.all[0].value[0]"]);
     }
 
     #[test]

@@ -114,6 +114,14 @@ fn depth(v: &Value) -> usize {
     }
 }
 
+/// Every string and key of `v` holding U+0000, by path: PostgreSQL can store such a value
+/// neither in `text` nor in `jsonb`, so any body bound for it is refused with these.
+pub(crate) fn nul_problems(v: &Value) -> Vec<FieldProblem> {
+    let mut p = Problems(Vec::new());
+    find_nul(v, "", &mut p);
+    p.0
+}
+
 /// Reports every string and key holding U+0000, by path (`answers[2].value`, `metadata.a`).
 fn find_nul(v: &Value, at: &str, p: &mut Problems) {
     const PROBLEM: &str = "must not contain the character U+0000";
