@@ -231,7 +231,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
                 state
                     .metrics
                     .request_seconds
-                    .with_label_values(&[route])
+                    .with_label_values(&[route, status.as_str()])
                     .observe(started.elapsed().as_secs_f64());
                 Ok(resp)
             }

@@ -30,7 +30,7 @@ impl Metrics {
             .buckets(vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
-            &["route"],
+            &["route", "status"],
         )?;
         let accepted = IntCounter::new(
             "quizflow_submissions_accepted_total",

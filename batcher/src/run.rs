@@ -481,7 +481,8 @@ impl Batcher {
             .next()
             .unwrap_or("_")
             .to_owned();
-        tracing::warn!(seq, reason, class, "submission moved to dead letters");
+        // The reason stays in the letter (admin-only): decoder errors can quote the payload.
+        tracing::warn!(seq, class, "submission moved to dead letters");
         self.metrics.dead_letters.with_label_values(&[class]).inc();
         match quizflow_nats::dead_letter_submission(
             &self.js,

@@ -856,7 +856,8 @@ impl Channelled {
                     .dead_letters
                     .with_label_values(&[job.channel.as_str(), class])
                     .inc();
-                tracing::info!(job = %job.job_id, channel = %job.channel, class, reason, "job dead-lettered");
+                // The reason stays in the letter (admin-only): provider texts can quote the recipient.
+                tracing::info!(job = %job.job_id, channel = %job.channel, class, "job dead-lettered");
                 let _ = msg.ack().await;
             }
             Err(e) => {
