@@ -65,8 +65,9 @@ pub struct Config {
     pub email_smtp_password: Option<String>,
     pub mock_smtp_addr: String,
     /// `/metrics`, `/healthz`, `/readyz` of `quizflow batcher` / `quizflow workers` (the API
-    /// and `up` serve them on `http_addr`). Empty: not served.
-    pub metrics_addr: String,
+    /// and `up` serve them on `http_addr`). Unset: 127.0.0.1:9464 for the batcher, :9465 for
+    /// workers, so both run side by side; empty: not served.
+    pub metrics_addr: Option<String>,
     pub cost_currency: String,
     pub cost_sms: f64,
     pub cost_email: f64,
@@ -126,7 +127,7 @@ impl Default for Config {
             email_smtp_username: None,
             email_smtp_password: None,
             mock_smtp_addr: "127.0.0.1:2525".into(),
-            metrics_addr: "127.0.0.1:9464".into(),
+            metrics_addr: None,
             cost_currency: "USD".into(),
             cost_sms: 0.0,
             cost_email: 0.0,
@@ -463,6 +464,16 @@ impl Config {
         Ok(s)
     }
 
+    /// Where a role running alone serves its ops routes; `None` when switched off.
+    pub fn metrics_addr_for(&self, role: &str) -> Option<String> {
+        match &self.metrics_addr {
+            Some(a) if a.trim().is_empty() => None,
+            Some(a) => Some(a.trim().to_owned()),
+            None if role == "workers" => Some("127.0.0.1:9465".into()),
+            None => Some("127.0.0.1:9464".into()),
+        }
+    }
+
     pub fn costs(&self) -> quizflow_core::Costs {
         quizflow_core::Costs {
             currency: self.cost_currency.trim().to_owned(),
@@ -548,6 +559,31 @@ fn env_values() -> anyhow::Result<figment::value::Dict> {
 #[allow(clippy::result_large_err)] // figment::Jail's closure signature
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_alone_get_distinct_metrics_addresses_and_empty_switches_them_off() {
+        figment::Jail::expect_with(|jail| {
+            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            assert_ne!(
+                cfg.metrics_addr_for("batcher"),
+                cfg.metrics_addr_for("workers")
+            );
+            jail.set_env("QUIZFLOW_METRICS_ADDR", "");
+            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.metrics_addr_for("batcher"), None);
+            jail.set_env("QUIZFLOW_METRICS_ADDR", "0.0.0.0:9100");
+            jail.set_env("QUIZFLOW_COST_SMS", "0.0075");
+            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                cfg.metrics_addr_for("workers").as_deref(),
+                Some("0.0.0.0:9100")
+            );
+            assert_eq!(cfg.costs().sms, 0.0075);
+            jail.set_env("QUIZFLOW_COST_SMS", "-1");
+            assert!(Config::load(None).is_err());
+            Ok(())
+        });
+    }
 
     #[test]
     fn string_keys_stay_strings_and_numbers_parse() {

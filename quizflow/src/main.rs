@@ -171,8 +171,10 @@ async fn poll_depths(
 
 /// Serves `/metrics`, `/healthz` and `/readyz` for a role running alone, with the depth
 /// poller, until `stop` fires. Nothing when `metrics_addr` is empty.
+#[allow(clippy::too_many_arguments)]
 async fn role_ops(
     cfg: &Config,
+    role: &str,
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
     pool: quizflow_store::Pool,
@@ -186,9 +188,9 @@ async fn role_ops(
     let poll_stop = stop.clone();
     let poller =
         tokio::spawn(async move { poll_depths(js, &poll_registry, wait(poll_stop)).await });
-    if cfg.metrics_addr.trim().is_empty() {
+    let Some(addr) = cfg.metrics_addr_for(role) else {
         return Ok(poller);
-    }
+    };
     let ready: quizflow_telemetry::ReadyCheck = std::sync::Arc::new(move || {
         let (client, pool) = (client.clone(), pool.clone());
         Box::pin(async move {
@@ -206,7 +208,11 @@ async fn role_ops(
         })
     });
     let (_, serve) =
-        quizflow_telemetry::serve_ops(&cfg.metrics_addr, registry, ready, wait(stop)).await?;
+        quizflow_telemetry::serve_ops(&addr, registry, ready, wait(stop))
+            .await
+            .with_context(|| {
+                format!("{role} metrics: set QUIZFLOW_METRICS_ADDR to a free address, or empty to switch them off")
+            })?;
     Ok(tokio::spawn(async move {
         if let Err(e) = serve.await {
             tracing::warn!(error = %e, "metrics server stopped");
@@ -340,7 +346,7 @@ async fn run_batcher(
     batcher.metrics().register(&registry)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ops = if ops {
-        Some(role_ops(cfg, client.clone(), js, pool, registry, stop_rx).await?)
+        Some(role_ops(cfg, "batcher", client.clone(), js, pool, registry, stop_rx).await?)
     } else {
         None
     };
@@ -401,6 +407,7 @@ async fn run_workers(
         Some(
             role_ops(
                 cfg,
+                "workers",
                 client.clone(),
                 js.clone(),
                 pool.clone(),
