@@ -883,6 +883,12 @@ impl Channelled {
         )
         .await
         .is_ok();
+        if ok {
+            self.metrics
+                .dead_letters
+                .with_label_values(&[self.channel.as_str(), "poison"])
+                .inc();
+        }
         let _ = msg
             .ack_with(if ok {
                 AckKind::Term
