@@ -66,6 +66,9 @@ pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryErro
     let tracer = match otlp_endpoint() {
         None => None,
         Some(_) => {
+            // An https collector: rustls needs its crypto provider chosen once per process
+            // (an error only means one is installed already).
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .build()

@@ -291,6 +291,36 @@ async fn send_smtp(
 
 #[cfg(test)]
 mod tests {
+    /// Providers are https: the client must speak TLS (a build without a TLS backend fails
+    /// every real provider call before it connects).
+    #[tokio::test]
+    async fn the_provider_client_speaks_tls() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let first = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.expect("accept");
+            let mut b = [0u8; 1];
+            sock.read_exact(&mut b).await.expect("read");
+            b[0]
+        });
+        let mut settings = crate::WorkerSettings::new(crate::Providers::mock("http://127.0.0.1:9"));
+        settings.webhook_allow_private = true;
+        let client = super::http_client(&settings, quizflow_core::Channel::Sms).expect("client");
+        let call = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            client.get(format!("https://127.0.0.1:{port}/")).send(),
+        );
+        let _ = call.await;
+        let byte = tokio::time::timeout(std::time::Duration::from_secs(2), first)
+            .await
+            .expect("the client connected")
+            .expect("join");
+        assert_eq!(byte, 0x16, "a TLS handshake record");
+    }
+
     #[test]
     fn signature_is_hmac_sha256_hex() {
         // RFC 4231 test case 2.
