@@ -104,7 +104,7 @@ async fn given_up_when_leads_arrive_then_the_dashboard_shows_them_live() {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let _up = spawn_up(&data, port, mock_port);
-    wait_ready(&http, &base).await;
+    wait_ready(&http, &base, &data).await;
     let token = std::fs::read_to_string(data.join("admin-token")).expect("admin token");
 
     // No token: the layout, and a form asking for it; no figures.

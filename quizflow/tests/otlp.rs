@@ -102,7 +102,7 @@ async fn given_an_otlp_endpoint_then_one_trace_follows_a_lead_from_request_to_de
         ],
     );
     let http = reqwest::Client::new();
-    wait_ready(&http, &base).await;
+    wait_ready(&http, &base, &data).await;
     let token = std::fs::read_to_string(data.join("admin-token")).expect("token");
     let created = http
         .post(format!("{base}/v1/campaigns"))

@@ -43,7 +43,7 @@ async fn given_nothing_configured_when_up_then_leads_become_messages_it_survives
 
     // First run: serve, then kill -9 (children are left behind, orphaned).
     let mut up = spawn_up(&data, port, mock_port);
-    wait_ready(&http, &base).await;
+    wait_ready(&http, &base, &data).await;
     let first = post(&http, &base, "before-crash").await;
     assert_eq!(first["duplicate"], false);
     let token = std::fs::read_to_string(data.join("admin-token")).expect("admin token written");
@@ -54,7 +54,7 @@ async fn given_nothing_configured_when_up_then_leads_become_messages_it_survives
     // Second run on the same data dir takes over, and the acknowledged submission is still
     // in the stream (JetStream answers "duplicate" for the same id).
     let mut up = spawn_up(&data, port, mock_port);
-    wait_ready(&http, &base).await;
+    wait_ready(&http, &base, &data).await;
     let again = post(&http, &base, "before-crash").await;
     assert_eq!(again["submission_id"], first["submission_id"]);
     assert_eq!(

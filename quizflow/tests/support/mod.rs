@@ -48,14 +48,28 @@ pub fn spawn_up_with(
         )
         // A killed batcher's unacked messages come back after this (60 s by default).
         .env("QUIZFLOW_BATCHER_ACK_WAIT", "3s")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info,poem=warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(log_file(data_dir));
     cmd.envs(env.iter().copied());
     Up(cmd.spawn().expect("spawn quizflow up"))
 }
 
-pub async fn wait_ready(http: &reqwest::Client, base: &str) {
+/// `up`'s log (every start on this data dir, appended), shown when a test gives up on it.
+fn log_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.with_extension("log")
+}
+
+fn log_file(data_dir: &std::path::Path) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(data_dir))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
+}
+
+pub async fn wait_ready(http: &reqwest::Client, base: &str, data_dir: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
@@ -63,10 +77,15 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str) {
                 return;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "quizflow up did not become ready"
-        );
+        if Instant::now() >= deadline {
+            let log = std::fs::read_to_string(log_path(data_dir)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "quizflow up did not become ready; its log ends:\n{}",
+                tail.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
