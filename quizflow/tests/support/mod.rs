@@ -78,12 +78,17 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str, data_dir: &std::path
             }
         }
         if Instant::now() >= deadline {
-            let log = std::fs::read_to_string(log_path(data_dir)).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(80).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let tail = |path: std::path::PathBuf| {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let from = lines.len().saturating_sub(40);
+                format!("--- {} ---\n{}", path.display(), lines[from..].join("\n"))
+            };
             panic!(
-                "quizflow up did not become ready; its log ends:\n{}",
-                tail.join("\n")
+                "quizflow up did not become ready; its logs end:\n{}\n{}\n{}",
+                tail(log_path(data_dir)),
+                tail(data_dir.join("nats/nats-server.log")),
+                tail(data_dir.join("postgres/postgres.log")),
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
