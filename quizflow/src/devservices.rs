@@ -249,6 +249,20 @@ impl DevServices {
     }
 }
 
+/// Whether `pid` is a running process. An exited one that nobody has reaped yet (a zombie:
+/// orphans of a killed `up` are reaped by whatever adopted them, sometimes late) is not.
+fn alive(pid: Pid) -> bool {
+    if kill(pid, None).is_err() {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw())).unwrap_or_default();
+    // The state follows the parenthesised command name: `pid (comm) S ...`.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X"))
+}
+
 /// A server left running by a `quizflow up` that was killed (kill -9 leaves its children
 /// behind): stop it, so that this start can take over its data dir.
 async fn stop_stale(pid_file: &Path, signal: Signal, what: &str) {
@@ -259,7 +273,7 @@ async fn stop_stale(pid_file: &Path, signal: Signal, what: &str) {
         return;
     };
     let pid = Pid::from_raw(pid);
-    if kill(pid, None).is_err() {
+    if !alive(pid) {
         return;
     }
     tracing::warn!(
@@ -268,10 +282,10 @@ async fn stop_stale(pid_file: &Path, signal: Signal, what: &str) {
     );
     let _ = kill(pid, signal);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while kill(pid, None).is_ok() && Instant::now() < deadline {
+    while alive(pid) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if kill(pid, None).is_ok() {
+    if alive(pid) {
         let _ = kill(pid, Signal::SIGKILL);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
