@@ -169,6 +169,20 @@ async fn poll_depths(
     }
 }
 
+/// [`poll_depths`] on a task of its own until `stop` turns true.
+fn spawn_depth_poller(
+    js: async_nats::jetstream::Context,
+    registry: quizflow_telemetry::prometheus::Registry,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        poll_depths(js, &registry, async move {
+            let _ = stop.wait_for(|v| *v).await;
+        })
+        .await
+    })
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` for a role running alone, with the depth
 /// poller, until `stop` fires. Nothing when `metrics_addr` is empty.
 #[allow(clippy::too_many_arguments)]
@@ -181,13 +195,7 @@ async fn role_ops(
     registry: quizflow_telemetry::prometheus::Registry,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
-    let poll_registry = registry.clone();
-    let poll_stop = stop.clone();
-    let poller =
-        tokio::spawn(async move { poll_depths(js, &poll_registry, wait(poll_stop)).await });
+    let poller = spawn_depth_poller(js, registry.clone(), stop.clone());
     let Some(addr) = cfg.metrics_addr_for(role) else {
         return Ok(poller);
     };
@@ -208,7 +216,10 @@ async fn role_ops(
         })
     });
     let (_, serve) =
-        quizflow_telemetry::serve_ops(&addr, registry, ready, wait(stop))
+        quizflow_telemetry::serve_ops(&addr, registry, ready, async move {
+            let mut stop = stop;
+            let _ = stop.wait_for(|v| *v).await;
+        })
             .await
             .with_context(|| {
                 format!("{role} metrics: set QUIZFLOW_METRICS_ADDR to a free address, or empty to switch them off")
@@ -311,14 +322,7 @@ async fn api(
     let database_url = required(&cfg.database_url, "DATABASE_URL")?.to_owned();
     let (_client, js) = connect_nats(&cfg, &nats_url, "api-depths").await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let poll_registry = registry.clone();
-    let poller = tokio::spawn(async move {
-        let mut rx = stop_rx;
-        poll_depths(js, &poll_registry, async move {
-            let _ = rx.wait_for(|v| *v).await;
-        })
-        .await
-    });
+    let poller = spawn_depth_poller(js, registry.clone(), stop_rx);
     let r = run_api(&cfg, &nats_url, &database_url, registry, shutdown_signal()).await;
     let _ = stop_tx.send(true);
     let _ = poller.await;

@@ -184,6 +184,22 @@ struct Bridge {
 }
 
 impl Bridge {
+    /// An OTLP counter `otlp_name` reading `value` of every series of family `family`.
+    fn counter(
+        &self,
+        otlp_name: &str,
+        family: &str,
+        help: String,
+        value: fn(&prometheus::proto::Metric) -> f64,
+    ) {
+        let (reg, family) = (self.registry.clone(), family.to_owned());
+        self.meter
+            .f64_observable_counter(otlp_name.to_owned())
+            .with_description(help)
+            .with_callback(move |o| observe(&reg, &family, value, |v, a| o.observe(v, a)))
+            .build();
+    }
+
     fn sync(&self) {
         let Ok(mut seen) = self.seen.lock() else {
             return;
@@ -194,26 +210,12 @@ impl Bridge {
                 continue;
             }
             let help = family.help().to_owned();
-            let kind = family.get_field_type();
-            let reg = self.registry.clone();
-            match kind {
+            match family.get_field_type() {
                 MetricType::COUNTER => {
-                    let n = name.clone();
-                    self.meter
-                        .f64_observable_counter(name)
-                        .with_description(help)
-                        .with_callback(move |o| {
-                            observe(
-                                &reg,
-                                &n,
-                                |m| m.get_counter().get_value(),
-                                |v, a| o.observe(v, a),
-                            )
-                        })
-                        .build();
+                    self.counter(&name, &name, help, |m| m.get_counter().get_value())
                 }
                 MetricType::GAUGE => {
-                    let n = name.clone();
+                    let (reg, n) = (self.registry.clone(), name.clone());
                     self.meter
                         .f64_observable_gauge(name)
                         .with_description(help)
@@ -228,32 +230,12 @@ impl Bridge {
                         .build();
                 }
                 MetricType::HISTOGRAM => {
-                    let (n1, n2) = (name.clone(), name.clone());
-                    let reg2 = reg.clone();
-                    self.meter
-                        .f64_observable_counter(format!("{name}_sum"))
-                        .with_description(help.clone())
-                        .with_callback(move |o| {
-                            observe(
-                                &reg,
-                                &n1,
-                                |m| m.get_histogram().get_sample_sum(),
-                                |v, a| o.observe(v, a),
-                            )
-                        })
-                        .build();
-                    self.meter
-                        .f64_observable_counter(format!("{name}_count"))
-                        .with_description(help)
-                        .with_callback(move |o| {
-                            observe(
-                                &reg2,
-                                &n2,
-                                |m| m.get_histogram().get_sample_count() as f64,
-                                |v, a| o.observe(v, a),
-                            )
-                        })
-                        .build();
+                    self.counter(&format!("{name}_sum"), &name, help.clone(), |m| {
+                        m.get_histogram().get_sample_sum()
+                    });
+                    self.counter(&format!("{name}_count"), &name, help, |m| {
+                        m.get_histogram().get_sample_count() as f64
+                    });
                 }
                 _ => {}
             }
