@@ -195,8 +195,20 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    /// Compiles the active campaigns (inactive ones never match).
+    /// Compiles the active campaigns (inactive ones never match) for live traffic: a
+    /// campaign matches only submissions received from its creation on.
     pub fn new(campaigns: impl IntoIterator<Item = Arc<Campaign>>) -> Self {
+        Self::compile(campaigns, true)
+    }
+
+    /// Compiles campaigns for a replay of history: the same evaluation, without the
+    /// creation-time bound (reaching history is what a replay is for). `starts_at` and
+    /// `ends_at` still bound the receipt time.
+    pub fn for_replay(campaigns: impl IntoIterator<Item = Arc<Campaign>>) -> Self {
+        Self::compile(campaigns, false)
+    }
+
+    fn compile(campaigns: impl IntoIterator<Item = Arc<Campaign>>, from_creation: bool) -> Self {
         let mut m = Matcher::default();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut intern = |p: &Predicate, preds: &mut Vec<Predicate>| -> usize {
@@ -236,12 +248,16 @@ impl Matcher {
             m.compiled.push(Compiled {
                 // A campaign applies to submissions received from its creation on (history
                 // is reached by replay), and from `starts_at` if that is later.
-                starts_ms: Some(
-                    c.spec
-                        .starts_at
-                        .map_or(c.created_at, |s| s.max(c.created_at))
-                        .timestamp_millis(),
-                ),
+                starts_ms: if from_creation {
+                    Some(
+                        c.spec
+                            .starts_at
+                            .map_or(c.created_at, |s| s.max(c.created_at))
+                            .timestamp_millis(),
+                    )
+                } else {
+                    c.spec.starts_at.map(|s| s.timestamp_millis())
+                },
                 ends_ms: c.spec.ends_at.map(|t| t.timestamp_millis()),
                 campaign: c,
                 all,

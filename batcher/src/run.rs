@@ -71,8 +71,9 @@ async fn nak_all(part: &[Decoded], delay: Duration) {
     .await;
 }
 
-/// Decodes an envelope; the error is the reason recorded with the dead letter.
-fn decode(payload: &[u8]) -> Result<SubmissionEnvelope, String> {
+/// Decodes a `SUBMISSIONS` message's payload; the error is the reason recorded with the
+/// dead letter (or the count of skipped messages of a replay).
+pub fn decode(payload: &[u8]) -> Result<SubmissionEnvelope, String> {
     #[derive(serde::Deserialize)]
     struct Version {
         v: Option<u16>,

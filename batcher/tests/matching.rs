@@ -300,3 +300,38 @@ fn a_campaign_does_not_match_submissions_received_before_it_existed() {
     assert_eq!(got.iter().map(|m| m.row).collect::<Vec<_>>(), [1]);
     assert_eq!(reference::match_batch(&[c], &batch), got);
 }
+
+#[test]
+fn replay_drops_the_creation_bound_and_keeps_the_campaign_window() {
+    // Created after the submissions (received at 1_790_000_000 + s).
+    let mut late = (*campaign(sms(json!([]), json!([])))).clone();
+    late.created_at = Utc.timestamp_opt(1_790_000_100, 0).single().expect("time");
+    let late = Arc::new(late);
+    let batch = vec![
+        submission("q1", json!({"respondent": {"phone": PHONE}}), 0),
+        submission("q1", json!({"respondent": {"phone": PHONE}}), 200),
+    ];
+    let live: Vec<usize> = Matcher::new([late.clone()])
+        .match_batch(&batch)
+        .iter()
+        .map(|m| m.row)
+        .collect();
+    assert_eq!(live, [1], "live: only what arrived after the campaign");
+    let mut replayed: Vec<usize> = Matcher::for_replay([late.clone()])
+        .match_batch(&batch)
+        .iter()
+        .map(|m| m.row)
+        .collect();
+    replayed.sort_unstable();
+    assert_eq!(replayed, [0, 1], "replay: history too");
+
+    // starts_at / ends_at still bound a replay.
+    let mut windowed = (*late).clone();
+    windowed.spec.starts_at = Utc.timestamp_opt(1_790_000_050, 0).single();
+    let got: Vec<usize> = Matcher::for_replay([Arc::new(windowed)])
+        .match_batch(&batch)
+        .iter()
+        .map(|m| m.row)
+        .collect();
+    assert_eq!(got, [1]);
+}

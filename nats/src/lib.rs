@@ -7,12 +7,14 @@
 
 mod client;
 mod depths;
+mod history;
 mod publish;
 pub mod subjects;
 pub mod topology;
 
 pub use client::{connect, jetstream, redact_url, NatsSettings};
 pub use depths::{depths, ConsumerDepth, Depths, StreamDepth};
+pub use history::{read_submissions, submissions_history, History, HistoryMessage, StartAt};
 pub use publish::{
     dead_letter_delivery, dead_letter_job_message, dead_letter_submission, publish_jobs,
     publish_redrives, publish_submission, PublishOutcome,

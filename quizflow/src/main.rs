@@ -5,6 +5,7 @@
 
 mod config;
 mod devservices;
+mod replay_cmd;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -60,6 +61,10 @@ enum Command {
     Streams,
     /// Apply pending database migrations (needs DATABASE_URL).
     Migrate,
+    /// Re-run campaign matching over historical submissions (the SUBMISSIONS stream, or the
+    /// submissions table with --source postgres), creating only the deliveries that do not
+    /// exist yet: idempotent, resumable, low priority by default.
+    Replay(replay_cmd::ReplayArgs),
     /// Benchmarks: `ingest` (HTTP intake beside raw JetStream publishes) and `store` (the
     /// batcher's write path beside raw COPY). Private servers unless configured.
     #[command(subcommand)]
@@ -119,6 +124,7 @@ fn main() -> anyhow::Result<()> {
             Command::MockProvider => mock_provider(cfg, shutdown_signal()).await,
             Command::Streams => streams(cfg).await,
             Command::Migrate => migrate(cfg).await,
+            Command::Replay(args) => replay_cmd::run(cfg, args).await,
             Command::Bench(quizflow_benchmarks::BenchKind::Ingest(args)) => bench(cfg, args).await,
             Command::Bench(quizflow_benchmarks::BenchKind::Deliveries(args)) => {
                 bench_deliveries(cfg, args).await
@@ -557,6 +563,14 @@ async fn up(cfg: Config, registry: quizflow_telemetry::prometheus::Registry) -> 
     let data_dir = std::path::absolute(&cfg.data_dir)?;
     let token = admin_token(&cfg)?;
     let (mut dev, nats_url, database_url) = dev_services(&cfg, &data_dir).await?;
+    // Where `quizflow replay` (and other one-off commands) find this deployment's servers.
+    let env_file = data_dir.join(UP_ENV_FILE);
+    if let Err(e) = write_private(
+        &env_file,
+        &format!("NATS_URL={nats_url}\nDATABASE_URL={database_url}\n"),
+    ) {
+        tracing::warn!(error = %e, "cannot write {}", env_file.display());
+    }
     let result = async {
         let applied = quizflow_migrations::run_migrations(&database_url).await?;
         tracing::info!(applied = applied.len(), "database migrated");
@@ -661,8 +675,24 @@ async fn up(cfg: Config, registry: quizflow_telemetry::prometheus::Registry) -> 
         anyhow::Ok(())
     }
     .await;
+    let _ = std::fs::remove_file(&env_file);
     dev.stop().await;
     result
+}
+
+/// In `up`'s data dir while it runs: the servers it uses (`NATS_URL=…`, `DATABASE_URL=…`).
+pub(crate) const UP_ENV_FILE: &str = "up.env";
+
+/// Writes a file only its owner can read (it may name credentials).
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())
 }
 
 async fn bench_deliveries(

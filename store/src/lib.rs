@@ -1,7 +1,7 @@
 //! quizflow's PostgreSQL access: every SQL statement the pipeline runs lives in this crate.
 //!
 //! One module per table ([`campaigns`], [`submissions`], [`deliveries`], [`dead_letters`]),
-//! plus [`intake`] (the batcher's one-transaction bulk write) and [`schema`] (diesel `table!`
+//! plus [`intake`] (the batcher's one-transaction bulk write), [`replay`] (what a replay reads and writes) and [`schema`] (diesel `table!`
 //! declarations). The SQL files and the migrator are in `quizflow-migrations`.
 //!
 //! Errors carry a kind ([`ErrorKind`]); [`StoreError::retry`] is the one place that decides
@@ -11,6 +11,7 @@ pub mod campaigns;
 pub mod dead_letters;
 pub mod deliveries;
 pub mod intake;
+pub mod replay;
 pub mod schema;
 pub mod stats;
 pub mod submissions;

@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS submissions_received_brin;

@@ -1,0 +1,559 @@
+//! The replay loop: read a range in batches, match, write what is missing, publish, report.
+
+use crate::{
+    Bound, CampaignCounts, Checkpoint, Progress, ReplayError, ReplaySpec, Source, Summary,
+};
+use async_nats::jetstream;
+use chrono::Utc;
+use futures::future::FusedFuture;
+use futures::{FutureExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use quizflow_batcher::Matcher;
+use quizflow_core::{Campaign, Channel, DeliveryJob, SubmissionEnvelope};
+use quizflow_nats::{HistoryMessage, StartAt};
+use quizflow_store::replay::{self as ledger, After, LedgerKey};
+use quizflow_store::{Pool, Retry, StoreError};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// The API sets a submission's receipt time a moment before JetStream stores it (a publish
+/// can wait for its ack up to the publish timeout): a time range is read from the stream with
+/// this margin and then cut exactly on the receipt time the message carries.
+const SLACK: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+/// Attempts of one step (a ledger statement, a publish) before the replay gives up and
+/// reports where to resume.
+const ATTEMPTS: u32 = 8;
+
+/// Runs a replay until its range is done or `stop` resolves (then after the batch in hand),
+/// calling `on_progress` after every batch. An error that outlasts the retries comes back as
+/// [`ReplayError::Interrupted`] with the checkpoint to resume from.
+pub async fn replay(
+    spec: &ReplaySpec,
+    js: &jetstream::Context,
+    pool: &Pool,
+    on_progress: impl FnMut(&Progress<'_>),
+    stop: impl Future<Output = ()>,
+) -> Result<Summary, ReplayError> {
+    if spec.batch == 0 {
+        return Err(ReplayError::Range(
+            "the batch size must be at least 1".into(),
+        ));
+    }
+    match (spec.from, spec.to) {
+        (Bound::Time(a), Some(Bound::Time(b))) if a >= b => {
+            return Err(ReplayError::Range(format!(
+                "--from {} is not before --to {}",
+                spec.from,
+                Bound::Time(b)
+            )))
+        }
+        (Bound::Seq(a), Some(Bound::Seq(b))) if a > b => {
+            return Err(ReplayError::Range(format!("--from {a} is after --to {b}")))
+        }
+        _ => {}
+    }
+    let campaigns = select_campaigns(spec, pool).await?;
+    let names = campaigns
+        .iter()
+        .map(|c| (c.id, c.spec.name.clone()))
+        .collect();
+    let batch = match spec.rate {
+        // A batch never waits for more tokens than the bucket can hold.
+        Some(r) => spec.batch.min(r.get() as usize).max(1),
+        None => spec.batch,
+    };
+    let limiter = spec.rate.map(|r| {
+        let burst = NonZeroU32::new(u32::try_from(batch).unwrap_or(u32::MAX)).unwrap_or(r);
+        RateLimiter::direct(Quota::per_second(r).allow_burst(burst))
+    });
+    let mut r = Replayer {
+        spec,
+        js,
+        pool,
+        batch,
+        matcher: Arc::new(Matcher::for_replay(campaigns)),
+        names,
+        counts: BTreeMap::new(),
+        summary: Summary {
+            dry_run: spec.dry_run,
+            source: spec.source.as_str(),
+            ..Summary::default()
+        },
+        limiter,
+        started: Instant::now(),
+        total: 0,
+    };
+    let stop = stop.fuse();
+    tokio::pin!(stop);
+    let outcome = match spec.source {
+        Source::Stream => r.read_stream(&mut stop, on_progress).await,
+        Source::Postgres => r.read_postgres(&mut stop, on_progress).await,
+    };
+    let summary = r.finish();
+    match outcome {
+        Ok(completed) => Ok(Summary {
+            completed,
+            ..summary
+        }),
+        Err(e @ (ReplayError::Range(_) | ReplayError::AgedOut { .. })) => Err(e),
+        Err(e) => Err(ReplayError::Interrupted {
+            checkpoint: summary
+                .checkpoint
+                .clone()
+                .unwrap_or_else(|| spec.from.to_string()),
+            error: Box::new(e),
+            summary: Box::new(summary),
+        }),
+    }
+}
+
+/// The campaigns a replay matches against: those named, or every active one that has not
+/// ended. A campaign whose jobs the workers would cancel is refused rather than replayed.
+async fn select_campaigns(
+    spec: &ReplaySpec,
+    pool: &Pool,
+) -> Result<Vec<Arc<Campaign>>, ReplayError> {
+    let mut conn = pool.get().await.map_err(StoreError::from)?;
+    let all = quizflow_store::campaigns::list(&mut conn).await?;
+    let now = Utc::now();
+    let live = |c: &Campaign| -> Result<(), &'static str> {
+        if !c.spec.active {
+            Err("is not active")
+        } else if c.spec.ends_at.is_some_and(|e| e <= now) {
+            Err("has ended")
+        } else {
+            Ok(())
+        }
+    };
+    let chosen: Vec<Campaign> = if spec.campaigns.is_empty() {
+        all.into_iter().filter(|c| live(c).is_ok()).collect()
+    } else {
+        let mut by_id: HashMap<Uuid, Campaign> = all.into_iter().map(|c| (c.id, c)).collect();
+        let mut chosen = Vec::new();
+        for id in &spec.campaigns {
+            let c = by_id.remove(id).ok_or(ReplayError::UnknownCampaign(*id))?;
+            live(&c).map_err(|why| ReplayError::CampaignNotLive {
+                id: c.id,
+                name: c.spec.name.clone(),
+                why,
+            })?;
+            chosen.push(c);
+        }
+        chosen
+    };
+    if chosen.is_empty() {
+        return Err(ReplayError::NoCampaigns);
+    }
+    Ok(chosen.into_iter().map(Arc::new).collect())
+}
+
+struct Replayer<'a> {
+    spec: &'a ReplaySpec,
+    js: &'a jetstream::Context,
+    pool: &'a Pool,
+    batch: usize,
+    matcher: Arc<Matcher>,
+    names: HashMap<Uuid, String>,
+    /// (campaign, channel) → (created, existed)
+    counts: BTreeMap<(Uuid, Channel), (u64, u64)>,
+    summary: Summary,
+    limiter: Option<DefaultDirectRateLimiter>,
+    started: Instant,
+    total: u64,
+}
+
+/// Whether a step's failure is worth another attempt.
+fn transient(e: &ReplayError) -> bool {
+    match e {
+        ReplayError::Store(s) => s.retry() == Retry::Later,
+        ReplayError::Nats(_) => true,
+        _ => false,
+    }
+}
+
+/// Runs `step` until it succeeds, fails for good, or has failed [`ATTEMPTS`] times.
+async fn with_retry<T, F, Fut>(what: &str, mut step: F) -> Result<T, ReplayError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ReplayError>>,
+{
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < ATTEMPTS && transient(&e) => {
+                tracing::warn!(error = %e, attempt, retry_in = ?delay, "replay {what} failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Replayer<'_> {
+    fn finish(&mut self) -> Summary {
+        let mut s = self.summary.clone();
+        s.by_campaign = self
+            .counts
+            .iter()
+            .map(|(&(id, channel), &(created, existed))| CampaignCounts {
+                campaign_id: id,
+                campaign: self.names.get(&id).cloned().unwrap_or_default(),
+                channel,
+                created,
+                existed,
+            })
+            .collect();
+        s.elapsed_s = self.started.elapsed().as_secs_f64();
+        s
+    }
+
+    fn report(&mut self, on_progress: &mut impl FnMut(&Progress<'_>), checkpoint: Bound) {
+        self.summary.checkpoint = Some(Checkpoint(checkpoint).to_string());
+        self.summary.elapsed_s = self.started.elapsed().as_secs_f64();
+        on_progress(&Progress {
+            total: self.total.max(self.summary.read),
+            summary: &self.summary,
+        });
+    }
+
+    async fn pace(&self, n: usize) {
+        if let (Some(l), Some(n)) = (
+            &self.limiter,
+            NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)),
+        ) {
+            // n never exceeds the burst (the batch size is capped by the rate).
+            let _ = l.until_n_ready(n).await;
+        }
+    }
+
+    /// The stream source. Returns whether the whole range was read.
+    async fn read_stream<S>(
+        &mut self,
+        stop: &mut std::pin::Pin<&mut futures::future::Fuse<S>>,
+        mut on_progress: impl FnMut(&Progress<'_>),
+    ) -> Result<bool, ReplayError>
+    where
+        S: Future<Output = ()>,
+    {
+        let history = quizflow_nats::submissions_history(self.js).await?;
+        // What the stream no longer holds: only when something was removed (first_seq > 1).
+        let aged_out = history.first_seq > 1
+            && match self.spec.from {
+                Bound::Seq(s) => s < history.first_seq,
+                Bound::Time(t) => history.first_time.is_none_or(|f| t < f),
+            };
+        if aged_out {
+            return Err(ReplayError::AgedOut {
+                first_seq: history.first_seq,
+                since: history
+                    .first_time
+                    .map(|t| format!(" (received {})", Bound::Time(t)))
+                    .unwrap_or_default(),
+            });
+        }
+        let (start, from_time) = match self.spec.from {
+            Bound::Seq(s) => (StartAt::Seq(s), None),
+            Bound::Time(t) => (StartAt::Time(t - SLACK), Some(t)),
+        };
+        let (end_seq, to_time) = match self.spec.to {
+            None => (history.last_seq, None),
+            Some(Bound::Seq(s)) => (s.min(history.last_seq), None),
+            Some(Bound::Time(t)) => (history.last_seq, Some(t)),
+        };
+        let first = match self.spec.from {
+            Bound::Seq(s) => s,
+            Bound::Time(_) => 1,
+        };
+        if history.messages == 0 || first > end_seq {
+            self.report(&mut on_progress, self.spec.from);
+            return Ok(true);
+        }
+        let (mut messages, pending) =
+            quizflow_nats::read_submissions(self.js, start, &self.spec.quizzes).await?;
+        self.total = match self.spec.from {
+            Bound::Seq(s) => pending.min(end_seq.saturating_sub(s) + 1),
+            Bound::Time(_) => pending,
+        };
+        if pending == 0 {
+            self.report(&mut on_progress, self.spec.from);
+            return Ok(true);
+        }
+        let mut last_seq = None;
+        loop {
+            let mut batch: Vec<SubmissionEnvelope> = Vec::with_capacity(self.batch);
+            let mut read = 0usize;
+            let mut end = false;
+            let mut stopped = false;
+            while read < self.batch && !end {
+                let next = if read == 0 {
+                    tokio::select! {
+                        m = messages.next() => m,
+                        _ = &mut *stop => { stopped = true; break; }
+                    }
+                } else {
+                    // The consumer pulls 500 at a time: a pause means the pull is refilling.
+                    match tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    }
+                };
+                let msg: HistoryMessage = match next {
+                    Some(m) => m?,
+                    None => {
+                        return Err(ReplayError::Nats(quizflow_nats::NatsError::Api(
+                            "the replay consumer's message stream ended".into(),
+                        )))
+                    }
+                };
+                if msg.seq > end_seq || to_time.is_some_and(|t| msg.stored_at >= t + SLACK) {
+                    end = true;
+                    break;
+                }
+                read += 1;
+                last_seq = Some(msg.seq);
+                end = msg.pending == 0 || msg.seq >= end_seq;
+                self.summary.read += 1;
+                let envelope = match quizflow_batcher::decode(&msg.payload) {
+                    Ok(e) => e,
+                    Err(_) => {
+                        self.summary.undecodable += 1;
+                        continue;
+                    }
+                };
+                let in_range = from_time.is_none_or(|t| envelope.received_at >= t)
+                    && to_time.is_none_or(|t| envelope.received_at < t);
+                if in_range {
+                    batch.push(envelope);
+                }
+            }
+            self.pace(read).await;
+            self.summary.scanned += batch.len() as u64;
+            self.process(batch, true).await?;
+            if let Some(s) = last_seq {
+                self.report(&mut on_progress, Bound::Seq(s + 1));
+            }
+            if end {
+                return Ok(true);
+            }
+            if stopped || stop.is_terminated() || stop.as_mut().now_or_never().is_some() {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// The PostgreSQL source: `submissions` in (receipt time, id) order, paged by time
+    /// windows that halve when a page is full and double when it is not.
+    async fn read_postgres<S>(
+        &mut self,
+        stop: &mut std::pin::Pin<&mut futures::future::Fuse<S>>,
+        mut on_progress: impl FnMut(&Progress<'_>),
+    ) -> Result<bool, ReplayError>
+    where
+        S: Future<Output = ()>,
+    {
+        let times_only = || {
+            ReplayError::Range(
+                "--source postgres takes RFC 3339 times for --from and --to (sequences belong to the stream)"
+                    .into(),
+            )
+        };
+        let from = match self.spec.from {
+            Bound::Time(t) => t,
+            Bound::Seq(_) => return Err(times_only()),
+        };
+        let to = match self.spec.to {
+            None => Utc::now(),
+            Some(Bound::Time(t)) => t,
+            Some(Bound::Seq(_)) => return Err(times_only()),
+        };
+        let range = ledger::Range {
+            from,
+            to,
+            quizzes: self
+                .spec
+                .quizzes
+                .iter()
+                .map(|q| q.as_str().to_owned())
+                .collect(),
+        };
+        self.total = with_retry("count", || async {
+            let mut c = self.pool.get().await.map_err(StoreError::from)?;
+            Ok(ledger::count(&mut c, &range).await?)
+        })
+        .await?;
+        let mut after = After {
+            received_at: from,
+            id: Uuid::nil(),
+        };
+        let mut window = chrono::TimeDelta::hours(1);
+        loop {
+            if stop.is_terminated() || stop.as_mut().now_or_never().is_some() {
+                return Ok(false);
+            }
+            let window_end = after
+                .received_at
+                .checked_add_signed(window)
+                .unwrap_or(to)
+                .min(to);
+            let page = with_retry("read", || async {
+                let mut c = self.pool.get().await.map_err(StoreError::from)?;
+                Ok(ledger::page(&mut c, &range, after, window_end, self.batch).await?)
+            })
+            .await?;
+            self.pace(page.rows).await;
+            self.summary.read += page.rows as u64;
+            self.summary.undecodable += page.unreadable as u64;
+            self.summary.scanned += page.submissions.len() as u64;
+            let full = page.rows >= self.batch;
+            let last = page.last;
+            self.process(
+                page.submissions.into_iter().map(|(e, _)| e).collect(),
+                false,
+            )
+            .await?;
+            match (full, last) {
+                (true, Some(last)) => {
+                    after = last;
+                    window = (window / 2).max(chrono::TimeDelta::seconds(1));
+                }
+                _ => {
+                    after = After {
+                        received_at: window_end,
+                        id: Uuid::nil(),
+                    };
+                    window = (window * 2).min(chrono::TimeDelta::days(31));
+                }
+            }
+            self.report(&mut on_progress, Bound::Time(after.received_at));
+            if !full && window_end >= to {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Matches one batch and creates what is missing (or, dry, counts it).
+    async fn process(
+        &mut self,
+        batch: Vec<SubmissionEnvelope>,
+        check_stored: bool,
+    ) -> Result<(), ReplayError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let batch = if check_stored {
+            let ids: Vec<Uuid> = batch.iter().map(|e| e.submission_id.0).collect();
+            let stored = with_retry("read", || async {
+                let mut c = self.pool.get().await.map_err(StoreError::from)?;
+                Ok(ledger::stored_ids(&mut c, &ids).await?)
+            })
+            .await?;
+            let before = batch.len();
+            let kept: Vec<SubmissionEnvelope> = batch
+                .into_iter()
+                .filter(|e| stored.contains(&e.submission_id.0))
+                .collect();
+            self.summary.not_stored += (before - kept.len()) as u64;
+            kept
+        } else {
+            batch
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // The batcher's matcher, on rayon, off the async runtime.
+        let matcher = self.matcher.clone();
+        let (batch, matches, matcher) = tokio::task::spawn_blocking(move || {
+            let m = matcher.match_batch(&batch);
+            (batch, m, matcher)
+        })
+        .await
+        .map_err(|e| ReplayError::Matcher(e.to_string()))?;
+        let rows: HashSet<usize> = (0..batch.len()).collect();
+        let mut jobs = matcher.jobs(&matches, &batch, &rows, Utc::now());
+        for job in &mut jobs {
+            job.priority = self.spec.priority;
+        }
+        self.summary.matched += matches.iter().map(|m| m.row).collect::<HashSet<_>>().len() as u64;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let (created, existing): (HashSet<LedgerKey>, Vec<ledger::Existing>) = if self.spec.dry_run
+        {
+            let existing = with_retry("read", || async {
+                let mut c = self.pool.get().await.map_err(StoreError::from)?;
+                Ok(ledger::existing(&mut c, &jobs).await?)
+            })
+            .await?;
+            let found: HashSet<LedgerKey> = existing.iter().map(|e| e.key).collect();
+            let created = jobs
+                .iter()
+                .map(ledger::key_of)
+                .filter(|k| !found.contains(k))
+                .collect();
+            (created, existing)
+        } else {
+            let created = with_retry("ledger write", || async {
+                let mut c = self.pool.get().await.map_err(StoreError::from)?;
+                Ok(ledger::insert_missing(&mut c, &jobs).await?)
+            })
+            .await?;
+            let rest: Vec<DeliveryJob> = jobs
+                .iter()
+                .filter(|j| !created.contains(&ledger::key_of(j)))
+                .cloned()
+                .collect();
+            let existing = if rest.is_empty() {
+                Vec::new()
+            } else {
+                with_retry("read", || async {
+                    let mut c = self.pool.get().await.map_err(StoreError::from)?;
+                    Ok(ledger::existing(&mut c, &rest).await?)
+                })
+                .await?
+            };
+            (created, existing)
+        };
+        // A `queued` row may have lost its job (a replay that died between its commit and
+        // its publishes): publish it again. The worker's claim makes a copy harmless.
+        let republish: Vec<DeliveryJob> = existing
+            .into_iter()
+            .filter(|e| e.status == "queued")
+            .map(|e| e.job)
+            .collect();
+        let mut out: Vec<DeliveryJob> = jobs
+            .iter()
+            .filter(|j| created.contains(&ledger::key_of(j)))
+            .cloned()
+            .collect();
+        for job in &jobs {
+            let slot = self
+                .counts
+                .entry((job.campaign_id, job.channel))
+                .or_default();
+            if created.contains(&ledger::key_of(job)) {
+                slot.0 += 1;
+            } else {
+                slot.1 += 1;
+            }
+        }
+        self.summary.jobs_created += out.len() as u64;
+        self.summary.already_existed += (jobs.len() - out.len()) as u64;
+        self.summary.republished += republish.len() as u64;
+        if !self.spec.dry_run {
+            out.extend(republish);
+            with_retry("publish", || async {
+                Ok(quizflow_nats::publish_jobs(self.js, &out, |_| None).await?)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
