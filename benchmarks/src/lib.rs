@@ -1,4 +1,4 @@
-//! quizflow's benchmark harness (behind `quizflow bench ingest|store`) and data generators
+//! quizflow's benchmark harness (behind `quizflow bench ingest|store|deliveries|replay`) and data generators
 //! for the criterion benches in `benches/`.
 //!
 //! The ingest benchmark measures, in one run on one machine:
@@ -13,10 +13,12 @@
 mod deliveries;
 mod ingest;
 pub mod leads;
+mod replay;
 mod store;
 
 pub use deliveries::{run_deliveries, DeliveriesArgs, DeliveriesReport};
 pub use ingest::{run_ingest, Fsync, IngestArgs, IngestReport};
+pub use replay::{run_replay, ReplayArgs, ReplayReport};
 pub use store::{run_store, StoreArgs, StoreReport};
 
 /// What `quizflow bench` measures.
@@ -29,4 +31,7 @@ pub enum BenchKind {
     /// Deliveries/s of one workers process against the mock provider at several latencies
     /// (private deployment; the mock runs as its own process).
     Deliveries(DeliveriesArgs),
+    /// Replayed submissions/s against 1,000 campaigns: read ceiling, matcher, dry run, real
+    /// run, idempotent second run, PostgreSQL source (private deployment unless configured).
+    Replay(ReplayArgs),
 }

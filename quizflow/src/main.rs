@@ -132,6 +132,9 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(quizflow_benchmarks::BenchKind::Store(args)) => {
                 bench_store(cfg, args).await
             }
+            Command::Bench(quizflow_benchmarks::BenchKind::Replay(args)) => {
+                bench_replay(cfg, args).await
+            }
         };
         // Exporters flush on a thread of their own; not on the runtime's workers.
         let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
@@ -693,6 +696,40 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     f.write_all(contents.as_bytes())
+}
+
+async fn bench_replay(cfg: Config, args: quizflow_benchmarks::ReplayArgs) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut dev = DevServices::none();
+    let result = async {
+        let nats_url = match &cfg.nats_url {
+            Some(u) => u.clone(),
+            None => {
+                dev.start_nats(
+                    tmp.path(),
+                    cfg.nats_server_bin.as_deref(),
+                    args.fsync == quizflow_benchmarks::Fsync::Always,
+                )
+                .await?
+            }
+        };
+        let database_url = match &cfg.database_url {
+            Some(u) => u.clone(),
+            None => dev.start_postgres(tmp.path()).await?,
+        };
+        quizflow_migrations::run_migrations(&database_url).await?;
+        let (client, js) = connect_nats(&cfg, &nats_url, "bench").await?;
+        ensure_topology(&cfg, &js).await?;
+        anyhow::Ok(quizflow_benchmarks::run_replay(&args, client, js, &database_url).await?)
+    }
+    .await;
+    dev.stop().await;
+    let report = result?;
+    std::fs::create_dir_all("bench-out")?;
+    std::fs::write("bench-out/replay.json", serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write("bench-out/replay.md", report.markdown())?;
+    println!("{}", report.markdown());
+    Ok(())
 }
 
 async fn bench_deliveries(
