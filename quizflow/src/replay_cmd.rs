@@ -125,7 +125,7 @@ impl Feedback {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} eta {eta} {msg}",
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({percent}%) eta {eta} {msg}",
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
@@ -146,8 +146,9 @@ impl Feedback {
             Some(bar) => {
                 bar.set_length(p.total);
                 bar.set_position(s.read);
+                let rate = s.read as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
                 bar.set_message(format!(
-                    "matched {} · jobs +{} · existed {} · checkpoint --from {checkpoint}",
+                    "{rate:.0}/s · matched {} · jobs +{} · existed {} · checkpoint --from {checkpoint}",
                     s.matched, s.jobs_created, s.already_existed
                 ));
             }
@@ -177,8 +178,9 @@ impl Feedback {
     }
 
     fn finish(&self) {
+        // The summary follows and says it all: leave no half line behind.
         if let Some(bar) = &self.bar {
-            bar.finish();
+            bar.finish_and_clear();
         }
     }
 }
@@ -216,16 +218,16 @@ fn print_summary(s: &Summary, json: bool) -> anyhow::Result<()> {
         println!("  undecodable        {}", s.undecodable);
     }
     println!("  matched            {}", s.matched);
-    println!("  jobs {verb:<15}{}", s.jobs_created);
+    println!("  {:<19}{}", format!("jobs {verb}"), s.jobs_created);
     println!("  already existed    {}", s.already_existed);
     if s.republished > 0 {
         println!(
-            "  re-published       {}  (ledger rows still queued; a worker claims each once)",
+            "  re-published       {}  (rows still queued: their jobs go out again in case a stopped run lost them; a worker claims each row once)",
             s.republished
         );
     }
     if !s.by_campaign.is_empty() {
-        println!("  by campaign and channel ({verb} / already existed):");
+        println!("  by campaign and channel (jobs {verb} / already existed):");
         for c in &s.by_campaign {
             println!(
                 "    {} ({})  {:<9} {} / {}",

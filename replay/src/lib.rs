@@ -220,3 +220,24 @@ pub enum ReplayError {
     #[error("matcher task failed: {0}")]
     Matcher(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_sequences_or_rfc3339_times() {
+        assert_eq!(Bound::parse("42"), Ok(Bound::Seq(42)));
+        assert!(Bound::parse("0").is_err());
+        let t = Bound::parse("2026-11-22T10:00:00-03:00").expect("time");
+        assert_eq!(t.to_string(), "2026-11-22T13:00:00Z");
+        let precise = Bound::parse("2026-11-22T13:00:00.123456Z").expect("time");
+        assert_eq!(
+            Bound::parse(&precise.to_string()),
+            Ok(precise),
+            "a printed checkpoint parses back to itself"
+        );
+        assert!(Bound::parse("yesterday").is_err());
+        assert!(Bound::parse("-1").is_err());
+    }
+}

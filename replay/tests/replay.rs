@@ -559,3 +559,24 @@ async fn submissions_not_stored_yet_are_counted_not_matched() {
     assert_eq!(s.not_stored, 4);
     assert_eq!(s.jobs_created, 5);
 }
+
+#[tokio::test]
+async fn the_rate_bounds_how_fast_history_is_read() {
+    let env = env().await;
+    env.publish("q", 0..600).await;
+    env.wait_stored(600).await;
+    env.campaign(sms_campaign("late", None)).await;
+    let mut spec = ReplaySpec::new(Bound::Seq(1));
+    spec.rate = std::num::NonZeroU32::new(200);
+    spec.dry_run = true;
+    let started = Instant::now();
+    let s = env.run(&spec).await.expect("replay");
+    assert_eq!(s.read, 600);
+    // A token bucket of 200/s holding one batch (200): the other 400 take at least 2 s. A
+    // lower bound only: a slow machine cannot make it fail.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_900),
+        "600 submissions at 200/s in {:?}",
+        started.elapsed()
+    );
+}
