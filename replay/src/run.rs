@@ -465,6 +465,13 @@ impl Replayer<'_> {
         } else {
             batch
         };
+        // The same submission twice in a range (published again after the duplicate window;
+        // the batcher stored it once): match it once.
+        let mut seen = HashSet::with_capacity(batch.len());
+        let batch: Vec<SubmissionEnvelope> = batch
+            .into_iter()
+            .filter(|e| seen.insert(e.submission_id.0))
+            .collect();
         if batch.is_empty() {
             return Ok(());
         }
