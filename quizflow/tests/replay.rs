@@ -150,7 +150,7 @@ async fn given_history_on_up_when_a_new_campaign_is_replayed_then_each_lead_gets
     assert!(by.values().all(|&n| n == 1), "one message per lead");
     assert!(by.keys().all(|to| {
         let n: usize = to[6..].parse().unwrap_or(1);
-        n % 2 == 0
+        n.is_multiple_of(2)
     }));
 
     // A second run: nothing new, nothing sent.
