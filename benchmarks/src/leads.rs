@@ -33,3 +33,28 @@ pub fn lead(rng: &mut impl Rng, n: u64) -> Value {
         "metadata": {"utm_source": SOURCES[rng.random_range(0..SOURCES.len())], "utm_campaign": "nov", "n": n},
     })
 }
+
+/// `n` validated envelopes of [`lead`]s over `quizzes` quizzes (`quiz0`…), received now, with
+/// idempotency keys unique to this call.
+pub fn envelopes(n: usize, quizzes: usize) -> Vec<quizflow_core::SubmissionEnvelope> {
+    use quizflow_core::{IdempotencyKey, QuizId, SubmissionEnvelope, SubmissionId};
+    let mut rng = rand::rng();
+    let run = uuid::Uuid::new_v4();
+    (0..n)
+        .map(|i| {
+            let quiz = QuizId::parse(&format!("quiz{}", i % quizzes.max(1)))
+                .unwrap_or_else(|_| unreachable!("valid"));
+            let key = IdempotencyKey::parse(&format!("bench-{run}-{i}"))
+                .unwrap_or_else(|_| unreachable!("valid"));
+            let sub =
+                quizflow_core::parse_submission(&lead(&mut rng, i as u64)).unwrap_or_default();
+            SubmissionEnvelope::new(
+                SubmissionId::from_key(&quiz, &key),
+                quiz,
+                chrono::Utc::now(),
+                Some(key),
+                sub,
+            )
+        })
+        .collect()
+}

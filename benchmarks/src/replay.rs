@@ -11,12 +11,9 @@
 //! 6. **PostgreSQL source**, dry: the same range paged out of `submissions`;
 //! 7. **live intake alone, then beside a replay** at the default rate and priority.
 
-use crate::leads::lead;
 use futures::StreamExt;
 use quizflow_batcher::{Batcher, BatcherSettings, Matcher};
-use quizflow_core::{
-    parse_campaign, parse_submission, IdempotencyKey, QuizId, SubmissionEnvelope, SubmissionId,
-};
+use quizflow_core::{parse_campaign, SubmissionEnvelope};
 use quizflow_replay::{Bound, ReplaySpec, Source};
 use serde::Serialize;
 use std::sync::Arc;
@@ -111,24 +108,7 @@ pub enum ReplayBenchError {
 const QUIZZES: usize = 20;
 
 fn envelopes(n: usize) -> Vec<SubmissionEnvelope> {
-    let mut rng = rand::rng();
-    let run = uuid::Uuid::new_v4();
-    (0..n)
-        .map(|i| {
-            let quiz = QuizId::parse(&format!("quiz{}", i % QUIZZES))
-                .unwrap_or_else(|_| unreachable!("valid"));
-            let key = IdempotencyKey::parse(&format!("replay-{run}-{i}"))
-                .unwrap_or_else(|_| unreachable!("valid"));
-            let sub = parse_submission(&lead(&mut rng, i as u64)).unwrap_or_default();
-            SubmissionEnvelope::new(
-                SubmissionId::from_key(&quiz, &key),
-                quiz,
-                chrono::Utc::now(),
-                Some(key),
-                sub,
-            )
-        })
-        .collect()
+    crate::leads::envelopes(n, QUIZZES)
 }
 
 /// A campaign set drawn from a fixed seed: 90 % scoped to one of the quizzes, a score band,

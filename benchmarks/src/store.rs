@@ -5,14 +5,10 @@
 //! matching against `--campaigns` campaigns, then the batcher's transaction (id guard,
 //! `INSERT … UNNEST … ON CONFLICT`, ledger rows). Both with `--writers` connections.
 
-use crate::leads::lead;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures::StreamExt;
 use quizflow_batcher::Matcher;
-use quizflow_core::{
-    parse_campaign, parse_submission, Campaign, IdempotencyKey, QuizId, SubmissionEnvelope,
-    SubmissionId,
-};
+use quizflow_core::{parse_campaign, Campaign, SubmissionEnvelope};
 use quizflow_store::intake::{self as store, Row};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -81,23 +77,7 @@ pub enum StoreBenchError {
 }
 
 fn envelopes(n: usize) -> Vec<SubmissionEnvelope> {
-    let mut rng = rand::rng();
-    (0..n)
-        .map(|i| {
-            let quiz =
-                QuizId::parse(&format!("quiz{}", i % 20)).unwrap_or_else(|_| unreachable!("valid"));
-            let key = IdempotencyKey::parse(&format!("store-{i}-{}", uuid::Uuid::new_v4()))
-                .unwrap_or_else(|_| unreachable!("valid"));
-            let sub = parse_submission(&lead(&mut rng, i as u64)).unwrap_or_default();
-            SubmissionEnvelope::new(
-                SubmissionId::from_key(&quiz, &key),
-                quiz,
-                chrono::Utc::now(),
-                Some(key),
-                sub,
-            )
-        })
-        .collect()
+    crate::leads::envelopes(n, 20)
 }
 
 fn campaigns(n: usize) -> Vec<Arc<Campaign>> {

@@ -6,6 +6,8 @@
 //! what makes storage at-most-once forever, not just inside JetStream's duplicate window.
 
 use chrono::{DateTime, Datelike, Utc};
+use diesel::pg::Pg;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{Array, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use quizflow_core::{Channel, DeliveryJob, Priority, SubmissionEnvelope, SubmissionId};
@@ -24,8 +26,9 @@ struct IdRow {
     id: Uuid,
 }
 
+/// A ledger row as a job (what a re-publish sends).
 #[derive(diesel::QueryableByName)]
-struct QueuedRow {
+pub(crate) struct LedgerRow {
     #[diesel(sql_type = SqlUuid)]
     submission_id: Uuid,
     #[diesel(sql_type = SqlUuid)]
@@ -38,6 +41,29 @@ struct QueuedRow {
     priority: String,
     #[diesel(sql_type = Timestamptz)]
     created_at: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    pub(crate) status: String,
+}
+
+/// The columns of [`LedgerRow`].
+pub(crate) const LEDGER_COLUMNS: &str =
+    "d.submission_id, d.campaign_id, d.campaign_version, d.channel, d.priority, d.created_at, d.status";
+
+impl LedgerRow {
+    pub(crate) fn job(&self) -> Option<DeliveryJob> {
+        let channel = Channel::parse(&self.channel)?;
+        let submission_id = SubmissionId(self.submission_id);
+        Some(DeliveryJob {
+            v: DeliveryJob::VERSION,
+            job_id: DeliveryJob::job_id(submission_id, self.campaign_id, channel),
+            submission_id,
+            campaign_id: self.campaign_id,
+            campaign_version: self.campaign_version,
+            channel,
+            priority: Priority::parse(&self.priority).unwrap_or_default(),
+            created_at: self.created_at,
+        })
+    }
 }
 
 /// Creates missing monthly partitions for the months of `times` (cached per process).
@@ -207,31 +233,54 @@ fn pg_text_array(items: &[String]) -> String {
     out
 }
 
+/// The ledger columns of a set of jobs, as arrays for one `UNNEST` insert.
+pub(crate) struct LedgerColumns {
+    subs: Vec<Uuid>,
+    camps: Vec<Uuid>,
+    versions: Vec<i32>,
+    channels: Vec<&'static str>,
+    priorities: Vec<&'static str>,
+    created: Vec<DateTime<Utc>>,
+}
+
+impl LedgerColumns {
+    pub(crate) fn of(jobs: &[DeliveryJob]) -> Self {
+        Self {
+            subs: jobs.iter().map(|j| j.submission_id.0).collect(),
+            camps: jobs.iter().map(|j| j.campaign_id).collect(),
+            versions: jobs.iter().map(|j| j.campaign_version).collect(),
+            channels: jobs.iter().map(|j| j.channel.as_str()).collect(),
+            priorities: jobs.iter().map(|j| j.priority.as_str()).collect(),
+            created: jobs.iter().map(|j| j.created_at).collect(),
+        }
+    }
+
+    /// `queued` ledger rows for every job whose key is not taken; with `returning`, the keys
+    /// of the rows it created come back.
+    pub(crate) fn insert(&self, returning: bool) -> BoxedSqlQuery<'_, Pg, SqlQuery> {
+        diesel::sql_query(format!(
+            "INSERT INTO deliveries (submission_id, campaign_id, campaign_version, channel, priority, status, created_at, updated_at) \
+             SELECT u.sub, u.camp, u.ver, u.channel, u.priority, 'queued', u.created, u.created \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[]) \
+                  AS u(sub, camp, ver, channel, priority, created) \
+             ON CONFLICT DO NOTHING{}",
+            if returning { " RETURNING submission_id, campaign_id, channel" } else { "" }
+        ))
+        .into_boxed()
+        .bind::<Array<SqlUuid>, _>(&self.subs)
+        .bind::<Array<SqlUuid>, _>(&self.camps)
+        .bind::<Array<Integer>, _>(&self.versions)
+        .bind::<Array<Text>, _>(&self.channels)
+        .bind::<Array<Text>, _>(&self.priorities)
+        .bind::<Array<Timestamptz>, _>(&self.created)
+    }
+}
+
 async fn insert_ledger(
     conn: &mut AsyncPgConnection,
     jobs: &[DeliveryJob],
 ) -> Result<(), crate::StoreError> {
-    let subs: Vec<Uuid> = jobs.iter().map(|j| j.submission_id.0).collect();
-    let camps: Vec<Uuid> = jobs.iter().map(|j| j.campaign_id).collect();
-    let versions: Vec<i32> = jobs.iter().map(|j| j.campaign_version).collect();
-    let channels: Vec<String> = jobs.iter().map(|j| j.channel.to_string()).collect();
-    let priorities: Vec<String> = jobs.iter().map(|j| j.priority.to_string()).collect();
-    let created: Vec<DateTime<Utc>> = jobs.iter().map(|j| j.created_at).collect();
-    diesel::sql_query(
-        "INSERT INTO deliveries (submission_id, campaign_id, campaign_version, channel, priority, status, created_at, updated_at) \
-         SELECT u.sub, u.camp, u.ver, u.channel, u.priority, 'queued', u.created, u.created \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[]) \
-              AS u(sub, camp, ver, channel, priority, created) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind::<Array<SqlUuid>, _>(&subs)
-    .bind::<Array<SqlUuid>, _>(&camps)
-    .bind::<Array<Integer>, _>(&versions)
-    .bind::<Array<Text>, _>(&channels)
-    .bind::<Array<Text>, _>(&priorities)
-    .bind::<Array<Timestamptz>, _>(&created)
-    .execute(conn)
-    .await?;
+    LedgerColumns::of(jobs).insert(false).execute(conn).await?;
     Ok(())
 }
 
@@ -246,30 +295,13 @@ pub async fn queued_jobs(
         return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = submissions.iter().map(|s| s.0).collect();
-    let rows: Vec<QueuedRow> = diesel::sql_query(
-        "SELECT submission_id, campaign_id, campaign_version, channel, priority, created_at \
-         FROM deliveries WHERE submission_id = ANY($1) AND status = 'queued'",
-    )
+    let rows: Vec<LedgerRow> = diesel::sql_query(format!(
+        "SELECT {LEDGER_COLUMNS} FROM deliveries d WHERE d.submission_id = ANY($1) AND d.status = 'queued'"
+    ))
     .bind::<Array<SqlUuid>, _>(&ids)
     .load(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| {
-            let channel = Channel::parse(&r.channel)?;
-            let submission_id = SubmissionId(r.submission_id);
-            Some(DeliveryJob {
-                v: DeliveryJob::VERSION,
-                job_id: DeliveryJob::job_id(submission_id, r.campaign_id, channel),
-                submission_id,
-                campaign_id: r.campaign_id,
-                campaign_version: r.campaign_version,
-                channel,
-                priority: Priority::parse(&r.priority).unwrap_or_default(),
-                created_at: r.created_at,
-            })
-        })
-        .collect())
+    Ok(rows.iter().filter_map(LedgerRow::job).collect())
 }
 
 #[cfg(test)]

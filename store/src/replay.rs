@@ -6,16 +6,13 @@
 //! idempotent: rows are inserted with `ON CONFLICT DO NOTHING RETURNING`, so only the rows
 //! this statement created come back, whatever ran before or runs beside it.
 
+use crate::intake::{LedgerColumns, LedgerRow, LEDGER_COLUMNS};
+use crate::submissions::{StoredRow, STORED_COLUMNS};
 use crate::StoreError;
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{
-    Array, BigInt, Double, Integer, Json, Nullable, Text, Timestamptz, Uuid as SqlUuid,
-};
+use diesel::sql_types::{Array, BigInt, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use quizflow_core::{
-    Answer, Channel, DeliveryJob, IdempotencyKey, Priority, QuizId, Respondent, Submission,
-    SubmissionEnvelope, SubmissionId,
-};
+use quizflow_core::{Channel, DeliveryJob, SubmissionEnvelope};
 use std::collections::HashSet;
 use uuid::Uuid;
 
@@ -44,24 +41,6 @@ pub async fn stored_ids(
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
-#[derive(diesel::QueryableByName)]
-struct LedgerRow {
-    #[diesel(sql_type = SqlUuid)]
-    submission_id: Uuid,
-    #[diesel(sql_type = SqlUuid)]
-    campaign_id: Uuid,
-    #[diesel(sql_type = Text)]
-    channel: String,
-    #[diesel(sql_type = Text)]
-    status: String,
-    #[diesel(sql_type = Integer)]
-    campaign_version: i32,
-    #[diesel(sql_type = Text)]
-    priority: String,
-    #[diesel(sql_type = Timestamptz)]
-    created_at: DateTime<Utc>,
-}
-
 /// A ledger row that already exists for a replayed job.
 #[derive(Debug, Clone)]
 pub struct Existing {
@@ -82,11 +61,11 @@ pub async fn existing(
     let subs: Vec<Uuid> = jobs.iter().map(|j| j.submission_id.0).collect();
     let camps: Vec<Uuid> = jobs.iter().map(|j| j.campaign_id).collect();
     let channels: Vec<&str> = jobs.iter().map(|j| j.channel.as_str()).collect();
-    let rows: Vec<LedgerRow> = diesel::sql_query(
-        "SELECT d.submission_id, d.campaign_id, d.channel, d.status, d.campaign_version, d.priority, d.created_at \
+    let rows: Vec<LedgerRow> = diesel::sql_query(format!(
+        "SELECT {LEDGER_COLUMNS} \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS u(sub, camp, channel) \
-         JOIN deliveries d ON d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel",
-    )
+         JOIN deliveries d ON d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel"
+    ))
     .bind::<Array<SqlUuid>, _>(&subs)
     .bind::<Array<SqlUuid>, _>(&camps)
     .bind::<Array<Text>, _>(&channels)
@@ -95,21 +74,11 @@ pub async fn existing(
     Ok(rows
         .into_iter()
         .filter_map(|r| {
-            let channel = Channel::parse(&r.channel)?;
-            let submission_id = SubmissionId(r.submission_id);
+            let job = r.job()?;
             Some(Existing {
-                key: (r.submission_id, r.campaign_id, channel),
+                key: key_of(&job),
                 status: r.status,
-                job: DeliveryJob {
-                    v: DeliveryJob::VERSION,
-                    job_id: DeliveryJob::job_id(submission_id, r.campaign_id, channel),
-                    submission_id,
-                    campaign_id: r.campaign_id,
-                    campaign_version: r.campaign_version,
-                    channel,
-                    priority: Priority::parse(&r.priority).unwrap_or_default(),
-                    created_at: r.created_at,
-                },
+                job,
             })
         })
         .collect())
@@ -135,28 +104,7 @@ pub async fn insert_missing(
     if jobs.is_empty() {
         return Ok(HashSet::new());
     }
-    let subs: Vec<Uuid> = jobs.iter().map(|j| j.submission_id.0).collect();
-    let camps: Vec<Uuid> = jobs.iter().map(|j| j.campaign_id).collect();
-    let versions: Vec<i32> = jobs.iter().map(|j| j.campaign_version).collect();
-    let channels: Vec<&str> = jobs.iter().map(|j| j.channel.as_str()).collect();
-    let priorities: Vec<&str> = jobs.iter().map(|j| j.priority.as_str()).collect();
-    let created: Vec<DateTime<Utc>> = jobs.iter().map(|j| j.created_at).collect();
-    let rows: Vec<KeyRow> = diesel::sql_query(
-        "INSERT INTO deliveries (submission_id, campaign_id, campaign_version, channel, priority, status, created_at, updated_at) \
-         SELECT u.sub, u.camp, u.ver, u.channel, u.priority, 'queued', u.created, u.created \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[]) \
-              AS u(sub, camp, ver, channel, priority, created) \
-         ON CONFLICT DO NOTHING \
-         RETURNING submission_id, campaign_id, channel",
-    )
-    .bind::<Array<SqlUuid>, _>(&subs)
-    .bind::<Array<SqlUuid>, _>(&camps)
-    .bind::<Array<Integer>, _>(&versions)
-    .bind::<Array<Text>, _>(&channels)
-    .bind::<Array<Text>, _>(&priorities)
-    .bind::<Array<Timestamptz>, _>(&created)
-    .load(conn)
-    .await?;
+    let rows: Vec<KeyRow> = LedgerColumns::of(jobs).insert(true).load(conn).await?;
     Ok(rows
         .into_iter()
         .filter_map(|r| Some((r.submission_id, r.campaign_id, Channel::parse(&r.channel)?)))
@@ -186,72 +134,6 @@ pub struct After {
     pub id: Uuid,
 }
 
-#[derive(diesel::QueryableByName)]
-struct SubmissionRow {
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
-    #[diesel(sql_type = Text)]
-    quiz_id: String,
-    #[diesel(sql_type = Timestamptz)]
-    received_at: DateTime<Utc>,
-    #[diesel(sql_type = Timestamptz)]
-    completed_at: DateTime<Utc>,
-    #[diesel(sql_type = Nullable<Double>)]
-    score: Option<f64>,
-    #[diesel(sql_type = Nullable<Text>)]
-    phone: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    email: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    name: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    locale: Option<String>,
-    #[diesel(sql_type = Json)]
-    answers: serde_json::Value,
-    #[diesel(sql_type = Array<Text>)]
-    tags: Vec<String>,
-    #[diesel(sql_type = Json)]
-    metadata: serde_json::Value,
-    #[diesel(sql_type = Nullable<Text>)]
-    idempotency_key: Option<String>,
-    #[diesel(sql_type = BigInt)]
-    stream_seq: i64,
-}
-
-impl SubmissionRow {
-    /// The envelope the row was stored from (what the matcher sees on the stream).
-    fn into_envelope(self) -> Option<(SubmissionEnvelope, u64)> {
-        let quiz_id = QuizId::parse(&self.quiz_id).ok()?;
-        let answers: Vec<Answer> = serde_json::from_value(self.answers).ok()?;
-        let metadata = match self.metadata {
-            serde_json::Value::Object(m) => m,
-            _ => Default::default(),
-        };
-        let submission = Submission {
-            respondent: Respondent {
-                phone: self.phone,
-                email: self.email,
-                name: self.name,
-                locale: self.locale,
-            },
-            answers,
-            score: self.score,
-            completed_at: Some(self.completed_at),
-            tags: self.tags,
-            metadata,
-        };
-        let envelope = SubmissionEnvelope::new(
-            SubmissionId(self.id),
-            quiz_id,
-            self.received_at,
-            self.idempotency_key
-                .and_then(|k| IdempotencyKey::parse(&k).ok()),
-            submission,
-        );
-        Some((envelope, u64::try_from(self.stream_seq).unwrap_or(0)))
-    }
-}
-
 /// One page of [`page`]: the submissions, how many rows did not parse, and the key of the
 /// page's last row (where the next page starts).
 #[derive(Debug)]
@@ -274,14 +156,12 @@ pub async fn page(
     limit: usize,
 ) -> Result<Page, StoreError> {
     let hi = window_end.min(range.to);
-    let rows: Vec<SubmissionRow> = diesel::sql_query(
-        "SELECT id, quiz_id, received_at, completed_at, score, phone, email, name, locale, \
-                answers, tags, metadata, idempotency_key, stream_seq \
-         FROM submissions \
-         WHERE received_at >= $1 AND received_at < $2 AND (received_at, id) > ($3, $4) \
-           AND (cardinality($5::text[]) = 0 OR quiz_id = ANY($5)) \
-         ORDER BY received_at, id LIMIT $6",
-    )
+    let rows: Vec<StoredRow> = diesel::sql_query(format!(
+        "SELECT {STORED_COLUMNS} FROM submissions s \
+         WHERE s.received_at >= $1 AND s.received_at < $2 AND (s.received_at, s.id) > ($3, $4) \
+           AND (cardinality($5::text[]) = 0 OR s.quiz_id = ANY($5)) \
+         ORDER BY s.received_at, s.id LIMIT $6"
+    ))
     .bind::<Timestamptz, _>(range.from.max(after.received_at))
     .bind::<Timestamptz, _>(hi)
     .bind::<Timestamptz, _>(after.received_at)
@@ -297,7 +177,7 @@ pub async fn page(
     });
     let submissions: Vec<_> = rows
         .into_iter()
-        .filter_map(SubmissionRow::into_envelope)
+        .filter_map(StoredRow::into_envelope)
         .collect();
     Ok(Page {
         unreadable: total - submissions.len(),

@@ -2,9 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{
-    Array, Double, Integer, Json, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    Array, BigInt, Double, Integer, Json, Nullable, Text, Timestamptz, Uuid as SqlUuid,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use quizflow_core::{
+    Answer, IdempotencyKey, QuizId, Respondent, Submission, SubmissionEnvelope, SubmissionId,
+};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -24,14 +27,15 @@ pub struct Delivery {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A row of `submissions` as read back whole ([`STORED_COLUMNS`], table alias `s`).
 #[derive(Debug, diesel::QueryableByName)]
-struct Row {
+pub(crate) struct StoredRow {
     #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
+    pub(crate) id: Uuid,
     #[diesel(sql_type = Text)]
     quiz_id: String,
     #[diesel(sql_type = Timestamptz)]
-    received_at: DateTime<Utc>,
+    pub(crate) received_at: DateTime<Utc>,
     #[diesel(sql_type = Timestamptz)]
     completed_at: DateTime<Utc>,
     #[diesel(sql_type = Nullable<Double>)]
@@ -52,8 +56,50 @@ struct Row {
     metadata: serde_json::Value,
     #[diesel(sql_type = Nullable<Text>)]
     idempotency_key: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    stream_seq: i64,
     #[diesel(sql_type = Timestamptz)]
     stored_at: DateTime<Utc>,
+}
+
+/// The columns of [`StoredRow`], on the alias `s`.
+pub(crate) const STORED_COLUMNS: &str =
+    "s.id, s.quiz_id, s.received_at, s.completed_at, s.score, s.phone, s.email, s.name, s.locale, \
+     s.answers, s.tags, s.metadata, s.idempotency_key, s.stream_seq, s.stored_at";
+
+impl StoredRow {
+    /// The envelope the row was stored from (what the matcher saw on the stream), with its
+    /// stream sequence; None if the row no longer parses.
+    pub(crate) fn into_envelope(self) -> Option<(SubmissionEnvelope, u64)> {
+        let quiz_id = QuizId::parse(&self.quiz_id).ok()?;
+        let answers: Vec<Answer> = serde_json::from_value(self.answers).ok()?;
+        let metadata = match self.metadata {
+            serde_json::Value::Object(m) => m,
+            _ => Default::default(),
+        };
+        let submission = Submission {
+            respondent: Respondent {
+                phone: self.phone,
+                email: self.email,
+                name: self.name,
+                locale: self.locale,
+            },
+            answers,
+            score: self.score,
+            completed_at: Some(self.completed_at),
+            tags: self.tags,
+            metadata,
+        };
+        let envelope = SubmissionEnvelope::new(
+            SubmissionId(self.id),
+            quiz_id,
+            self.received_at,
+            self.idempotency_key
+                .and_then(|k| IdempotencyKey::parse(&k).ok()),
+            submission,
+        );
+        Some((envelope, u64::try_from(self.stream_seq).unwrap_or(0)))
+    }
 }
 
 /// A stored submission with its deliveries, as `GET /v1/submissions/{id}` shows it.
@@ -62,12 +108,11 @@ pub async fn get(
     id: Uuid,
 ) -> Result<Option<serde_json::Value>, crate::StoreError> {
     // The id guard gives the receipt time, which prunes the search to one partition.
-    let rows: Vec<Row> = diesel::sql_query(
-        "SELECT s.id, s.quiz_id, s.received_at, s.completed_at, s.score, s.phone, s.email, s.name, s.locale, \
-                s.answers, s.tags, s.metadata, s.idempotency_key, s.stored_at \
+    let rows: Vec<StoredRow> = diesel::sql_query(format!(
+        "SELECT {STORED_COLUMNS} \
          FROM submission_ids i JOIN submissions s ON s.id = i.id AND s.received_at = i.received_at \
-         WHERE i.id = $1",
-    )
+         WHERE i.id = $1"
+    ))
     .bind::<SqlUuid, _>(id)
     .load(conn)
     .await?;
