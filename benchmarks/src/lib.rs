@@ -11,6 +11,7 @@
 //! Benchmarks are never tests: tests check behaviour, this measures it.
 
 mod deliveries;
+pub mod e2e;
 mod ingest;
 pub mod leads;
 mod replay;
@@ -31,6 +32,9 @@ pub enum BenchKind {
     /// Deliveries/s of one workers process against the mock provider at several latencies
     /// (private deployment; the mock runs as its own process).
     Deliveries(DeliveriesArgs),
+    /// The whole pipeline from outside beside the machine's ceiling: accepted/s, SMS
+    /// delivered/s, latencies, lost and duplicate counts, CPU per process, charts, `--plan`.
+    E2e(e2e::E2eArgs),
     /// Replayed submissions/s against 1,000 campaigns: read ceiling, matcher, dry run, real
     /// run, idempotent second run, PostgreSQL source (private deployment unless configured).
     Replay(ReplayArgs),

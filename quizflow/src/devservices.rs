@@ -228,6 +228,14 @@ impl DevServices {
         Ok(url)
     }
 
+    /// Process ids of the servers started here (`nats-server`, `postgres`: the postmaster).
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        [("nats-server", &self.nats), ("postgres", &self.postgres)]
+            .into_iter()
+            .filter_map(|(name, c)| Some((name, c.as_ref()?.id()?)))
+            .collect()
+    }
+
     /// Stops PostgreSQL (fast shutdown) and nats-server (graceful), waiting for both.
     pub async fn stop(&mut self) {
         for (child, signal, what) in [

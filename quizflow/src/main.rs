@@ -3,6 +3,7 @@
 //! `up` is the development all-in-one; `api` is the intake role as deployed; `streams` and
 //! `migrate` set up NATS and PostgreSQL; `bench` measures ingest.
 
+mod bench_e2e;
 mod config;
 mod devservices;
 mod replay_cmd;
@@ -134,6 +135,9 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Bench(quizflow_benchmarks::BenchKind::Replay(args)) => {
                 bench_replay(cfg, args).await
+            }
+            Command::Bench(quizflow_benchmarks::BenchKind::E2e(args)) => {
+                bench_e2e::run(cfg, args).await
             }
         };
         // Exporters flush on a thread of their own; not on the runtime's workers.

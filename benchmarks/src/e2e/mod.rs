@@ -1,0 +1,829 @@
+//! `quizflow bench e2e`: the whole pipeline measured from outside, beside the machine's
+//! ceiling, in one run.
+//!
+//! The driver posts realistic submissions (closed or open loop); half of them (by default)
+//! match one SMS campaign whose message names the submission. The workers deliver to a
+//! Twilio-shaped [`Sink`] the harness runs, which counts distinct and duplicate messages; the
+//! end-to-end latency is from each 202 to the sink's receipt. The same driver against
+//! [`NullTarget`] (202 at once, SMS straight from memory) gives the ceiling reported beside
+//! every result. The caller starts the deployment (`quizflow` does: private NATS and
+//! PostgreSQL, api, batcher and workers as processes of their own) and hands it over as a
+//! [`Deployment`].
+
+mod charts;
+mod driver;
+mod plan;
+mod procs;
+mod sink;
+
+pub use driver::{due, Load, Pacing, Sent};
+pub use plan::{parse_rate, plan, Plan, RoleCost};
+pub use procs::Usage;
+pub use sink::{NullTarget, Sink, BODY_PREFIX};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// 100,000 completions a minute for 2 minutes (open loop).
+    EventPeak,
+    /// As fast as 256 requests in flight allow, 100,000 submissions (closed loop).
+    Max,
+    /// 500/s for 30 minutes (open loop).
+    Soak,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct E2eArgs {
+    /// A preset (its values give way to explicit flags).
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Submissions in the measured phase.
+    #[arg(long)]
+    pub submissions: Option<usize>,
+    /// Open loop at this rate (`1667/s`, `100000/min`); without it, closed loop.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Requests in flight in closed loop.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Submissions sent (and delivered) before measuring: the campaign is loaded and every
+    /// connection warm.
+    #[arg(long, default_value_t = 2_000)]
+    pub warmup: usize,
+    /// Share of submissions the SMS campaign matches.
+    #[arg(long, default_value_t = 0.5)]
+    pub match_share: f64,
+    /// Quizzes the submissions spread over.
+    #[arg(long, default_value_t = 20)]
+    pub quizzes: usize,
+    /// `null`: only the do-nothing target (the ceiling). Without it, the pipeline is started.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// fsync policy of the private nats-server.
+    #[arg(long, value_enum, default_value_t = crate::Fsync::Always)]
+    pub fsync: crate::Fsync,
+    /// Skip the ceiling run.
+    #[arg(long)]
+    pub no_ceiling: bool,
+    /// Longest wait for the last delivery after the last request.
+    #[arg(long, default_value = "300s")]
+    pub drain_timeout: humantime::Duration,
+    /// Also print what this rate needs (`100000/min`), from the CPU measured per lead.
+    #[arg(long, value_parser = parse_rate)]
+    pub plan: Option<f64>,
+    /// With --plan: plan from this earlier `bench-report.json` instead of running.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Where the report, summary and charts go.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+}
+
+impl E2eArgs {
+    /// (submissions, pacing) after the preset.
+    pub fn shape(&self) -> (usize, Pacing) {
+        let (n, rate) = match self.preset {
+            Some(Preset::EventPeak) => (200_000, Some(100_000.0 / 60.0)),
+            Some(Preset::Soak) => (900_000, Some(500.0)),
+            Some(Preset::Max) | None => (100_000, None),
+        };
+        let n = self.submissions.unwrap_or(n);
+        let pacing = match self.rate.or(if self.preset == Some(Preset::Max) {
+            None
+        } else {
+            rate
+        }) {
+            Some(rate) => Pacing::Open { rate },
+            None => Pacing::Closed {
+                concurrency: self.concurrency,
+            },
+        };
+        (n, pacing)
+    }
+}
+
+/// A running quizflow pipeline, started by the caller.
+pub struct Deployment {
+    pub api: String,
+    pub admin_token: String,
+    pub database_url: String,
+    /// Processes to account CPU and memory to, by role.
+    pub processes: Vec<(String, u32)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum E2eError {
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("store: {0}")]
+    Store(#[from] quizflow_store::StoreError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub t_s: f64,
+    pub accepted: u64,
+    pub stored: u64,
+    pub delivered: u64,
+    pub queued: u64,
+}
+
+/// One run of the driver against one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub target: String,
+    pub submissions: usize,
+    pub accepted: u64,
+    pub accepted_per_s: f64,
+    pub expected_messages: u64,
+    pub delivered_messages: u64,
+    pub delivered_per_s: f64,
+    pub stored_per_s: Option<f64>,
+    pub http_p50_ms: f64,
+    pub http_p95_ms: f64,
+    pub http_p99_ms: f64,
+    pub http_max_ms: f64,
+    pub e2e_p50_ms: f64,
+    pub e2e_p99_ms: f64,
+    pub e2e_max_ms: f64,
+    pub lost_submissions: u64,
+    pub lost_messages: u64,
+    pub duplicates: u64,
+    pub errors: u64,
+    pub errors_by_status: BTreeMap<String, u64>,
+    pub cpu_s: BTreeMap<String, f64>,
+    pub peak_pss_mb: BTreeMap<String, f64>,
+    pub series: Vec<Point>,
+    /// HTTP p50 / p99 per second of the run (by due time), for the latency chart.
+    pub latency_series: Vec<(f64, f64, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct E2eReport {
+    pub pacing: Pacing,
+    pub fsync: crate::Fsync,
+    pub submissions: usize,
+    pub match_share: f64,
+    pub accepted_per_s: f64,
+    pub delivered_per_s: f64,
+    pub http_p50_ms: f64,
+    pub http_p99_ms: f64,
+    pub e2e_p50_ms: f64,
+    pub e2e_p99_ms: f64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub errors: u64,
+    pub ceiling_accepted_per_s: Option<f64>,
+    pub ceiling_delivered_per_s: Option<f64>,
+    pub cpu_s: BTreeMap<String, f64>,
+    /// CPU milliseconds per accepted lead, by process.
+    pub cpu_ms_per_lead: BTreeMap<String, f64>,
+    pub quizflow: Option<RunResult>,
+    pub ceiling: Option<RunResult>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // Microseconds, up to ten minutes, 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3)
+        .unwrap_or_else(|_| unreachable!("static histogram bounds are valid"))
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        return 0.0;
+    }
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// What the sink and the database say of one run's submissions.
+#[derive(Debug, Default, PartialEq)]
+pub struct Accounting {
+    pub expected_messages: u64,
+    pub delivered_messages: u64,
+    pub lost_messages: u64,
+    pub duplicates: u64,
+    pub lost_submissions: u64,
+}
+
+/// Every accepted submission must be stored once (`stored` holds the accepted ids found
+/// stored; None when the target stores nothing), and every accepted, matching one must have
+/// exactly one message (`received`: copies per submission at the sink).
+pub fn account(
+    ids: &[Uuid],
+    matches: &[bool],
+    accepted: &[bool],
+    stored: Option<&HashSet<Uuid>>,
+    received: &HashMap<Uuid, usize>,
+) -> Accounting {
+    let mut a = Accounting::default();
+    for i in 0..ids.len() {
+        let copies = received.get(&ids[i]).copied().unwrap_or(0);
+        a.duplicates += copies.saturating_sub(1) as u64;
+        if !accepted[i] {
+            continue;
+        }
+        if stored.is_some_and(|s| !s.contains(&ids[i])) {
+            a.lost_submissions += 1;
+        }
+        if matches[i] {
+            a.expected_messages += 1;
+            if copies == 0 {
+                a.lost_messages += 1;
+            } else {
+                a.delivered_messages += 1;
+            }
+        }
+    }
+    a
+}
+
+async fn stats(http: &reqwest::Client, d: &Deployment) -> Option<serde_json::Value> {
+    http.get(format!("{}/v1/stats", d.api))
+        .bearer_auth(&d.admin_token)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+async fn create_campaign(http: &reqwest::Client, d: &Deployment) -> Result<(), E2eError> {
+    let r = http
+        .post(format!("{}/v1/campaigns", d.api))
+        .bearer_auth(&d.admin_token)
+        .json(&serde_json::json!({
+            "name": "bench e2e", "priority": "normal",
+            "match": {"all": [{"field": "answers.q1", "op": "eq", "value": "b"}]},
+            "actions": [{"channel": "sms", "template": format!("{BODY_PREFIX}{{{{ submission_id }}}}")}]
+        }))
+        .send()
+        .await?;
+    if r.status().as_u16() != 201 {
+        return Err(E2eError::Setup(format!(
+            "campaign not created: {}",
+            r.text().await.unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// Copies per submission among `ids`, at the sink now.
+fn copies(sink: &Sink, ids: &[Uuid]) -> HashMap<Uuid, usize> {
+    let Ok(r) = sink.received.lock() else {
+        return HashMap::new();
+    };
+    ids.iter()
+        .filter_map(|id| r.by_submission.get(id).map(|v| (*id, v.len())))
+        .collect()
+}
+
+fn delivered_among(sink: &Sink, ids: &HashSet<Uuid>) -> u64 {
+    sink.received
+        .lock()
+        .map(|r| r.by_submission.keys().filter(|k| ids.contains(k)).count() as u64)
+        .unwrap_or(0)
+}
+
+/// Waits until every expected message of `ids` arrived, or nothing arrived for a while, or
+/// `limit` passed.
+async fn drain(sink: &Sink, expected: &HashSet<Uuid>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let mut last = (0u64, Instant::now());
+    loop {
+        let got = delivered_among(sink, expected);
+        if got >= expected.len() as u64 || Instant::now() > deadline {
+            return;
+        }
+        if got > last.0 {
+            last = (got, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(60) {
+            tracing::warn!(
+                got,
+                expected = expected.len(),
+                "deliveries stopped arriving"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One measured run: warm-up, the load, the drain, the accounting.
+#[allow(clippy::too_many_arguments)]
+async fn run_once(
+    name: &str,
+    base: &str,
+    deployment: Option<&Deployment>,
+    sink: &Sink,
+    args: &E2eArgs,
+    n: usize,
+    pacing: Pacing,
+    progress: &indicatif::ProgressBar,
+) -> Result<RunResult, E2eError> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let run = Uuid::new_v4().simple().to_string();
+    // Warm-up: the campaign is in every batcher, connections are open, and the path works.
+    let warm = Load::generate(
+        args.warmup,
+        args.quizzes,
+        args.match_share,
+        &format!("w{run}"),
+    );
+    progress.set_message(format!("{name}: warm-up"));
+    driver::drive(
+        &http,
+        base,
+        &warm,
+        0..warm.len(),
+        Pacing::Closed { concurrency: 64 },
+        &|_| {},
+    )
+    .await;
+    let warm_expected: HashSet<Uuid> = warm
+        .ids
+        .iter()
+        .zip(&warm.matches)
+        .filter(|(_, m)| **m)
+        .map(|(id, _)| *id)
+        .collect();
+    drain(sink, &warm_expected, Duration::from_secs(120)).await;
+    if delivered_among(sink, &warm_expected) < warm_expected.len() as u64 {
+        return Err(E2eError::Setup(format!(
+            "{name}: the warm-up's messages did not all arrive; is the pipeline working?"
+        )));
+    }
+
+    let load = Load::generate(n, args.quizzes, args.match_share, &format!("m{run}"));
+    let matching: HashSet<Uuid> = load
+        .ids
+        .iter()
+        .zip(&load.matches)
+        .filter(|(_, m)| **m)
+        .map(|(id, _)| *id)
+        .collect();
+    let procs: Vec<(String, u32)> = deployment.map(|d| d.processes.clone()).unwrap_or_default();
+    let cpu_before: Vec<Usage> = procs.iter().map(|(_, p)| procs::tree(*p)).collect();
+    let mut peak: Vec<u64> = vec![0; procs.len()];
+
+    // Sampler: stored, queued and delivered twice a second.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let sampler = {
+        let (http, sink, matching, answered) = (
+            http.clone(),
+            sink.clone(),
+            matching.clone(),
+            answered.clone(),
+        );
+        let d = deployment.map(|d| Deployment {
+            api: d.api.clone(),
+            admin_token: d.admin_token.clone(),
+            database_url: d.database_url.clone(),
+            processes: Vec::new(),
+        });
+        let procs = procs.clone();
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let stored0 = match &d {
+                Some(d) => stats(&http, d)
+                    .await
+                    .and_then(|s| s["submissions"]["stored"].as_u64())
+                    .unwrap_or(0),
+                None => 0,
+            };
+            let mut series = vec![Point {
+                t_s: 0.0,
+                accepted: 0,
+                stored: 0,
+                delivered: 0,
+                queued: 0,
+            }];
+            let mut peak = vec![0u64; procs.len()];
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop_rx.changed() => break,
+                }
+                let (stored, queued) = match &d {
+                    Some(d) => match stats(&http, d).await {
+                        Some(s) => (
+                            s["submissions"]["stored"]
+                                .as_u64()
+                                .unwrap_or(0)
+                                .saturating_sub(stored0),
+                            s["deliveries"]["sms"]["queued"].as_u64().unwrap_or(0),
+                        ),
+                        None => (0, 0),
+                    },
+                    None => (answered.load(Ordering::Relaxed) as u64, 0),
+                };
+                for (i, (_, pid)) in procs.iter().enumerate() {
+                    peak[i] = peak[i].max(procs::tree(*pid).pss_bytes);
+                }
+                series.push(Point {
+                    t_s: t0.elapsed().as_secs_f64(),
+                    accepted: answered.load(Ordering::Relaxed) as u64,
+                    stored,
+                    delivered: delivered_among(&sink, &matching),
+                    queued,
+                });
+            }
+            (series, peak)
+        })
+    };
+
+    progress.set_length(n as u64);
+    progress.set_position(0);
+    progress.set_message(name.to_owned());
+    let started = Instant::now();
+    let tick = |k: usize| {
+        answered.store(k, Ordering::Relaxed);
+        progress.set_position(k as u64);
+    };
+    let sent = driver::drive(&http, base, &load, 0..n, pacing, &tick).await;
+    let accepted: Vec<bool> = sent.iter().map(|s| s.status == 202).collect();
+    let accepted_ids: HashSet<Uuid> = load
+        .ids
+        .iter()
+        .zip(&accepted)
+        .filter(|(_, a)| **a)
+        .map(|(id, _)| *id)
+        .collect();
+    let expected: HashSet<Uuid> = matching.intersection(&accepted_ids).copied().collect();
+    progress.set_message(format!("{name}: waiting for the last deliveries"));
+    drain(sink, &expected, *args.drain_timeout).await;
+    let _ = stop_tx.send(true);
+    let (series, sampled_peak) = sampler.await.map_err(|e| E2eError::Setup(e.to_string()))?;
+    for (i, p) in sampled_peak.into_iter().enumerate() {
+        peak[i] = peak[i].max(p);
+    }
+
+    // Accounting.
+    let stored = match deployment {
+        Some(d) => {
+            let pool = quizflow_store::pool(&d.database_url, 2);
+            let mut conn = pool.get().await.map_err(quizflow_store::StoreError::from)?;
+            let ids: Vec<Uuid> = accepted_ids.iter().copied().collect();
+            let mut found = HashSet::new();
+            for chunk in ids.chunks(10_000) {
+                found.extend(quizflow_store::replay::stored_ids(&mut conn, chunk).await?);
+            }
+            Some(found)
+        }
+        None => None,
+    };
+    let received = copies(sink, &load.ids);
+    let acc = account(
+        &load.ids,
+        &load.matches,
+        &accepted,
+        stored.as_ref(),
+        &received,
+    );
+
+    // Latencies.
+    let mut http_h = histogram();
+    let mut errors_by_status: BTreeMap<String, u64> = BTreeMap::new();
+    let mut accepted_at: HashMap<Uuid, Instant> = HashMap::with_capacity(n);
+    let mut last_accept = started;
+    let mut per_second: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
+    for (i, s) in sent.iter().enumerate() {
+        let us = s.latency().as_micros().min(600_000_000) as u64;
+        let _ = http_h.record(us.max(1));
+        let second = s.due.saturating_duration_since(started).as_secs();
+        let _ = per_second
+            .entry(second)
+            .or_insert_with(histogram)
+            .record(us.max(1));
+        if s.status == 202 {
+            accepted_at.insert(load.ids[i], s.done);
+            last_accept = last_accept.max(s.done);
+        } else {
+            *errors_by_status
+                .entry(if s.status == 0 {
+                    "transport".into()
+                } else {
+                    s.status.to_string()
+                })
+                .or_default() += 1;
+        }
+    }
+    let mut e2e_h = histogram();
+    let mut last_delivery = started;
+    if let Ok(r) = sink.received.lock() {
+        for id in &expected {
+            if let (Some(copies), Some(at)) = (r.by_submission.get(id), accepted_at.get(id)) {
+                if let Some(first) = copies.iter().min() {
+                    let us = first
+                        .saturating_duration_since(*at)
+                        .as_micros()
+                        .min(600_000_000) as u64;
+                    let _ = e2e_h.record(us.max(1));
+                    last_delivery = last_delivery.max(*first);
+                }
+            }
+        }
+    }
+    let secs = |until: Instant| {
+        until
+            .saturating_duration_since(started)
+            .as_secs_f64()
+            .max(1e-3)
+    };
+    let stored_per_s = deployment.and_then(|_| {
+        let total = accepted_ids.len() as u64;
+        series
+            .iter()
+            .find(|p| p.stored >= total)
+            .map(|p| total as f64 / p.t_s.max(1e-3))
+    });
+    let mut cpu_s = BTreeMap::new();
+    let mut peak_pss_mb = BTreeMap::new();
+    for (i, (role, pid)) in procs.iter().enumerate() {
+        let after = procs::tree(*pid);
+        cpu_s.insert(role.clone(), (after.cpu_s - cpu_before[i].cpu_s).max(0.0));
+        peak_pss_mb.insert(role.clone(), peak[i] as f64 / (1024.0 * 1024.0));
+    }
+    Ok(RunResult {
+        target: name.to_owned(),
+        submissions: n,
+        accepted: accepted_ids.len() as u64,
+        accepted_per_s: accepted_ids.len() as f64 / secs(last_accept),
+        expected_messages: acc.expected_messages,
+        delivered_messages: acc.delivered_messages,
+        delivered_per_s: acc.delivered_messages as f64 / secs(last_delivery),
+        stored_per_s,
+        http_p50_ms: ms(&http_h, 0.50),
+        http_p95_ms: ms(&http_h, 0.95),
+        http_p99_ms: ms(&http_h, 0.99),
+        http_max_ms: if http_h.is_empty() {
+            0.0
+        } else {
+            http_h.max() as f64 / 1000.0
+        },
+        e2e_p50_ms: ms(&e2e_h, 0.50),
+        e2e_p99_ms: ms(&e2e_h, 0.99),
+        e2e_max_ms: if e2e_h.is_empty() {
+            0.0
+        } else {
+            e2e_h.max() as f64 / 1000.0
+        },
+        lost_submissions: acc.lost_submissions,
+        lost_messages: acc.lost_messages,
+        duplicates: acc.duplicates,
+        errors: errors_by_status.values().sum(),
+        errors_by_status,
+        cpu_s,
+        peak_pss_mb,
+        series,
+        latency_series: per_second
+            .iter()
+            .map(|(s, h)| (*s as f64, ms(h, 0.50), ms(h, 0.99)))
+            .collect(),
+    })
+}
+
+fn progress_bar() -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} ({percent}%) eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Runs the ceiling (unless `--no-ceiling`) and then `deployment` (None with `--target null`).
+pub async fn run_e2e(
+    args: &E2eArgs,
+    deployment: Option<&Deployment>,
+    sink: &Sink,
+) -> Result<E2eReport, E2eError> {
+    let (n, pacing) = args.shape();
+    let bar = progress_bar();
+    let ceiling = if deployment.is_none() || !args.no_ceiling {
+        let null = NullTarget::start(sink, 64).await?;
+        Some(
+            run_once(
+                "ceiling (null target)",
+                &null.url,
+                None,
+                sink,
+                args,
+                n,
+                pacing,
+                &bar,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let quizflow = match deployment {
+        Some(d) => {
+            let http = reqwest::Client::new();
+            create_campaign(&http, d).await?;
+            Some(run_once("quizflow", &d.api, Some(d), sink, args, n, pacing, &bar).await?)
+        }
+        None => None,
+    };
+    bar.finish_and_clear();
+    let main = quizflow.as_ref().or(ceiling.as_ref());
+    let pick = |f: fn(&RunResult) -> f64| main.map(f).unwrap_or(0.0);
+    let cpu_s = quizflow
+        .as_ref()
+        .map(|q| q.cpu_s.clone())
+        .unwrap_or_default();
+    let accepted = quizflow.as_ref().map(|q| q.accepted).unwrap_or(0).max(1) as f64;
+    Ok(E2eReport {
+        pacing,
+        fsync: args.fsync,
+        submissions: n,
+        match_share: args.match_share,
+        accepted_per_s: pick(|r| r.accepted_per_s),
+        delivered_per_s: pick(|r| r.delivered_per_s),
+        http_p50_ms: pick(|r| r.http_p50_ms),
+        http_p99_ms: pick(|r| r.http_p99_ms),
+        e2e_p50_ms: pick(|r| r.e2e_p50_ms),
+        e2e_p99_ms: pick(|r| r.e2e_p99_ms),
+        lost: main
+            .map(|r| r.lost_messages + r.lost_submissions)
+            .unwrap_or(0),
+        duplicates: main.map(|r| r.duplicates).unwrap_or(0),
+        errors: main.map(|r| r.errors).unwrap_or(0),
+        ceiling_accepted_per_s: ceiling.as_ref().map(|c| c.accepted_per_s),
+        ceiling_delivered_per_s: ceiling.as_ref().map(|c| c.delivered_per_s),
+        cpu_ms_per_lead: cpu_s
+            .iter()
+            .map(|(k, v)| (k.clone(), v * 1000.0 / accepted))
+            .collect(),
+        cpu_s,
+        quizflow,
+        ceiling,
+    })
+}
+
+impl E2eReport {
+    /// CPU per lead by role, for `--plan`.
+    pub fn costs(&self) -> Vec<RoleCost> {
+        self.cpu_ms_per_lead
+            .iter()
+            .map(|(role, ms)| RoleCost {
+                role: role.clone(),
+                cpu_s_per_lead: ms / 1000.0,
+            })
+            .collect()
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "## quizflow end-to-end benchmark\n\n{} submissions, {}, {:.0} % match one SMS campaign, nats-server fsync {:?}.\n\n\
+             | target | accepted/s | SMS delivered/s (first send → last delivery) | HTTP p50 / p99 ms | 202 → SMS p50 / p99 ms | lost | duplicates | errors |\n|---|---|---|---|---|---|---|---|\n",
+            self.submissions,
+            match self.pacing {
+                Pacing::Open { rate } => format!("open loop at {rate:.0}/s"),
+                Pacing::Closed { concurrency } => format!("closed loop, {concurrency} in flight"),
+            },
+            self.match_share * 100.0,
+            self.fsync,
+        );
+        for r in self.ceiling.iter().chain(self.quizflow.iter()) {
+            out.push_str(&format!(
+                "| {} | {:.0} | {:.0} | {:.1} / {:.1} | {:.0} / {:.0} | {} | {} | {} |\n",
+                r.target,
+                r.accepted_per_s,
+                r.delivered_per_s,
+                r.http_p50_ms,
+                r.http_p99_ms,
+                r.e2e_p50_ms,
+                r.e2e_p99_ms,
+                r.lost_messages + r.lost_submissions,
+                r.duplicates,
+                r.errors
+            ));
+        }
+        if let (Some(q), Some(c)) = (&self.quizflow, &self.ceiling) {
+            out.push_str(&format!(
+                "\nquizflow / ceiling: accepted {:.0} %, delivered {:.0} %.\n",
+                100.0 * q.accepted_per_s / c.accepted_per_s.max(1e-9),
+                100.0 * q.delivered_per_s / c.delivered_per_s.max(1e-9)
+            ));
+        }
+        if let Some(q) = &self.quizflow {
+            out.push_str(
+                "\n| process | CPU s | CPU ms per lead | peak PSS MB |\n|---|---|---|---|\n",
+            );
+            for (role, cpu) in &q.cpu_s {
+                out.push_str(&format!(
+                    "| {role} | {cpu:.1} | {:.3} | {:.0} |\n",
+                    self.cpu_ms_per_lead.get(role).copied().unwrap_or(0.0),
+                    q.peak_pss_mb.get(role).copied().unwrap_or(0.0)
+                ));
+            }
+            if let Some(s) = q.stored_per_s {
+                out.push_str(&format!("\nstored/s: {s:.0}\n"));
+            }
+        }
+        out
+    }
+
+    /// Writes `bench-report.json`, `bench-report.md` and the SVG charts into `dir`.
+    pub fn write(&self, dir: &std::path::Path) -> Result<Vec<PathBuf>, E2eError> {
+        std::fs::create_dir_all(dir)?;
+        let json = dir.join("bench-report.json");
+        std::fs::write(
+            &json,
+            serde_json::to_vec_pretty(self).map_err(|e| E2eError::Setup(e.to_string()))?,
+        )?;
+        let md = dir.join("bench-report.md");
+        std::fs::write(&md, self.markdown())?;
+        let mut written = vec![json, md];
+        if let Some(run) = self.quizflow.as_ref().or(self.ceiling.as_ref()) {
+            written.extend(charts::write_all(dir, run).map_err(E2eError::Setup)?);
+        }
+        Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounting_counts_lost_submissions_lost_messages_and_duplicates() {
+        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        let matches = [true, true, false, true, true];
+        // The last one was refused (503): nothing is expected of it.
+        let accepted = [true, true, true, true, false];
+        let stored: HashSet<Uuid> = [ids[0], ids[1], ids[3]].into_iter().collect();
+        let received: HashMap<Uuid, usize> = [(ids[0], 1), (ids[1], 3)].into_iter().collect();
+        let a = account(&ids, &matches, &accepted, Some(&stored), &received);
+        assert_eq!(
+            a,
+            Accounting {
+                expected_messages: 3,
+                delivered_messages: 2,
+                lost_messages: 1,    // ids[3]
+                duplicates: 2,       // ids[1] arrived three times
+                lost_submissions: 1, // ids[2] accepted, never stored
+            }
+        );
+        // A target that stores nothing is not charged for storage.
+        let b = account(&ids, &matches, &accepted, None, &received);
+        assert_eq!(b.lost_submissions, 0);
+    }
+
+    #[test]
+    fn percentiles_come_from_the_histogram_in_milliseconds() {
+        let mut h = histogram();
+        for us in 1..=1000u64 {
+            let _ = h.record(us * 1000); // 1 ms … 1000 ms
+        }
+        assert!((ms(&h, 0.50) - 500.0).abs() < 1.0);
+        assert!((ms(&h, 0.99) - 990.0).abs() < 2.0);
+        assert_eq!(ms(&histogram(), 0.99), 0.0);
+    }
+
+    #[test]
+    fn presets_give_way_to_explicit_flags() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            e2e: E2eArgs,
+        }
+        let peak = Cli::parse_from(["x", "--preset", "event-peak"]).e2e;
+        assert_eq!(peak.shape().0, 200_000);
+        assert!(matches!(peak.shape().1, Pacing::Open { rate } if (rate - 1666.67).abs() < 0.01));
+        let small = Cli::parse_from(["x", "--preset", "event-peak", "--submissions", "1000"]).e2e;
+        assert_eq!(small.shape().0, 1_000);
+        let max = Cli::parse_from(["x", "--preset", "max"]).e2e;
+        assert_eq!(max.shape().1, Pacing::Closed { concurrency: 256 });
+        let open = Cli::parse_from(["x", "--rate", "100000/min"]).e2e;
+        assert!(matches!(open.shape().1, Pacing::Open { .. }));
+    }
+}

@@ -1,0 +1,146 @@
+//! `quizflow bench e2e`: starts the pipeline as it is deployed — private nats-server (fsync a
+//! flag) and PostgreSQL, then `quizflow api`, `batcher` and `workers --channels sms` as
+//! processes of their own, SMS pointed at the harness's sink — and hands it to
+//! [`quizflow_benchmarks::e2e`].
+
+use crate::config::Config;
+use crate::devservices::DevServices;
+use anyhow::Context;
+use quizflow_benchmarks::e2e::{self, Deployment, E2eArgs, E2eReport, Sink};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+fn spawn(role: &[&str], env: &[(&str, String)]) -> anyhow::Result<Child> {
+    let mut c = Command::new(std::env::current_exe()?);
+    c.args(role)
+        .env_remove("QUIZFLOW_CONFIG")
+        .env("RUST_LOG", "warn")
+        .env("QUIZFLOW_METRICS_ADDR", "")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn()
+        .with_context(|| format!("start quizflow {}", role.join(" ")))
+}
+
+async fn plan_only(args: &E2eArgs, rate: f64) -> anyhow::Result<()> {
+    let path = args.report.as_ref().context("--report")?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    let costs: Vec<e2e::RoleCost> = json["cpu_ms_per_lead"]
+        .as_object()
+        .context("the report has no cpu_ms_per_lead (a run with --target null measures no roles)")?
+        .iter()
+        .map(|(role, ms)| e2e::RoleCost {
+            role: role.clone(),
+            cpu_s_per_lead: ms.as_f64().unwrap_or(0.0) / 1000.0,
+        })
+        .collect();
+    println!("{}", e2e::plan(&costs, rate, 0.7, 2.0).markdown());
+    Ok(())
+}
+
+pub async fn run(cfg: Config, args: E2eArgs) -> anyhow::Result<()> {
+    if let (Some(rate), Some(_)) = (args.plan, &args.report) {
+        return plan_only(&args, rate).await;
+    }
+    let sink = Sink::start().await?;
+    let report: E2eReport = match args.target.as_deref() {
+        Some("null") => e2e::run_e2e(&args, None, &sink).await?,
+        Some(other) => anyhow::bail!(
+            "--target {other:?}: only `null` (the ceiling) is supported; without --target the pipeline is started"
+        ),
+        None => {
+            let tmp = tempfile::tempdir()?;
+            let mut dev = DevServices::none();
+            let mut children = Vec::new();
+            let result = async {
+                let nats_url = dev
+                    .start_nats(
+                        tmp.path(),
+                        cfg.nats_server_bin.as_deref(),
+                        args.fsync == quizflow_benchmarks::Fsync::Always,
+                    )
+                    .await?;
+                let database_url = dev.start_postgres(tmp.path()).await?;
+                quizflow_migrations::run_migrations(&database_url).await?;
+                let (_client, js) = crate::connect_nats(&cfg, &nats_url, "bench").await?;
+                crate::ensure_topology(&cfg, &js).await?;
+                let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port();
+                let token = format!("{}", uuid::Uuid::new_v4().simple());
+                let common = vec![
+                    ("NATS_URL", nats_url.clone()),
+                    ("DATABASE_URL", database_url.clone()),
+                ];
+                let mut api_env = common.clone();
+                api_env.extend([
+                    ("QUIZFLOW_HTTP_ADDR", format!("127.0.0.1:{port}")),
+                    ("QUIZFLOW_ADMIN_TOKEN", token.clone()),
+                    // Every lead is a distinct respondent, but the limit is not what is measured.
+                    ("QUIZFLOW_RATE_LIMIT_RESPONDENT_PER_MIN", "0".into()),
+                ]);
+                let mut workers_env = common.clone();
+                workers_env.extend([
+                    ("QUIZFLOW_TWILIO_URL", sink.url.clone()),
+                    ("QUIZFLOW_TWILIO_ACCOUNT_SID", "ACbench".into()),
+                    ("QUIZFLOW_TWILIO_AUTH_TOKEN", "bench".into()),
+                    ("QUIZFLOW_TWILIO_FROM", "+15550001111".into()),
+                    // The sink has no rate limit; quizflow's own bucket is not what is measured.
+                    ("QUIZFLOW_PROVIDER_RATE_PER_SEC", "1000000".into()),
+                ]);
+                let api = spawn(&["api"], &api_env)?;
+                let batcher = spawn(&["batcher"], &common)?;
+                let workers = spawn(&["workers", "--channels", "sms"], &workers_env)?;
+                let mut processes = vec![
+                    ("api".to_owned(), api.id().unwrap_or(0)),
+                    ("batcher".to_owned(), batcher.id().unwrap_or(0)),
+                    ("workers".to_owned(), workers.id().unwrap_or(0)),
+                ];
+                processes.extend(dev.pids().into_iter().map(|(n, p)| (n.to_owned(), p)));
+                children.extend([api, batcher, workers]);
+                let api_url = format!("http://127.0.0.1:{port}");
+                let http = reqwest::Client::new();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if let Ok(r) = http.get(format!("{api_url}/readyz")).send().await {
+                        if r.status().is_success() {
+                            break;
+                        }
+                    }
+                    anyhow::ensure!(Instant::now() < deadline, "the API did not become ready");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let deployment = Deployment {
+                    api: api_url,
+                    admin_token: token,
+                    database_url,
+                    processes,
+                };
+                anyhow::Ok(e2e::run_e2e(&args, Some(&deployment), &sink).await?)
+            }
+            .await;
+            for mut c in children {
+                let _ = c.kill().await;
+            }
+            dev.stop().await;
+            result?
+        }
+    };
+    let written = report.write(&args.out)?;
+    println!("{}", report.markdown());
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    if let Some(rate) = args.plan {
+        if report.cpu_ms_per_lead.is_empty() {
+            eprintln!("--plan: a run against --target null measures no quizflow roles");
+        } else {
+            println!("{}", e2e::plan(&report.costs(), rate, 0.7, 2.0).markdown());
+        }
+    }
+    Ok(())
+}
