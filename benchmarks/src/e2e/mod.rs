@@ -79,6 +79,10 @@ pub struct E2eArgs {
     /// Also print what this rate needs (`100000/min`), from the CPU measured per lead.
     #[arg(long, value_parser = parse_rate)]
     pub plan: Option<f64>,
+    /// After the run, run a plan that fits this machine (70 % of its cores, by the CPU per
+    /// lead just measured) open loop, and report how far the plan's CPU was off.
+    #[arg(long)]
+    pub verify_plan: bool,
     /// With --plan: plan from this earlier `bench-report.json` instead of running.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -192,6 +196,64 @@ pub struct E2eReport {
     pub cpu_ms_per_lead: BTreeMap<String, f64>,
     pub quizflow: Option<RunResult>,
     pub ceiling: Option<RunResult>,
+    pub verify_plan: Option<Verification>,
+}
+
+/// A plan run for real: predicted CPU (cost per lead × leads) beside what was spent.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub rate_per_s: f64,
+    pub achieved_accepted_per_s: f64,
+    pub achieved_delivered_per_s: f64,
+    pub e2e_p99_ms: f64,
+    pub lines: Vec<VerifyLine>,
+    pub total_error_pct: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VerifyLine {
+    pub role: String,
+    pub predicted_cpu_s: f64,
+    pub measured_cpu_s: f64,
+    pub error_pct: f64,
+}
+
+/// The rate a plan fits on `cores` at `utilization`, and never above `ceiling_per_s` (CPU is
+/// not the only bound: fsync latency is another).
+pub fn fitting_rate(costs: &[RoleCost], cores: f64, utilization: f64, ceiling_per_s: f64) -> f64 {
+    let per_lead: f64 = costs.iter().map(|c| c.cpu_s_per_lead).sum();
+    if per_lead <= 0.0 {
+        return ceiling_per_s;
+    }
+    (cores * utilization / per_lead).min(ceiling_per_s).max(1.0)
+}
+
+/// Predicted against measured CPU, per role.
+pub fn verify(
+    costs: &[RoleCost],
+    leads: u64,
+    measured: &BTreeMap<String, f64>,
+) -> (Vec<VerifyLine>, f64) {
+    let lines: Vec<VerifyLine> = costs
+        .iter()
+        .map(|c| {
+            let predicted = c.cpu_s_per_lead * leads as f64;
+            let got = measured.get(&c.role).copied().unwrap_or(0.0);
+            VerifyLine {
+                role: c.role.clone(),
+                predicted_cpu_s: predicted,
+                measured_cpu_s: got,
+                error_pct: if predicted > 0.0 {
+                    100.0 * (got - predicted) / predicted
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect();
+    let p: f64 = lines.iter().map(|l| l.predicted_cpu_s).sum();
+    let m: f64 = lines.iter().map(|l| l.measured_cpu_s).sum();
+    (lines, if p > 0.0 { 100.0 * (m - p) / p } else { 0.0 })
 }
 
 fn histogram() -> Histogram<u64> {
@@ -651,14 +713,53 @@ pub async fn run_e2e(
         }
         None => None,
     };
-    bar.finish_and_clear();
-    let main = quizflow.as_ref().or(ceiling.as_ref());
-    let pick = |f: fn(&RunResult) -> f64| main.map(f).unwrap_or(0.0);
     let cpu_s = quizflow
         .as_ref()
         .map(|q| q.cpu_s.clone())
         .unwrap_or_default();
     let accepted = quizflow.as_ref().map(|q| q.accepted).unwrap_or(0).max(1) as f64;
+    let cpu_ms_per_lead: BTreeMap<String, f64> = cpu_s
+        .iter()
+        .map(|(k, v)| (k.clone(), v * 1000.0 / accepted))
+        .collect();
+    let costs: Vec<RoleCost> = cpu_ms_per_lead
+        .iter()
+        .map(|(role, ms)| RoleCost {
+            role: role.clone(),
+            cpu_s_per_lead: ms / 1000.0,
+        })
+        .collect();
+    let verify_plan = match (deployment, &quizflow) {
+        (Some(d), Some(q)) if args.verify_plan => {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+            let rate = fitting_rate(&costs, cores, 0.7, 0.8 * q.accepted_per_s);
+            let leads = ((rate * 20.0) as usize).max(2_000);
+            let r = run_once(
+                "plan check",
+                &d.api,
+                Some(d),
+                sink,
+                args,
+                leads,
+                Pacing::Open { rate },
+                &bar,
+            )
+            .await?;
+            let (lines, total_error_pct) = verify(&costs, r.accepted, &r.cpu_s);
+            Some(Verification {
+                rate_per_s: rate,
+                achieved_accepted_per_s: r.accepted_per_s,
+                achieved_delivered_per_s: r.delivered_per_s,
+                e2e_p99_ms: r.e2e_p99_ms,
+                lines,
+                total_error_pct,
+            })
+        }
+        _ => None,
+    };
+    bar.finish_and_clear();
+    let main = quizflow.as_ref().or(ceiling.as_ref());
+    let pick = |f: fn(&RunResult) -> f64| main.map(f).unwrap_or(0.0);
     Ok(E2eReport {
         pacing,
         fsync: args.fsync,
@@ -677,13 +778,11 @@ pub async fn run_e2e(
         errors: main.map(|r| r.errors).unwrap_or(0),
         ceiling_accepted_per_s: ceiling.as_ref().map(|c| c.accepted_per_s),
         ceiling_delivered_per_s: ceiling.as_ref().map(|c| c.delivered_per_s),
-        cpu_ms_per_lead: cpu_s
-            .iter()
-            .map(|(k, v)| (k.clone(), v * 1000.0 / accepted))
-            .collect(),
+        cpu_ms_per_lead,
         cpu_s,
         quizflow,
         ceiling,
+        verify_plan,
     })
 }
 
@@ -748,6 +847,23 @@ impl E2eReport {
                 out.push_str(&format!("\nstored/s: {s:.0}\n"));
             }
         }
+        if let Some(v) = &self.verify_plan {
+            out.push_str(&format!(
+                "\n### Plan check\n\nA plan that fits this machine (70 % of its cores by the CPU per lead above): {:.0} leads/s, open loop. \
+                 Achieved {:.0} accepted/s, {:.0} SMS/s, 202 → SMS p99 {:.0} ms.\n\n| process | predicted CPU s | measured CPU s | error |\n|---|---|---|---|\n",
+                v.rate_per_s, v.achieved_accepted_per_s, v.achieved_delivered_per_s, v.e2e_p99_ms
+            ));
+            for l in &v.lines {
+                out.push_str(&format!(
+                    "| {} | {:.1} | {:.1} | {:+.0} % |\n",
+                    l.role, l.predicted_cpu_s, l.measured_cpu_s, l.error_pct
+                ));
+            }
+            out.push_str(&format!(
+                "| **all** | | | **{:+.0} %** |\n",
+                v.total_error_pct
+            ));
+        }
         out
     }
 
@@ -795,6 +911,34 @@ mod tests {
         // A target that stores nothing is not charged for storage.
         let b = account(&ids, &matches, &accepted, None, &received);
         assert_eq!(b.lost_submissions, 0);
+    }
+
+    #[test]
+    fn a_plan_check_fits_the_cores_and_reports_cpu_error_per_role() {
+        let costs = vec![
+            RoleCost {
+                role: "api".into(),
+                cpu_s_per_lead: 0.000_1,
+            },
+            RoleCost {
+                role: "nats-server".into(),
+                cpu_s_per_lead: 0.000_3,
+            },
+        ];
+        // 0.4 ms per lead; 2 cores at 70 % → 3,500 leads/s, unless the pipeline is slower.
+        assert!((fitting_rate(&costs, 2.0, 0.7, 10_000.0) - 3_500.0).abs() < 1e-6);
+        assert!((fitting_rate(&costs, 2.0, 0.7, 1_000.0) - 1_000.0).abs() < 1e-9);
+        let measured: BTreeMap<String, f64> =
+            [("api".to_owned(), 1.1), ("nats-server".to_owned(), 2.7)]
+                .into_iter()
+                .collect();
+        let (lines, total) = verify(&costs, 10_000, &measured);
+        assert!((lines[0].error_pct - 10.0).abs() < 1e-6);
+        assert!((lines[1].error_pct + 10.0).abs() < 1e-6);
+        assert!(
+            (total - (-5.0)).abs() < 1e-6,
+            "3.8 s spent against 4.0 s predicted"
+        );
     }
 
     #[test]
