@@ -83,6 +83,7 @@ pub fn write_all(dir: &Path, run: &RunResult) -> Result<Vec<PathBuf>, String> {
         &[
             ("accepted/s", BLUE, rates(&col(|p| p.accepted))),
             ("stored/s", GREEN, rates(&col(|p| p.stored))),
+            ("SMS enqueued/s", MAGENTA, rates(&col(|p| p.enqueued))),
             ("SMS delivered/s", RED, rates(&col(|p| p.delivered))),
         ],
     )?;

@@ -140,8 +140,22 @@ pub struct Point {
     pub t_s: f64,
     pub accepted: u64,
     pub stored: u64,
+    /// SMS jobs created (ledger rows, any status).
+    pub enqueued: u64,
     pub delivered: u64,
     pub queued: u64,
+}
+
+/// (stored submissions, SMS ledger rows of any status, SMS rows still queued) from stats.
+fn counts(s: &serde_json::Value) -> (u64, u64, u64) {
+    let sms = &s["deliveries"]["sms"];
+    (
+        s["submissions"]["stored"].as_u64().unwrap_or(0),
+        sms.as_object()
+            .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+            .unwrap_or(0),
+        sms["queued"].as_u64().unwrap_or(0),
+    )
 }
 
 /// One run of the driver against one target.
@@ -155,6 +169,7 @@ pub struct RunResult {
     pub delivered_messages: u64,
     pub delivered_per_s: f64,
     pub stored_per_s: Option<f64>,
+    pub enqueued_per_s: Option<f64>,
     pub http_p50_ms: f64,
     pub http_p95_ms: f64,
     pub http_p99_ms: f64,
@@ -462,17 +477,18 @@ async fn run_once(
         let procs = procs.clone();
         tokio::spawn(async move {
             let t0 = Instant::now();
-            let stored0 = match &d {
+            let (stored0, enqueued0, _) = match &d {
                 Some(d) => stats(&http, d)
                     .await
-                    .and_then(|s| s["submissions"]["stored"].as_u64())
-                    .unwrap_or(0),
-                None => 0,
+                    .map(|s| counts(&s))
+                    .unwrap_or_default(),
+                None => (0, 0, 0),
             };
             let mut series = vec![Point {
                 t_s: 0.0,
                 accepted: 0,
                 stored: 0,
+                enqueued: 0,
                 delivered: 0,
                 queued: 0,
             }];
@@ -480,22 +496,28 @@ async fn run_once(
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             tick.tick().await;
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop_rx.changed() => break,
-                }
-                let (stored, queued) = match &d {
+                // The stop takes one last sample: the run's end is in the series.
+                let last = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = stop_rx.changed() => true,
+                };
+                let delivered = delivered_among(&sink, &matching);
+                let (stored, enqueued, queued) = match &d {
                     Some(d) => match stats(&http, d).await {
-                        Some(s) => (
-                            s["submissions"]["stored"]
-                                .as_u64()
-                                .unwrap_or(0)
-                                .saturating_sub(stored0),
-                            s["deliveries"]["sms"]["queued"].as_u64().unwrap_or(0),
-                        ),
-                        None => (0, 0),
+                        Some(s) => {
+                            let (stored, enqueued, queued) = counts(&s);
+                            (
+                                stored.saturating_sub(stored0),
+                                enqueued.saturating_sub(enqueued0),
+                                queued,
+                            )
+                        }
+                        None => series
+                            .last()
+                            .map_or((0, 0, 0), |p: &Point| (p.stored, p.enqueued, p.queued)),
                     },
-                    None => (answered.load(Ordering::Relaxed) as u64, 0),
+                    // The null target stores nothing and queues nothing.
+                    None => (answered.load(Ordering::Relaxed) as u64, delivered, 0),
                 };
                 for (i, (_, pid)) in procs.iter().enumerate() {
                     peak[i] = peak[i].max(procs::tree(*pid).pss_bytes);
@@ -504,9 +526,13 @@ async fn run_once(
                     t_s: t0.elapsed().as_secs_f64(),
                     accepted: answered.load(Ordering::Relaxed) as u64,
                     stored,
-                    delivered: delivered_among(&sink, &matching),
+                    enqueued,
+                    delivered,
                     queued,
                 });
+                if last {
+                    break;
+                }
             }
             (series, peak)
         })
@@ -617,6 +643,13 @@ async fn run_once(
             .find(|p| p.stored >= total)
             .map(|p| total as f64 / p.t_s.max(1e-3))
     });
+    let enqueued_per_s = deployment.and_then(|_| {
+        let total = acc.expected_messages;
+        series
+            .iter()
+            .find(|p| p.enqueued >= total)
+            .map(|p| total as f64 / p.t_s.max(1e-3))
+    });
     let mut cpu_s = BTreeMap::new();
     let mut peak_pss_mb = BTreeMap::new();
     for (i, (role, pid)) in procs.iter().enumerate() {
@@ -633,6 +666,7 @@ async fn run_once(
         delivered_messages: acc.delivered_messages,
         delivered_per_s: acc.delivered_messages as f64 / secs(last_delivery),
         stored_per_s,
+        enqueued_per_s,
         http_p50_ms: ms(&http_h, 0.50),
         http_p95_ms: ms(&http_h, 0.95),
         http_p99_ms: ms(&http_h, 0.99),
@@ -843,8 +877,10 @@ impl E2eReport {
                     q.peak_pss_mb.get(role).copied().unwrap_or(0.0)
                 ));
             }
-            if let Some(s) = q.stored_per_s {
-                out.push_str(&format!("\nstored/s: {s:.0}\n"));
+            if let (Some(s), Some(e)) = (q.stored_per_s, q.enqueued_per_s) {
+                out.push_str(&format!(
+                    "\nstored/s: {s:.0}; SMS enqueued/s: {e:.0} (first send → the sample that saw them all)\n"
+                ));
             }
         }
         if let Some(v) = &self.verify_plan {
