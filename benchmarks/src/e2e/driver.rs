@@ -104,82 +104,146 @@ impl Sent {
 /// shows in the latencies, which count from each request's due time).
 const OPEN_LOOP_IN_FLIGHT: usize = 8_192;
 
-/// Sends `load[range]` to `base` and returns each request's fate, in order; `tick` is called
-/// after each answer with the number answered so far.
+/// The body of `POST /v1/submissions/batch` for `load[idx]`.
+fn batch_body(load: &Load, idx: &[usize]) -> Bytes {
+    let items: Vec<serde_json::Value> = idx
+        .iter()
+        .map(|&i| {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&load.bodies[i]).unwrap_or_default();
+            v["quiz_id"] = serde_json::json!(load.quizzes[i]);
+            v["idempotency_key"] = serde_json::json!(load.keys[i]);
+            v
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "submissions": items }))
+        .unwrap_or_default()
+        .into()
+}
+
+/// One request: a single submission (`batch` = 0) or `POST /v1/submissions/batch` with the
+/// chunk's submissions. Every submission gets the request's times and its own status.
+async fn send_chunk(
+    client: &reqwest::Client,
+    base: &str,
+    load: &Load,
+    idx: Vec<usize>,
+    body: Option<Bytes>,
+    due: Instant,
+) -> Vec<(usize, Sent)> {
+    let statuses: Vec<u16> = match body {
+        None => {
+            let i = idx[0];
+            let r = client
+                .post(format!("{base}/v1/quizzes/{}/submissions", load.quizzes[i]))
+                .header("Idempotency-Key", load.keys[i].as_str())
+                .header("content-type", "application/json")
+                .body(load.bodies[i].clone())
+                .send()
+                .await;
+            vec![r.map(|r| r.status().as_u16()).unwrap_or(0)]
+        }
+        Some(body) => {
+            let r = client
+                .post(format!("{base}/v1/submissions/batch"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().as_u16() == 200 => {
+                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                    let mut by_index = vec![0u16; idx.len()];
+                    for item in v["results"].as_array().into_iter().flatten() {
+                        if let (Some(k), Some(st)) =
+                            (item["index"].as_u64(), item["status"].as_u64())
+                        {
+                            if let Some(slot) = by_index.get_mut(k as usize) {
+                                *slot = u16::try_from(st).unwrap_or(0);
+                            }
+                        }
+                    }
+                    by_index
+                }
+                Ok(r) => vec![r.status().as_u16(); idx.len()],
+                Err(_) => vec![0; idx.len()],
+            }
+        }
+    };
+    let done = Instant::now();
+    idx.into_iter()
+        .zip(statuses)
+        .map(|(i, status)| (i, Sent { due, done, status }))
+        .collect()
+}
+
+/// Sends `load[range]` to `base` and returns each submission's fate, in order: one request
+/// per submission, or (`batch` > 0) `POST /v1/submissions/batch` with `batch` per request.
+/// An open-loop `rate` counts submissions. `tick` is called after each answer with the number
+/// of submissions answered so far.
 pub async fn drive(
     client: &reqwest::Client,
     base: &str,
     load: &Load,
     range: std::ops::Range<usize>,
     pacing: Pacing,
+    batch: usize,
     tick: &(dyn Fn(usize) + Sync),
 ) -> Vec<Sent> {
     use futures::StreamExt;
-    let send = |i: usize, due: Instant| {
-        let url = format!("{base}/v1/quizzes/{}/submissions", load.quizzes[i]);
-        let req = client
-            .post(url)
-            .header("Idempotency-Key", load.keys[i].as_str())
-            .header("content-type", "application/json")
-            .body(load.bodies[i].clone());
-        async move {
-            let status = match req.send().await {
-                Ok(r) => r.status().as_u16(),
-                Err(_) => 0,
-            };
-            (
-                i,
-                Sent {
-                    due,
-                    done: Instant::now(),
-                    status,
-                },
-            )
-        }
-    };
     let start = range.start;
+    let per = batch.max(1);
+    let chunks: Vec<Vec<usize>> = range
+        .clone()
+        .collect::<Vec<_>>()
+        .chunks(per)
+        .map(<[usize]>::to_vec)
+        .collect();
+    // Bodies are built before the clock starts.
+    let bodies: Vec<Option<Bytes>> = chunks
+        .iter()
+        .map(|c| (batch > 0).then(|| batch_body(load, c)))
+        .collect();
     let mut out: Vec<Option<Sent>> = vec![None; range.len()];
     let mut answered = 0usize;
+    let mut settle = |results: Vec<(usize, Sent)>, out: &mut Vec<Option<Sent>>| {
+        answered += results.len();
+        for (i, s) in results {
+            out[i - start] = Some(s);
+        }
+        tick(answered);
+    };
+    let work = chunks.into_iter().zip(bodies);
     match pacing {
         Pacing::Closed { concurrency } => {
-            let mut answers = futures::stream::iter(range)
-                .map(|i| send(i, Instant::now()))
+            let mut answers = futures::stream::iter(work)
+                .map(|(idx, body)| send_chunk(client, base, load, idx, body, Instant::now()))
                 .buffer_unordered(concurrency.max(1));
-            while let Some((i, s)) = answers.next().await {
-                out[i - start] = Some(s);
-                answered += 1;
-                tick(answered);
+            while let Some(r) = answers.next().await {
+                settle(r, &mut out);
             }
         }
         Pacing::Open { rate } => {
             let t0 = Instant::now();
             let mut in_flight = futures::stream::FuturesUnordered::new();
-            for i in range {
-                let at = t0 + due(i - start, rate);
+            for (idx, body) in work {
+                let at = t0 + due(idx[0] - start, rate);
                 loop {
                     if in_flight.len() >= OPEN_LOOP_IN_FLIGHT {
-                        if let Some((j, s)) = in_flight.next().await {
-                            out[j - start] = Some(s);
-                            answered += 1;
-                            tick(answered);
+                        if let Some(r) = in_flight.next().await {
+                            settle(r, &mut out);
                         }
                         continue;
                     }
                     tokio::select! {
                         _ = tokio::time::sleep_until(at.into()) => break,
-                        Some((j, s)) = in_flight.next(), if !in_flight.is_empty() => {
-                            out[j - start] = Some(s);
-                            answered += 1;
-                            tick(answered);
-                        }
+                        Some(r) = in_flight.next(), if !in_flight.is_empty() => settle(r, &mut out),
                     }
                 }
-                in_flight.push(send(i, at));
+                in_flight.push(send_chunk(client, base, load, idx, body, at));
             }
-            while let Some((j, s)) = in_flight.next().await {
-                out[j - start] = Some(s);
-                answered += 1;
-                tick(answered);
+            while let Some(r) = in_flight.next().await {
+                settle(r, &mut out);
             }
         }
     }
@@ -239,5 +303,16 @@ mod tests {
             load.matches[7],
             "the body says what the harness expects"
         );
+    }
+
+    #[test]
+    fn a_batch_body_carries_each_submissions_quiz_and_key() {
+        let load = Load::generate(10, 3, 0.5, "b");
+        let body: serde_json::Value =
+            serde_json::from_slice(&batch_body(&load, &[2, 5])).expect("json");
+        let items = body["submissions"].as_array().expect("items");
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[1]["quiz_id"], load.quizzes[5].as_str());
+        assert_eq!(items[1]["idempotency_key"], load.keys[5].as_str());
     }
 }

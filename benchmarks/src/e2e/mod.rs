@@ -54,6 +54,10 @@ pub struct E2eArgs {
     /// Requests in flight in closed loop.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// Submissions per request through `POST /v1/submissions/batch` (0: one per request to
+    /// `POST /v1/quizzes/{quiz}/submissions`).
+    #[arg(long, default_value_t = 0)]
+    pub batch: usize,
     /// Submissions sent (and delivered) before measuring: the campaign is loaded and every
     /// connection warm.
     #[arg(long, default_value_t = 2_000)]
@@ -192,6 +196,8 @@ pub struct RunResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct E2eReport {
     pub pacing: Pacing,
+    /// Submissions per request (0: the single endpoint).
+    pub batch: usize,
     pub fsync: crate::Fsync,
     pub submissions: usize,
     pub match_share: f64,
@@ -429,6 +435,7 @@ async fn run_once(
         &warm,
         0..warm.len(),
         Pacing::Closed { concurrency: 64 },
+        args.batch,
         &|_| {},
     )
     .await;
@@ -546,7 +553,7 @@ async fn run_once(
         answered.store(k, Ordering::Relaxed);
         progress.set_position(k as u64);
     };
-    let sent = driver::drive(&http, base, &load, 0..n, pacing, &tick).await;
+    let sent = driver::drive(&http, base, &load, 0..n, pacing, args.batch, &tick).await;
     let accepted: Vec<bool> = sent.iter().map(|s| s.status == 202).collect();
     let accepted_ids: HashSet<Uuid> = load
         .ids
@@ -796,6 +803,7 @@ pub async fn run_e2e(
     let pick = |f: fn(&RunResult) -> f64| main.map(f).unwrap_or(0.0);
     Ok(E2eReport {
         pacing,
+        batch: args.batch,
         fsync: args.fsync,
         submissions: n,
         match_share: args.match_share,
@@ -834,12 +842,17 @@ impl E2eReport {
 
     pub fn markdown(&self) -> String {
         let mut out = format!(
-            "## quizflow end-to-end benchmark\n\n{} submissions, {}, {:.0} % match one SMS campaign, nats-server fsync {:?}.\n\n\
+            "## quizflow end-to-end benchmark\n\n{} submissions, {}{}, {:.0} % match one SMS campaign, nats-server fsync {:?}.\n\n\
              | target | accepted/s | SMS delivered/s (first send → last delivery) | HTTP p50 / p99 ms | 202 → SMS p50 / p99 ms | lost | duplicates | errors |\n|---|---|---|---|---|---|---|---|\n",
             self.submissions,
             match self.pacing {
                 Pacing::Open { rate } => format!("open loop at {rate:.0}/s"),
                 Pacing::Closed { concurrency } => format!("closed loop, {concurrency} in flight"),
+            },
+            if self.batch > 0 {
+                format!(", {} per request to the batch endpoint", self.batch)
+            } else {
+                String::new()
             },
             self.match_share * 100.0,
             self.fsync,

@@ -100,7 +100,8 @@ impl Sink {
     }
 }
 
-/// The do-nothing target: answers every submission 202 at once and, for those that match
+/// The do-nothing target: answers every submission 202 at once (one by one, or in a batch)
+/// and, for those that match
 /// (answer `q1` = `b`), sends the SMS to the sink straight from memory — no broker, no
 /// database. What the driver and the sink reach against it is the machine's ceiling.
 pub struct NullTarget {
@@ -139,6 +140,38 @@ async fn null_submission(
     poem::http::StatusCode::ACCEPTED
 }
 
+#[handler]
+async fn null_batch(
+    Data(state): Data<&NullState>,
+    body: poem::web::Json<serde_json::Value>,
+) -> poem::web::Json<serde_json::Value> {
+    let mut results = Vec::new();
+    for (index, item) in body["submissions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let quiz = item["quiz_id"].as_str().unwrap_or_default();
+        let key = item["idempotency_key"].as_str().unwrap_or_default();
+        let id = match (
+            quizflow_core::QuizId::parse(quiz),
+            quizflow_core::IdempotencyKey::parse(key),
+        ) {
+            (Ok(q), Ok(k)) => quizflow_core::SubmissionId::from_key(&q, &k).0,
+            _ => Uuid::nil(),
+        };
+        let matches = item["answers"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["question"] == "q1" && x["value"] == "b"));
+        if matches && !id.is_nil() {
+            let _ = state.jobs.send(id).await;
+        }
+        results.push(serde_json::json!({"index": index, "status": 202, "submission_id": id, "duplicate": false}));
+    }
+    poem::web::Json(serde_json::json!({ "results": results }))
+}
+
 impl NullTarget {
     /// Starts the target, with `senders` tasks delivering its SMS to `sink`.
     pub async fn start(sink: &Sink, senders: usize) -> std::io::Result<Self> {
@@ -169,6 +202,7 @@ impl NullTarget {
             .unwrap_or(0);
         let app = Route::new()
             .at("/v1/quizzes/:quiz/submissions", post(null_submission))
+            .at("/v1/submissions/batch", post(null_batch))
             .at("/readyz", poem::get(poem::endpoint::make_sync(|_| "ok")))
             .data(NullState { jobs: tx });
         tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
