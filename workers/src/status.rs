@@ -1,14 +1,17 @@
 //! Batched delivery-status writes: every worker task of a process hands its updates to one
-//! writer, which applies them with one statement per flush (≤ 50 ms or 500 updates;
-//! `quizflow_store::deliveries::write`). A task that must not ack before its update is durable
-//! awaits the flush and learns whether its write applied (it does not when the row was
-//! finished or claimed by someone else meanwhile: statuses only move forward).
+//! writer, which applies them with one statement per flush (group commit: what queued while
+//! the previous statement ran, up to 500 updates; `quizflow_store::deliveries::write`). A
+//! task that must not ack before its update is durable awaits the flush and learns whether its
+//! write applied (it does not when the row was finished or claimed by someone else meanwhile:
+//! statuses only move forward).
 
 use chrono::Utc;
 pub use quizflow_store::deliveries::Update;
 use quizflow_store::deliveries::{self, Key};
 use quizflow_store::Pool;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -24,6 +27,7 @@ type Done = oneshot::Sender<Written>;
 #[derive(Clone)]
 pub struct StatusWriter {
     tx: mpsc::Sender<(Update, Option<Done>)>,
+    flushes: Arc<AtomicU64>,
 }
 
 impl StatusWriter {
@@ -31,8 +35,14 @@ impl StatusWriter {
     /// writer is dropped (await the handle on shutdown).
     pub fn start(pool: Pool) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4096);
-        let handle = tokio::spawn(run(pool, rx));
-        (Self { tx }, handle)
+        let flushes = Arc::new(AtomicU64::new(0));
+        let handle = tokio::spawn(run(pool, rx, flushes.clone()));
+        (Self { tx, flushes }, handle)
+    }
+
+    /// Statements written so far (each holds one or many updates).
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
     }
 
     /// Queues an update and waits until it is committed.
@@ -46,22 +56,26 @@ impl StatusWriter {
     }
 }
 
-async fn run(pool: Pool, mut rx: mpsc::Receiver<(Update, Option<Done>)>) {
-    let mut batch: Vec<(Update, Option<Done>)> = Vec::with_capacity(512);
+/// Updates written by one statement at most.
+const MAX_BATCH: usize = 500;
+
+async fn run(pool: Pool, mut rx: mpsc::Receiver<(Update, Option<Done>)>, flushes: Arc<AtomicU64>) {
+    let mut batch: Vec<(Update, Option<Done>)> = Vec::with_capacity(MAX_BATCH);
     loop {
+        // Group commit: take whatever is queued now (up to MAX_BATCH) and write it at once.
+        // While that statement runs, the next updates queue up and become the next batch, so
+        // batches grow with the load and nobody waits for a timer: a worker holds its slot
+        // until its outcome is written, so every millisecond spent waiting here is throughput.
         let Some(first) = rx.recv().await else { return };
         batch.push(first);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
-        while batch.len() < 500 {
-            tokio::select! {
-                next = rx.recv() => match next {
-                    Some(u) => batch.push(u),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(u) => batch.push(u),
+                Err(_) => break,
             }
         }
         let merged = merge(batch.iter().map(|(u, _)| u));
+        flushes.fetch_add(1, Ordering::Relaxed);
         let mut result = flush(&pool, &merged).await;
         // The database may be away for a while: an outcome not recorded means a resend once
         // the claim's lease runs out, so keep trying (~30 s) before failing the waiters.
@@ -133,4 +147,52 @@ async fn flush(pool: &Pool, updates: &[Update]) -> Result<HashSet<(Key, Option<U
         rest = later;
     }
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(n: usize) -> Update {
+        Update {
+            submission_id: Uuid::new_v4(),
+            campaign_id: Uuid::new_v4(),
+            channel: "sms".into(),
+            status: "sent",
+            attempts: 1,
+            last_error: None,
+            history: vec![history_entry("sent", &format!("n{n}"))],
+            retry_in: None,
+            claim: Some(Uuid::new_v4()),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_updates_share_statements_and_each_learns_its_fate() {
+        let db = quizflow_testkit::TestDb::create().await;
+        quizflow_migrations::run_migrations(&db.url)
+            .await
+            .expect("migrate");
+        let (writer, handle) = StatusWriter::start(quizflow_store::pool(&db.url, 2));
+        // 64 tasks at once, as a pool's slots finish together: no row exists, so none applies.
+        let results = futures::future::join_all((0..64).map(|n| {
+            let w = writer.clone();
+            async move { w.write(update(n)).await }
+        }))
+        .await;
+        assert!(
+            results.iter().all(|r| matches!(r, Ok(false))),
+            "{results:?}"
+        );
+        let flushes = writer.flushes();
+        assert!(
+            (1..=8).contains(&flushes),
+            "64 concurrent updates in {flushes} statements"
+        );
+        // One at a time still works: a lone update is written without waiting for company.
+        assert!(matches!(writer.write(update(99)).await, Ok(false)));
+        assert_eq!(writer.flushes(), flushes + 1);
+        drop(writer);
+        handle.await.expect("writer ends when its handles are gone");
+    }
 }
