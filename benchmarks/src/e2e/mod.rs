@@ -65,6 +65,10 @@ pub struct E2eArgs {
     /// Share of submissions the SMS campaign matches.
     #[arg(long, default_value_t = 0.5)]
     pub match_share: f64,
+    /// Active campaigns in all: the SMS campaign and `N - 1` that match nothing (quiz-scoped
+    /// and global, with predicates the matcher must evaluate), to load the matcher.
+    #[arg(long, default_value_t = 1)]
+    pub campaigns: usize,
     /// Quizzes the submissions spread over.
     #[arg(long, default_value_t = 20)]
     pub quizzes: usize,
@@ -201,6 +205,7 @@ pub struct E2eReport {
     pub fsync: crate::Fsync,
     pub submissions: usize,
     pub match_share: f64,
+    pub campaigns: usize,
     pub accepted_per_s: f64,
     pub delivered_per_s: f64,
     pub http_p50_ms: f64,
@@ -343,7 +348,42 @@ async fn stats(http: &reqwest::Client, d: &Deployment) -> Option<serde_json::Val
         .ok()
 }
 
-async fn create_campaign(http: &reqwest::Client, d: &Deployment) -> Result<(), E2eError> {
+/// The `n`-th campaign that matches none of the benchmark's leads (scores stay within 0..=100).
+fn idle_campaign(n: usize, quizzes: usize) -> serde_json::Value {
+    let quiz = if n % 10 < 7 {
+        serde_json::json!(format!("e2e{}", n % quizzes.max(1)))
+    } else {
+        serde_json::Value::Null
+    };
+    serde_json::json!({
+        "name": format!("bench idle {n}"), "quiz_id": quiz,
+        "match": {
+            "all": [{"field": "score", "op": "gt", "value": 1000 + n}],
+            "any": [{"field": "answers.q1", "op": "in", "value": ["a", "b"]}, {"field": "tags", "op": "contains", "value": "event"}]
+        },
+        "actions": [{"channel": "sms", "template": "never"}]
+    })
+}
+
+async fn create_campaign(
+    http: &reqwest::Client,
+    d: &Deployment,
+    args: &E2eArgs,
+) -> Result<(), E2eError> {
+    for n in 1..args.campaigns.max(1) {
+        let r = http
+            .post(format!("{}/v1/campaigns", d.api))
+            .bearer_auth(&d.admin_token)
+            .json(&idle_campaign(n, args.quizzes))
+            .send()
+            .await?;
+        if r.status().as_u16() != 201 {
+            return Err(E2eError::Setup(format!(
+                "campaign not created: {}",
+                r.text().await.unwrap_or_default()
+            )));
+        }
+    }
     let r = http
         .post(format!("{}/v1/campaigns", d.api))
         .bearer_auth(&d.admin_token)
@@ -749,7 +789,7 @@ pub async fn run_e2e(
     let quizflow = match deployment {
         Some(d) => {
             let http = reqwest::Client::new();
-            create_campaign(&http, d).await?;
+            create_campaign(&http, d, args).await?;
             Some(run_once("quizflow", &d.api, Some(d), sink, args, n, pacing, &bar).await?)
         }
         None => None,
@@ -807,6 +847,7 @@ pub async fn run_e2e(
         fsync: args.fsync,
         submissions: n,
         match_share: args.match_share,
+        campaigns: args.campaigns.max(1),
         accepted_per_s: pick(|r| r.accepted_per_s),
         delivered_per_s: pick(|r| r.delivered_per_s),
         http_p50_ms: pick(|r| r.http_p50_ms),
@@ -842,7 +883,7 @@ impl E2eReport {
 
     pub fn markdown(&self) -> String {
         let mut out = format!(
-            "## quizflow end-to-end benchmark\n\n{} submissions, {}{}, {:.0} % match one SMS campaign, nats-server fsync {:?}.\n\n\
+            "## quizflow end-to-end benchmark\n\n{} submissions, {}{}, {:.0} % match one SMS campaign ({} active campaigns), nats-server fsync {:?}.\n\n\
              | target | accepted/s | SMS delivered/s (first send → last delivery) | HTTP p50 / p99 ms | 202 → SMS p50 / p99 ms | lost | duplicates | errors |\n|---|---|---|---|---|---|---|---|\n",
             self.submissions,
             match self.pacing {
@@ -855,6 +896,7 @@ impl E2eReport {
                 String::new()
             },
             self.match_share * 100.0,
+            self.campaigns,
             self.fsync,
         );
         for r in self.ceiling.iter().chain(self.quizflow.iter()) {
@@ -988,6 +1030,40 @@ mod tests {
             (total - (-5.0)).abs() < 1e-6,
             "3.8 s spent against 4.0 s predicted"
         );
+    }
+
+    #[test]
+    fn idle_campaigns_are_valid_and_match_no_benchmark_lead() {
+        let load = Load::generate(500, 20, 0.5, "i");
+        let campaigns: Vec<Arc<quizflow_core::Campaign>> = (1..50)
+            .map(|n| {
+                let spec = quizflow_core::parse_campaign(&idle_campaign(n, 20)).expect("valid");
+                Arc::new(quizflow_core::Campaign {
+                    id: Uuid::new_v4(),
+                    version: 1,
+                    spec,
+                    created_at: chrono::DateTime::UNIX_EPOCH,
+                    updated_at: chrono::Utc::now(),
+                })
+            })
+            .collect();
+        let envelopes: Vec<quizflow_core::SubmissionEnvelope> = (0..load.len())
+            .map(|i| {
+                let body: serde_json::Value =
+                    serde_json::from_slice(&load.bodies[i]).expect("json");
+                let q = quizflow_core::QuizId::parse(&load.quizzes[i]).expect("quiz");
+                quizflow_core::SubmissionEnvelope::new(
+                    quizflow_core::SubmissionId(load.ids[i]),
+                    q,
+                    chrono::Utc::now(),
+                    None,
+                    quizflow_core::parse_submission(&body).expect("valid"),
+                )
+            })
+            .collect();
+        assert!(quizflow_batcher::Matcher::new(campaigns)
+            .match_batch(&envelopes)
+            .is_empty());
     }
 
     #[test]
