@@ -542,12 +542,13 @@ fn admin_token(cfg: &Config) -> anyhow::Result<String> {
 async fn dev_services(
     cfg: &Config,
     data_dir: &Path,
+    sync_always: bool,
 ) -> anyhow::Result<(DevServices, String, String)> {
     let mut dev = DevServices::none();
     let nats_url = match &cfg.nats_url {
         Some(u) => u.clone(),
         None => {
-            dev.start_nats(data_dir, cfg.nats_server_bin.as_deref(), true)
+            dev.start_nats(data_dir, cfg.nats_server_bin.as_deref(), sync_always)
                 .await?
         }
     };
@@ -569,7 +570,7 @@ async fn up(cfg: Config, registry: quizflow_telemetry::prometheus::Registry) -> 
         .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
     let data_dir = std::path::absolute(&cfg.data_dir)?;
     let token = admin_token(&cfg)?;
-    let (mut dev, nats_url, database_url) = dev_services(&cfg, &data_dir).await?;
+    let (mut dev, nats_url, database_url) = dev_services(&cfg, &data_dir, true).await?;
     // Where `quizflow replay` (and other one-off commands) find this deployment's servers.
     let env_file = data_dir.join(UP_ENV_FILE);
     if let Err(e) = write_private(
@@ -704,23 +705,9 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 
 async fn bench_replay(cfg: Config, args: quizflow_benchmarks::ReplayArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let mut dev = DevServices::none();
+    let always = args.fsync == quizflow_benchmarks::Fsync::Always;
+    let (mut dev, nats_url, database_url) = dev_services(&cfg, tmp.path(), always).await?;
     let result = async {
-        let nats_url = match &cfg.nats_url {
-            Some(u) => u.clone(),
-            None => {
-                dev.start_nats(
-                    tmp.path(),
-                    cfg.nats_server_bin.as_deref(),
-                    args.fsync == quizflow_benchmarks::Fsync::Always,
-                )
-                .await?
-            }
-        };
-        let database_url = match &cfg.database_url {
-            Some(u) => u.clone(),
-            None => dev.start_postgres(tmp.path()).await?,
-        };
         quizflow_migrations::run_migrations(&database_url).await?;
         let (client, js) = connect_nats(&cfg, &nats_url, "bench").await?;
         ensure_topology(&cfg, &js).await?;

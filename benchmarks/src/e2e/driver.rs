@@ -61,6 +61,16 @@ impl Load {
         self.ids.len()
     }
 
+    /// The ids of the submissions the benchmark campaign matches.
+    pub fn matching(&self) -> std::collections::HashSet<Uuid> {
+        self.ids
+            .iter()
+            .zip(&self.matches)
+            .filter(|(_, m)| **m)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }

@@ -479,13 +479,7 @@ async fn run_once(
         &|_| {},
     )
     .await;
-    let warm_expected: HashSet<Uuid> = warm
-        .ids
-        .iter()
-        .zip(&warm.matches)
-        .filter(|(_, m)| **m)
-        .map(|(id, _)| *id)
-        .collect();
+    let warm_expected = warm.matching();
     drain(sink, &warm_expected, Duration::from_secs(120)).await;
     if delivered_among(sink, &warm_expected) < warm_expected.len() as u64 {
         return Err(E2eError::Setup(format!(
@@ -494,13 +488,7 @@ async fn run_once(
     }
 
     let load = Load::generate(n, args.quizzes, args.match_share, &format!("m{run}"));
-    let matching: HashSet<Uuid> = load
-        .ids
-        .iter()
-        .zip(&load.matches)
-        .filter(|(_, m)| **m)
-        .map(|(id, _)| *id)
-        .collect();
+    let matching = load.matching();
     let procs: Vec<(String, u32)> = deployment.map(|d| d.processes.clone()).unwrap_or_default();
     let cpu_before: Vec<Usage> = procs.iter().map(|(_, p)| procs::tree(*p)).collect();
     let mut peak: Vec<u64> = vec![0; procs.len()];

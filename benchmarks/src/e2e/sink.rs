@@ -50,6 +50,17 @@ impl Received {
     }
 }
 
+/// A listener on a free loopback port, and the port.
+async fn bind() -> std::io::Result<(poem::listener::TcpAcceptor, u16)> {
+    let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await?;
+    let port = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().map(|s| s.port()))
+        .unwrap_or(0);
+    Ok((acceptor, port))
+}
+
 /// A running sink.
 #[derive(Clone)]
 pub struct Sink {
@@ -83,12 +94,7 @@ impl Sink {
     /// Starts the sink on a free loopback port, for the life of the process.
     pub async fn start() -> std::io::Result<Self> {
         let received = Arc::new(Mutex::new(Received::default()));
-        let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await?;
-        let port = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().map(|s| s.port()))
-            .unwrap_or(0);
+        let (acceptor, port) = bind().await?;
         let app = Route::new()
             .at("/2010-04-01/Accounts/:sid/Messages.json", post(twilio))
             .data(received.clone());
@@ -194,12 +200,7 @@ impl NullTarget {
                 }
             });
         }
-        let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await?;
-        let port = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().map(|s| s.port()))
-            .unwrap_or(0);
+        let (acceptor, port) = bind().await?;
         let app = Route::new()
             .at("/v1/quizzes/:quiz/submissions", post(null_submission))
             .at("/v1/submissions/batch", post(null_batch))
