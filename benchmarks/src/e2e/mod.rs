@@ -365,33 +365,16 @@ fn idle_campaign(n: usize, quizzes: usize) -> serde_json::Value {
     })
 }
 
-async fn create_campaign(
+/// `POST /v1/campaigns`; anything but 201 is a set-up error.
+async fn post_campaign(
     http: &reqwest::Client,
     d: &Deployment,
-    args: &E2eArgs,
+    body: &serde_json::Value,
 ) -> Result<(), E2eError> {
-    for n in 1..args.campaigns.max(1) {
-        let r = http
-            .post(format!("{}/v1/campaigns", d.api))
-            .bearer_auth(&d.admin_token)
-            .json(&idle_campaign(n, args.quizzes))
-            .send()
-            .await?;
-        if r.status().as_u16() != 201 {
-            return Err(E2eError::Setup(format!(
-                "campaign not created: {}",
-                r.text().await.unwrap_or_default()
-            )));
-        }
-    }
     let r = http
         .post(format!("{}/v1/campaigns", d.api))
         .bearer_auth(&d.admin_token)
-        .json(&serde_json::json!({
-            "name": "bench e2e", "priority": "normal",
-            "match": {"all": [{"field": "answers.q1", "op": "eq", "value": "b"}]},
-            "actions": [{"channel": "sms", "template": format!("{BODY_PREFIX}{{{{ submission_id }}}}")}]
-        }))
+        .json(body)
         .send()
         .await?;
     if r.status().as_u16() != 201 {
@@ -401,6 +384,27 @@ async fn create_campaign(
         )));
     }
     Ok(())
+}
+
+/// The benchmark's SMS campaign, and `--campaigns - 1` idle ones beside it.
+async fn create_campaign(
+    http: &reqwest::Client,
+    d: &Deployment,
+    args: &E2eArgs,
+) -> Result<(), E2eError> {
+    for n in 1..args.campaigns.max(1) {
+        post_campaign(http, d, &idle_campaign(n, args.quizzes)).await?;
+    }
+    post_campaign(
+        http,
+        d,
+        &serde_json::json!({
+            "name": "bench e2e", "priority": "normal",
+            "match": {"all": [{"field": "answers.q1", "op": "eq", "value": "b"}]},
+            "actions": [{"channel": "sms", "template": format!("{BODY_PREFIX}{{{{ submission_id }}}}")}]
+        }),
+    )
+    .await
 }
 
 /// Copies per submission among `ids`, at the sink now.
