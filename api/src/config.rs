@@ -27,6 +27,8 @@ pub struct ApiSettings {
     pub shutdown_timeout: Duration,
     /// Unit prices per channel (`QUIZFLOW_COST_*`): the cost figures of `/v1/stats`.
     pub costs: quizflow_core::Costs,
+    /// Group commit of submissions (`QUIZFLOW_PUBLISH_FLIGHTS`, …): many 202s per PubAck.
+    pub packer: quizflow_nats::PackerConfig,
 }
 
 impl Default for ApiSettings {
@@ -40,6 +42,7 @@ impl Default for ApiSettings {
             admin_token: None,
             shutdown_timeout: Duration::from_secs(30),
             costs: quizflow_core::Costs::default(),
+            packer: quizflow_nats::PackerConfig::default(),
         }
     }
 }
@@ -56,6 +59,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("limit_window", &self.limit_window)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("costs", &self.costs)
+            .field("packer", &self.packer)
             .finish()
     }
 }

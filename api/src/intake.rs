@@ -150,11 +150,9 @@ impl AppState {
             ));
         }
         let started = Instant::now();
-        let result = tokio::time::timeout(
-            self.settings.publish_timeout,
-            quizflow_nats::publish_submission(&self.js, envelope),
-        )
-        .await;
+        let result =
+            tokio::time::timeout(self.settings.publish_timeout, self.packer.publish(envelope))
+                .await;
         self.metrics
             .publish_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -34,6 +34,8 @@ pub struct AppState {
     settings: ApiSettings,
     nats: async_nats::Client,
     js: jetstream::Context,
+    /// Packs concurrent submissions into one `SUBMISSIONS` message per quiz.
+    packer: quizflow_nats::Packer,
     db: Pool,
     admin_token: Option<String>,
     respondent_limiter: limits::WindowLimiter,
@@ -118,6 +120,7 @@ impl AppState {
             metrics: Metrics::new(&registry)?,
             registry,
             admin_token: settings.admin_token.clone(),
+            packer: quizflow_nats::Packer::spawn(js.clone(), settings.packer.clone()),
             settings,
             nats,
             js,

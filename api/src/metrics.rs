@@ -80,6 +80,7 @@ impl Metrics {
             ("submissions_duplicate", String::new()),
             self.duplicates.get(),
         );
+        out.insert(("submissions_accepted", String::new()), self.accepted.get());
         for m in self.rejected.collect() {
             for metric in m.get_metric() {
                 let code = metric

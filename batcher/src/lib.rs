@@ -15,4 +15,4 @@ pub use bitmap::Bitmap;
 pub use config::BatcherSettings;
 pub use matcher::{Match, Matcher};
 pub use metrics::BatcherMetrics;
-pub use run::{decode, Batcher, BatcherError};
+pub use run::{decode, decode_members, Batcher, BatcherError};

@@ -57,22 +57,28 @@ pub struct Batcher {
     crash_after_commit: AtomicBool,
 }
 
+/// One submission of a fetched message (a message packs one or more, see `quizflow_nats::Packer`).
 struct Decoded {
-    msg: jetstream::Message,
+    /// Index of its message in the batch.
+    msg: usize,
     seq: u64,
+    /// Its place in the message.
+    member: usize,
     envelope: SubmissionEnvelope,
 }
 
-async fn nak_all(part: &[Decoded], delay: Duration) {
-    futures::future::join_all(
-        part.iter()
-            .map(|d| d.msg.ack_with(AckKind::Nak(Some(delay)))),
-    )
-    .await;
+/// Decodes every member of a `SUBMISSIONS` message (one per line); each error is the reason
+/// recorded with that member's dead letter (or counted as skipped by a replay).
+pub fn decode_members(payload: &[u8]) -> Vec<Result<SubmissionEnvelope, String>> {
+    let members: Vec<Result<SubmissionEnvelope, String>> =
+        quizflow_nats::members(payload).map(decode).collect();
+    if members.is_empty() {
+        return vec![Err("empty submission message".into())];
+    }
+    members
 }
 
-/// Decodes a `SUBMISSIONS` message's payload; the error is the reason recorded with the
-/// dead letter (or the count of skipped messages of a replay).
+/// Decodes one submission envelope; the error is the reason recorded with the dead letter.
 pub fn decode(payload: &[u8]) -> Result<SubmissionEnvelope, String> {
     #[derive(serde::Deserialize)]
     struct Version {
@@ -309,12 +315,28 @@ impl Batcher {
         batch: Vec<jetstream::Message>,
         backoff: Duration,
     ) -> Result<(), BatcherError> {
+        // Per message: must it come back (nak) rather than be acked? A message is acked only
+        // once every member is stored or dead-lettered.
+        let mut redeliver = vec![false; batch.len()];
         let mut good: Vec<Decoded> = Vec::with_capacity(batch.len());
-        for msg in batch {
+        for (i, msg) in batch.iter().enumerate() {
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-            match decode(&msg.payload) {
-                Ok(envelope) => good.push(Decoded { msg, seq, envelope }),
-                Err(reason) => self.poison_message(&msg, seq, &reason, "poison").await,
+            let mut bad = Vec::new();
+            for (member, decoded) in decode_members(&msg.payload).into_iter().enumerate() {
+                match decoded {
+                    Ok(envelope) => good.push(Decoded {
+                        msg: i,
+                        seq,
+                        member,
+                        envelope,
+                    }),
+                    Err(reason) => bad.push((member, reason)),
+                }
+            }
+            for (member, reason) in bad {
+                if !self.poison(msg, seq, member, &reason, "poison").await {
+                    redeliver[i] = true;
+                }
             }
         }
         let delay = backoff.max(Duration::from_millis(500));
@@ -327,30 +349,28 @@ impl Batcher {
                 continue;
             }
             if outage.is_some() {
-                nak_all(part, delay).await;
+                part.iter().for_each(|d| redeliver[d.msg] = true);
                 continue;
             }
-            match self.store_and_publish(part).await {
-                Ok(()) => {
-                    futures::future::join_all(part.iter().map(|d| d.msg.ack())).await;
-                }
+            match self.store_and_publish(&batch, part).await {
+                Ok(()) => {}
                 #[cfg(feature = "test-hooks")]
                 Err(BatcherError::SimulatedCrash) => return Err(BatcherError::SimulatedCrash),
                 Err(e) => match e.retry() {
                     Retry::Later => {
-                        nak_all(part, delay).await;
+                        part.iter().for_each(|d| redeliver[d.msg] = true);
                         outage = Some(e);
                     }
                     _ if part.len() > 1 => {
                         self.metrics.batches.with_label_values(&["isolated"]).inc();
                         let mid = range.start + part.len() / 2;
-                        tracing::warn!(error = %e, size = part.len(), "batch rejected; isolating the failing message");
+                        tracing::warn!(error = %e, size = part.len(), "batch rejected; isolating the failing submission");
                         pending.push(mid..range.end);
                         pending.push(range.start..mid);
                     }
                     Retry::Isolate if quizflow_store::ping(&self.pool).await.is_err() => {
-                        // The server went away meanwhile: not this message's fault.
-                        nak_all(part, delay).await;
+                        // The server went away meanwhile: not this submission's fault.
+                        redeliver[part[0].msg] = true;
                         outage = Some(e);
                     }
                     _ => {
@@ -359,19 +379,35 @@ impl Batcher {
                             BatcherError::Db(db) => format!("cannot be stored: {}", db.public()),
                             other => format!("cannot be stored: {other}"),
                         };
-                        self.poison_message(&d.msg, d.seq, &reason, "unstorable")
-                            .await;
+                        if !self
+                            .poison(&batch[d.msg], d.seq, d.member, &reason, "unstorable")
+                            .await
+                        {
+                            redeliver[d.msg] = true;
+                        }
                     }
                 },
             }
         }
+        futures::future::join_all(batch.iter().zip(&redeliver).map(|(m, &again)| async move {
+            if again {
+                m.ack_with(AckKind::Nak(Some(delay))).await
+            } else {
+                m.ack().await
+            }
+        }))
+        .await;
         match outage {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
 
-    async fn store_and_publish(&self, part: &[Decoded]) -> Result<(), BatcherError> {
+    async fn store_and_publish(
+        &self,
+        batch: &[jetstream::Message],
+        part: &[Decoded],
+    ) -> Result<(), BatcherError> {
         // Matching is CPU work: off the async runtime, on rayon.
         let matcher = self.snapshot();
         let span = tracing::Span::current();
@@ -419,10 +455,11 @@ impl Batcher {
         }
         // Rows stored by an earlier, interrupted attempt: publish their queued jobs again.
         // (A copy that reaches a worker twice is sent once: the worker claims the ledger row.)
-        let seen: Vec<SubmissionId> = (0..envelopes.len())
+        let seen: Vec<(SubmissionId, u64)> = (0..envelopes.len())
             .filter(|i| !new_rows.contains(i))
-            .map(|i| envelopes[i].submission_id)
+            .map(|i| (envelopes[i].submission_id, part[i].seq))
             .collect();
+        // (The same batch again makes the same chunks, which JetStream drops as duplicates.)
         if !seen.is_empty() {
             jobs.extend(store::queued_jobs(&mut conn, &seen).await?);
         }
@@ -438,7 +475,8 @@ impl Batcher {
                             submission_id = %d.envelope.submission_id,
                             stream_seq = d.seq
                         );
-                        quizflow_telemetry::set_parent_from_nats(&span, d.msg.headers.as_ref());
+                        let parent = member_trace(&batch[d.msg], d.member);
+                        quizflow_telemetry::set_parent_from_nats(&span, parent.as_ref());
                         quizflow_telemetry::headers_for(&span)
                             .map(|h| (d.envelope.submission_id, h))
                     })
@@ -465,16 +503,18 @@ impl Batcher {
         Ok(())
     }
 
-    /// Moves a message that cannot be stored (undecodable: `poison`; refused by the database
-    /// for its data: `unstorable`) to DEAD_LETTERS, then terminates it: it never blocks the
-    /// consumer.
-    async fn poison_message(
+    /// Moves a submission that cannot be stored (undecodable: `poison`; refused by the
+    /// database for its data: `unstorable`) to DEAD_LETTERS: it never blocks the consumer.
+    /// The letter holds that member's bytes only. False when the letter was not published
+    /// (its message must then come back).
+    async fn poison(
         &self,
         msg: &jetstream::Message,
         seq: u64,
+        member: usize,
         reason: &str,
         class: &'static str,
-    ) {
+    ) -> bool {
         let token = msg
             .subject
             .as_str()
@@ -482,45 +522,60 @@ impl Batcher {
             .next()
             .unwrap_or("_")
             .to_owned();
+        let bytes = match quizflow_nats::members(&msg.payload).nth(member) {
+            Some(line) => msg.payload.slice_ref(line),
+            None => msg.payload.clone(),
+        };
         // The reason stays in the letter (admin-only): decoder errors can quote the payload.
-        tracing::warn!(seq, class, "submission moved to dead letters");
+        tracing::warn!(seq, member, class, "submission moved to dead letters");
         self.metrics.dead_letters.with_label_values(&[class]).inc();
         match quizflow_nats::dead_letter_submission(
             &self.js,
             &token,
-            msg.payload.clone(),
+            bytes.clone(),
             reason,
             seq,
+            member,
         )
         .await
         {
             Ok(()) => {
                 // Mirror for `GET /v1/dead-letters`; the stream copy is the durable one.
                 if let Ok(mut conn) = self.pool.get().await {
-                    // One mirror row per stream message, however often it is poisoned.
+                    // One mirror row per stream message and member, however often poisoned.
                     let id = uuid::Uuid::new_v5(
                         &uuid::Uuid::NAMESPACE_OID,
-                        format!("submission-seq:{seq}").as_bytes(),
+                        quizflow_nats::poison_id("submission", seq, member).as_bytes(),
                     );
                     if let Err(e) = quizflow_store::dead_letters::insert_poison_submission(
-                        &mut conn,
-                        id,
-                        reason,
-                        &msg.payload,
+                        &mut conn, id, reason, &bytes,
                     )
                     .await
                     {
                         tracing::warn!(error = %e, "poison submission not mirrored to dead_letters");
                     }
                 }
-                let _ = msg.ack_with(AckKind::Term).await;
+                true
             }
             Err(e) => {
                 tracing::warn!(error = %e, "dead letter not published; message naked");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                    .await;
+                false
             }
         }
+    }
+}
+
+/// The trace context member `member` of a message was published under.
+fn member_trace(msg: &jetstream::Message, member: usize) -> Option<async_nats::HeaderMap> {
+    let headers = msg.headers.as_ref()?;
+    match headers.get(quizflow_nats::trace_header(member).as_str()) {
+        Some(t) => {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("traceparent", t.as_str());
+            Some(h)
+        }
+        // A message from before packing carries its one context as `traceparent`.
+        None if member == 0 => Some(headers.clone()),
+        None => None,
     }
 }

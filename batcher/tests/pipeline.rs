@@ -87,6 +87,30 @@ impl Env {
         s.info().await.expect("info").state.messages
     }
 
+    /// Distinct jobs in DELIVERIES, and how many copies in all.
+    async fn distinct_jobs(&self) -> (usize, usize) {
+        let mut s = self.js.get_stream("DELIVERIES").await.expect("stream");
+        let state = s.info().await.expect("info").state.clone();
+        let mut ids = std::collections::HashSet::new();
+        let mut all = 0;
+        for seq in state.first_sequence..=state.last_sequence {
+            let Ok(m) = s.get_raw_message(seq).await else {
+                continue;
+            };
+            for line in quizflow_nats::members(&m.payload) {
+                let job: DeliveryJob = serde_json::from_slice(line).expect("job");
+                ids.insert(job.msg_id());
+                all += 1;
+            }
+        }
+        (ids.len(), all)
+    }
+
+    /// Jobs (or submissions) a stream holds: a message carries one or more.
+    async fn items(&self, stream: &str) -> u64 {
+        quizflow_testkit::items_in(&self.js, stream).await
+    }
+
     async fn add_campaign(&self, body: Value) -> Campaign {
         let spec = parse_campaign(&body).expect("valid campaign");
         let c = quizflow_store::campaigns::insert(&mut self.conn().await, &spec)
@@ -233,7 +257,7 @@ async fn given_campaigns_when_submissions_arrive_then_rows_ledger_and_jobs_match
     );
     // Every ledger row has its job on deliveries.<channel>.<priority>.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while env.stream_messages("DELIVERIES").await != expected as u64 {
+    while env.items("DELIVERIES").await != expected as u64 {
         assert!(Instant::now() < deadline, "jobs published");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -242,11 +266,19 @@ async fn given_campaigns_when_submissions_arrive_then_rows_ledger_and_jobs_match
         .get_last_raw_message_by_subject("deliveries.sms.high")
         .await
         .expect("an sms job");
-    let job: DeliveryJob = serde_json::from_slice(&msg.payload).expect("job");
-    assert_eq!(job.campaign_id, camps[0].id);
-    assert_eq!(
-        msg.headers.get("Nats-Msg-Id").map(|v| v.to_string()),
-        Some(job.msg_id())
+    // Jobs of one channel and priority travel in chunks, one JSON job per line.
+    let jobs: Vec<DeliveryJob> = quizflow_nats::members(&msg.payload)
+        .map(|l| serde_json::from_slice(l).expect("job"))
+        .collect();
+    assert!(jobs.iter().all(|j| j.campaign_id == camps[0].id));
+    let msg_id = msg.headers.get("Nats-Msg-Id").map(|v| v.to_string());
+    match jobs.as_slice() {
+        [one] => assert_eq!(msg_id, Some(one.msg_id())),
+        _ => assert!(msg_id.is_some_and(|id| id.starts_with("chunk:"))),
+    }
+    assert!(
+        env.stream_messages("DELIVERIES").await < expected as u64,
+        "jobs are chunked"
     );
     // The same submissions again (after JetStream's dedup would have let them through):
     // nothing new is stored or published.
@@ -272,7 +304,10 @@ async fn given_campaigns_when_submissions_arrive_then_rows_ledger_and_jobs_match
         env.count("SELECT count(*) AS n FROM deliveries").await,
         expected
     );
-    assert_eq!(env.stream_messages("DELIVERIES").await, expected as u64);
+    // Copies in other messages publish nothing: the message that stored them did.
+    let (distinct, copies) = env.distinct_jobs().await;
+    assert_eq!(distinct, expected as usize);
+    assert_eq!(copies, distinct, "nothing was published twice");
     let _ = stop.send(());
     handle.await.expect("join").expect("clean stop");
 }
@@ -312,7 +347,7 @@ async fn given_a_crash_between_commit_and_ack_then_redelivery_stores_nothing_twi
     .await;
     let expected = reference::match_batch(&camps, &batch).len() as u64;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while env.stream_messages("DELIVERIES").await != expected {
+    while env.items("DELIVERIES").await != expected {
         assert!(
             Instant::now() < deadline,
             "jobs of the crashed batch were published"
@@ -388,6 +423,86 @@ async fn given_a_poison_message_then_it_is_dead_lettered_and_the_consumer_moves_
         .headers
         .get("Quizflow-Reason")
         .is_some_and(|r| r.to_string().contains("version 99")));
+    let _ = stop.send(());
+    handle.await.expect("join").expect("clean stop");
+}
+
+#[tokio::test]
+async fn given_packed_messages_with_bad_members_then_only_those_are_dead_lettered_and_the_rest_stored(
+) {
+    let env = env().await;
+    let (stop, handle) = spawn(env.batcher());
+    // Through the API's packer: 200 concurrent leads become fewer messages.
+    let packer = quizflow_nats::Packer::spawn(env.js.clone(), Default::default());
+    let all = leads(200);
+    let outcomes = futures::future::join_all(all.iter().map(|e| packer.publish(e))).await;
+    assert!(outcomes
+        .iter()
+        .all(|o| o.as_ref().is_ok_and(|o| !o.duplicate)));
+    let packed = env.stream_messages("SUBMISSIONS").await;
+    assert!(packed < 200, "200 concurrent leads in {packed} messages");
+    // A copy inside the window is answered "duplicate" (and stored once below).
+    let again = packer.publish(&all[7]).await.expect("publish");
+    assert!(again.duplicate);
+
+    // One message, four members: good, undecodable, unstorable (U+0000), good.
+    let good =
+        |n: u64| serde_json::to_string(&lead("q1", 1000 + n, json!({"score": 1}))).expect("json");
+    let mut bad = lead("q1", 1002, json!({"score": 1}));
+    bad.submission.respondent.name = Some("A\u{0}na".into());
+    bad.submission.metadata.insert("k".into(), json!("v\u{0}"));
+    let payload = [
+        good(0),
+        "not json".to_owned(),
+        serde_json::to_string(&bad).expect("json"),
+        good(3),
+    ]
+    .join("\n");
+    let ack = env
+        .js
+        .publish("quiz.submissions.q1", payload.into())
+        .await
+        .expect("send")
+        .await
+        .expect("ack");
+    env.wait_for(
+        "SELECT count(*) AS n FROM submissions",
+        202,
+        Duration::from_secs(30),
+    )
+    .await;
+    env.wait_drained(Duration::from_secs(15)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.stream_messages("DEAD_LETTERS").await != 2 {
+        assert!(Instant::now() < deadline, "two dead letters");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Each letter holds its member's bytes only, and is named by message and member.
+    let dl = env.js.get_stream("DEAD_LETTERS").await.expect("stream");
+    let first = dl.get_raw_message(1).await.expect("letter");
+    let second = dl.get_raw_message(2).await.expect("letter");
+    let mut letters = [&first, &second]
+        .iter()
+        .map(|m| {
+            (
+                m.headers
+                    .get("Nats-Msg-Id")
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                String::from_utf8_lossy(&m.payload).into_owned(),
+            )
+        })
+        .collect::<Vec<_>>();
+    letters.sort();
+    assert_eq!(letters[0].0, format!("submission-seq:{}:1", ack.sequence));
+    assert_eq!(letters[0].1, "not json");
+    assert_eq!(letters[1].0, format!("submission-seq:{}:2", ack.sequence));
+    assert!(letters[1].1.contains(&bad.submission_id.to_string()));
+    assert_eq!(
+        env.count("SELECT count(*) AS n FROM dead_letters WHERE kind = 'submission'")
+            .await,
+        2
+    );
     let _ = stop.send(());
     handle.await.expect("join").expect("clean stop");
 }

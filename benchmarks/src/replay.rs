@@ -238,9 +238,11 @@ pub async fn run_replay(
     let mut decoded: Vec<SubmissionEnvelope> = Vec::with_capacity(args.submissions);
     while let Some(m) = messages.next().await {
         let m = m?;
-        if let Ok(e) = quizflow_batcher::decode(&m.payload) {
-            decoded.push(e);
-        }
+        decoded.extend(
+            quizflow_batcher::decode_members(&m.payload)
+                .into_iter()
+                .flatten(),
+        );
         if m.seq >= last_seq {
             break;
         }

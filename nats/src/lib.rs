@@ -8,6 +8,7 @@
 mod client;
 mod depths;
 mod history;
+mod pack;
 mod publish;
 pub mod subjects;
 pub mod topology;
@@ -15,9 +16,11 @@ pub mod topology;
 pub use client::{connect, jetstream, redact_url, NatsSettings};
 pub use depths::{depths, ConsumerDepth, Depths, StreamDepth};
 pub use history::{read_submissions, submissions_history, History, HistoryMessage, StartAt};
+pub use pack::{members, trace_header, Packer, PackerConfig, PACK_HEADER};
 pub use publish::{
-    dead_letter_delivery, dead_letter_job_message, dead_letter_submission, publish_jobs,
-    publish_redrives, publish_submission, PublishOutcome,
+    dead_letter_delivery, dead_letter_job_message, dead_letter_submission, poison_id, publish_jobs,
+    publish_redrives, publish_submission, republish_job, PublishOutcome, DELIVERIES_HEADER,
+    JOB_CHUNK, NOT_BEFORE_HEADER,
 };
 pub use topology::{ensure_topology, TopologyConfig};
 
@@ -51,6 +54,8 @@ pub enum NatsError {
     Encode(#[from] serde_json::Error),
     #[error("JetStream API request failed: {0}")]
     Api(String),
+    #[error("submission not published: {0}")]
+    Pack(String),
     #[error("server {found} is too old: quizflow needs nats-server >= 2.10")]
     ServerTooOld { found: String },
 }

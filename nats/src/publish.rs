@@ -40,26 +40,70 @@ pub async fn publish_submission(
     })
 }
 
-/// Publishes delivery jobs pipelined (all sends first, then all acks), each with its
-/// `Nats-Msg-Id` so that a re-publish after a crash is dropped by JetStream. `trace` gives a
-/// job's trace-context headers (the submission's trace continues in the worker).
+/// Most jobs in one `DELIVERIES` message.
+pub const JOB_CHUNK: usize = 128;
+
+/// Header of a re-published job: not to be sent before this time (Unix milliseconds). A
+/// worker that fetches it earlier naks it for the rest of the wait.
+pub const NOT_BEFORE_HEADER: &str = "Quizflow-Not-Before";
+/// Header of a re-published job: how often it was delivered before.
+pub const DELIVERIES_HEADER: &str = "Quizflow-Deliveries";
+
+/// Publishes delivery jobs in chunks, pipelined (all sends first, then all acks): the jobs of
+/// one channel and priority go out up to [`JOB_CHUNK`] to a message, one JSON job per line, so one
+/// stored message (one fsync, one ack later) carries many jobs. A chunk of one keeps the
+/// job's own `Nats-Msg-Id` (`<submission>:<campaign>:<channel>`); a larger chunk is named by
+/// its members, so the same chunk published again after a crash is dropped by JetStream
+/// (and any other copy is sent once: the worker claims the ledger row). `trace` gives a
+/// job's trace-context headers; member `i`'s rides as `Quizflow-Trace-<i>`.
 pub async fn publish_jobs(
     js: &jetstream::Context,
     jobs: &[quizflow_core::DeliveryJob],
     trace: impl Fn(&quizflow_core::DeliveryJob) -> Option<async_nats::HeaderMap>,
 ) -> Result<(), NatsError> {
-    let mut acks = Vec::with_capacity(jobs.len());
+    let mut groups: Vec<(
+        (quizflow_core::Channel, quizflow_core::Priority),
+        Vec<&quizflow_core::DeliveryJob>,
+    )> = Vec::new();
     for job in jobs {
-        let mut msg = PublishMessage::build();
-        if let Some(h) = trace(job) {
-            msg = msg.headers(h);
+        let key = (job.channel, job.priority);
+        match groups
+            .iter_mut()
+            .rev()
+            .find(|(k, g)| *k == key && g.len() < JOB_CHUNK)
+        {
+            Some((_, g)) => g.push(job),
+            None => groups.push((key, vec![job])),
         }
-        let msg = msg
-            .payload(serde_json::to_vec(job)?.into())
-            .message_id(job.msg_id())
+    }
+    let mut acks = Vec::with_capacity(groups.len());
+    for ((channel, priority), chunk) in groups {
+        let mut headers = async_nats::HeaderMap::new();
+        let mut payload = Vec::new();
+        for (i, job) in chunk.iter().enumerate() {
+            if i > 0 {
+                payload.push(b'\n');
+            }
+            serde_json::to_writer(&mut payload, job)?;
+            if let Some(parent) = trace(job).and_then(|h| h.get("traceparent").cloned()) {
+                headers.insert(crate::pack::trace_header(i).as_str(), parent.as_str());
+            }
+        }
+        let msg_id = match chunk.as_slice() {
+            [one] => one.msg_id(),
+            many => {
+                let names: Vec<String> = many.iter().map(|j| j.msg_id()).collect();
+                let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, names.join(",").as_bytes());
+                format!("chunk:{id}")
+            }
+        };
+        let msg = PublishMessage::build()
+            .headers(headers)
+            .payload(payload.into())
+            .message_id(msg_id)
             .expected_stream(subjects::DELIVERIES_STREAM);
         acks.push(
-            js.send_publish(subjects::delivery(job.channel, job.priority), msg)
+            js.send_publish(subjects::delivery(channel, priority), msg)
                 .await?,
         );
     }
@@ -71,24 +115,67 @@ pub async fn publish_jobs(
     Ok(())
 }
 
-/// Publishes an undecodable submission to `dead.submissions.<token>` with its reason, and
-/// waits for the ack: only then may the original be acked.
+/// Publishes one job of a chunk again on its own, to wait `not_before` there: the rest of
+/// its chunk is done and the chunk is acked. A fresh `Nats-Msg-Id` each time, so the
+/// duplicate window never swallows it.
+pub async fn republish_job(
+    js: &jetstream::Context,
+    job: &quizflow_core::DeliveryJob,
+    payload: bytes::Bytes,
+    trace: Option<&str>,
+    not_before: chrono::DateTime<chrono::Utc>,
+    delivered: u64,
+) -> Result<(), NatsError> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        NOT_BEFORE_HEADER,
+        not_before.timestamp_millis().to_string().as_str(),
+    );
+    headers.insert(DELIVERIES_HEADER, delivered.to_string().as_str());
+    if let Some(t) = trace {
+        headers.insert("traceparent", t);
+    }
+    let msg = PublishMessage::build()
+        .headers(headers)
+        .payload(payload)
+        .message_id(format!("retry:{}:{}", job.msg_id(), uuid::Uuid::new_v4()))
+        .expected_stream(subjects::DELIVERIES_STREAM);
+    js.send_publish(subjects::delivery(job.channel, job.priority), msg)
+        .await?
+        .await?;
+    Ok(())
+}
+
+/// Publishes an undecodable submission (member `member` of the message at `stream_seq`) to
+/// `dead.submissions.<token>` with its reason, and waits for the ack: only then may the
+/// original be acked.
 pub async fn dead_letter_submission(
     js: &jetstream::Context,
     token: &str,
     payload: bytes::Bytes,
     reason: &str,
     stream_seq: u64,
+    member: usize,
 ) -> Result<(), NatsError> {
     publish_poison(
         js,
         subjects::dead_letter(subjects::DeadKind::Submission, token),
         payload,
         reason,
-        "submission",
+        poison_id("submission", stream_seq, member),
         stream_seq,
     )
     .await
+}
+
+/// The de-duplication id of a poison letter: `<scheme>-seq:<n>`, and `:<member>` after it
+/// for a pack's later members.
+pub fn poison_id(scheme: &str, stream_seq: u64, member: usize) -> String {
+    if member == 0 {
+        format!("{scheme}-seq:{stream_seq}")
+    } else {
+        format!("{scheme}-seq:{stream_seq}:{member}")
+    }
 }
 
 /// The one shape of a poison dead letter: the original bytes, the reason and class in
@@ -99,7 +186,7 @@ async fn publish_poison(
     subject: String,
     payload: bytes::Bytes,
     reason: &str,
-    scheme: &str,
+    msg_id: String,
     stream_seq: u64,
 ) -> Result<(), NatsError> {
     let mut headers = async_nats::HeaderMap::new();
@@ -113,7 +200,7 @@ async fn publish_poison(
     let msg = PublishMessage::build()
         .payload(payload)
         .headers(headers)
-        .message_id(format!("{scheme}-seq:{stream_seq}"))
+        .message_id(msg_id)
         .expected_stream(subjects::DEAD_LETTERS_STREAM);
     js.send_publish(subject, msg).await?.await?;
     Ok(())
@@ -179,6 +266,7 @@ pub async fn dead_letter_delivery(
 /// Publishes a job message that cannot be handled as it is (undecodable, unknown version, or
 /// a stream copy the sweeper rescued) to `dead.deliveries.<channel>` with its reason in
 /// headers, de-duplicated by its stream sequence (`<scheme>-seq:<n>`).
+#[allow(clippy::too_many_arguments)]
 pub async fn dead_letter_job_message(
     js: &jetstream::Context,
     channel: &str,
@@ -186,13 +274,14 @@ pub async fn dead_letter_job_message(
     reason: &str,
     scheme: &str,
     stream_seq: u64,
+    member: usize,
 ) -> Result<(), NatsError> {
     publish_poison(
         js,
         subjects::dead_letter(subjects::DeadKind::Delivery, channel),
         payload,
         reason,
-        scheme,
+        poison_id(scheme, stream_seq, member),
         stream_seq,
     )
     .await

@@ -5,6 +5,12 @@ use quizflow_core::{Channel, Priority, QuizId};
 pub const SUBMISSIONS_STREAM: &str = "SUBMISSIONS";
 pub const DELIVERIES_STREAM: &str = "DELIVERIES";
 pub const DEAD_LETTERS_STREAM: &str = "DEAD_LETTERS";
+/// In-memory stream of duplicate marks: one empty message per accepted submission, its
+/// `Nats-Msg-Id` the submission id, kept for the duplicate window. It answers the API's
+/// `duplicate` now that several submissions share one `SUBMISSIONS` message.
+pub const SUBMISSION_IDS_STREAM: &str = "SUBMISSION_IDS";
+/// The one subject of `SUBMISSION_IDS`.
+pub const SUBMISSION_IDS: &str = "quizflow.submission-ids";
 
 /// Durable pull consumer of `SUBMISSIONS` shared by every batcher instance.
 pub const BATCHER_CONSUMER: &str = "batcher";

@@ -32,6 +32,8 @@ pub struct TopologyConfig {
     /// the batcher naks its batch and retries: backpressure, never a dropped job.
     pub deliveries_max_msgs: i64,
     pub deliveries_max_bytes: i64,
+    /// Memory the duplicate marks may take (`SUBMISSION_IDS`).
+    pub submission_ids_max_bytes: i64,
 }
 
 impl Default for TopologyConfig {
@@ -48,6 +50,7 @@ impl Default for TopologyConfig {
             worker_max_deliver: -1,
             deliveries_max_msgs: 10_000_000,
             deliveries_max_bytes: 8 * 1024 * 1024 * 1024,
+            submission_ids_max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -63,6 +66,27 @@ impl TopologyConfig {
             num_replicas: self.replicas,
             max_age: self.submissions_max_age,
             duplicate_window: self.duplicate_window,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        }
+    }
+
+    /// Duplicate marks (see `pack`): in memory, each kept for the duplicate window.
+    pub fn submission_ids(&self) -> stream::Config {
+        stream::Config {
+            name: subjects::SUBMISSION_IDS_STREAM.into(),
+            description: Some(
+                "quizflow duplicate marks: one empty message per accepted submission".into(),
+            ),
+            subjects: vec![subjects::SUBMISSION_IDS.into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::Memory,
+            num_replicas: self.replicas,
+            max_age: self.duplicate_window,
+            duplicate_window: self.duplicate_window,
+            // Bounded: past it the oldest marks go (a late retry then answers
+            // `duplicate: false`, and is still stored once).
+            max_bytes: self.submission_ids_max_bytes,
             discard: stream::DiscardPolicy::Old,
             ..Default::default()
         }
@@ -162,6 +186,7 @@ pub async fn ensure_topology(
         .map_err(|e| NatsError::Settings(format!("JetStream is not available: {e}")))?;
     check_server_version(js)?;
     let submissions = create_or_update(js, SUBMISSIONS_STREAM, cfg.submissions()).await?;
+    create_or_update(js, subjects::SUBMISSION_IDS_STREAM, cfg.submission_ids()).await?;
     let deliveries = create_or_update(js, DELIVERIES_STREAM, cfg.deliveries()).await?;
     let dead = create_or_update(js, DEAD_LETTERS_STREAM, cfg.dead_letters()).await?;
     dead.create_consumer(cfg.sweeper_consumer())

@@ -29,6 +29,7 @@ pub struct Config {
     pub stream_replicas: usize,
     pub publish_timeout: String,
     pub max_ack_inflight: usize,
+    pub publish_flights: usize,
     pub rate_limit_respondent_per_min: u32,
     pub rate_limit_ip_per_min: u32,
     pub log_format: String,
@@ -92,6 +93,7 @@ impl Default for Config {
             stream_replicas: 1,
             publish_timeout: "5s".into(),
             max_ack_inflight: 4096,
+            publish_flights: 2,
             rate_limit_respondent_per_min: 10,
             rate_limit_ip_per_min: 0,
             log_format: "text".into(),
@@ -150,6 +152,7 @@ const KEYS: &[&str] = &[
     "stream_replicas",
     "publish_timeout",
     "max_ack_inflight",
+    "publish_flights",
     "rate_limit_respondent_per_min",
     "rate_limit_ip_per_min",
     "log_format",
@@ -245,8 +248,8 @@ impl Config {
                 self.stream_replicas
             );
         }
-        if self.max_ack_inflight == 0 || self.db_pool_size == 0 {
-            bail!("max_ack_inflight and db_pool_size must be positive");
+        if self.max_ack_inflight == 0 || self.db_pool_size == 0 || self.publish_flights == 0 {
+            bail!("max_ack_inflight, db_pool_size and publish_flights must be positive");
         }
         if let Some(t) = &self.admin_token {
             if t.len() < 16 {
@@ -493,6 +496,10 @@ impl Config {
             admin_token: self.admin_token.clone(),
             shutdown_timeout: self.shutdown_timeout(),
             costs: self.costs(),
+            packer: quizflow_nats::PackerConfig {
+                flights: self.publish_flights,
+                ..Default::default()
+            },
             ..Default::default()
         })
     }

@@ -145,7 +145,7 @@ impl Feedback {
         match &self.bar {
             Some(bar) => {
                 bar.set_length(p.total);
-                bar.set_position(s.read);
+                bar.set_position(p.done);
                 let rate = s.read as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
                 bar.set_message(format!(
                     "{rate:.0}/s · matched {} · jobs +{} · existed {} · checkpoint --from {checkpoint}",
@@ -156,17 +156,19 @@ impl Feedback {
                 self.last_line = Instant::now();
                 let secs = self.started.elapsed().as_secs_f64().max(1e-3);
                 let rate = s.read as f64 / secs;
-                let left = p.total.saturating_sub(s.read);
-                let eta = if rate > 0.0 {
-                    format!("{:.0}s", left as f64 / rate)
+                let left = p.total.saturating_sub(p.done);
+                let per_s = p.done as f64 / secs;
+                let eta = if per_s > 0.0 {
+                    format!("{:.0}s", left as f64 / per_s)
                 } else {
                     "?".into()
                 };
                 eprintln!(
-                    "replay: read {}/{} ({:.0}%), matched {}, jobs created {}, already existed {}, {:.0}/s, eta {eta}, checkpoint --from {checkpoint}",
+                    "replay: read {} submissions, {}/{} messages ({:.0}%), matched {}, jobs created {}, already existed {}, {:.0}/s, eta {eta}, checkpoint --from {checkpoint}",
                     s.read,
+                    p.done,
                     p.total,
-                    if p.total > 0 { 100.0 * s.read as f64 / p.total as f64 } else { 100.0 },
+                    if p.total > 0 { 100.0 * p.done as f64 / p.total as f64 } else { 100.0 },
                     s.matched,
                     s.jobs_created,
                     s.already_existed,
@@ -272,7 +274,8 @@ pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<()> {
             if feedback.bar.is_none() {
                 feedback.update(
                     &Progress {
-                        total: summary.read,
+                        total: summary.messages,
+                        done: summary.messages,
                         summary: &summary,
                     },
                     true,

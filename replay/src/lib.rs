@@ -155,14 +155,16 @@ pub struct CampaignCounts {
 pub struct Summary {
     pub dry_run: bool,
     pub source: &'static str,
-    /// Messages (or rows) read, in range or not.
+    /// Submissions (or rows) read, in range or not.
     pub read: u64,
+    /// Stream messages (or rows) read: a message holds one or more submissions.
+    pub messages: u64,
     /// Submissions in the range.
     pub scanned: u64,
     /// In the range but not stored (dead-lettered, or the live batcher has not got to it yet):
     /// nothing can be sent for them.
     pub not_stored: u64,
-    /// Messages (or rows) that do not decode.
+    /// Submissions (or rows) that do not decode.
     pub undecodable: u64,
     /// Submissions that matched at least one selected campaign.
     pub matched: u64,
@@ -184,6 +186,8 @@ pub struct Summary {
 pub struct Progress<'a> {
     /// Messages (rows) the range holds, as estimated at the start.
     pub total: u64,
+    /// Messages (rows) read so far.
+    pub done: u64,
     pub summary: &'a Summary,
 }
 

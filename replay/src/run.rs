@@ -219,7 +219,8 @@ impl Replayer<'_> {
         self.summary.checkpoint = Some(Checkpoint(checkpoint).to_string());
         self.summary.elapsed_s = self.started.elapsed().as_secs_f64();
         on_progress(&Progress {
-            total: self.total.max(self.summary.read),
+            total: self.total.max(self.summary.messages),
+            done: self.summary.messages,
             summary: &self.summary,
         });
     }
@@ -320,18 +321,19 @@ impl Replayer<'_> {
                 read += 1;
                 last_seq = Some(msg.seq);
                 end = msg.pending == 0 || msg.seq >= end_seq;
-                self.summary.read += 1;
-                let envelope = match quizflow_batcher::decode(&msg.payload) {
-                    Ok(e) => e,
-                    Err(_) => {
+                self.summary.messages += 1;
+                // A message holds one or more submissions (the API packs them).
+                for member in quizflow_batcher::decode_members(&msg.payload) {
+                    self.summary.read += 1;
+                    let Ok(envelope) = member else {
                         self.summary.undecodable += 1;
                         continue;
+                    };
+                    let in_range = from_time.is_none_or(|t| envelope.received_at >= t)
+                        && to_time.is_none_or(|t| envelope.received_at < t);
+                    if in_range {
+                        batch.push(envelope);
                     }
-                };
-                let in_range = from_time.is_none_or(|t| envelope.received_at >= t)
-                    && to_time.is_none_or(|t| envelope.received_at < t);
-                if in_range {
-                    batch.push(envelope);
                 }
             }
             self.pace(read).await;
@@ -410,6 +412,7 @@ impl Replayer<'_> {
             .await?;
             self.pace(page.rows).await;
             self.summary.read += page.rows as u64;
+            self.summary.messages += page.rows as u64;
             self.summary.undecodable += page.unreadable as u64;
             self.summary.scanned += page.submissions.len() as u64;
             let full = page.rows >= self.batch;
@@ -535,7 +538,7 @@ impl Replayer<'_> {
             .filter(|e| e.status == "queued")
             .map(|e| e.job)
             .collect();
-        let mut out: Vec<DeliveryJob> = jobs
+        let out: Vec<DeliveryJob> = jobs
             .iter()
             .filter(|j| created.contains(&ledger::key_of(j)))
             .cloned()
@@ -555,6 +558,7 @@ impl Replayer<'_> {
         self.summary.already_existed += (jobs.len() - out.len()) as u64;
         self.summary.republished += republish.len() as u64;
         if !self.spec.dry_run {
+            let mut out = out;
             out.extend(republish);
             with_retry("publish", || async {
                 Ok(quizflow_nats::publish_jobs(self.js, &out, |_| None).await?)

@@ -149,13 +149,9 @@ impl Env {
         .await
     }
 
+    /// Jobs in `DELIVERIES` (a message carries a chunk of one or more).
     async fn deliveries_messages(&self) -> u64 {
-        let mut s = self
-            .js
-            .get_stream(subjects::DELIVERIES_STREAM)
-            .await
-            .expect("stream");
-        s.info().await.expect("info").state.messages
+        quizflow_testkit::items_in(&self.js, subjects::DELIVERIES_STREAM).await
     }
 
     /// (submission, campaign, channel, priority) of every ledger row, sorted.

@@ -284,21 +284,32 @@ async fn insert_ledger(
     Ok(())
 }
 
-/// Ledger rows still `queued` for submissions stored by an earlier attempt: their jobs may
-/// not have been published before that attempt died, so they are published again (JetStream
-/// drops the copies it already has, by `Nats-Msg-Id`).
+/// Ledger rows still `queued` for submissions stored by an earlier attempt at the same
+/// message (`(id, stream_seq)`): their jobs may not have been published before that attempt
+/// died, so they are published again (the same batch makes the same chunks, which JetStream
+/// drops by `Nats-Msg-Id`; any other copy is sent once, by the worker's claim).
 pub async fn queued_jobs(
     conn: &mut AsyncPgConnection,
-    submissions: &[SubmissionId],
+    submissions: &[(SubmissionId, u64)],
 ) -> Result<Vec<DeliveryJob>, crate::StoreError> {
     if submissions.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Uuid> = submissions.iter().map(|s| s.0).collect();
+    let ids: Vec<Uuid> = submissions.iter().map(|s| s.0 .0).collect();
+    let seqs: Vec<i64> = submissions
+        .iter()
+        .map(|s| i64::try_from(s.1).unwrap_or(i64::MAX))
+        .collect();
+    // Only rows stored from this very message: a copy of the submission in another message
+    // (posted again) leaves the jobs to the message that stored it.
     let rows: Vec<LedgerRow> = diesel::sql_query(format!(
-        "SELECT {LEDGER_COLUMNS} FROM deliveries d WHERE d.submission_id = ANY($1) AND d.status = 'queued'"
+        "SELECT {LEDGER_COLUMNS} FROM deliveries d \
+         JOIN UNNEST($1::uuid[], $2::bigint[]) AS m(id, seq) ON m.id = d.submission_id \
+         WHERE d.status = 'queued' \
+           AND EXISTS (SELECT 1 FROM submissions s WHERE s.id = m.id AND s.stream_seq = m.seq)"
     ))
     .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<diesel::sql_types::BigInt>, _>(&seqs)
     .load(conn)
     .await?;
     Ok(rows.iter().filter_map(LedgerRow::job).collect())

@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 /// One counter: `metric` is `deliveries` (by campaign, channel and status), `dead_letters` (open
 /// letters by channel, or `submission`), `submissions_stored`, or one of the API's
-/// `submissions_duplicate` / `submissions_rejected` (status = error code).
+/// `submissions_accepted` / `submissions_duplicate` / `submissions_rejected` (status = error
+/// code).
 #[derive(Debug, Clone, PartialEq, Eq, diesel::QueryableByName)]
 pub struct Counter {
     #[diesel(sql_type = Text)]

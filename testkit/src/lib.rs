@@ -35,3 +35,25 @@ pub fn wait_for_port(addr: &str, timeout: std::time::Duration) -> bool {
     }
     false
 }
+
+/// Items a stream holds: submissions or jobs, counted line by line, since one message packs
+/// one or more (the API's packs, the batcher's job chunks).
+pub async fn items_in(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
+    let mut s = js.get_stream(stream).await.expect("stream");
+    let state = s.info().await.expect("stream info").state.clone();
+    if state.messages == 0 {
+        return 0;
+    }
+    let mut n = 0;
+    for seq in state.first_sequence..=state.last_sequence {
+        // Acked (work queue) or deleted meanwhile: nothing there.
+        if let Ok(m) = s.get_raw_message(seq).await {
+            n += m
+                .payload
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count() as u64;
+        }
+    }
+    n
+}

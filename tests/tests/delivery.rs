@@ -372,8 +372,7 @@ async fn given_a_rate_limit_of_50_per_second_then_the_provider_sees_50_per_secon
     // Every job queued first, so the pool is never starved.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let mut s = env.js.get_stream("DELIVERIES").await.expect("stream");
-        if s.info().await.expect("info").state.messages == 300 {
+        if quizflow_testkit::items_in(&env.js, "DELIVERIES").await == 300 {
             break;
         }
         assert!(Instant::now() < deadline, "jobs queued");
@@ -487,8 +486,7 @@ async fn given_jobs_of_every_priority_then_high_drains_before_normal_before_low(
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let mut s = env.js.get_stream("DELIVERIES").await.expect("stream");
-        if s.info().await.expect("info").state.messages == 9 {
+        if quizflow_testkit::items_in(&env.js, "DELIVERIES").await == 9 {
             break;
         }
         assert!(Instant::now() < deadline, "9 jobs queued");

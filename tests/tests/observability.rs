@@ -130,6 +130,7 @@ async fn given_a_known_workload_then_stats_and_metrics_show_exactly_it() {
             && stats["deliveries"]["email"]["sent"] == LEADS
             && stats["submissions"]["rejected"] == 2
             && stats["submissions"]["duplicate"] == 3
+            && stats["submissions"]["accepted"] == LEADS
             && stats["circuits"].as_array().is_some_and(|c| !c.is_empty())
             && stats["consumers"]
                 .as_array()

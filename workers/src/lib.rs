@@ -12,6 +12,7 @@ mod breaker;
 pub mod classify;
 mod config;
 pub mod egress;
+mod handle;
 mod metrics;
 mod pool;
 pub mod provider;

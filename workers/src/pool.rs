@@ -7,12 +7,13 @@
 
 use crate::breaker::{Allowance, Breaker};
 use crate::classify::Class;
+use crate::handle::{self, JobMsg};
 use crate::metrics::WorkerMetrics;
 use crate::provider::{Outgoing, Provider};
 use crate::render;
 use crate::status::{history_entry, StatusWriter, Update};
 use crate::WorkerSettings;
-use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use quizflow_core::{Channel, DeliveryJob, Priority};
@@ -231,7 +232,13 @@ impl Channelled {
                 }
                 continue;
             }
-            let want = if probe { 1 } else { free.min(100) };
+            // A message may carry a chunk of up to JOB_CHUNK jobs: fetch about as many jobs
+            // as there are free slots, at least one message.
+            let want = if probe {
+                1
+            } else {
+                free.div_ceil(quizflow_nats::JOB_CHUNK).clamp(1, 100)
+            };
             let msgs = self.fetch(&consumers, want).await;
             if msgs.is_empty() {
                 if probe {
@@ -287,8 +294,14 @@ impl Channelled {
     ) {
         let mut jobs = Vec::with_capacity(msgs.len());
         let mut keys_seen = HashSet::new();
-        for msg in msgs {
-            match serde_json::from_slice::<DeliveryJob>(&msg.payload) {
+        let now = chrono::Utc::now();
+        for msg in msgs.into_iter().flat_map(|m| handle::split(&self.js, m)) {
+            // A job published again to wait (see `handle`): not before its time.
+            if let Some(wait) = msg.not_before().and_then(|t| (t - now).to_std().ok()) {
+                msg.nak(Some(wait), None).await;
+                continue;
+            }
+            match serde_json::from_slice::<DeliveryJob>(msg.payload()) {
                 Ok(job) if job.v != DeliveryJob::VERSION => {
                     self.poison(msg, &format!("unsupported job version {}", job.v))
                         .await
@@ -298,7 +311,7 @@ impl Channelled {
                         jobs.push((msg, job));
                     } else {
                         // A second copy in the same fetch: the first carries the job.
-                        let _ = msg.ack().await;
+                        msg.ack().await;
                     }
                 }
                 Err(e) => self.poison(msg, &format!("undecodable job: {e}")).await,
@@ -308,10 +321,8 @@ impl Channelled {
         let contexts = self.load(&jobs).await;
         let Some(contexts) = contexts else {
             // The database is away: everything goes back, no attempt spent.
-            for (msg, _) in jobs {
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-                    .await;
+            for (msg, job) in jobs {
+                msg.nak(Some(Duration::from_secs(2)), Some(&job)).await;
             }
             if probe {
                 self.breaker.release_probe();
@@ -326,17 +337,15 @@ impl Channelled {
                 Ok(None) => {
                     // The ledger row is written before the job is published, so a job without
                     // one was never made by a batcher: after a few tries it is poison.
-                    if msg.info().map(|i| i.delivered).unwrap_or(0) >= 5 {
+                    if msg.delivered() >= 5 {
                         self.poison(msg, "no ledger row for this job").await;
                     } else {
-                        let _ = msg
-                            .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-                            .await;
+                        msg.nak(Some(Duration::from_secs(2)), Some(&job)).await;
                     }
                 }
                 Ok(Some(ctx)) if ctx.is_final() => {
                     // Already done: a redelivery, or a second copy (re-publish, redrive).
-                    let _ = msg.ack().await;
+                    msg.ack().await;
                 }
                 Ok(Some(ctx)) if !ctx.campaign_live => self.cancel(msg, &job, &ctx).await,
                 Ok(Some(ctx)) if ctx.next_attempt_at.is_some_and(|t| t > chrono::Utc::now()) => {
@@ -346,7 +355,7 @@ impl Channelled {
                         .next_attempt_at
                         .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
                         .unwrap_or_default();
-                    let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
+                    msg.nak(Some(wait), Some(&job)).await;
                 }
                 Ok(Some(ctx)) => match ctx.lease_until {
                     Some(until) if ctx.status == "sending" && until > chrono::Utc::now() => {
@@ -355,7 +364,7 @@ impl Channelled {
                         let wait = ((until - chrono::Utc::now()).to_std().unwrap_or_default()
                             + Duration::from_secs(1))
                         .min(Duration::from_secs(5));
-                        let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
+                        msg.nak(Some(wait), Some(&job)).await;
                     }
                     _ => eligible.push((msg, job, ctx)),
                 },
@@ -379,9 +388,7 @@ impl Channelled {
         for (msg, job, ctx) in eligible {
             if !claimed.contains(&key_of(&job)) {
                 // Taken or finished by someone else since the load: look again later.
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-                    .await;
+                msg.nak(Some(Duration::from_secs(2)), Some(&job)).await;
                 continue;
             }
             let permit = tokio::select! {
@@ -401,7 +408,7 @@ impl Channelled {
                 job_id = %job.job_id,
                 attempt = ctx.attempts + 1
             );
-            quizflow_telemetry::set_parent_from_nats(&span, msg.headers.as_ref());
+            quizflow_telemetry::set_parent_from_nats(&span, msg.trace().as_ref());
             inflight.spawn(async move {
                 let called = tracing::Instrument::instrument(
                     me.process(msg, job, ctx, claim, permit, is_probe),
@@ -423,7 +430,7 @@ impl Channelled {
     /// holds `Err(reason)`. `None`: the database is away.
     async fn load(
         &self,
-        jobs: &[(jetstream::Message, DeliveryJob)],
+        jobs: &[(JobMsg, DeliveryJob)],
     ) -> Option<Vec<Result<Option<JobContext>, String>>> {
         if jobs.is_empty() {
             return Some(Vec::new());
@@ -488,7 +495,7 @@ impl Channelled {
     /// Gives a claimed job back unsent (stopping, breaker opened): no attempt spent.
     async fn release(
         &self,
-        msg: jetstream::Message,
+        msg: JobMsg,
         job: &DeliveryJob,
         ctx: &JobContext,
         claim: Uuid,
@@ -505,10 +512,10 @@ impl Channelled {
                 Some(claim),
             ))
             .await;
-        let _ = msg.ack_with(AckKind::Nak(wait)).await;
+        msg.nak(wait, Some(job)).await;
     }
 
-    async fn cancel(&self, msg: jetstream::Message, job: &DeliveryJob, ctx: &JobContext) {
+    async fn cancel(&self, msg: JobMsg, job: &DeliveryJob, ctx: &JobContext) {
         let why = if ctx.campaign_exists {
             "campaign inactive or ended"
         } else {
@@ -526,13 +533,9 @@ impl Channelled {
             // Applied, or someone holds it (their outcome stands): either way this copy is done.
             Ok(_) => {
                 tracing::info!(job = %job.job_id, why, "job cancelled");
-                let _ = msg.ack().await;
+                msg.ack().await;
             }
-            Err(_) => {
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                    .await;
-            }
+            Err(_) => msg.nak(Some(Duration::from_secs(5)), Some(job)).await,
         }
     }
 
@@ -540,7 +543,7 @@ impl Channelled {
     /// outcome and acking do not keep a provider slot busy.
     async fn process(
         &self,
-        msg: jetstream::Message,
+        msg: JobMsg,
         job: DeliveryJob,
         ctx: JobContext,
         claim: Uuid,
@@ -628,7 +631,7 @@ impl Channelled {
             loop {
                 tokio::select! {
                     _ = &mut limiter => break true,
-                    _ = tick.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
+                    _ = tick.tick() => msg.progress().await,
                     _ = self.stopped() => break false,
                 }
             }
@@ -659,7 +662,7 @@ impl Channelled {
         let class = loop {
             tokio::select! {
                 c = &mut send => break c,
-                _ = tick.tick() => { let _ = msg.ack_with(AckKind::Progress).await; }
+                _ = tick.tick() => msg.progress().await,
             }
         };
         self.observe(&class, called.elapsed());
@@ -729,7 +732,7 @@ impl Channelled {
 
     async fn settle(
         &self,
-        msg: jetstream::Message,
+        msg: JobMsg,
         job: DeliveryJob,
         ctx: JobContext,
         claim: Uuid,
@@ -737,7 +740,7 @@ impl Channelled {
         class: Class,
     ) {
         let attempts = ctx.attempts;
-        let (u, ack) = match class {
+        let (u, retry_in) = match class {
             Class::Sent => (
                 update(
                     &job,
@@ -747,7 +750,7 @@ impl Channelled {
                     vec![history_entry("sent", self.provider.name())],
                     Some(claim),
                 ),
-                AckKind::Ack,
+                None,
             ),
             Class::Throttle {
                 retry_after,
@@ -764,7 +767,7 @@ impl Channelled {
                     Some(claim),
                 );
                 u.retry_in = Some(wait);
-                (u, AckKind::Nak(Some(wait)))
+                (u, Some(wait))
             }
             Class::Permanent(reason) => {
                 return self
@@ -806,25 +809,24 @@ impl Channelled {
                     Some(claim),
                 );
                 u.retry_in = Some(wait);
-                (u, AckKind::Nak(Some(wait)))
+                (u, Some(wait))
             }
         };
         // The outcome is recorded before the ack: a crash in between resends at worst.
         match self.status.write(u).await {
-            Ok(true) => {
-                let _ = msg.ack_with(ack).await;
-            }
+            Ok(true) => match retry_in {
+                None => msg.ack().await,
+                Some(wait) => msg.nak(Some(wait), Some(&job)).await,
+            },
             Ok(false) => {
                 // The row is no longer ours (its lease ran out and another worker took it, or
                 // it was finished): that worker's outcome stands.
                 tracing::warn!(job = %job.job_id, "outcome superseded: the claim was lost");
-                let _ = msg.ack().await;
+                msg.ack().await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "status not recorded; job naked");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                    .await;
+                msg.nak(Some(Duration::from_secs(5)), Some(&job)).await;
             }
         }
     }
@@ -834,7 +836,7 @@ impl Channelled {
     #[allow(clippy::too_many_arguments)]
     async fn dead(
         &self,
-        msg: jetstream::Message,
+        msg: JobMsg,
         job: &DeliveryJob,
         ctx: &JobContext,
         claim: Uuid,
@@ -858,28 +860,28 @@ impl Channelled {
                     .inc();
                 // The reason stays in the letter (admin-only): provider texts can quote the recipient.
                 tracing::info!(job = %job.job_id, channel = %job.channel, class, "job dead-lettered");
-                let _ = msg.ack().await;
+                msg.ack().await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "dead letter not recorded; job naked");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                    .await;
+                msg.nak(Some(Duration::from_secs(5)), Some(job)).await;
             }
         }
     }
 
-    /// A job message that cannot be handled at all goes to `DEAD_LETTERS` on its own.
-    async fn poison(&self, msg: jetstream::Message, reason: &str) {
-        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-        tracing::warn!(seq, reason, channel = %self.channel, "poison job moved to dead letters");
+    /// A job that cannot be handled at all goes to `DEAD_LETTERS` on its own (its line only,
+    /// named by message and place).
+    async fn poison(&self, msg: JobMsg, reason: &str) {
+        let (seq, member) = msg.position();
+        tracing::warn!(seq, member, reason, channel = %self.channel, "poison job moved to dead letters");
         let ok = quizflow_nats::dead_letter_job_message(
             &self.js,
             self.channel.as_str(),
-            msg.payload.clone(),
+            msg.payload().clone(),
             reason,
             "delivery",
             seq,
+            member,
         )
         .await
         .is_ok();
@@ -888,14 +890,10 @@ impl Channelled {
                 .dead_letters
                 .with_label_values(&[self.channel.as_str(), "poison"])
                 .inc();
+            msg.term().await;
+        } else {
+            msg.nak(Some(Duration::from_secs(5)), None).await;
         }
-        let _ = msg
-            .ack_with(if ok {
-                AckKind::Term
-            } else {
-                AckKind::Nak(Some(Duration::from_secs(5)))
-            })
-            .await;
     }
 }
 

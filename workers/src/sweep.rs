@@ -136,40 +136,52 @@ async fn sweep_one(
             return false;
         }
     };
-    let recorded = match serde_json::from_slice::<DeliveryJob>(&original.payload) {
-        Ok(job) => {
-            let ctx = match dl.pool.get().await {
-                Ok(mut conn) => match deliveries::load(&mut conn, &[&job]).await {
-                    Ok(mut c) => c.pop().flatten(),
+    // A message carries one job or a chunk of them, one per line.
+    let mut recorded: Result<(), String> = Ok(());
+    for (member, line) in quizflow_nats::members(&original.payload).enumerate() {
+        let one = match serde_json::from_slice::<DeliveryJob>(line) {
+            Ok(job) => {
+                let ctx = match dl.pool.get().await {
+                    Ok(mut conn) => match deliveries::load(&mut conn, &[&job]).await {
+                        Ok(mut c) => c.pop().flatten(),
+                        Err(_) => return false,
+                    },
                     Err(_) => return false,
-                },
-                Err(_) => return false,
-            };
-            let (attempts, history) = ctx.map(|c| (c.attempts, c.history)).unwrap_or_default();
-            dl.record(
-                &job,
-                &history,
-                None,
-                "max_deliveries",
-                "JetStream delivery limit reached without an outcome",
-                attempts,
-                None,
+                };
+                // Jobs of the chunk that were settled already stay as they are.
+                if ctx.as_ref().is_some_and(|c| c.is_final()) {
+                    continue;
+                }
+                let (attempts, history) = ctx.map(|c| (c.attempts, c.history)).unwrap_or_default();
+                dl.record(
+                    &job,
+                    &history,
+                    None,
+                    "max_deliveries",
+                    "JetStream delivery limit reached without an outcome",
+                    attempts,
+                    None,
+                )
+                .await
+                .map(|_| ())
+            }
+            // Undecodable: the stream copy is all there is; keep it in DEAD_LETTERS as is.
+            Err(e) => quizflow_nats::dead_letter_job_message(
+                dl.js,
+                "unknown",
+                original.payload.slice_ref(line),
+                &format!("undecodable job: {e}"),
+                "max-deliveries",
+                seq,
+                member,
             )
             .await
-            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        };
+        if one.is_err() {
+            recorded = one;
         }
-        // Undecodable: the stream copy is all there is; keep it in DEAD_LETTERS as is.
-        Err(e) => quizflow_nats::dead_letter_job_message(
-            dl.js,
-            "unknown",
-            original.payload.clone(),
-            &format!("undecodable job: {e}"),
-            "max-deliveries",
-            seq,
-        )
-        .await
-        .map_err(|e| e.to_string()),
-    };
+    }
     match recorded {
         Ok(()) => {
             if let Err(e) = deliveries_stream.delete_message(seq).await {

@@ -94,10 +94,34 @@ impl Api {
         }
     }
 
-    /// Messages stored in SUBMISSIONS.
-    pub async fn stream_count(&self) -> u64 {
+    /// Submissions stored in SUBMISSIONS (a message packs one or more), in stream order.
+    pub async fn stream_envelopes(&self) -> Vec<quizflow_core::SubmissionEnvelope> {
         let mut s = self.js.get_stream("SUBMISSIONS").await.expect("stream");
-        s.info().await.expect("info").state.messages
+        let state = s.info().await.expect("info").state.clone();
+        let mut out = Vec::new();
+        if state.messages == 0 {
+            return out;
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            let msg = s.get_raw_message(seq).await.expect("message");
+            for member in quizflow_nats::members(&msg.payload) {
+                out.push(serde_json::from_slice(member).expect("every member decodes"));
+            }
+        }
+        out
+    }
+
+    /// Distinct submissions in SUBMISSIONS. (A copy posted again inside the duplicate window
+    /// is answered `duplicate` and may be held twice by the stream; the batcher stores it
+    /// once.)
+    pub async fn stream_count(&self) -> u64 {
+        let ids: std::collections::HashSet<_> = self
+            .stream_envelopes()
+            .await
+            .into_iter()
+            .map(|e| e.submission_id)
+            .collect();
+        ids.len() as u64
     }
 }
 
