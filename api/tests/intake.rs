@@ -4,7 +4,6 @@ mod harness;
 
 use futures::StreamExt;
 use harness::{assert_error, lead, Api};
-use quizflow_core::SubmissionEnvelope;
 use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
