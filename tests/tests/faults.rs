@@ -634,3 +634,51 @@ async fn given_jobs_waiting_for_the_rate_limiter_then_in_progress_acks_keep_them
     );
     assert_sent_once_each(&env, 8).await;
 }
+
+#[tokio::test]
+async fn given_a_chunk_of_jobs_that_fail_then_each_waits_on_its_own_and_is_sent_once() {
+    let mut env = Env::start_with(|_| {}).await;
+    env.campaign(json!([{"channel": "sms", "template": "hi"}]))
+        .await;
+    env.fault(json!({"channel": "sms", "status": 503, "rate": 1.0}))
+        .await;
+    for i in 0..20 {
+        env.submit(&format!("c-{i}"), json!({"phone": phone(i)}))
+            .await;
+    }
+    wait_until("20 jobs queued", Duration::from_secs(20), || async {
+        quizflow_testkit::items_in(&env.js, "DELIVERIES").await == 20
+    })
+    .await;
+    let mut s = env.js.get_stream("DELIVERIES").await.expect("stream");
+    let published = s.info().await.expect("info").state.last_sequence;
+    assert!(published < 20, "20 jobs travel in {published} chunks");
+    env.workers(production(&env));
+    // Failed attempts (and jobs the opened breaker gave back) wait on their own: each is
+    // published again alone, while the rest of its chunk is done and the chunk acked.
+    wait_until("attempts failed", Duration::from_secs(30), || async {
+        status_count(&env, "failed").await >= 5
+    })
+    .await;
+    env.fault(json!({"channel": "sms", "rate": 0})).await;
+    wait_until("all 20 sent", Duration::from_secs(90), || async {
+        status_count(&env, "sent").await == 20
+    })
+    .await;
+    assert_sent_once_each(&env, 20).await;
+    let mut s = env.js.get_stream("DELIVERIES").await.expect("stream");
+    assert!(
+        s.info().await.expect("info").state.last_sequence > published,
+        "waiting jobs were published again on their own"
+    );
+    wait_until(
+        "the work queue is empty",
+        Duration::from_secs(20),
+        || async {
+            let mut s = env.js.get_stream("DELIVERIES").await.expect("stream");
+            s.info().await.expect("info").state.messages == 0
+        },
+    )
+    .await;
+    assert_eq!(env.dead_letters().await, 0);
+}
