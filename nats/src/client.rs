@@ -83,12 +83,32 @@ pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, Nats
     if settings.tls_required {
         opts = opts.require_tls(true);
     }
-    opts.connect(settings.url.as_str())
+    // Any one reachable seed is enough: the client tries them in turn (and, beyond them, the
+    // servers the cluster announces).
+    opts.connect(seed_list(&settings.url)?)
         .await
         .map_err(|source| NatsError::Connect {
             url: redact_url(&settings.url),
             source,
         })
+}
+
+/// The servers of a `NATS_URL`: one URL, or the NATS convention of a comma-separated seed
+/// list (`nats://a:4222,nats://b:4222`). Scheme and port may be left out (`nats://`, 4222).
+pub fn seed_list(url: &str) -> Result<Vec<async_nats::ServerAddr>, NatsError> {
+    let seeds: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|e| NatsError::Settings(format!("NATS_URL entry {}: {e}", redact_url(s))))
+        })
+        .collect::<Result<_, _>>()?;
+    if seeds.is_empty() {
+        return Err(NatsError::Settings("NATS_URL names no server".into()));
+    }
+    Ok(seeds)
 }
 
 /// A JetStream context for pipelined publishing: at most `max_ack_inflight` acks pending,
@@ -117,7 +137,23 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, seed_list};
+
+    #[test]
+    fn a_seed_list_is_comma_separated() {
+        let seeds = seed_list("nats://a:4222, nats://u:p@b:4223,c").expect("valid");
+        let hosts: Vec<(String, u16)> = seeds
+            .iter()
+            .map(|s| (s.host().to_owned(), s.port()))
+            .collect();
+        assert_eq!(
+            hosts,
+            vec![("a".into(), 4222), ("b".into(), 4223), ("c".into(), 4222)]
+        );
+        assert!(seed_list(" , ").is_err());
+        let bad = seed_list("nats://a:4222,nats://u:secret@b:notaport").expect_err("bad port");
+        assert!(!bad.to_string().contains("secret"), "{bad}");
+    }
 
     #[test]
     fn credentials_never_reach_logs() {

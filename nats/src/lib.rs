@@ -13,7 +13,7 @@ mod publish;
 pub mod subjects;
 pub mod topology;
 
-pub use client::{connect, jetstream, redact_url, NatsSettings};
+pub use client::{connect, jetstream, redact_url, seed_list, NatsSettings};
 pub use depths::{depths, ConsumerDepth, Depths, StreamDepth};
 pub use history::{read_submissions, submissions_history, History, HistoryMessage, StartAt};
 pub use pack::{members, trace_header, Packer, PackerConfig, PACK_HEADER};
