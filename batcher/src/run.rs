@@ -475,7 +475,8 @@ impl Batcher {
                             submission_id = %d.envelope.submission_id,
                             stream_seq = d.seq
                         );
-                        let parent = member_trace(&batch[d.msg], d.member);
+                        let parent =
+                            quizflow_nats::member_trace(batch[d.msg].headers.as_ref(), d.member);
                         quizflow_telemetry::set_parent_from_nats(&span, parent.as_ref());
                         quizflow_telemetry::headers_for(&span)
                             .map(|h| (d.envelope.submission_id, h))
@@ -562,20 +563,5 @@ impl Batcher {
                 false
             }
         }
-    }
-}
-
-/// The trace context member `member` of a message was published under.
-fn member_trace(msg: &jetstream::Message, member: usize) -> Option<async_nats::HeaderMap> {
-    let headers = msg.headers.as_ref()?;
-    match headers.get(quizflow_nats::trace_header(member).as_str()) {
-        Some(t) => {
-            let mut h = async_nats::HeaderMap::new();
-            h.insert("traceparent", t.as_str());
-            Some(h)
-        }
-        // A message from before packing carries its one context as `traceparent`.
-        None if member == 0 => Some(headers.clone()),
-        None => None,
     }
 }

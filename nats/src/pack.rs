@@ -34,6 +34,25 @@ pub fn trace_header(index: usize) -> String {
     format!("Quizflow-Trace-{index}")
 }
 
+/// The trace context member `member` of a pack or chunk was published under: its
+/// `Quizflow-Trace-<i>` header, or for the first member of a message from before packing,
+/// the message's own `traceparent`.
+pub fn member_trace(
+    headers: Option<&async_nats::HeaderMap>,
+    member: usize,
+) -> Option<async_nats::HeaderMap> {
+    let headers = headers?;
+    match headers.get(trace_header(member).as_str()) {
+        Some(t) => {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("traceparent", t.as_str());
+            Some(h)
+        }
+        None if member == 0 => Some(headers.clone()),
+        None => None,
+    }
+}
+
 /// Tunables of the packer.
 #[derive(Debug, Clone)]
 pub struct PackerConfig {

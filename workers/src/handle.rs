@@ -125,16 +125,7 @@ impl JobMsg {
 
     /// The trace context this job was published under.
     pub fn trace(&self) -> Option<async_nats::HeaderMap> {
-        let headers = self.carrier.msg.headers.as_ref()?;
-        match headers.get(quizflow_nats::trace_header(self.index).as_str()) {
-            Some(t) => {
-                let mut h = async_nats::HeaderMap::new();
-                h.insert("traceparent", t.as_str());
-                Some(h)
-            }
-            None if self.carrier.members == 1 => Some(headers.clone()),
-            None => None,
-        }
+        quizflow_nats::member_trace(self.carrier.msg.headers.as_ref(), self.index)
     }
 
     fn header(&self, name: &str) -> Option<&str> {
