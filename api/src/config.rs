@@ -17,6 +17,10 @@ pub struct ApiSettings {
     pub publish_timeout: Duration,
     /// `QUIZFLOW_RATE_LIMIT_RESPONDENT_PER_MIN` (0 = off).
     pub respondent_limit_per_min: u32,
+    /// `QUIZFLOW_RATE_LIMIT_SCOPE`: the respondent limit per instance or for the cluster.
+    pub respondent_limit_scope: crate::LimitScope,
+    /// `QUIZFLOW_STREAM_REPLICAS`: replicas of the cluster limit's stream.
+    pub replicas: usize,
     /// `QUIZFLOW_RATE_LIMIT_IP_PER_MIN` (0 = off).
     pub ip_limit_per_min: u32,
     /// Bearer token of the admin routes; without one every admin route answers 401.
@@ -37,6 +41,8 @@ impl Default for ApiSettings {
             http_addr: "127.0.0.1:8080".into(),
             publish_timeout: Duration::from_secs(5),
             respondent_limit_per_min: 10,
+            respondent_limit_scope: crate::LimitScope::Instance,
+            replicas: 1,
             ip_limit_per_min: 0,
             limit_window: Duration::from_secs(60),
             admin_token: None,
@@ -54,6 +60,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("http_addr", &self.http_addr)
             .field("publish_timeout", &self.publish_timeout)
             .field("respondent_limit_per_min", &self.respondent_limit_per_min)
+            .field("respondent_limit_scope", &self.respondent_limit_scope)
             .field("ip_limit_per_min", &self.ip_limit_per_min)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
             .field("limit_window", &self.limit_window)

@@ -2,7 +2,6 @@
 
 use crate::config::{MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_BODY_BYTES};
 use crate::error::ApiError;
-use crate::limits::Reservation;
 use crate::AppState;
 use chrono::Utc;
 use futures::future::join_all;
@@ -21,7 +20,8 @@ use std::time::Instant;
 /// A validated submission ready to publish.
 struct Ready {
     envelope: SubmissionEnvelope,
-    respondent_keys: Vec<u64>,
+    /// (kind, value) of the respondent's phone and e-mail, for the respondent limit.
+    respondent_keys: Vec<(char, String)>,
 }
 
 #[derive(Serialize)]
@@ -97,14 +97,10 @@ impl AppState {
         let mut respondent_keys = Vec::with_capacity(2);
         if self.respondent_limiter.enabled() {
             if let Some(phone) = &submission.respondent.phone {
-                respondent_keys.push(self.respondent_limiter.key((quiz.as_str(), 'p', phone)));
+                respondent_keys.push(('p', phone.clone()));
             }
             if let Some(email) = &submission.respondent.email {
-                respondent_keys.push(self.respondent_limiter.key((
-                    quiz.as_str(),
-                    'e',
-                    email.to_ascii_lowercase(),
-                )));
+                respondent_keys.push(('e', email.to_ascii_lowercase()));
             }
         }
         Ready {
@@ -115,14 +111,15 @@ impl AppState {
 
     /// Rate-limits, publishes and waits for the PubAck. Never answers 202 without the ack.
     async fn publish(&self, ready: Ready) -> Result<Accepted, ApiError> {
-        let reservations: Vec<Reservation> = self
+        let reservations = self
             .respondent_limiter
-            .reserve(&ready.respondent_keys)
+            .reserve(ready.envelope.quiz_id.as_str(), &ready.respondent_keys)
+            .await
             .map_err(|retry| ApiError::rate_limited(retry, "for this respondent"))?;
         match self.publish_envelope(&ready.envelope).await {
             Ok(outcome) => {
                 if outcome.duplicate {
-                    self.respondent_limiter.release(&reservations);
+                    self.respondent_limiter.release(reservations).await;
                     self.metrics.duplicates.inc();
                 } else {
                     self.metrics.accepted.inc();
@@ -133,7 +130,7 @@ impl AppState {
                 })
             }
             Err(e) => {
-                self.respondent_limiter.release(&reservations);
+                self.respondent_limiter.release(reservations).await;
                 Err(e)
             }
         }

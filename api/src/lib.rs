@@ -17,6 +17,7 @@ mod stats;
 
 pub use config::{ApiSettings, MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_BODY_BYTES};
 pub use error::ApiError;
+pub use limits::LimitScope;
 
 use async_nats::jetstream;
 use metrics::Metrics;
@@ -38,7 +39,7 @@ pub struct AppState {
     packer: quizflow_nats::Packer,
     db: Pool,
     admin_token: Option<String>,
-    respondent_limiter: limits::WindowLimiter,
+    respondent_limiter: limits::RespondentLimiter,
     ip_limiter: limits::WindowLimiter,
     /// Failed admin authentications per client IP.
     auth_failures: AuthFailures,
@@ -107,10 +108,29 @@ impl AppState {
         registry: prometheus::Registry,
     ) -> Result<Arc<Self>, ServeError> {
         let state = Arc::new(Self {
-            respondent_limiter: limits::WindowLimiter::new(
-                settings.respondent_limit_per_min,
-                settings.limit_window,
-            ),
+            respondent_limiter: match settings.respondent_limit_scope {
+                limits::LimitScope::Instance => {
+                    limits::RespondentLimiter::Instance(limits::WindowLimiter::new(
+                        settings.respondent_limit_per_min,
+                        settings.limit_window,
+                    ))
+                }
+                limits::LimitScope::Cluster => {
+                    limits::RespondentLimiter::Cluster(limits::ClusterLimiter::new(
+                        js.clone(),
+                        settings.respondent_limit_per_min,
+                        settings.limit_window,
+                        settings.replicas,
+                        // Every instance shares the admin token, so every instance hashes a
+                        // respondent to the same subject.
+                        settings
+                            .admin_token
+                            .as_deref()
+                            .unwrap_or("quizflow")
+                            .as_bytes(),
+                    ))
+                }
+            },
             ip_limiter: limits::WindowLimiter::new(
                 settings.ip_limit_per_min,
                 settings.limit_window,

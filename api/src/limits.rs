@@ -4,10 +4,18 @@
 //! be a duplicate or could not be published, so only valid, non-duplicate submissions count
 //! (SPEC §6) and concurrent requests cannot overshoot the limit.
 //!
-//! The counters live in this process: with N API instances a respondent can get up to N
-//! times the limit through if the load balancer spreads their requests. That is deliberate:
-//! the limit is abuse protection, and a shared counter would put a network round trip on
-//! every submission. Pin clients to instances (or lower the per-instance limit) to tighten it.
+//! Two scopes for the respondent limit (`QUIZFLOW_RATE_LIMIT_SCOPE`):
+//! - `instance` (the default): counters in this process. With N API instances a respondent
+//!   can get up to N times the limit through if the load balancer spreads their requests;
+//!   no network round trip is added.
+//! - `cluster`: [`ClusterLimiter`], one JetStream message per counted submission in the
+//!   in-memory stream `RESPONDENT_LIMITS`, a subject per respondent and quiz (a keyed hash,
+//!   never the phone or e-mail), at most `limit` messages per subject (`discard_new_per_subject`)
+//!   for `window` (`max_age`). The server refuses the publish past the limit, atomically
+//!   for every instance: a sliding log, exact, one round trip per submission; a release
+//!   (duplicate, not published) deletes the message, a second round trip on that path only.
+//!
+//! The per-IP limit is always per instance.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -187,6 +195,213 @@ impl WindowLimiter {
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             Self::prune_shard(&mut shard, now, self.window);
+        }
+    }
+}
+
+/// `QUIZFLOW_RATE_LIMIT_SCOPE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimitScope {
+    #[default]
+    Instance,
+    Cluster,
+}
+
+/// The respondent limit in either scope.
+pub enum RespondentLimiter {
+    Instance(WindowLimiter),
+    Cluster(ClusterLimiter),
+}
+
+/// What a reservation holds, to be given back.
+#[derive(Debug, Default)]
+pub struct Held {
+    local: Vec<Reservation>,
+    /// Sequences in `RESPONDENT_LIMITS`.
+    cluster: Vec<u64>,
+}
+
+impl RespondentLimiter {
+    pub fn enabled(&self) -> bool {
+        match self {
+            Self::Instance(l) => l.enabled(),
+            Self::Cluster(c) => c.limit > 0,
+        }
+    }
+
+    /// Counts one submission for each of the respondent's keys (`(quiz, kind, value)`), all or
+    /// none. `Err(seconds)` says when to retry.
+    pub async fn reserve(&self, quiz: &str, keys: &[(char, String)]) -> Result<Held, u64> {
+        if keys.is_empty() || !self.enabled() {
+            return Ok(Held::default());
+        }
+        match self {
+            Self::Instance(l) => {
+                let hashed: Vec<u64> = keys
+                    .iter()
+                    .map(|(kind, value)| l.key((quiz, *kind, value.as_str())))
+                    .collect();
+                l.reserve(&hashed).map(|local| Held {
+                    local,
+                    cluster: Vec::new(),
+                })
+            }
+            Self::Cluster(c) => c.reserve(quiz, keys).await.map(|cluster| Held {
+                local: Vec::new(),
+                cluster,
+            }),
+        }
+    }
+
+    pub async fn release(&self, held: Held) {
+        match self {
+            Self::Instance(l) => l.release(&held.local),
+            Self::Cluster(c) => c.release(&held.cluster).await,
+        }
+    }
+
+    pub fn prune(&self) {
+        if let Self::Instance(l) = self {
+            l.prune();
+        }
+    }
+}
+
+/// The cluster-wide respondent limit (see the module docs).
+pub struct ClusterLimiter {
+    js: async_nats::jetstream::Context,
+    limit: u32,
+    window: Duration,
+    replicas: usize,
+    /// Keys the subject hash, so subjects reveal no phone or e-mail.
+    secret: Vec<u8>,
+    stream: tokio::sync::OnceCell<async_nats::jetstream::stream::Stream>,
+}
+
+/// The stream of [`ClusterLimiter`].
+pub const LIMITS_STREAM: &str = "RESPONDENT_LIMITS";
+const LIMITS_PREFIX: &str = "quizflow.limits.respondent";
+
+impl ClusterLimiter {
+    pub fn new(
+        js: async_nats::jetstream::Context,
+        limit: u32,
+        window: Duration,
+        replicas: usize,
+        secret: &[u8],
+    ) -> Self {
+        Self {
+            js,
+            limit,
+            window,
+            replicas,
+            secret: secret.to_vec(),
+            stream: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The subject of one respondent key: a keyed SHA-256, 128 bits in hex.
+    pub fn subject(&self, quiz: &str, kind: char, value: &str) -> String {
+        use hmac::{KeyInit, Mac};
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(quiz.as_bytes());
+        mac.update(&[0, kind as u8, 0]);
+        mac.update(value.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{LIMITS_PREFIX}.{hex}")
+    }
+
+    /// The stream, created (or brought to this limit and window) on first use. Every API
+    /// instance must run with the same limit: the last one to start sets it.
+    async fn stream(&self) -> Option<&async_nats::jetstream::stream::Stream> {
+        use async_nats::jetstream::stream;
+        self.stream
+            .get_or_try_init(|| async {
+                let cfg = stream::Config {
+                    name: LIMITS_STREAM.into(),
+                    description: Some("quizflow respondent limits: one message per counted submission".into()),
+                    subjects: vec![format!("{LIMITS_PREFIX}.*")],
+                    retention: stream::RetentionPolicy::Limits,
+                    storage: stream::StorageType::Memory,
+                    num_replicas: self.replicas,
+                    max_age: self.window,
+                    max_messages_per_subject: i64::from(self.limit),
+                    discard: stream::DiscardPolicy::New,
+                    discard_new_per_subject: true,
+                    // `Retry-After` reads the oldest message of a subject directly.
+                    allow_direct: true,
+                    // Bounded: past it new respondents are let through uncounted (below).
+                    max_bytes: 256 * 1024 * 1024,
+                    ..Default::default()
+                };
+                self.js
+                    .create_or_update_stream(cfg)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.js
+                    .get_stream(LIMITS_STREAM)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "respondent limits stream unavailable; not limiting"))
+            .ok()
+    }
+
+    async fn reserve(&self, quiz: &str, keys: &[(char, String)]) -> Result<Vec<u64>, u64> {
+        // Created on first use; without it (NATS away) submissions go through uncounted.
+        if self.stream().await.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut taken = Vec::with_capacity(keys.len());
+        for (kind, value) in keys {
+            let subject = self.subject(quiz, *kind, value);
+            let ack = match self.js.publish(subject.clone(), bytes::Bytes::new()).await {
+                Ok(f) => f.await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match ack {
+                Ok(a) => taken.push(a.sequence),
+                Err(e) if e.contains("maximum messages per subject") => {
+                    self.release(&taken).await;
+                    return Err(self.retry_after(&subject).await);
+                }
+                // Anything else (NATS away, the stream full): let the submission through
+                // uncounted; the limit is abuse protection and must not fail intake.
+                Err(e) => tracing::debug!(error = %e, "respondent limit not counted"),
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Seconds until the oldest counted submission of `subject` leaves the window.
+    async fn retry_after(&self, subject: &str) -> u64 {
+        let window = self.window.as_secs().max(1);
+        let Some(stream) = self.stream().await else {
+            return window;
+        };
+        match stream.direct_get_first_for_subject(subject).await {
+            Ok(m) => {
+                let age = (chrono::Utc::now() - m.time).num_milliseconds().max(0) as f64 / 1000.0;
+                ((self.window.as_secs_f64() - age).ceil() as u64).clamp(1, window)
+            }
+            Err(_) => window,
+        }
+    }
+
+    async fn release(&self, seqs: &[u64]) {
+        if seqs.is_empty() {
+            return;
+        }
+        let Some(stream) = self.stream().await else {
+            return;
+        };
+        for &seq in seqs {
+            if let Err(e) = stream.delete_message(seq).await {
+                tracing::debug!(error = %e, "respondent limit not given back");
+            }
         }
     }
 }

@@ -927,3 +927,76 @@ async fn given_postgres_unreachable_then_readyz_names_it_without_driver_text() {
         assert!(!text.contains(leak), "{leak} in {text}");
     }
 }
+
+#[tokio::test]
+async fn given_the_cluster_wide_respondent_limit_then_two_instances_share_one_budget() {
+    let api = Api::start_with(|s| {
+        s.respondent_limit_per_min = 3;
+        s.respondent_limit_scope = quizflow_api::LimitScope::Cluster;
+    })
+    .await;
+    // A second instance on the same NATS and database.
+    let settings = quizflow_api::ApiSettings {
+        http_addr: "127.0.0.1:0".into(),
+        respondent_limit_per_min: 3,
+        respondent_limit_scope: quizflow_api::LimitScope::Cluster,
+        admin_token: Some(harness::ADMIN_TOKEN.into()),
+        ..Default::default()
+    };
+    let other = quizflow_api::AppState::new(
+        settings.clone(),
+        api.js.client(),
+        api.js.clone(),
+        quizflow_store::pool(&api.db.url, 2),
+    )
+    .expect("state");
+    let bound = quizflow_api::bind(&settings.http_addr).await.expect("bind");
+    let other_base = format!("http://{}", bound.local_addr);
+    tokio::spawn(quizflow_api::serve(
+        bound,
+        other,
+        std::future::pending::<()>(),
+    ));
+    let post = |base: String, score: i32| {
+        let http = api.http.clone();
+        async move {
+            http.post(format!("{base}/v1/quizzes/q1/submissions"))
+                .json(&json!({"score": score, "respondent": {"phone": "+5511900000009"}}))
+                .send()
+                .await
+                .expect("post")
+        }
+    };
+    assert_eq!(post(api.base.clone(), 1).await.status().as_u16(), 202);
+    // A duplicate does not use up the budget, on either instance.
+    assert_eq!(post(other_base.clone(), 1).await.status().as_u16(), 202);
+    assert_eq!(post(other_base.clone(), 2).await.status().as_u16(), 202);
+    assert_eq!(post(api.base.clone(), 3).await.status().as_u16(), 202);
+    // Three counted across the two instances: the fourth is refused by either.
+    for base in [other_base.clone(), api.base.clone()] {
+        let resp = post(base, 4).await;
+        let retry: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("seconds");
+        assert!((1..=60).contains(&retry), "{retry}");
+        assert_error(resp, 429, "rate_limited").await;
+    }
+    // The shared counters name respondents by keyed hash only.
+    let mut stream = api
+        .js
+        .get_stream("RESPONDENT_LIMITS")
+        .await
+        .expect("stream");
+    let info = stream.info().await.expect("info");
+    assert_eq!(info.state.messages, 3);
+    let subjects = stream
+        .info_with_subjects("quizflow.limits.respondent.*")
+        .await
+        .expect("subjects");
+    use futures::TryStreamExt;
+    let subjects: Vec<(String, usize)> = subjects.try_collect().await.expect("subjects");
+    assert_eq!(subjects.len(), 1, "{subjects:?}");
+    assert!(!subjects[0].0.contains("5511900000009"), "{subjects:?}");
+}

@@ -14,6 +14,7 @@ mod deliveries;
 pub mod e2e;
 mod ingest;
 pub mod leads;
+pub mod limits;
 mod replay;
 mod store;
 
@@ -35,6 +36,9 @@ pub enum BenchKind {
     /// The whole pipeline from outside beside the machine's ceiling: accepted/s, SMS
     /// delivered/s, latencies, lost and duplicate counts, CPU per process, charts, `--plan`.
     E2e(e2e::E2eArgs),
+    /// Provider limits across 1, 2 and 4 workers processes: sends/s against the cluster-wide
+    /// limit, and how fast a killed process's share returns (private deployment).
+    Limits(limits::LimitsArgs),
     /// Replayed submissions/s against 1,000 campaigns: read ceiling, matcher, dry run, real
     /// run, idempotent second run, PostgreSQL source (private deployment unless configured).
     Replay(ReplayArgs),

@@ -14,6 +14,9 @@ pub const SUBMISSION_IDS: &str = "quizflow.submission-ids";
 
 /// Durable pull consumer of `SUBMISSIONS` shared by every batcher instance.
 pub const BATCHER_CONSUMER: &str = "batcher";
+/// KV bucket of the workers' cluster-wide limits: heartbeats (`member.<instance>`) and
+/// breaker verdicts (`breaker.<channel>`). Its stream is `KV_quizflow_workers`.
+pub const WORKERS_BUCKET: &str = "quizflow_workers";
 
 pub const SUBMISSIONS_ALL: &str = "quiz.submissions.>";
 pub const DELIVERIES_ALL: &str = "deliveries.>";

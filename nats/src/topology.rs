@@ -132,6 +132,22 @@ impl TopologyConfig {
         }
     }
 
+    /// The workers' shared limits (see `quizflow_workers::cluster`): small, in memory,
+    /// replicated like the streams, one value per key, gone a minute after its last write.
+    pub fn workers_bucket(&self) -> async_nats::jetstream::kv::Config {
+        async_nats::jetstream::kv::Config {
+            bucket: subjects::WORKERS_BUCKET.into(),
+            description: "quizflow workers: heartbeats and breaker verdicts".into(),
+            history: 1,
+            max_age: Duration::from_secs(60),
+            max_bytes: 16 * 1024 * 1024,
+            max_value_size: 4096,
+            storage: stream::StorageType::Memory,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
     pub fn batcher_consumer(&self) -> consumer::pull::Config {
         consumer::pull::Config {
             durable_name: Some(BATCHER_CONSUMER.into()),
@@ -189,6 +205,9 @@ pub async fn ensure_topology(
     create_or_update(js, subjects::SUBMISSION_IDS_STREAM, cfg.submission_ids()).await?;
     let deliveries = create_or_update(js, DELIVERIES_STREAM, cfg.deliveries()).await?;
     let dead = create_or_update(js, DEAD_LETTERS_STREAM, cfg.dead_letters()).await?;
+    js.create_or_update_key_value(cfg.workers_bucket())
+        .await
+        .map_err(|e| NatsError::Settings(format!("bucket {}: {e}", subjects::WORKERS_BUCKET)))?;
     dead.create_consumer(cfg.sweeper_consumer())
         .await
         .map_err(|source| NatsError::Consumer {

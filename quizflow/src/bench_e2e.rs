@@ -10,7 +10,7 @@ use quizflow_benchmarks::e2e::{self, Deployment, E2eArgs, E2eReport, Sink};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
-fn spawn(role: &[&str], env: &[(&str, String)]) -> anyhow::Result<Child> {
+pub(crate) fn spawn(role: &[&str], env: &[(&str, String)]) -> anyhow::Result<Child> {
     let mut c = Command::new(std::env::current_exe()?);
     c.args(role)
         .env_remove("QUIZFLOW_CONFIG")

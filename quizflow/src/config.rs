@@ -32,6 +32,8 @@ pub struct Config {
     pub publish_flights: usize,
     pub rate_limit_respondent_per_min: u32,
     pub rate_limit_ip_per_min: u32,
+    /// `instance` (counters per API process) or `cluster` (shared through JetStream).
+    pub rate_limit_scope: String,
     pub log_format: String,
     pub batch_max: usize,
     pub batch_wait_ms: u64,
@@ -96,6 +98,7 @@ impl Default for Config {
             publish_flights: 2,
             rate_limit_respondent_per_min: 10,
             rate_limit_ip_per_min: 0,
+            rate_limit_scope: "instance".into(),
             log_format: "text".into(),
             batch_max: 1000,
             batch_wait_ms: 100,
@@ -155,6 +158,7 @@ const KEYS: &[&str] = &[
     "publish_flights",
     "rate_limit_respondent_per_min",
     "rate_limit_ip_per_min",
+    "rate_limit_scope",
     "log_format",
     "batch_max",
     "batch_wait_ms",
@@ -197,7 +201,7 @@ const KEYS: &[&str] = &[
 ];
 
 /// `QUIZFLOW_*` variables read by other tools (the test harness), not by this binary.
-const FOREIGN: &[&str] = &["test_database_url", "config"];
+const FOREIGN: &[&str] = &["test_database_url", "config", "test_logs"];
 
 impl Config {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
@@ -493,6 +497,12 @@ impl Config {
             publish_timeout: self.publish_timeout()?,
             respondent_limit_per_min: self.rate_limit_respondent_per_min,
             ip_limit_per_min: self.rate_limit_ip_per_min,
+            respondent_limit_scope: match self.rate_limit_scope.trim() {
+                "instance" => quizflow_api::LimitScope::Instance,
+                "cluster" => quizflow_api::LimitScope::Cluster,
+                other => bail!("rate_limit_scope (QUIZFLOW_RATE_LIMIT_SCOPE) must be instance or cluster, not {other:?}"),
+            },
+            replicas: self.stream_replicas,
             admin_token: self.admin_token.clone(),
             shutdown_timeout: self.shutdown_timeout(),
             costs: self.costs(),

@@ -4,6 +4,7 @@
 //! `migrate` set up NATS and PostgreSQL; `bench` measures ingest.
 
 mod bench_e2e;
+mod bench_limits;
 mod config;
 mod devservices;
 mod replay_cmd;
@@ -60,6 +61,14 @@ enum Command {
     MockProvider,
     /// Create or update the stream topology (needs NATS_URL).
     Streams,
+    /// Check the configuration a role would start with, without starting it or connecting:
+    /// unknown `QUIZFLOW_*` keys, invalid values, missing settings (`quizflow check workers
+    /// --channels sms`). Exit status 0 when the role would start.
+    Check {
+        /// The role's command line, e.g. `api` or `workers --channels sms`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        role: Vec<String>,
+    },
     /// Apply pending database migrations (needs DATABASE_URL).
     Migrate,
     /// Re-run campaign matching over historical submissions (the SUBMISSIONS stream, or the
@@ -124,6 +133,7 @@ fn main() -> anyhow::Result<()> {
             } => workers(cfg, channels, mock_provider, registry).await,
             Command::MockProvider => mock_provider(cfg, shutdown_signal()).await,
             Command::Streams => streams(cfg).await,
+            Command::Check { role } => check(&cfg, &role),
             Command::Migrate => migrate(cfg).await,
             Command::Replay(args) => replay_cmd::run(cfg, args).await,
             Command::Bench(quizflow_benchmarks::BenchKind::Ingest(args)) => bench(cfg, args).await,
@@ -138,6 +148,9 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Bench(quizflow_benchmarks::BenchKind::E2e(args)) => {
                 bench_e2e::run(cfg, args).await
+            }
+            Command::Bench(quizflow_benchmarks::BenchKind::Limits(args)) => {
+                bench_limits::run(cfg, args).await
             }
         };
         // Exporters flush on a thread of their own; not on the runtime's workers.
@@ -262,6 +275,58 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// `quizflow check <role…>`: builds the role's settings as its start would.
+fn check(cfg: &Config, role: &[String]) -> anyhow::Result<()> {
+    let unknown = Config::unknown_env_keys();
+    anyhow::ensure!(
+        unknown.is_empty(),
+        "unknown variables (typos?): {}",
+        unknown.join(", ")
+    );
+    let cli =
+        Cli::try_parse_from(std::iter::once("quizflow".to_owned()).chain(role.iter().cloned()))?;
+    match cli.command {
+        Command::Api => {
+            required(&cfg.nats_url, "NATS_URL")?;
+            required(&cfg.database_url, "DATABASE_URL")?;
+            cfg.api_settings()?;
+        }
+        Command::Batcher => {
+            required(&cfg.nats_url, "NATS_URL")?;
+            required(&cfg.database_url, "DATABASE_URL")?;
+            cfg.batcher_settings();
+        }
+        Command::Workers {
+            channels,
+            mock_provider,
+        } => {
+            required(&cfg.nats_url, "NATS_URL")?;
+            required(&cfg.database_url, "DATABASE_URL")?;
+            let channels = if channels.is_empty() {
+                quizflow_core::Channel::ALL.to_vec()
+            } else {
+                channels
+            };
+            cfg.worker_settings(channels, mock_provider.as_deref())?;
+        }
+        Command::Migrate => {
+            required(&cfg.database_url, "DATABASE_URL")?;
+        }
+        Command::Streams => {
+            required(&cfg.nats_url, "NATS_URL")?;
+        }
+        Command::Up | Command::MockProvider => {}
+        Command::Check { .. } | Command::Replay(_) | Command::Bench(_) => anyhow::bail!(
+            "check takes a role: api, batcher, workers, migrate, streams, mock-provider or up"
+        ),
+    }
+    println!(
+        "ok: quizflow {} would start with this configuration",
+        role.join(" ")
+    );
+    Ok(())
 }
 
 fn required<'a>(value: &'a Option<String>, name: &str) -> anyhow::Result<&'a str> {

@@ -15,7 +15,7 @@ mod nats;
 mod proxy;
 
 pub use db::TestDb;
-pub use nats::{nats_server_binary, NatsServer};
+pub use nats::{nats_server_binary, NatsCluster, NatsServer};
 pub use proxy::CutProxy;
 
 /// A free TCP port on 127.0.0.1 (bound, then released).

@@ -81,3 +81,109 @@ impl Drop for NatsServer {
         self.stop();
     }
 }
+
+/// A JetStream cluster of `n` nats-servers on loopback (each with its own store and client,
+/// cluster and monitoring ports), for tests of replicated streams and node failures.
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+}
+
+struct ClusterNode {
+    port: u16,
+    cluster_port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsCluster {
+    pub fn start(n: usize) -> Self {
+        let nodes = (0..n)
+            .map(|_| ClusterNode {
+                port: crate::free_port(),
+                cluster_port: crate::free_port(),
+                store: tempfile::tempdir().expect("temp store"),
+                child: None,
+            })
+            .collect();
+        let mut c = Self { nodes };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node `i`'s client URL.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    /// Every node, comma-separated, starting with node `first` (a `NATS_URL` seed list).
+    pub fn seeds(&self, first: usize) -> String {
+        (0..self.nodes.len())
+            .map(|k| self.url((first + k) % self.nodes.len()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let routes = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != i)
+            .map(|(_, n)| format!("nats-route://127.0.0.1:{}", n.cluster_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let node = &mut self.nodes[i];
+        let child = Command::new(nats_server_binary())
+            .args(["-a", "127.0.0.1", "-p", &node.port.to_string(), "-js"])
+            .args(["-n", &format!("qf-node-{i}"), "--cluster_name", "qf-test"])
+            .args([
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", node.cluster_port),
+                "--routes",
+                &routes,
+            ])
+            .arg("-sd")
+            .arg(node.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server (run scripts/dev.sh test, or set QUIZFLOW_NATS_SERVER_BIN)");
+        node.child = Some(child);
+        assert!(
+            crate::wait_for_port(&format!("127.0.0.1:{}", node.port), Duration::from_secs(10)),
+            "nats-server node {i} did not come up"
+        );
+    }
+
+    /// Kills node `i` with SIGKILL: a crash, not a shutdown.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node `i` again with the same ports and store.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}

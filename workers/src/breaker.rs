@@ -1,6 +1,13 @@
 //! A circuit breaker per provider: opens after `failures` consecutive transient failures,
 //! lets one probe through after `cooldown`, closes on a success.
+//!
+//! Its verdicts are shared across the cluster ([`crate::cluster`]): an opening (or a
+//! throttle pause) here stops the channel in every process, and only one process, the
+//! channel's first member, probes when the cooldown ends.
 
+use crate::cluster::{Verdict, VerdictTx};
+use quizflow_core::Channel;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -48,6 +55,10 @@ pub struct Breaker {
     failures: u32,
     cooldown: Duration,
     state: Mutex<State>,
+    /// This process may probe when the cooldown ends (the cluster picks one).
+    may_probe: AtomicBool,
+    /// Where this breaker's own verdicts go, to be shared.
+    share: Option<(Channel, VerdictTx)>,
 }
 
 impl Breaker {
@@ -56,7 +67,43 @@ impl Breaker {
             failures: failures.max(1),
             cooldown,
             state: Mutex::new(State::Closed { failures: 0 }),
+            may_probe: AtomicBool::new(true),
+            share: None,
         }
+    }
+
+    /// A breaker whose verdicts are shared with the other processes serving `channel`.
+    pub fn shared(failures: u32, cooldown: Duration, channel: Channel, tx: VerdictTx) -> Self {
+        Self {
+            share: Some((channel, tx)),
+            ..Self::new(failures, cooldown)
+        }
+    }
+
+    fn tell(&self, verdict: Verdict) {
+        if let Some((channel, tx)) = &self.share {
+            // Bounded: under a storm of verdicts the others reach their own.
+            let _ = tx.try_send((*channel, verdict));
+        }
+    }
+
+    pub fn set_may_probe(&self, may: bool) {
+        self.may_probe.store(may, Ordering::Relaxed);
+    }
+
+    /// Another process opened the breaker (or paused the channel) for `wait`.
+    pub fn open_remote(&self, wait: Duration) {
+        let mut s = self.lock();
+        let until = Instant::now() + wait;
+        *s = match *s {
+            State::Open { until: u } if u > until => State::Open { until: u },
+            _ => State::Open { until },
+        };
+    }
+
+    /// Another process's probe succeeded.
+    pub fn close_remote(&self) {
+        *self.lock() = State::Closed { failures: 0 };
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -83,11 +130,15 @@ impl Breaker {
             State::Closed { .. } => Ok(Allowance::Closed),
             State::Open { until } => {
                 let now = Instant::now();
-                if now >= until {
+                if now < until {
+                    Err(until - now)
+                } else if self.may_probe.load(Ordering::Relaxed) {
                     *s = State::HalfOpen;
                     Ok(Allowance::Probe)
                 } else {
-                    Err(until - now)
+                    // Another process probes; its verdict (closed, or open again) comes
+                    // through the bucket.
+                    Err(Duration::from_millis(250))
                 }
             }
             State::HalfOpen => Err(Duration::from_millis(100)),
@@ -120,19 +171,35 @@ impl Breaker {
     pub fn pause(&self, wait: Duration) {
         let mut s = self.lock();
         let until = Instant::now() + wait;
-        *s = match *s {
-            State::Open { until: u } if u > until => State::Open { until: u },
-            _ => State::Open { until },
+        let extends_by = match *s {
+            State::Open { until: u } if u >= until => return,
+            State::Open { until: u } => until - u,
+            _ => wait,
         };
+        *s = State::Open { until };
+        drop(s);
+        // Concurrent throttles each move the end a little: share only a move that matters.
+        if extends_by > Duration::from_millis(250) {
+            self.tell(Verdict::Open {
+                for_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
     }
 
     pub fn success(&self) {
-        *self.lock() = State::Closed { failures: 0 };
+        let mut s = self.lock();
+        let was_open = !matches!(*s, State::Closed { .. });
+        *s = State::Closed { failures: 0 };
+        drop(s);
+        if was_open {
+            self.tell(Verdict::Closed);
+        }
     }
 
     /// Returns true when this failure opened the breaker.
     pub fn failure(&self) -> bool {
         let mut s = self.lock();
+        let was_open = matches!(*s, State::Open { .. });
         let opened = match *s {
             State::Closed { failures } if failures + 1 >= self.failures => true,
             State::Closed { failures } => {
@@ -147,6 +214,13 @@ impl Breaker {
             *s = State::Open {
                 until: Instant::now() + self.cooldown,
             };
+            drop(s);
+            // Calls that were in flight when it opened fail too: one verdict is enough.
+            if !was_open {
+                self.tell(Verdict::Open {
+                    for_ms: u64::try_from(self.cooldown.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
         }
         opened
     }

@@ -10,6 +10,7 @@
 
 mod breaker;
 pub mod classify;
+pub mod cluster;
 mod config;
 pub mod egress;
 mod handle;

@@ -2,7 +2,7 @@
 //! recipients, ids or message text.
 
 use prometheus::{
-    CounterVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 #[derive(Clone)]
@@ -21,6 +21,10 @@ pub struct WorkerMetrics {
     pub limiter_wait_seconds: HistogramVec,
     /// What sent messages cost, in the configured currency.
     pub cost: CounterVec,
+    /// This process's share of its channel's rate limit (messages per second).
+    pub rate_share: GaugeVec,
+    /// Live workers processes serving the channel, as this one sees them.
+    pub members: IntGaugeVec,
 }
 
 impl WorkerMetrics {
@@ -81,6 +85,20 @@ impl WorkerMetrics {
                 ),
                 &["channel", "currency"],
             )?,
+            rate_share: GaugeVec::new(
+                Opts::new(
+                    "quizflow_worker_rate_share",
+                    "This process's share of the channel's provider rate limit, msg/s",
+                ),
+                &["channel"],
+            )?,
+            members: IntGaugeVec::new(
+                Opts::new(
+                    "quizflow_worker_members",
+                    "Live workers processes serving the channel (they split its limits)",
+                ),
+                &["channel"],
+            )?,
         })
     }
 
@@ -92,6 +110,8 @@ impl WorkerMetrics {
         registry.register(Box::new(self.circuit.clone()))?;
         registry.register(Box::new(self.limiter_wait_seconds.clone()))?;
         registry.register(Box::new(self.cost.clone()))?;
+        registry.register(Box::new(self.rate_share.clone()))?;
+        registry.register(Box::new(self.members.clone()))?;
         Ok(())
     }
 }

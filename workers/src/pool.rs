@@ -7,6 +7,7 @@
 
 use crate::breaker::{Allowance, Breaker};
 use crate::classify::Class;
+use crate::cluster::{self, ChannelLink, Share, Totals};
 use crate::handle::{self, JobMsg};
 use crate::metrics::WorkerMetrics;
 use crate::provider::{Outgoing, Provider};
@@ -48,8 +49,14 @@ struct Channelled {
     status: StatusWriter,
     http: reqwest::Client,
     provider: Provider,
-    limiter: DefaultDirectRateLimiter,
-    breaker: Breaker,
+    /// This process's share of the channel's rate (none: send nothing), rebuilt when the
+    /// cluster's membership changes.
+    limiter: std::sync::RwLock<Option<Arc<DefaultDirectRateLimiter>>>,
+    /// This process's share of the channel's limits ([`cluster`]).
+    share: watch::Receiver<Share>,
+    /// Provider calls in flight: as many permits as the share's concurrency.
+    slots: Arc<Semaphore>,
+    breaker: Arc<Breaker>,
     metrics: WorkerMetrics,
     templates: render::TemplateCache,
     stop: watch::Receiver<bool>,
@@ -72,31 +79,56 @@ pub async fn run(
     let (status, writer) = StatusWriter::start(pool.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let bucket = cluster::bucket(&js)
+        .await
+        .map_err(|e| WorkerError::Nats(e.to_string()))?;
+    let (verdict_tx, verdict_rx) = tokio::sync::mpsc::channel(64);
+    let mut links = Vec::new();
     for &channel in &settings.channels {
-        let rate = NonZeroU32::new(settings.rate_per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
-        let c =
-            Arc::new(Channelled {
-                channel,
-                provider: settings.providers.for_channel(channel).clone(),
-                // A small burst (a tenth of a second's worth): a provider that allows 50 msg/s
-                // must not see 50 at once after an idle spell.
-                limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(
-                    NonZeroU32::new((rate.get() / 10).max(1)).unwrap_or(NonZeroU32::MIN),
-                )),
-                breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
-                metrics: metrics.clone(),
-                templates: render::TemplateCache::default(),
-                settings: settings.clone(),
-                js: js.clone(),
-                pool: pool.clone(),
-                status: status.clone(),
-                http: crate::provider::http_client(&settings, channel)
-                    .map_err(|e| WorkerError::Http(e.to_string()))?,
-                stop: stop_rx.clone(),
-            });
+        let (share_tx, share_rx) = watch::channel(Share::NONE);
+        let breaker = Arc::new(Breaker::shared(
+            settings.breaker_failures,
+            settings.breaker_cooldown,
+            channel,
+            verdict_tx.clone(),
+        ));
+        links.push(ChannelLink {
+            channel,
+            breaker: breaker.clone(),
+            share: share_tx,
+        });
+        let c = Arc::new(Channelled {
+            channel,
+            provider: settings.providers.for_channel(channel).clone(),
+            limiter: std::sync::RwLock::new(None),
+            share: share_rx,
+            slots: Arc::new(Semaphore::new(0)),
+            breaker,
+            metrics: metrics.clone(),
+            templates: render::TemplateCache::default(),
+            settings: settings.clone(),
+            js: js.clone(),
+            pool: pool.clone(),
+            status: status.clone(),
+            http: crate::provider::http_client(&settings, channel)
+                .map_err(|e| WorkerError::Http(e.to_string()))?,
+            stop: stop_rx.clone(),
+        });
         pools.push(c.clone());
+        tasks.spawn(c.clone().follow_share());
         tasks.spawn(async move { c.run().await });
     }
+    drop(verdict_tx);
+    let totals = Totals {
+        rate_per_sec: f64::from(settings.rate_per_sec.max(1)),
+        concurrency: settings.concurrency.max(1),
+    };
+    let me = format!("{}", Uuid::new_v4().simple());
+    let stop = stop_rx.clone();
+    tasks.spawn(async move {
+        cluster::run(bucket, me, totals, links, verdict_rx, stop).await;
+        Ok(())
+    });
     tasks.spawn(report(pools, pool.clone(), stop_rx.clone()));
     tasks.spawn({
         let (js, pool, status, stop) = (js.clone(), pool.clone(), status.clone(), stop_rx.clone());
@@ -203,9 +235,68 @@ impl Channelled {
         }
     }
 
+    /// Applies this process's share as the cluster changes: a limiter at the new rate, and
+    /// the slots grown or shrunk (a shrink takes permits back as calls finish).
+    async fn follow_share(self: Arc<Self>) -> Result<(), WorkerError> {
+        let mut share = self.share.clone();
+        let mut issued = 0usize;
+        let mut rate = 0.0f64;
+        loop {
+            let now = *share.borrow_and_update();
+            if now.rate_per_sec != rate {
+                rate = now.rate_per_sec;
+                let limiter = (rate > 0.0).then(|| {
+                    // A small burst (a tenth of a second's worth): a provider that allows
+                    // 50 msg/s must not see 50 at once after an idle spell.
+                    let burst = NonZeroU32::new((rate / 10.0) as u32).unwrap_or(NonZeroU32::MIN);
+                    let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate))
+                        .map(|q| q.allow_burst(burst));
+                    quota.map(|q| Arc::new(RateLimiter::direct(q)))
+                });
+                *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = limiter.flatten();
+                self.metrics
+                    .rate_share
+                    .with_label_values(&[self.channel.as_str()])
+                    .set(rate);
+                self.metrics
+                    .members
+                    .with_label_values(&[self.channel.as_str()])
+                    .set(now.members as i64);
+            }
+            if now.concurrency > issued {
+                self.slots.add_permits(now.concurrency - issued);
+                issued = now.concurrency;
+            } else if now.concurrency < issued {
+                issued -= self.slots.forget_permits(issued - now.concurrency);
+            }
+            tokio::select! {
+                changed = share.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+                // Permits held by calls in flight come back one by one: take them out.
+                p = self.slots.acquire(), if issued > now.concurrency => {
+                    if let Ok(p) = p {
+                        p.forget();
+                        issued -= 1;
+                    }
+                }
+                _ = self.stopped() => return Ok(()),
+            }
+        }
+    }
+
+    fn current_limiter(&self) -> Option<Arc<DefaultDirectRateLimiter>> {
+        self.limiter
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     async fn run(self: Arc<Self>) -> Result<(), WorkerError> {
         let consumers = self.consumers().await?;
-        let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        let slots = self.slots.clone();
         let mut inflight: JoinSet<()> = JoinSet::new();
         let mut idle = Duration::from_millis(20);
         tracing::info!(channel = %self.channel, provider = self.provider.name(), "worker pool started");
@@ -626,11 +717,21 @@ impl Channelled {
         tick.tick().await;
         let waited = std::time::Instant::now();
         let ready = async {
-            let limiter = self.limiter.until_ready();
-            tokio::pin!(limiter);
+            // The share may change while this call waits (a process joins or leaves): wait
+            // on the limiter of the moment.
+            let mut share = self.share.clone();
             loop {
+                share.borrow_and_update();
+                let limiter = self.current_limiter();
+                let ready = async {
+                    match &limiter {
+                        Some(l) => l.until_ready().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
-                    _ = &mut limiter => break true,
+                    _ = ready => break true,
+                    _ = share.changed() => {}
                     _ = tick.tick() => msg.progress().await,
                     _ = self.stopped() => break false,
                 }

@@ -115,7 +115,7 @@ impl Sent {
 const OPEN_LOOP_IN_FLIGHT: usize = 8_192;
 
 /// The body of `POST /v1/submissions/batch` for `load[idx]`.
-fn batch_body(load: &Load, idx: &[usize]) -> Bytes {
+pub fn batch_body(load: &Load, idx: &[usize]) -> Bytes {
     let items: Vec<serde_json::Value> = idx
         .iter()
         .map(|&i| {

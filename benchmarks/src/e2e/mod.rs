@@ -16,7 +16,7 @@ mod plan;
 mod procs;
 mod sink;
 
-pub use driver::{due, Load, Pacing, Sent};
+pub use driver::{batch_body, due, Load, Pacing, Sent};
 pub use plan::{parse_rate, plan, Plan, RoleCost};
 pub use procs::Usage;
 pub use sink::{NullTarget, Sink, BODY_PREFIX};

@@ -24,9 +24,22 @@ pub struct Received {
     /// Messages whose body names no submission.
     pub foreign: u64,
     pub total: u64,
+    /// Requests being answered now, and the most at once since [`Received::take_max_inflight`].
+    pub inflight: u64,
+    pub max_inflight: u64,
 }
 
 impl Received {
+    /// Every arrival, in no particular order.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.by_submission.values().flatten().copied().collect()
+    }
+
+    /// The most requests in flight at once since the last call; starts counting afresh.
+    pub fn take_max_inflight(&mut self) -> u64 {
+        std::mem::replace(&mut self.max_inflight, self.inflight)
+    }
+
     pub fn distinct(&self) -> u64 {
         self.by_submission.len() as u64
     }
@@ -74,15 +87,28 @@ struct TwilioForm {
     body: String,
 }
 
+/// How long the sink takes to answer (a provider's latency).
+#[derive(Clone, Copy)]
+struct Latency(std::time::Duration);
+
 #[handler]
-fn twilio(
+async fn twilio(
     Data(received): Data<&Arc<Mutex<Received>>>,
+    Data(latency): Data<&Latency>,
     Path(_sid): Path<String>,
     Form(f): Form<TwilioForm>,
 ) -> (poem::http::StatusCode, &'static str) {
     let now = Instant::now();
     if let Ok(mut r) = received.lock() {
         r.record(&f.body, now);
+        r.inflight += 1;
+        r.max_inflight = r.max_inflight.max(r.inflight);
+    }
+    if !latency.0.is_zero() {
+        tokio::time::sleep(latency.0).await;
+    }
+    if let Ok(mut r) = received.lock() {
+        r.inflight -= 1;
     }
     (
         poem::http::StatusCode::CREATED,
@@ -93,11 +119,17 @@ fn twilio(
 impl Sink {
     /// Starts the sink on a free loopback port, for the life of the process.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_with_latency(std::time::Duration::ZERO).await
+    }
+
+    /// A sink that answers each message after `latency`, as a real provider would.
+    pub async fn start_with_latency(latency: std::time::Duration) -> std::io::Result<Self> {
         let received = Arc::new(Mutex::new(Received::default()));
         let (acceptor, port) = bind().await?;
         let app = Route::new()
             .at("/2010-04-01/Accounts/:sid/Messages.json", post(twilio))
-            .data(received.clone());
+            .data(received.clone())
+            .data(Latency(latency));
         tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
         Ok(Self {
             url: format!("http://127.0.0.1:{port}"),

@@ -1,0 +1,214 @@
+//! `quizflow bench limits`: a private deployment (nats-server, PostgreSQL, `quizflow api` and
+//! `batcher`), a backlog of SMS jobs, then 1, 2 and 4 `quizflow workers` processes in turn
+//! against a sink; see [`quizflow_benchmarks::limits`].
+
+use crate::bench_e2e::spawn;
+use crate::config::Config;
+use crate::devservices::DevServices;
+use anyhow::Context;
+use quizflow_benchmarks::e2e::{batch_body, Load, Sink, BODY_PREFIX};
+use quizflow_benchmarks::limits::{self, LimitsArgs, LimitsReport, Phase};
+use std::time::{Duration, Instant};
+use tokio::process::Child;
+
+/// Seconds each process count settles (joins seen, shares applied) before it is measured.
+const SETTLE: u64 = 4;
+/// How long the survivors are watched after the kill.
+const WATCH_AFTER_KILL: Duration = Duration::from_secs(12);
+
+pub async fn run(cfg: Config, args: LimitsArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.processes.is_empty() && args.processes.iter().all(|p| *p > 0),
+        "--processes: one or more positive counts"
+    );
+    let latency = Duration::from_millis(args.sink_latency_ms);
+    let sink = Sink::start_with_latency(latency).await?;
+    let tmp = tempfile::tempdir()?;
+    let mut dev = DevServices::none();
+    let mut children: Vec<Child> = Vec::new();
+    let result = async {
+        let nats_url = dev
+            .start_nats(tmp.path(), cfg.nats_server_bin.as_deref(), false)
+            .await?;
+        let database_url = dev.start_postgres(tmp.path()).await?;
+        quizflow_migrations::run_migrations(&database_url).await?;
+        let (_client, js) = crate::connect_nats(&cfg, &nats_url, "bench").await?;
+        crate::ensure_topology(&cfg, &js).await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let token = format!("{}", uuid::Uuid::new_v4().simple());
+        let common = vec![
+            ("NATS_URL", nats_url.clone()),
+            ("DATABASE_URL", database_url.clone()),
+        ];
+        let mut api_env = common.clone();
+        api_env.extend([
+            ("QUIZFLOW_HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("QUIZFLOW_ADMIN_TOKEN", token.clone()),
+            ("QUIZFLOW_RATE_LIMIT_RESPONDENT_PER_MIN", "0".into()),
+            ("QUIZFLOW_RATE_LIMIT_IP_PER_MIN", "0".into()),
+        ]);
+        children.push(spawn(&["api"], &api_env)?);
+        children.push(spawn(&["batcher"], &common)?);
+        let api = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        wait_ready(&http, &api).await?;
+        let r = http
+            .post(format!("{api}/v1/campaigns"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({
+                "name": "bench limits",
+                "match": {"all": [{"field": "answers.q1", "op": "eq", "value": "b"}]},
+                "actions": [{"channel": "sms", "template": format!("{BODY_PREFIX}{{{{ submission_id }}}}")}]
+            }))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().as_u16() == 201, "campaign: {}", r.text().await?);
+
+        // A backlog longer than the whole run at the limit, stored before any worker starts.
+        let phases = args.processes.len() as u64;
+        let run_s = phases * (SETTLE + args.window) + WATCH_AFTER_KILL.as_secs() + 10;
+        let backlog = (u64::from(args.rate) * run_s * 12 / 10) as usize + 500;
+        let load = Load::generate(backlog, 20, 1.0, &format!("lim{}", uuid::Uuid::new_v4().simple()));
+        let idx: Vec<usize> = (0..backlog).collect();
+        for chunk in idx.chunks(500) {
+            let r = http
+                .post(format!("{api}/v1/submissions/batch"))
+                .header("content-type", "application/json")
+                .body(batch_body(&load, chunk))
+                .send()
+                .await?;
+            anyhow::ensure!(r.status().is_success(), "batch: {}", r.status());
+        }
+        wait_stored(&http, &api, &token, backlog as u64).await?;
+        println!("backlog: {backlog} SMS jobs stored and queued");
+
+        let mut workers_env = common.clone();
+        workers_env.extend([
+            ("QUIZFLOW_TWILIO_URL", sink.url.clone()),
+            ("QUIZFLOW_TWILIO_ACCOUNT_SID", "ACbench".into()),
+            ("QUIZFLOW_TWILIO_AUTH_TOKEN", "bench".into()),
+            ("QUIZFLOW_TWILIO_FROM", "+15550001111".into()),
+            ("QUIZFLOW_PROVIDER_RATE_PER_SEC", args.rate.to_string()),
+            ("QUIZFLOW_WORKER_CONCURRENCY", args.concurrency.to_string()),
+        ]);
+        // What can be reached: the rate, or the concurrency over the sink's latency.
+        let limit = if latency.is_zero() {
+            f64::from(args.rate)
+        } else {
+            f64::from(args.rate).min(args.concurrency as f64 / latency.as_secs_f64())
+        };
+        let mut workers: Vec<Child> = Vec::new();
+        let mut out = Vec::new();
+        for &n in &args.processes {
+            while workers.len() < n {
+                workers.push(spawn(&["workers", "--channels", "sms"], &workers_env)?);
+            }
+            while workers.len() > n {
+                if let Some(mut w) = workers.pop() {
+                    terminate(&mut w).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(SETTLE)).await;
+            let _ = sink.received.lock().map(|mut r| r.take_max_inflight());
+            let t0 = Instant::now();
+            tokio::time::sleep(Duration::from_secs(args.window)).await;
+            let (arrivals, max_inflight) = match sink.received.lock() {
+                Ok(mut r) => (r.arrivals(), r.take_max_inflight()),
+                Err(_) => anyhow::bail!("sink poisoned"),
+            };
+            let sent = limits::rate_in(&arrivals, t0, Duration::from_secs(args.window));
+            println!("{n} workers processes: {sent:.1} sent/s ({:.0} % of {limit:.0}/s), at most {max_inflight} in flight", sent / limit * 100.0);
+            out.push(Phase {
+                processes: n,
+                sent_per_s: sent,
+                of_limit: sent / limit,
+                max_inflight,
+            });
+        }
+        // Kill -9 one process: its share must come back to the others.
+        let killed_at = Instant::now();
+        if let Some(w) = workers.last_mut() {
+            w.start_kill()?;
+        }
+        tokio::time::sleep(WATCH_AFTER_KILL).await;
+        let (arrivals, duplicates) = match sink.received.lock() {
+            Ok(r) => (r.arrivals(), r.duplicates()),
+            Err(_) => anyhow::bail!("sink poisoned"),
+        };
+        let second = Duration::from_secs(1);
+        let report = LimitsReport {
+            rate_limit: args.rate,
+            concurrency: args.concurrency,
+            sink_latency_ms: args.sink_latency_ms,
+            phases: out,
+            after_kill_per_s: limits::rate_in(&arrivals, killed_at, second),
+            recovery_s: limits::recovered_after(
+                &arrivals,
+                killed_at,
+                second,
+                0.9 * limit,
+                WATCH_AFTER_KILL,
+            ),
+            duplicates,
+        };
+        children.extend(workers);
+        anyhow::Ok(report)
+    }
+    .await;
+    for mut c in children {
+        let _ = c.kill().await;
+    }
+    dev.stop().await;
+    let report = result?;
+    report.write(&args.out)?;
+    println!("{}", report.markdown());
+    println!("wrote {}", args.out.join("limits-report.json").display());
+    Ok(())
+}
+
+async fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(35), child.wait()).await;
+}
+
+async fn wait_ready(http: &reqwest::Client, api: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{api}/readyz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the API did not become ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_stored(http: &reqwest::Client, api: &str, token: &str, n: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stats: serde_json::Value = http
+            .get(format!("{api}/v1/stats"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await
+            .context("stats")?;
+        if stats["submissions"]["stored"].as_u64().unwrap_or(0) >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the backlog was not stored in 2 minutes: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
