@@ -12,7 +12,8 @@
 //! machines does not matter. A killed process's share returns to the others within about
 //! [`MEMBER_TTL`]. A process that has not seen its own heartbeat for [`FENCE_AFTER`] (lost
 //! touch with NATS) takes no share at all, before the others count it out: during a
-//! partition the sum stays under the limit.
+//! partition the sum stays under the limit. A process that joins waits a heartbeat before it
+//! takes a share, so it starts from the full member list instead of thinking itself alone.
 //!
 //! Breaker verdicts are shared through `breaker.<channel>`: an open breaker (failures, or a
 //! provider's `Retry-After`) stops every process; the probe's success closes it everywhere.
@@ -183,6 +184,9 @@ pub async fn run(
     let beat = serde_json::to_vec(&Heartbeat { channels }).unwrap_or_default();
     let mut members = Members::default();
     let mut last_self: Option<Instant> = None;
+    // When this process first saw its own heartbeat: it takes a share only a heartbeat
+    // later, once it has heard from every member (and every member from it).
+    let mut joined: Option<Instant> = None;
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = None;
@@ -222,8 +226,12 @@ pub async fn run(
                 None => watch = None,
             },
         }
+        if joined.is_none() {
+            joined = last_self;
+        }
         // Fenced: no sign of our own heartbeat lately — take nothing until it is back.
-        let fenced = last_self.is_none_or(|t| t.elapsed() > FENCE_AFTER);
+        let fenced = last_self.is_none_or(|t| t.elapsed() > FENCE_AFTER)
+            || joined.is_none_or(|t| t.elapsed() < HEARTBEAT + HEARTBEAT / 5);
         let live = members.live(MEMBER_TTL);
         for l in &links {
             let share = if fenced {

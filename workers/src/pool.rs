@@ -241,6 +241,7 @@ impl Channelled {
         let mut share = self.share.clone();
         let mut issued = 0usize;
         let mut rate = 0.0f64;
+        let mut replaced = false;
         loop {
             let now = *share.borrow_and_update();
             if now.rate_per_sec != rate {
@@ -251,9 +252,19 @@ impl Channelled {
                     let burst = NonZeroU32::new((rate / 10.0) as u32).unwrap_or(NonZeroU32::MIN);
                     let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate))
                         .map(|q| q.allow_burst(burst));
-                    quota.map(|q| Arc::new(RateLimiter::direct(q)))
+                    quota.map(|q| {
+                        let l = RateLimiter::direct(q);
+                        if replaced {
+                            // A new share is not an idle spell: start with an empty bucket,
+                            // or every membership change would add a burst per process.
+                            let _ = l.check_n(burst);
+                        }
+                        Arc::new(l)
+                    })
                 });
-                *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = limiter.flatten();
+                let limiter = limiter.flatten();
+                replaced |= limiter.is_some();
+                *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = limiter;
                 self.metrics
                     .rate_share
                     .with_label_values(&[self.channel.as_str()])
