@@ -116,7 +116,7 @@ impl AppState {
                     ))
                 }
                 limits::LimitScope::Cluster => {
-                    limits::RespondentLimiter::Cluster(limits::ClusterLimiter::new(
+                    limits::RespondentLimiter::Cluster(Box::new(limits::ClusterLimiter::new(
                         js.clone(),
                         settings.respondent_limit_per_min,
                         settings.limit_window,
@@ -128,7 +128,7 @@ impl AppState {
                             .as_deref()
                             .unwrap_or("quizflow")
                             .as_bytes(),
-                    ))
+                    )))
                 }
             },
             ip_limiter: limits::WindowLimiter::new(

@@ -210,7 +210,7 @@ pub enum LimitScope {
 /// The respondent limit in either scope.
 pub enum RespondentLimiter {
     Instance(WindowLimiter),
-    Cluster(ClusterLimiter),
+    Cluster(Box<ClusterLimiter>),
 }
 
 /// What a reservation holds, to be given back.

@@ -80,9 +80,16 @@ pub async fn run(cfg: Config, args: E2eArgs) -> anyhow::Result<()> {
                 api_env.extend([
                     ("QUIZFLOW_HTTP_ADDR", format!("127.0.0.1:{port}")),
                     ("QUIZFLOW_ADMIN_TOKEN", token.clone()),
-                    // Every lead is a distinct respondent, but the limit is not what is measured.
-                    ("QUIZFLOW_RATE_LIMIT_RESPONDENT_PER_MIN", "0".into()),
                 ]);
+                match args.respondent_limit.as_deref() {
+                    // Every lead is a distinct respondent, but the limit is not what is measured.
+                    None => api_env.push(("QUIZFLOW_RATE_LIMIT_RESPONDENT_PER_MIN", "0".into())),
+                    // Counted, never refused: what the count costs is what is measured.
+                    Some(scope) => api_env.extend([
+                        ("QUIZFLOW_RATE_LIMIT_RESPONDENT_PER_MIN", "1000".into()),
+                        ("QUIZFLOW_RATE_LIMIT_SCOPE", scope.to_owned()),
+                    ]),
+                }
                 let mut workers_env = common.clone();
                 workers_env.extend([
                     ("QUIZFLOW_TWILIO_URL", sink.url.clone()),

@@ -81,6 +81,11 @@ pub struct E2eArgs {
     /// Skip the ceiling run.
     #[arg(long)]
     pub no_ceiling: bool,
+    /// Count every lead against the respondent limit (set high enough never to refuse one),
+    /// `instance` or `cluster` (`QUIZFLOW_RATE_LIMIT_SCOPE`), to measure what the limit
+    /// costs. Without it the limit is off.
+    #[arg(long)]
+    pub respondent_limit: Option<String>,
     /// Longest wait for the last delivery after the last request.
     #[arg(long, default_value = "300s")]
     pub drain_timeout: humantime::Duration,
