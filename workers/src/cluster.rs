@@ -126,6 +126,12 @@ struct Members {
 }
 
 impl Members {
+    /// Forgets members silent for a minute (killed processes never delete their key).
+    fn prune(&mut self) {
+        let newest = self.seen.values().map(|(_, t)| *t).max().unwrap_or(0);
+        self.seen.retain(|_, (_, t)| newest - *t <= 60_000);
+    }
+
     /// Members whose last heartbeat is within `ttl` of the newest (server clock).
     fn live(&self, ttl: Duration) -> BTreeMap<String, Vec<Channel>> {
         let newest = self.seen.values().map(|(_, t)| *t).max().unwrap_or(0);
@@ -201,6 +207,7 @@ pub async fn run(
             // Stopped, or the sender is gone.
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
             _ = tick.tick() => {
+                members.prune();
                 if let Err(e) = kv.put(member_key(&me), beat.clone().into()).await {
                     tracing::warn!(error = %e, "workers bucket: heartbeat not written");
                 }
@@ -381,6 +388,9 @@ mod tests {
         m.seen.insert("new".into(), (vec![Channel::Sms], 10_000));
         let live = m.live(Duration::from_secs(3));
         assert_eq!(live.keys().collect::<Vec<_>>(), ["edge", "new"]);
+        m.seen.insert("gone".into(), (vec![Channel::Sms], -60_000));
+        m.prune();
+        assert_eq!(m.seen.len(), 3, "the silent minute-old member is forgotten");
     }
 
     #[test]
