@@ -66,10 +66,16 @@ pub async fn run(cfg: Config, args: LimitsArgs) -> anyhow::Result<()> {
             .await?;
         anyhow::ensure!(r.status().as_u16() == 201, "campaign: {}", r.text().await?);
 
+        // What can be reached: the rate, or the concurrency over the sink's latency.
+        let limit = if latency.is_zero() {
+            f64::from(args.rate)
+        } else {
+            f64::from(args.rate).min(args.concurrency as f64 / latency.as_secs_f64())
+        };
         // A backlog longer than the whole run at the limit, stored before any worker starts.
         let phases = args.processes.len() as u64;
         let run_s = phases * (SETTLE + args.window) + WATCH_AFTER_KILL.as_secs() + 10;
-        let backlog = (u64::from(args.rate) * run_s * 12 / 10) as usize + 500;
+        let backlog = (limit * run_s as f64 * 1.2) as usize + 500;
         let load = Load::generate(backlog, 20, 1.0, &format!("lim{}", uuid::Uuid::new_v4().simple()));
         let idx: Vec<usize> = (0..backlog).collect();
         for chunk in idx.chunks(500) {
@@ -93,12 +99,6 @@ pub async fn run(cfg: Config, args: LimitsArgs) -> anyhow::Result<()> {
             ("QUIZFLOW_PROVIDER_RATE_PER_SEC", args.rate.to_string()),
             ("QUIZFLOW_WORKER_CONCURRENCY", args.concurrency.to_string()),
         ]);
-        // What can be reached: the rate, or the concurrency over the sink's latency.
-        let limit = if latency.is_zero() {
-            f64::from(args.rate)
-        } else {
-            f64::from(args.rate).min(args.concurrency as f64 / latency.as_secs_f64())
-        };
         let mut workers: Vec<Child> = Vec::new();
         let mut out = Vec::new();
         for &n in &args.processes {
