@@ -25,6 +25,73 @@ pub(crate) fn spawn(role: &[&str], env: &[(&str, String)]) -> anyhow::Result<Chi
         .with_context(|| format!("start quizflow {}", role.join(" ")))
 }
 
+/// A private nats-server and PostgreSQL, migrated, with the topology, and the API's port
+/// and admin token chosen: what every benchmark that runs the roles as processes needs.
+pub(crate) struct Private {
+    pub nats_url: String,
+    pub database_url: String,
+    pub port: u16,
+    pub token: String,
+}
+
+impl Private {
+    /// The environment every role gets.
+    pub fn common(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("NATS_URL", self.nats_url.clone()),
+            ("DATABASE_URL", self.database_url.clone()),
+        ]
+    }
+
+    /// The API's: the common environment, its address and the admin token.
+    pub fn api_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = self.common();
+        env.extend([
+            ("QUIZFLOW_HTTP_ADDR", format!("127.0.0.1:{}", self.port)),
+            ("QUIZFLOW_ADMIN_TOKEN", self.token.clone()),
+        ]);
+        env
+    }
+}
+
+pub(crate) async fn start_private(
+    cfg: &Config,
+    dev: &mut DevServices,
+    dir: &std::path::Path,
+    fsync_always: bool,
+) -> anyhow::Result<Private> {
+    let nats_url = dev
+        .start_nats(dir, cfg.nats_server_bin.as_deref(), fsync_always)
+        .await?;
+    let database_url = dev.start_postgres(dir).await?;
+    quizflow_migrations::run_migrations(&database_url).await?;
+    let (_client, js) = crate::connect_nats(cfg, &nats_url, "bench").await?;
+    crate::ensure_topology(cfg, &js).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(Private {
+        nats_url,
+        database_url,
+        port,
+        token: format!("{}", uuid::Uuid::new_v4().simple()),
+    })
+}
+
+/// Waits (up to 30 s) for the API's `/readyz`.
+pub(crate) async fn wait_ready(http: &reqwest::Client, api: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{api}/readyz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the API did not become ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn plan_only(args: &E2eArgs, rate: f64) -> anyhow::Result<()> {
     let path = args.report.as_ref().context("--report")?;
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
@@ -57,30 +124,16 @@ pub async fn run(cfg: Config, args: E2eArgs) -> anyhow::Result<()> {
             let mut dev = DevServices::none();
             let mut children = Vec::new();
             let result = async {
-                let nats_url = dev
-                    .start_nats(
-                        tmp.path(),
-                        cfg.nats_server_bin.as_deref(),
-                        args.fsync == quizflow_benchmarks::Fsync::Always,
-                    )
-                    .await?;
-                let database_url = dev.start_postgres(tmp.path()).await?;
-                quizflow_migrations::run_migrations(&database_url).await?;
-                let (_client, js) = crate::connect_nats(&cfg, &nats_url, "bench").await?;
-                crate::ensure_topology(&cfg, &js).await?;
-                let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                    .local_addr()?
-                    .port();
-                let token = format!("{}", uuid::Uuid::new_v4().simple());
-                let common = vec![
-                    ("NATS_URL", nats_url.clone()),
-                    ("DATABASE_URL", database_url.clone()),
-                ];
-                let mut api_env = common.clone();
-                api_env.extend([
-                    ("QUIZFLOW_HTTP_ADDR", format!("127.0.0.1:{port}")),
-                    ("QUIZFLOW_ADMIN_TOKEN", token.clone()),
-                ]);
+                let private = start_private(
+                    &cfg,
+                    &mut dev,
+                    tmp.path(),
+                    args.fsync == quizflow_benchmarks::Fsync::Always,
+                )
+                .await?;
+                let (common, mut api_env) = (private.common(), private.api_env());
+                let (port, token, database_url) =
+                    (private.port, private.token.clone(), private.database_url.clone());
                 match args.respondent_limit.as_deref() {
                     // Every lead is a distinct respondent, but the limit is not what is measured.
                     None => api_env.push(("QUIZFLOW_RATE_LIMIT_RESPONDENT_PER_MIN", "0".into())),
@@ -110,17 +163,7 @@ pub async fn run(cfg: Config, args: E2eArgs) -> anyhow::Result<()> {
                 processes.extend(dev.pids().into_iter().map(|(n, p)| (n.to_owned(), p)));
                 children.extend([api, batcher, workers]);
                 let api_url = format!("http://127.0.0.1:{port}");
-                let http = reqwest::Client::new();
-                let deadline = Instant::now() + Duration::from_secs(30);
-                loop {
-                    if let Ok(r) = http.get(format!("{api_url}/readyz")).send().await {
-                        if r.status().is_success() {
-                            break;
-                        }
-                    }
-                    anyhow::ensure!(Instant::now() < deadline, "the API did not become ready");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                wait_ready(&reqwest::Client::new(), &api_url).await?;
                 let deployment = Deployment {
                     api: api_url,
                     admin_token: token,

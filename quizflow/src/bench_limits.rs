@@ -2,7 +2,7 @@
 //! `batcher`), a backlog of SMS jobs, then 1, 2 and 4 `quizflow workers` processes in turn
 //! against a sink; see [`quizflow_benchmarks::limits`].
 
-use crate::bench_e2e::spawn;
+use crate::bench_e2e::{spawn, start_private, wait_ready};
 use crate::config::Config;
 use crate::devservices::DevServices;
 use anyhow::Context;
@@ -27,25 +27,11 @@ pub async fn run(cfg: Config, args: LimitsArgs) -> anyhow::Result<()> {
     let mut dev = DevServices::none();
     let mut children: Vec<Child> = Vec::new();
     let result = async {
-        let nats_url = dev
-            .start_nats(tmp.path(), cfg.nats_server_bin.as_deref(), false)
-            .await?;
-        let database_url = dev.start_postgres(tmp.path()).await?;
-        quizflow_migrations::run_migrations(&database_url).await?;
-        let (_client, js) = crate::connect_nats(&cfg, &nats_url, "bench").await?;
-        crate::ensure_topology(&cfg, &js).await?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let token = format!("{}", uuid::Uuid::new_v4().simple());
-        let common = vec![
-            ("NATS_URL", nats_url.clone()),
-            ("DATABASE_URL", database_url.clone()),
-        ];
-        let mut api_env = common.clone();
+        // Fsync is not what is measured here.
+        let private = start_private(&cfg, &mut dev, tmp.path(), false).await?;
+        let (common, mut api_env) = (private.common(), private.api_env());
+        let (port, token) = (private.port, private.token.clone());
         api_env.extend([
-            ("QUIZFLOW_HTTP_ADDR", format!("127.0.0.1:{port}")),
-            ("QUIZFLOW_ADMIN_TOKEN", token.clone()),
             ("QUIZFLOW_RATE_LIMIT_RESPONDENT_PER_MIN", "0".into()),
             ("QUIZFLOW_RATE_LIMIT_IP_PER_MIN", "0".into()),
         ]);
@@ -176,19 +162,6 @@ async fn terminate(child: &mut Child) {
             .await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(35), child.wait()).await;
-}
-
-async fn wait_ready(http: &reqwest::Client, api: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(format!("{api}/readyz")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the API did not become ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn wait_stored(http: &reqwest::Client, api: &str, token: &str, n: u64) -> anyhow::Result<()> {

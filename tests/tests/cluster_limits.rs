@@ -25,18 +25,6 @@ async fn sms_times(env: &Env) -> Vec<chrono::DateTime<chrono::Utc>> {
     out
 }
 
-async fn wait_until<F, Fut>(what: &str, within: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn gauge(registry: &prometheus::Registry, name: &str, channel: &str) -> Option<f64> {
     registry
         .gather()

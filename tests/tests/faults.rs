@@ -40,18 +40,6 @@ async fn count(env: &Env, sql: &str) -> i64 {
     n.n
 }
 
-async fn wait_until<F, Fut>(what: &str, within: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Requests the mock received, per idempotency key (every status, faulted ones included).
 async fn requests_per_key(env: &Env) -> HashMap<String, Vec<u16>> {
     let r = env.mock_get("/_mock/requests").await;

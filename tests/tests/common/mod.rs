@@ -285,3 +285,16 @@ impl Drop for Env {
 }
 
 pub const PHONE: &str = "+5511987654321";
+
+/// Polls `cond` every 200 ms until it holds; fails the test after `within`.
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
