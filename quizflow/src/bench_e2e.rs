@@ -43,6 +43,19 @@ impl Private {
         ]
     }
 
+    /// A workers process's: SMS through Twilio's API at `sink`, at most `rate` a second.
+    pub fn sms_workers_env(&self, sink: &str, rate: &str) -> Vec<(&'static str, String)> {
+        let mut env = self.common();
+        env.extend([
+            ("QUIZFLOW_TWILIO_URL", sink.to_owned()),
+            ("QUIZFLOW_TWILIO_ACCOUNT_SID", "ACbench".into()),
+            ("QUIZFLOW_TWILIO_AUTH_TOKEN", "bench".into()),
+            ("QUIZFLOW_TWILIO_FROM", "+15550001111".into()),
+            ("QUIZFLOW_PROVIDER_RATE_PER_SEC", rate.to_owned()),
+        ]);
+        env
+    }
+
     /// The API's: the common environment, its address and the admin token.
     pub fn api_env(&self) -> Vec<(&'static str, String)> {
         let mut env = self.common();
@@ -143,15 +156,8 @@ pub async fn run(cfg: Config, args: E2eArgs) -> anyhow::Result<()> {
                         ("QUIZFLOW_RATE_LIMIT_SCOPE", scope.to_owned()),
                     ]),
                 }
-                let mut workers_env = common.clone();
-                workers_env.extend([
-                    ("QUIZFLOW_TWILIO_URL", sink.url.clone()),
-                    ("QUIZFLOW_TWILIO_ACCOUNT_SID", "ACbench".into()),
-                    ("QUIZFLOW_TWILIO_AUTH_TOKEN", "bench".into()),
-                    ("QUIZFLOW_TWILIO_FROM", "+15550001111".into()),
-                    // The sink has no rate limit; quizflow's own bucket is not what is measured.
-                    ("QUIZFLOW_PROVIDER_RATE_PER_SEC", "1000000".into()),
-                ]);
+                // The sink has no rate limit; quizflow's own bucket is not what is measured.
+                let workers_env = private.sms_workers_env(&sink.url, "1000000");
                 let api = spawn(&["api"], &api_env)?;
                 let batcher = spawn(&["batcher"], &common)?;
                 let workers = spawn(&["workers", "--channels", "sms"], &workers_env)?;

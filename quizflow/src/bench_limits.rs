@@ -76,15 +76,8 @@ pub async fn run(cfg: Config, args: LimitsArgs) -> anyhow::Result<()> {
         wait_stored(&http, &api, &token, backlog as u64).await?;
         println!("backlog: {backlog} SMS jobs stored and queued");
 
-        let mut workers_env = common.clone();
-        workers_env.extend([
-            ("QUIZFLOW_TWILIO_URL", sink.url.clone()),
-            ("QUIZFLOW_TWILIO_ACCOUNT_SID", "ACbench".into()),
-            ("QUIZFLOW_TWILIO_AUTH_TOKEN", "bench".into()),
-            ("QUIZFLOW_TWILIO_FROM", "+15550001111".into()),
-            ("QUIZFLOW_PROVIDER_RATE_PER_SEC", args.rate.to_string()),
-            ("QUIZFLOW_WORKER_CONCURRENCY", args.concurrency.to_string()),
-        ]);
+        let mut workers_env = private.sms_workers_env(&sink.url, &args.rate.to_string());
+        workers_env.push(("QUIZFLOW_WORKER_CONCURRENCY", args.concurrency.to_string()));
         let mut workers: Vec<Child> = Vec::new();
         let mut out = Vec::new();
         for &n in &args.processes {
