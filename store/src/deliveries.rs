@@ -15,6 +15,8 @@ use diesel::sql_types::{
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use quizflow_core::{CampaignSpec, DeliveryJob};
+use std::collections::HashMap;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// How many attempt-history entries a ledger row keeps (the newest).
@@ -23,7 +25,7 @@ pub const HISTORY_CAP: i32 = 50;
 /// Final statuses: nothing is ever written over them but a redrive of `dead`.
 pub const FINAL: [&str; 4] = ["sent", "delivered", "dead", "cancelled"];
 
-#[derive(diesel::QueryableByName)]
+#[derive(diesel::QueryableByName, Clone)]
 struct Row {
     #[diesel(sql_type = SqlUuid)]
     submission_id: Uuid,
@@ -44,8 +46,6 @@ struct Row {
     // `json`, not `jsonb`: the stored columns are `json` and are read back as they are.
     #[diesel(sql_type = Json)]
     submission: serde_json::Value,
-    #[diesel(sql_type = Nullable<Jsonb>)]
-    definition: Option<serde_json::Value>,
     #[diesel(sql_type = Integer)]
     version: i32,
     #[diesel(sql_type = Bool)]
@@ -67,7 +67,7 @@ pub struct JobContext {
     /// The stored submission (the `GET /v1/submissions/{id}` shape, without deliveries).
     pub submission: serde_json::Value,
     /// The campaign as it was when the job was matched (`None`: that version is unknown).
-    pub campaign: Option<CampaignSpec>,
+    pub campaign: Option<Arc<CampaignSpec>>,
     /// The version the job was matched under (templates are compiled once per version).
     pub campaign_version: i32,
     /// The campaign still exists, is active and has not ended: otherwise the job is cancelled.
@@ -86,19 +86,103 @@ const LOAD: &str = "SELECT d.submission_id, d.campaign_id, d.channel, d.status, 
             'completed_at', s.completed_at, 'tags', to_json(s.tags), 'answers', s.answers, \
             'metadata', s.metadata, 'respondent', json_strip_nulls(json_build_object( \
                 'phone', s.phone, 'email', s.email, 'name', s.name, 'locale', s.locale))) AS submission, \
-        v.definition, d.campaign_version AS version, (c.id IS NOT NULL) AS campaign_exists, \
+        d.campaign_version AS version, (c.id IS NOT NULL) AS campaign_exists, \
         COALESCE(c.active AND (c.ends_at IS NULL OR c.ends_at > now()), false) AS campaign_live \
  FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS k(sub, camp, channel) \
  JOIN deliveries d ON d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel \
  JOIN submission_ids i ON i.id = d.submission_id \
  JOIN submissions s ON s.id = i.id AND s.received_at = i.received_at \
- LEFT JOIN campaign_versions v ON v.campaign_id = d.campaign_id AND v.version = d.campaign_version \
  LEFT JOIN campaigns c ON c.id = d.campaign_id";
 
-/// Loads the context of every job of a fetch in one query; `None` where the ledger row (or
-/// its submission) is missing.
+/// Campaign versions already read, by (campaign, version). A version never changes once
+/// written, so a process reads each one once instead of once per job. Bounded: emptied when
+/// it grows past [`SpecCache::MAX`] (a process meets few versions).
+#[derive(Default)]
+pub struct SpecCache(std::sync::Mutex<HashMap<(Uuid, i32), Option<Arc<CampaignSpec>>>>);
+
+impl SpecCache {
+    const MAX: usize = 4096;
+
+    fn get(&self, key: &(Uuid, i32)) -> Option<Option<Arc<CampaignSpec>>> {
+        self.0.lock().ok()?.get(key).cloned()
+    }
+
+    fn put(&self, entries: impl IntoIterator<Item = ((Uuid, i32), Option<Arc<CampaignSpec>>)>) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() > Self::MAX {
+                map.clear();
+            }
+            map.extend(entries);
+        }
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct VersionRow {
+    #[diesel(sql_type = SqlUuid)]
+    campaign_id: Uuid,
+    #[diesel(sql_type = Integer)]
+    version: i32,
+    #[diesel(sql_type = Jsonb)]
+    definition: serde_json::Value,
+}
+
+/// The specs of `keys` not in `cache` yet, read in one query; a version that is not stored
+/// is remembered as unknown (`None`) for this call only.
+async fn specs(
+    conn: &mut AsyncPgConnection,
+    cache: &SpecCache,
+    keys: impl Iterator<Item = (Uuid, i32)>,
+) -> Result<HashMap<(Uuid, i32), Option<Arc<CampaignSpec>>>, StoreError> {
+    let mut out = HashMap::new();
+    let mut missing: Vec<(Uuid, i32)> = Vec::new();
+    for key in keys {
+        if out.contains_key(&key) || missing.contains(&key) {
+            continue;
+        }
+        match cache.get(&key) {
+            Some(spec) => {
+                out.insert(key, spec);
+            }
+            None => missing.push(key),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    let camps: Vec<Uuid> = missing.iter().map(|k| k.0).collect();
+    let versions: Vec<i32> = missing.iter().map(|k| k.1).collect();
+    let rows: Vec<VersionRow> = diesel::sql_query(
+        "SELECT v.campaign_id, v.version, v.definition FROM campaign_versions v \
+         JOIN UNNEST($1::uuid[], $2::int4[]) AS k(camp, ver) ON v.campaign_id = k.camp AND v.version = k.ver",
+    )
+    .bind::<Array<SqlUuid>, _>(&camps)
+    .bind::<Array<Integer>, _>(&versions)
+    .load(conn)
+    .await?;
+    let found: Vec<((Uuid, i32), Option<Arc<CampaignSpec>>)> = rows
+        .into_iter()
+        .map(|r| {
+            let spec = serde_json::from_value::<CampaignSpec>(r.definition)
+                .ok()
+                .map(Arc::new);
+            ((r.campaign_id, r.version), spec)
+        })
+        .collect();
+    cache.put(found.iter().cloned());
+    out.extend(found);
+    for key in missing {
+        out.entry(key).or_insert(None);
+    }
+    Ok(out)
+}
+
+/// Loads the context of every job of a fetch in one query (and each campaign version the
+/// process has not seen yet in one more); `None` where the ledger row (or its submission) is
+/// missing.
 pub async fn load(
     conn: &mut AsyncPgConnection,
+    cache: &SpecCache,
     jobs: &[&DeliveryJob],
 ) -> Result<Vec<Option<JobContext>>, StoreError> {
     let subs: Vec<Uuid> = jobs.iter().map(|j| j.submission_id.0).collect();
@@ -110,33 +194,51 @@ pub async fn load(
         .bind::<Array<Text>, _>(&channels)
         .load(conn)
         .await?;
-    let by_key: std::collections::HashMap<(Uuid, Uuid, String), Row> = rows
+    let specs = specs(conn, cache, rows.iter().map(|r| (r.campaign_id, r.version))).await?;
+    let mut by_key: HashMap<(Uuid, Uuid, &str), Row> = rows
         .into_iter()
-        .map(|r| ((r.submission_id, r.campaign_id, r.channel.clone()), r))
+        .map(|r| ((r.submission_id, r.campaign_id, channel_name(&r.channel)), r))
         .collect();
+    // A fetch may hold two copies of one job: each gets the same context, so a row is
+    // moved out for its last copy and cloned for the others.
+    let mut left: HashMap<(Uuid, Uuid, &str), usize> = HashMap::new();
+    for j in jobs {
+        *left.entry((j.submission_id.0, j.campaign_id, j.channel.as_str())).or_default() += 1;
+    }
     Ok(jobs
         .iter()
         .map(|j| {
-            let key = (j.submission_id.0, j.campaign_id, j.channel.to_string());
-            // A fetch may hold two copies of one job: each gets the same context.
-            let r = by_key.get(&key)?;
+            let key = (j.submission_id.0, j.campaign_id, j.channel.as_str());
+            let n = left.get_mut(&key)?;
+            *n -= 1;
+            let r = if *n == 0 {
+                by_key.remove(&key)?
+            } else {
+                by_key.get(&key)?.clone()
+            };
+            let campaign = specs.get(&(r.campaign_id, r.version)).cloned().flatten();
             Some(JobContext {
-                status: r.status.clone(),
+                status: r.status,
                 attempts: r.attempts,
                 lease_until: r.lease_until,
                 next_attempt_at: r.next_attempt_at,
-                history: r.history.as_array().cloned().unwrap_or_default(),
-                submission: r.submission.clone(),
-                campaign: r
-                    .definition
-                    .clone()
-                    .and_then(|d| serde_json::from_value(d).ok()),
+                history: match r.history {
+                    serde_json::Value::Array(a) => a,
+                    _ => Vec::new(),
+                },
+                submission: r.submission,
+                campaign,
                 campaign_version: r.version,
                 campaign_live: r.campaign_live,
                 campaign_exists: r.campaign_exists,
             })
         })
         .collect())
+}
+
+/// The channel names the ledger holds, as static strings (anything else never matches a job).
+fn channel_name(s: &str) -> &'static str {
+    quizflow_core::Channel::parse(s).map_or("", |c| c.as_str())
 }
 
 /// A ledger key: (submission, campaign, channel).

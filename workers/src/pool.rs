@@ -59,6 +59,8 @@ struct Channelled {
     breaker: Arc<Breaker>,
     metrics: WorkerMetrics,
     templates: render::TemplateCache,
+    /// Campaign versions read so far (immutable once written).
+    specs: deliveries::SpecCache,
     stop: watch::Receiver<bool>,
 }
 
@@ -106,6 +108,7 @@ pub async fn run(
             breaker,
             metrics: metrics.clone(),
             templates: render::TemplateCache::default(),
+            specs: deliveries::SpecCache::default(),
             settings: settings.clone(),
             js: js.clone(),
             pool: pool.clone(),
@@ -545,7 +548,7 @@ impl Channelled {
             }
         };
         let refs: Vec<&DeliveryJob> = jobs.iter().map(|(_, j)| j).collect();
-        match deliveries::load(&mut conn, &refs).await {
+        match deliveries::load(&mut conn, &self.specs, &refs).await {
             Ok(c) => Some(c.into_iter().map(Ok).collect()),
             Err(e) if e.retry() == Retry::Later => {
                 tracing::warn!(error = %e, channel = %self.channel, "cannot load job contexts");
@@ -555,7 +558,7 @@ impl Channelled {
                 tracing::warn!(error = %e, "job contexts rejected; loading one by one");
                 let mut out = Vec::with_capacity(refs.len());
                 for j in refs {
-                    out.push(match deliveries::load(&mut conn, &[j]).await {
+                    out.push(match deliveries::load(&mut conn, &self.specs, &[j]).await {
                         Ok(mut c) => Ok(c.pop().flatten()),
                         Err(e) if e.retry() == Retry::Later => return None,
                         Err(e) => Err(format!("job context cannot be loaded: {}", e.public())),

@@ -2,8 +2,9 @@
 
 use minijinja::Environment;
 use quizflow_core::{Action, Channel};
-use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -62,49 +63,74 @@ impl TemplateCache {
 pub fn render_compiled(
     env: &Environment<'_>,
     name: &str,
-    ctx: &Value,
+    ctx: &minijinja::Value,
 ) -> Result<Option<String>, String> {
     match env.get_template(name) {
         Ok(t) => t
-            .render(minijinja::value::Serde(ctx))
+            .render(ctx)
             .map(Some)
             .map_err(|e| format!("{name}: {e}")),
         Err(_) => Ok(None),
     }
 }
 
+/// The template context, borrowed from the stored submission: built once per job and
+/// converted once, whatever number of templates it renders.
+#[derive(Serialize)]
+struct Context<'a> {
+    respondent: &'a Value,
+    answers: BTreeMap<&'a str, &'a Value>,
+    score: &'a Value,
+    tags: &'a Value,
+    metadata: &'a Value,
+    quiz_id: &'a Value,
+    submission_id: &'a Value,
+    completed_at: &'a Value,
+    campaign: CampaignRef<'a>,
+}
+
+#[derive(Serialize)]
+struct CampaignRef<'a> {
+    id: &'a str,
+    name: &'a str,
+}
+
 /// The template context: `respondent`, `answers` (a map question → value), `score`, `tags`,
 /// `metadata`, `quiz_id`, `submission_id`, and `campaign` (`id`, `name`).
-pub fn context(stored: &Value, campaign_id: &str, campaign_name: &str) -> Value {
-    let mut answers = Map::new();
-    for a in stored["answers"].as_array().into_iter().flatten() {
-        if let Some(q) = a["question"].as_str() {
-            answers.insert(q.to_owned(), a["value"].clone());
-        }
-    }
-    json!({
-        "respondent": stored["respondent"],
-        "answers": answers,
-        "score": stored["score"],
-        "tags": stored["tags"],
-        "metadata": stored["metadata"],
-        "quiz_id": stored["quiz_id"],
-        "submission_id": stored["submission_id"],
-        "completed_at": stored["completed_at"],
-        "campaign": {"id": campaign_id, "name": campaign_name},
-    })
+pub fn context(stored: &Value, campaign_id: &str, campaign_name: &str) -> minijinja::Value {
+    let answers = stored["answers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| Some((a["question"].as_str()?, &a["value"])))
+        .collect();
+    minijinja::Value::from(minijinja::value::Serde(Context {
+        respondent: &stored["respondent"],
+        answers,
+        score: &stored["score"],
+        tags: &stored["tags"],
+        metadata: &stored["metadata"],
+        quiz_id: &stored["quiz_id"],
+        submission_id: &stored["submission_id"],
+        completed_at: &stored["completed_at"],
+        campaign: CampaignRef {
+            id: campaign_id,
+            name: campaign_name,
+        },
+    }))
 }
 
 /// Renders one template; an error is a permanent failure (the template will not change by retrying).
-pub fn render(template: &str, ctx: &Value) -> Result<String, String> {
+pub fn render(template: &str, ctx: &minijinja::Value) -> Result<String, String> {
     let env = Environment::new();
-    env.render_str(template, minijinja::value::Serde(ctx))
+    env.render_str(template, ctx)
         .map_err(|e| format!("template: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn email_bodies_escape_submission_data_and_subjects_do_not() {
@@ -113,7 +139,9 @@ mod tests {
         .expect("action");
         let cache = TemplateCache::default();
         let env = cache.get(Uuid::nil(), 1, &action).expect("compiles");
-        let ctx = json!({"respondent": {"name": "<script>alert(1)</script>"}});
+        let ctx = minijinja::Value::from(minijinja::value::Serde(
+            json!({"respondent": {"name": "<script>alert(1)</script>"}}),
+        ));
         let body = render_compiled(&env, "body", &ctx)
             .expect("renders")
             .expect("body");
