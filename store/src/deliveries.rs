@@ -43,9 +43,28 @@ struct Row {
     next_attempt_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Jsonb)]
     history: serde_json::Value,
+    #[diesel(sql_type = Text)]
+    quiz_id: String,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Double>)]
+    score: Option<f64>,
+    // PostgreSQL's own JSON rendering of the time, as the stored submission shows it.
+    #[diesel(sql_type = Json)]
+    completed_at: serde_json::Value,
+    #[diesel(sql_type = Array<Text>)]
+    tags: Vec<String>,
     // `json`, not `jsonb`: the stored columns are `json` and are read back as they are.
     #[diesel(sql_type = Json)]
-    submission: serde_json::Value,
+    answers: serde_json::Value,
+    #[diesel(sql_type = Json)]
+    metadata: serde_json::Value,
+    #[diesel(sql_type = Nullable<Text>)]
+    phone: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    email: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    name: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    locale: Option<String>,
     #[diesel(sql_type = Integer)]
     version: i32,
     #[diesel(sql_type = Bool)]
@@ -81,11 +100,11 @@ impl JobContext {
     }
 }
 
+// The submission's columns as they are: its JSON shape is built in Rust ([`Row::submission`]),
+// which costs PostgreSQL (the busiest process of a run) far less than building it there.
 const LOAD: &str = "SELECT d.submission_id, d.campaign_id, d.channel, d.status, d.attempts, d.lease_until, d.next_attempt_at, d.history, \
-        json_build_object('submission_id', s.id, 'quiz_id', s.quiz_id, 'score', s.score, \
-            'completed_at', s.completed_at, 'tags', to_json(s.tags), 'answers', s.answers, \
-            'metadata', s.metadata, 'respondent', json_strip_nulls(json_build_object( \
-                'phone', s.phone, 'email', s.email, 'name', s.name, 'locale', s.locale))) AS submission, \
+        s.quiz_id, s.score, to_json(s.completed_at) AS completed_at, s.tags, s.answers, s.metadata, \
+        s.phone, s.email, s.name, s.locale, \
         d.campaign_version AS version, (c.id IS NOT NULL) AS campaign_exists, \
         COALESCE(c.active AND (c.ends_at IS NULL OR c.ends_at > now()), false) AS campaign_live \
  FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS k(sub, camp, channel) \
@@ -98,16 +117,21 @@ const LOAD: &str = "SELECT d.submission_id, d.campaign_id, d.channel, d.status, 
 /// written, so a process reads each one once instead of once per job. Bounded: emptied when
 /// it grows past [`SpecCache::MAX`] (a process meets few versions).
 #[derive(Default)]
-pub struct SpecCache(std::sync::Mutex<HashMap<(Uuid, i32), Option<Arc<CampaignSpec>>>>);
+pub struct SpecCache(std::sync::Mutex<HashMap<VersionKey, Spec>>);
+
+/// (campaign, version).
+type VersionKey = (Uuid, i32);
+/// A version's spec; `None` when its stored definition does not parse.
+type Spec = Option<Arc<CampaignSpec>>;
 
 impl SpecCache {
     const MAX: usize = 4096;
 
-    fn get(&self, key: &(Uuid, i32)) -> Option<Option<Arc<CampaignSpec>>> {
+    fn get(&self, key: &VersionKey) -> Option<Spec> {
         self.0.lock().ok()?.get(key).cloned()
     }
 
-    fn put(&self, entries: impl IntoIterator<Item = ((Uuid, i32), Option<Arc<CampaignSpec>>)>) {
+    fn put(&self, entries: impl IntoIterator<Item = (VersionKey, Spec)>) {
         if let Ok(mut map) = self.0.lock() {
             if map.len() > Self::MAX {
                 map.clear();
@@ -133,7 +157,7 @@ async fn specs(
     conn: &mut AsyncPgConnection,
     cache: &SpecCache,
     keys: impl Iterator<Item = (Uuid, i32)>,
-) -> Result<HashMap<(Uuid, i32), Option<Arc<CampaignSpec>>>, StoreError> {
+) -> Result<HashMap<VersionKey, Spec>, StoreError> {
     let mut out = HashMap::new();
     let mut missing: Vec<(Uuid, i32)> = Vec::new();
     for key in keys {
@@ -160,7 +184,7 @@ async fn specs(
     .bind::<Array<Integer>, _>(&versions)
     .load(conn)
     .await?;
-    let found: Vec<((Uuid, i32), Option<Arc<CampaignSpec>>)> = rows
+    let found: Vec<(VersionKey, Spec)> = rows
         .into_iter()
         .map(|r| {
             let spec = serde_json::from_value::<CampaignSpec>(r.definition)
@@ -197,13 +221,20 @@ pub async fn load(
     let specs = specs(conn, cache, rows.iter().map(|r| (r.campaign_id, r.version))).await?;
     let mut by_key: HashMap<(Uuid, Uuid, &str), Row> = rows
         .into_iter()
-        .map(|r| ((r.submission_id, r.campaign_id, channel_name(&r.channel)), r))
+        .map(|r| {
+            (
+                (r.submission_id, r.campaign_id, channel_name(&r.channel)),
+                r,
+            )
+        })
         .collect();
     // A fetch may hold two copies of one job: each gets the same context, so a row is
     // moved out for its last copy and cloned for the others.
     let mut left: HashMap<(Uuid, Uuid, &str), usize> = HashMap::new();
     for j in jobs {
-        *left.entry((j.submission_id.0, j.campaign_id, j.channel.as_str())).or_default() += 1;
+        *left
+            .entry((j.submission_id.0, j.campaign_id, j.channel.as_str()))
+            .or_default() += 1;
     }
     Ok(jobs
         .iter()
@@ -211,12 +242,13 @@ pub async fn load(
             let key = (j.submission_id.0, j.campaign_id, j.channel.as_str());
             let n = left.get_mut(&key)?;
             *n -= 1;
-            let r = if *n == 0 {
+            let mut r = if *n == 0 {
                 by_key.remove(&key)?
             } else {
                 by_key.get(&key)?.clone()
             };
             let campaign = specs.get(&(r.campaign_id, r.version)).cloned().flatten();
+            let submission = r.submission();
             Some(JobContext {
                 status: r.status,
                 attempts: r.attempts,
@@ -226,7 +258,7 @@ pub async fn load(
                     serde_json::Value::Array(a) => a,
                     _ => Vec::new(),
                 },
-                submission: r.submission,
+                submission,
                 campaign,
                 campaign_version: r.version,
                 campaign_live: r.campaign_live,
@@ -234,6 +266,44 @@ pub async fn load(
             })
         })
         .collect())
+}
+
+impl Row {
+    /// The stored submission in the `GET /v1/submissions/{id}` shape (without deliveries).
+    fn submission(&mut self) -> serde_json::Value {
+        let mut respondent = serde_json::Map::new();
+        for (key, value) in [
+            ("phone", self.phone.take()),
+            ("email", self.email.take()),
+            ("name", self.name.take()),
+            ("locale", self.locale.take()),
+        ] {
+            if let Some(v) = value {
+                respondent.insert(key.to_owned(), serde_json::Value::String(v));
+            }
+        }
+        serde_json::json!({
+            "submission_id": self.submission_id,
+            "quiz_id": std::mem::take(&mut self.quiz_id),
+            "score": self.score.map(pg_number),
+            "completed_at": self.completed_at.take(),
+            "tags": std::mem::take(&mut self.tags),
+            "answers": self.answers.take(),
+            "metadata": self.metadata.take(),
+            "respondent": respondent,
+        })
+    }
+}
+
+/// A `float8` as PostgreSQL writes it in JSON: a whole number without a fraction (`72`, not
+/// `72.0`), so templates render the score the same as the stored submission shows it.
+fn pg_number(x: f64) -> serde_json::Value {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53: every integer below is exact
+    if x.fract() == 0.0 && x.abs() < EXACT {
+        serde_json::Value::from(x as i64)
+    } else {
+        serde_json::Value::from(x)
+    }
 }
 
 /// The channel names the ledger holds, as static strings (anything else never matches a job).
@@ -387,7 +457,9 @@ pub async fn write(
         .collect();
     let rows: Vec<KeyRow> = diesel::sql_query(
         "UPDATE deliveries d SET status = u.status, attempts = u.attempts, last_error = u.err, \
-                history = quizflow_cap_history(d.history || u.hist::jsonb, $9), \
+                history = CASE WHEN jsonb_array_length(d.history) + jsonb_array_length(u.hist::jsonb) <= $9 \
+                               THEN d.history || u.hist::jsonb \
+                               ELSE quizflow_cap_history(d.history || u.hist::jsonb, $9) END, \
                 claim = CASE WHEN u.status = 'sending' THEN d.claim END, \
                 lease_until = CASE WHEN u.status = 'sending' THEN d.lease_until END, \
                 next_attempt_at = now() + make_interval(secs => u.retry_in), \
@@ -482,4 +554,15 @@ pub async fn count_sent_for_quiz(
     .get_result(conn)
     .await?;
     Ok(n.n)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scores_read_as_postgres_writes_them_in_json() {
+        assert_eq!(super::pg_number(72.0).to_string(), "72");
+        assert_eq!(super::pg_number(72.5).to_string(), "72.5");
+        assert_eq!(super::pg_number(-3.0).to_string(), "-3");
+        assert_eq!(super::pg_number(1e300).to_string(), "1e+300");
+    }
 }

@@ -66,10 +66,7 @@ pub fn render_compiled(
     ctx: &minijinja::Value,
 ) -> Result<Option<String>, String> {
     match env.get_template(name) {
-        Ok(t) => t
-            .render(ctx)
-            .map(Some)
-            .map_err(|e| format!("{name}: {e}")),
+        Ok(t) => t.render(ctx).map(Some).map_err(|e| format!("{name}: {e}")),
         Err(_) => Ok(None),
     }
 }

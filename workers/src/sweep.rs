@@ -142,7 +142,13 @@ async fn sweep_one(
         let one = match serde_json::from_slice::<DeliveryJob>(line) {
             Ok(job) => {
                 let ctx = match dl.pool.get().await {
-                    Ok(mut conn) => match deliveries::load(&mut conn, &deliveries::SpecCache::default(), &[&job]).await {
+                    Ok(mut conn) => match deliveries::load(
+                        &mut conn,
+                        &deliveries::SpecCache::default(),
+                        &[&job],
+                    )
+                    .await
+                    {
                         Ok(mut c) => c.pop().flatten(),
                         Err(_) => return false,
                     },
