@@ -8,11 +8,13 @@
 //! `cancelled` are never overwritten by a late `failed`, and two copies of a job never both
 //! reach the provider unless a lease ran out.
 
+// `#[diesel(embed)]` needs the trait in scope.
 use crate::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{
     Array, Bool, Integer, Json, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
 };
+use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use quizflow_core::{CampaignSpec, DeliveryJob};
 use std::collections::HashMap;
@@ -57,14 +59,8 @@ struct Row {
     answers: serde_json::Value,
     #[diesel(sql_type = Json)]
     metadata: serde_json::Value,
-    #[diesel(sql_type = Nullable<Text>)]
-    phone: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    email: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    name: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    locale: Option<String>,
+    #[diesel(embed)]
+    respondent: crate::submissions::RespondentColumns,
     #[diesel(sql_type = Integer)]
     version: i32,
     #[diesel(sql_type = Bool)]
@@ -271,17 +267,6 @@ pub async fn load(
 impl Row {
     /// The stored submission in the `GET /v1/submissions/{id}` shape (without deliveries).
     fn submission(&mut self) -> serde_json::Value {
-        let mut respondent = serde_json::Map::new();
-        for (key, value) in [
-            ("phone", self.phone.take()),
-            ("email", self.email.take()),
-            ("name", self.name.take()),
-            ("locale", self.locale.take()),
-        ] {
-            if let Some(v) = value {
-                respondent.insert(key.to_owned(), serde_json::Value::String(v));
-            }
-        }
         serde_json::json!({
             "submission_id": self.submission_id,
             "quiz_id": std::mem::take(&mut self.quiz_id),
@@ -290,7 +275,7 @@ impl Row {
             "tags": std::mem::take(&mut self.tags),
             "answers": self.answers.take(),
             "metadata": self.metadata.take(),
-            "respondent": respondent,
+            "respondent": std::mem::take(&mut self.respondent).json(),
         })
     }
 }

@@ -1,9 +1,11 @@
 //! Reading a stored submission and its deliveries (SPEC §2.3).
 
+// `#[diesel(embed)]` needs the trait in scope.
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{
     Array, BigInt, Double, Integer, Json, Nullable, Text, Timestamptz, Uuid as SqlUuid,
 };
+use diesel::QueryableByName;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use quizflow_core::{
     Answer, IdempotencyKey, QuizId, Respondent, Submission, SubmissionEnvelope, SubmissionId,
@@ -27,6 +29,37 @@ pub struct Delivery {
     pub updated_at: DateTime<Utc>,
 }
 
+/// The respondent's columns of `submissions` (`phone`, `email`, `name`, `locale`).
+#[derive(Debug, Clone, Default, diesel::QueryableByName)]
+pub(crate) struct RespondentColumns {
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) phone: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) email: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) name: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) locale: Option<String>,
+}
+
+impl RespondentColumns {
+    /// The stored submission's `respondent` object: only the fields it has.
+    pub(crate) fn json(self) -> serde_json::Value {
+        let mut respondent = serde_json::Map::new();
+        for (k, v) in [
+            ("phone", self.phone),
+            ("email", self.email),
+            ("name", self.name),
+            ("locale", self.locale),
+        ] {
+            if let Some(v) = v {
+                respondent.insert(k.into(), v.into());
+            }
+        }
+        serde_json::Value::Object(respondent)
+    }
+}
+
 /// A row of `submissions` as read back whole ([`STORED_COLUMNS`], table alias `s`).
 #[derive(Debug, diesel::QueryableByName)]
 pub(crate) struct StoredRow {
@@ -40,14 +73,8 @@ pub(crate) struct StoredRow {
     completed_at: DateTime<Utc>,
     #[diesel(sql_type = Nullable<Double>)]
     score: Option<f64>,
-    #[diesel(sql_type = Nullable<Text>)]
-    phone: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    email: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    name: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    locale: Option<String>,
+    #[diesel(embed)]
+    respondent: RespondentColumns,
     #[diesel(sql_type = Json)]
     answers: serde_json::Value,
     #[diesel(sql_type = Array<Text>)]
@@ -79,10 +106,10 @@ impl StoredRow {
         };
         let submission = Submission {
             respondent: Respondent {
-                phone: self.phone,
-                email: self.email,
-                name: self.name,
-                locale: self.locale,
+                phone: self.respondent.phone,
+                email: self.respondent.email,
+                name: self.respondent.name,
+                locale: self.respondent.locale,
             },
             answers,
             score: self.score,
@@ -126,17 +153,7 @@ pub async fn get(
     .bind::<SqlUuid, _>(id)
     .load(conn)
     .await?;
-    let mut respondent = serde_json::Map::new();
-    for (k, v) in [
-        ("phone", r.phone),
-        ("email", r.email),
-        ("name", r.name),
-        ("locale", r.locale),
-    ] {
-        if let Some(v) = v {
-            respondent.insert(k.into(), v.into());
-        }
-    }
+    let respondent = r.respondent.json();
     Ok(Some(serde_json::json!({
         "submission_id": r.id,
         "quiz_id": r.quiz_id,
