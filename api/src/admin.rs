@@ -1,6 +1,7 @@
 //! Admin routes (SPEC §2.3, §2.4): campaigns and reading stored submissions. Every one needs
 //! `Authorization: Bearer <token>`, compared in constant time; without it, 401 on any route.
 
+use crate::audit::AuditNote;
 use crate::error::ApiError;
 use crate::intake::{check_content_type, read_body};
 use crate::AppState;
@@ -76,6 +77,12 @@ fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
     })
 }
 
+/// Attaches what the audit log records of this action beside route and outcome.
+fn with_note(mut resp: Response, note: AuditNote) -> Response {
+    resp.extensions_mut().insert(note);
+    resp
+}
+
 fn not_found(what: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -123,10 +130,17 @@ pub async fn create_campaign(
     state.announce_campaign_change(c.id).await;
     tracing::info!(campaign = %c.id, "campaign created");
     let location = format!("/v1/campaigns/{}", c.id);
-    Ok(Json(c)
-        .with_status(StatusCode::CREATED)
-        .with_header(header::LOCATION, location)
-        .into_response())
+    let note = AuditNote::new(
+        c.id.to_string(),
+        serde_json::json!({ "version": c.version, "campaign": &c.spec }),
+    );
+    Ok(with_note(
+        Json(c)
+            .with_status(StatusCode::CREATED)
+            .with_header(header::LOCATION, location)
+            .into_response(),
+        note,
+    ))
 }
 
 #[handler]
@@ -173,7 +187,15 @@ pub async fn replace_campaign(
         Some(c) => {
             state.announce_campaign_change(c.id).await;
             tracing::info!(campaign = %c.id, version = c.version, "campaign replaced");
-            Ok(Json(c).into_response())
+            let note = AuditNote::new(
+                c.id.to_string(),
+                serde_json::json!({
+                    "version": c.version,
+                    "previous_version": c.version - 1,
+                    "campaign": &c.spec,
+                }),
+            );
+            Ok(with_note(Json(c).into_response(), note))
         }
         None => Err(not_found("campaign")),
     }
@@ -239,7 +261,7 @@ fn channel_param(raw: Option<&str>) -> Result<Option<&'static str>, ApiError> {
 pub async fn list_dead_letters(
     state: Data<&Arc<AppState>>,
     poem::web::Query(q): poem::web::Query<DeadLetterQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let channel = channel_param(q.channel.as_deref())?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -249,7 +271,14 @@ pub async fn list_dead_letters(
     let items = quizflow_store::dead_letters::list(&mut conn, channel, limit)
         .await
         .map_err(db_error)?;
-    Ok(Json(serde_json::json!({ "items": items })))
+    let note = AuditNote::new(
+        None,
+        serde_json::json!({ "channel": channel, "limit": limit, "returned": items.len() }),
+    );
+    Ok(with_note(
+        Json(serde_json::json!({ "items": items })).into_response(),
+        note,
+    ))
 }
 
 /// Redrives in chunks, each an outbox step: take (one transaction: letters marked, ledger
@@ -314,11 +343,16 @@ pub async fn redrive_one(
     let id = parse_id(&id, "dead letter")?;
     match redrive(&state, Some(id), None).await? {
         (0, 0) => Err(not_found("open delivery dead letter")),
-        (n, pending) => Ok(Json(
-            serde_json::json!({"redriven": n + pending, "published": n, "pending": pending}),
-        )
-        .with_status(StatusCode::ACCEPTED)
-        .into_response()),
+        (n, pending) => {
+            let counts =
+                serde_json::json!({"redriven": n + pending, "published": n, "pending": pending});
+            Ok(with_note(
+                Json(counts.clone())
+                    .with_status(StatusCode::ACCEPTED)
+                    .into_response(),
+                AuditNote::new(id.to_string(), counts),
+            ))
+        }
     }
 }
 
@@ -329,9 +363,13 @@ pub async fn redrive_bulk(
 ) -> Result<Response, ApiError> {
     let channel = channel_param(q.channel.as_deref())?;
     let (n, pending) = redrive(&state, None, channel).await?;
-    Ok(
-        Json(serde_json::json!({"redriven": n + pending, "published": n, "pending": pending}))
+    let counts = serde_json::json!({"redriven": n + pending, "published": n, "pending": pending});
+    let mut detail = counts.clone();
+    detail["channel"] = channel.into();
+    Ok(with_note(
+        Json(counts)
             .with_status(StatusCode::ACCEPTED)
             .into_response(),
-    )
+        AuditNote::new(None, detail),
+    ))
 }

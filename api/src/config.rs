@@ -25,6 +25,8 @@ pub struct ApiSettings {
     pub ip_limit_per_min: u32,
     /// Bearer token of the admin routes; without one every admin route answers 401.
     pub admin_token: Option<String>,
+    /// `QUIZFLOW_AUDIT_KEY`: key of the audit log's hashes (default: the admin token).
+    pub audit_key: Option<String>,
     /// Window of both limits (a minute; shorter only in tests).
     pub limit_window: Duration,
     /// `QUIZFLOW_SHUTDOWN_TIMEOUT`: how long requests in flight may take after a stop.
@@ -46,6 +48,7 @@ impl Default for ApiSettings {
             ip_limit_per_min: 0,
             limit_window: Duration::from_secs(60),
             admin_token: None,
+            audit_key: None,
             shutdown_timeout: Duration::from_secs(30),
             costs: quizflow_core::Costs::default(),
             packer: quizflow_nats::PackerConfig::default(),
@@ -63,6 +66,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("respondent_limit_scope", &self.respondent_limit_scope)
             .field("ip_limit_per_min", &self.ip_limit_per_min)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field("audit_key", &self.audit_key.as_ref().map(|_| "***"))
             .field("limit_window", &self.limit_window)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("costs", &self.costs)

@@ -7,6 +7,7 @@
 //! Public surface: [`ApiSettings`], [`AppState::new`], [`app`] and [`serve`].
 
 mod admin;
+mod audit;
 mod config;
 mod error;
 mod intake;
@@ -39,6 +40,8 @@ pub struct AppState {
     packer: quizflow_nats::Packer,
     db: Pool,
     admin_token: Option<String>,
+    /// Key of the audit log's hashes of respondents and client addresses.
+    audit_key: audit::AuditKey,
     respondent_limiter: limits::RespondentLimiter,
     ip_limiter: limits::WindowLimiter,
     /// Failed admin authentications per client IP.
@@ -140,6 +143,14 @@ impl AppState {
             metrics: Metrics::new(&registry)?,
             registry,
             admin_token: settings.admin_token.clone(),
+            audit_key: audit::AuditKey::new(
+                settings
+                    .audit_key
+                    .as_deref()
+                    .or(settings.admin_token.as_deref())
+                    .unwrap_or("quizflow")
+                    .as_bytes(),
+            ),
             packer: quizflow_nats::Packer::spawn(js.clone(), settings.packer.clone()),
             settings,
             nats,
@@ -180,7 +191,9 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         let admin_state = state.clone();
         move |ep: poem::RouteMethod| {
             let st = admin_state.clone();
+            let audit = st.clone();
             ep.around(move |ep, req| admin::require_admin(st.clone(), ep, req))
+                .around(move |ep, req| audit::record(audit.clone(), ep, req))
         }
     };
     Route::new()
@@ -200,6 +213,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         )
         .at("/v1/submissions/:id", guard(get(admin::get_submission)))
         .at("/v1/stats", guard(get(stats::stats)))
+        .at("/v1/audit", guard(get(audit::list)))
         .at("/", get(ops::dashboard))
         .at("/v1/dead-letters", guard(get(admin::list_dead_letters)))
         .at("/v1/dead-letters/redrive", guard(post(admin::redrive_bulk)))

@@ -10,6 +10,7 @@ pub struct Metrics {
     pub duplicates: IntCounter,
     pub rejected: IntCounterVec,
     pub publish_seconds: prometheus::Histogram,
+    pub audit_write_failures: IntCounter,
 }
 
 impl Metrics {
@@ -61,7 +62,12 @@ impl Metrics {
         registry.register(Box::new(accepted.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
+        let audit_write_failures = IntCounter::new(
+            "quizflow_audit_write_failures_total",
+            "Admin actions whose audit entry could not be written",
+        )?;
         registry.register(Box::new(publish_seconds.clone()))?;
+        registry.register(Box::new(audit_write_failures.clone()))?;
         Ok(Self {
             requests,
             request_seconds,
@@ -69,6 +75,7 @@ impl Metrics {
             duplicates,
             rejected,
             publish_seconds,
+            audit_write_failures,
         })
     }
 
@@ -110,6 +117,8 @@ pub fn route_label(path: &str) -> &'static str {
         "/docs" => "/docs",
         "/" => "/",
         "/v1/stats" => "/v1/stats",
+        "/v1/audit" => "/v1/audit",
+        "/v1/respondents/erase" => "/v1/respondents/erase",
         "/v1/campaigns" => "/v1/campaigns",
         "/v1/dead-letters" => "/v1/dead-letters",
         "/v1/dead-letters/redrive" => "/v1/dead-letters/redrive",
@@ -143,6 +152,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/dead-letters/redrive",
     "/v1/dead-letters/{id}/redrive",
     "/v1/stats",
+    "/v1/audit",
 ];
 
 /// The methods a route answers, for the `Allow` header of its 405 (RFC 9110 §15.5.6).
@@ -151,7 +161,8 @@ pub fn allowed_methods(route: &str) -> Option<&'static str> {
         "/v1/quizzes/{quiz_id}/submissions"
         | "/v1/submissions/batch"
         | "/v1/dead-letters/redrive"
-        | "/v1/dead-letters/{id}/redrive" => "POST",
+        | "/v1/dead-letters/{id}/redrive"
+        | "/v1/respondents/erase" => "POST",
         "/v1/campaigns" => "GET, HEAD, POST",
         "/v1/campaigns/{id}" => "GET, HEAD, PUT, DELETE",
         "other" => return None,

@@ -224,3 +224,125 @@ async fn given_invalid_campaigns_then_400_with_details() {
         .expect("json");
     assert_eq!(list["items"].as_array().map(Vec::len), Some(0));
 }
+
+async fn audit_page(api: &Api, query: &str) -> serde_json::Value {
+    let resp = api
+        .admin(Method::GET, &format!("/v1/audit{query}"))
+        .send()
+        .await
+        .expect("audit");
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.json().await.expect("json")
+}
+
+#[tokio::test]
+async fn given_admin_actions_then_each_is_in_the_audit_log_newest_first_and_paged() {
+    let api = Api::start().await;
+    let created: serde_json::Value = api
+        .admin(Method::POST, "/v1/campaigns")
+        .json(&campaign())
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let id = created["id"].as_str().expect("id").to_owned();
+    let mut changed = campaign();
+    changed["name"] = json!("renamed");
+    let put = api
+        .admin(Method::PUT, &format!("/v1/campaigns/{id}"))
+        .json(&changed)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status().as_u16(), 200);
+    // A refused change is recorded as rejected, with its error code.
+    let bad = api
+        .admin(Method::PUT, &format!("/v1/campaigns/{id}"))
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(bad.status().as_u16(), 400);
+    let del = api
+        .admin(Method::DELETE, &format!("/v1/campaigns/{id}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(del.status().as_u16(), 204);
+    // A wrong token is recorded; a missing one (guessing nothing) is not; plain reads are not.
+    let wrong = api
+        .http
+        .get(api.url("/v1/stats"))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .expect("wrong");
+    assert_eq!(wrong.status().as_u16(), 401);
+    let missing = api.http.get(api.url("/v1/stats")).send().await.expect("none");
+    assert_eq!(missing.status().as_u16(), 401);
+    let read = api.admin(Method::GET, "/v1/campaigns").send().await.expect("list");
+    assert_eq!(read.status().as_u16(), 200);
+
+    let page = audit_page(&api, "").await;
+    let items = page["items"].as_array().expect("items");
+    let actions: Vec<(&str, &str, i64)> = items
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().expect("action"),
+                e["outcome"].as_str().expect("outcome"),
+                e["status"].as_i64().expect("status"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("auth.failure", "denied", 401),
+            ("campaign.delete", "ok", 204),
+            ("campaign.replace", "rejected", 400),
+            ("campaign.replace", "ok", 200),
+            ("campaign.create", "ok", 201),
+        ]
+    );
+    assert_eq!(page["next"], serde_json::Value::Null);
+    let replace = &items[3];
+    assert_eq!(replace["route"], "PUT /v1/campaigns/{id}");
+    assert_eq!(replace["target"], id.as_str());
+    assert_eq!(replace["detail"]["version"], 2);
+    assert_eq!(replace["detail"]["previous_version"], 1);
+    assert_eq!(replace["detail"]["campaign"]["name"], "renamed");
+    assert_eq!(items[2]["detail"]["error"], "invalid_request");
+    assert_eq!(items[2]["target"], id.as_str());
+    // The client is a keyed hash, never the address.
+    let client = items[0]["detail"]["client"].as_str().expect("client");
+    assert!(client.starts_with("h:") && !client.contains("127.0.0.1"));
+    assert!(items[0]["at"].as_str().is_some());
+
+    // Paging: two at a time, following `next`, gives the same entries in the same order.
+    let mut seen = Vec::new();
+    let mut query = "?limit=2".to_owned();
+    loop {
+        let page = audit_page(&api, &query).await;
+        let items = page["items"].as_array().expect("items");
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|e| e["action"].clone()));
+        match page["next"].as_str() {
+            Some(cursor) => query = format!("?limit=2&before={cursor}"),
+            None => break,
+        }
+    }
+    let all: Vec<_> = items.iter().map(|e| e["action"].clone()).collect();
+    assert_eq!(seen, all);
+
+    for bad in ["?limit=0", "?limit=1001", "?before=x", "?before=-3"] {
+        let resp = api
+            .admin(Method::GET, &format!("/v1/audit{bad}"))
+            .send()
+            .await
+            .expect("audit");
+        assert_error(resp, 400, "invalid_request").await;
+    }
+}

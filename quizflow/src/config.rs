@@ -18,6 +18,8 @@ pub struct Config {
     pub http_addr: String,
     pub mock_addr: String,
     pub admin_token: Option<String>,
+    /// Key of the audit log's keyed hashes; the admin token when unset.
+    pub audit_key: Option<String>,
     pub nats_url: Option<String>,
     pub nats_creds: Option<PathBuf>,
     pub nats_tls_ca: Option<PathBuf>,
@@ -84,6 +86,7 @@ impl Default for Config {
             http_addr: "127.0.0.1:8080".into(),
             mock_addr: "127.0.0.1:4010".into(),
             admin_token: None,
+            audit_key: None,
             nats_url: None,
             nats_creds: None,
             nats_tls_ca: None,
@@ -146,6 +149,7 @@ const KEYS: &[&str] = &[
     "http_addr",
     "mock_addr",
     "admin_token",
+    "audit_key",
     "nats_creds",
     "nats_tls_ca",
     "nats_tls_required",
@@ -504,6 +508,7 @@ impl Config {
             },
             replicas: self.stream_replicas,
             admin_token: self.admin_token.clone(),
+            audit_key: self.audit_key.clone(),
             shutdown_timeout: self.shutdown_timeout(),
             costs: self.costs(),
             packer: quizflow_nats::PackerConfig {
@@ -518,6 +523,7 @@ impl Config {
 /// Keys whose values are secrets: `Debug` shows them as `***`.
 const SECRET_KEYS: &[&str] = &[
     "admin_token",
+    "audit_key",
     "twilio_auth_token",
     "whatsapp_token",
     "email_api_key",

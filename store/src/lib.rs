@@ -1,12 +1,13 @@
 //! quizflow's PostgreSQL access: every SQL statement the pipeline runs lives in this crate.
 //!
-//! One module per table ([`campaigns`], [`submissions`], [`deliveries`], [`dead_letters`]),
+//! One module per table ([`audit`], [`campaigns`], [`submissions`], [`deliveries`], [`dead_letters`]),
 //! plus [`intake`] (the batcher's one-transaction bulk write), [`replay`] (what a replay reads and writes) and [`schema`] (diesel `table!`
 //! declarations). The SQL files and the migrator are in `quizflow-migrations`.
 //!
 //! Errors carry a kind ([`ErrorKind`]); [`StoreError::retry`] is the one place that decides
 //! whether an operation is worth trying again later or will never work for this data.
 
+pub mod audit;
 pub mod campaigns;
 pub mod dead_letters;
 pub mod deliveries;
