@@ -98,8 +98,11 @@ pub(crate) async fn record<E: Endpoint>(
     let method = req.method().clone();
     let route = crate::metrics::route_label(req.uri().path());
     let target = path_target(route, req.uri().path());
-    let presented_token = req.headers().contains_key(poem::http::header::AUTHORIZATION);
-    let client = crate::intake::client_ip(&req).map(|ip| state.audit_key.hash("ip", &ip.to_string()));
+    let presented_token = req
+        .headers()
+        .contains_key(poem::http::header::AUTHORIZATION);
+    let client =
+        crate::intake::client_ip(&req).map(|ip| state.audit_key.hash("ip", &ip.to_string()));
     let result = ep.call(req).await.map(IntoResponse::into_response);
     let (status, note, code) = match &result {
         Ok(resp) => (
@@ -107,7 +110,11 @@ pub(crate) async fn record<E: Endpoint>(
             resp.extensions().get::<AuditNote>().cloned(),
             None,
         ),
-        Err(e) => (e.status(), None, e.downcast_ref::<ApiError>().map(|a| a.code)),
+        Err(e) => (
+            e.status(),
+            None,
+            e.downcast_ref::<ApiError>().map(|a| a.code),
+        ),
     };
     let entry = if status == StatusCode::UNAUTHORIZED {
         presented_token.then(|| NewEntry {
@@ -226,12 +233,21 @@ mod tests {
 
     #[test]
     fn writes_and_personal_reads_are_actions_plain_reads_are_not() {
-        assert_eq!(action(&Method::PUT, "/v1/campaigns/{id}"), Some("campaign.replace"));
-        assert_eq!(action(&Method::GET, "/v1/submissions/{id}"), Some("submission.read"));
+        assert_eq!(
+            action(&Method::PUT, "/v1/campaigns/{id}"),
+            Some("campaign.replace")
+        );
+        assert_eq!(
+            action(&Method::GET, "/v1/submissions/{id}"),
+            Some("submission.read")
+        );
         assert_eq!(action(&Method::GET, "/v1/campaigns"), None);
         assert_eq!(action(&Method::GET, "/v1/audit"), None);
         assert_eq!(
-            path_target("/v1/dead-letters/{id}/redrive", "/v1/dead-letters/abc/redrive"),
+            path_target(
+                "/v1/dead-letters/{id}/redrive",
+                "/v1/dead-letters/abc/redrive"
+            ),
             Some("abc".into())
         );
         assert_eq!(path_target("/v1/campaigns", "/v1/campaigns"), None);

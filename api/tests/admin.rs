@@ -280,9 +280,18 @@ async fn given_admin_actions_then_each_is_in_the_audit_log_newest_first_and_page
         .await
         .expect("wrong");
     assert_eq!(wrong.status().as_u16(), 401);
-    let missing = api.http.get(api.url("/v1/stats")).send().await.expect("none");
+    let missing = api
+        .http
+        .get(api.url("/v1/stats"))
+        .send()
+        .await
+        .expect("none");
     assert_eq!(missing.status().as_u16(), 401);
-    let read = api.admin(Method::GET, "/v1/campaigns").send().await.expect("list");
+    let read = api
+        .admin(Method::GET, "/v1/campaigns")
+        .send()
+        .await
+        .expect("list");
     assert_eq!(read.status().as_u16(), 200);
 
     let page = audit_page(&api, "").await;
