@@ -9,6 +9,7 @@
 mod admin;
 mod audit;
 mod config;
+mod erase;
 mod error;
 mod intake;
 mod limits;
@@ -214,6 +215,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         .at("/v1/submissions/:id", guard(get(admin::get_submission)))
         .at("/v1/stats", guard(get(stats::stats)))
         .at("/v1/audit", guard(get(audit::list)))
+        .at("/v1/respondents/erase", guard(post(erase::erase)))
         .at("/", get(ops::dashboard))
         .at("/v1/dead-letters", guard(get(admin::list_dead_letters)))
         .at("/v1/dead-letters/redrive", guard(post(admin::redrive_bulk)))

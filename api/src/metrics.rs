@@ -153,6 +153,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/dead-letters/{id}/redrive",
     "/v1/stats",
     "/v1/audit",
+    "/v1/respondents/erase",
 ];
 
 /// The methods a route answers, for the `Allow` header of its 405 (RFC 9110 §15.5.6).

@@ -21,5 +21,6 @@ pub use ids::{Channel, IdError, IdempotencyKey, Priority, QuizId, SubmissionId};
 pub use job::DeliveryJob;
 pub use submission::{Answer, AnswerValue, Respondent, Submission, SubmissionEnvelope};
 pub use validate::{
-    canonical_json, parse_submission, FieldProblem, ValidationErrors, MAX_ANSWERS, MAX_TAGS,
+    canonical_json, is_e164, is_email, parse_submission, FieldProblem, ValidationErrors,
+    MAX_ANSWERS, MAX_TAGS,
 };

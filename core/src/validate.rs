@@ -206,8 +206,7 @@ fn respondent(value: &Value, p: &mut Problems) -> Respondent {
         }
     }
     if let Some(email) = optional_string(obj, "email", "respondent.email", p) {
-        if email.len() <= 254 && email_address::EmailAddress::is_valid(email) && email.contains('@')
-        {
+        if is_email(email) {
             r.email = Some(email.to_owned());
         } else {
             p.add("respondent.email", "must be a valid e-mail address");
@@ -237,7 +236,13 @@ fn respondent(value: &Value, p: &mut Problems) -> Respondent {
 }
 
 /// `^\+[1-9][0-9]{6,14}$`
-fn is_e164(s: &str) -> bool {
+/// An e-mail address as intake accepts it.
+pub fn is_email(s: &str) -> bool {
+    s.len() <= 254 && email_address::EmailAddress::is_valid(s) && s.contains('@')
+}
+
+/// A phone number in E.164 (`+` and 7 to 15 digits), as intake accepts it.
+pub fn is_e164(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() >= 8
         && b.len() <= 16

@@ -7,6 +7,7 @@
 
 mod client;
 mod depths;
+mod erase;
 mod history;
 mod pack;
 mod publish;
@@ -15,6 +16,7 @@ pub mod topology;
 
 pub use client::{connect, jetstream, redact_url, seed_list, NatsSettings};
 pub use depths::{depths, ConsumerDepth, Depths, StreamDepth};
+pub use erase::{erase_person, Person, StreamErasure};
 pub use history::{read_submissions, submissions_history, History, HistoryMessage, StartAt};
 pub use pack::{member_trace, members, trace_header, Packer, PackerConfig, PACK_HEADER};
 pub use publish::{

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod campaigns;
 pub mod dead_letters;
 pub mod deliveries;
+pub mod erase;
 pub mod intake;
 pub mod replay;
 pub mod schema;

@@ -1,0 +1,123 @@
+//! A person's personal data, erased from every table that holds it (SPEC §2.4).
+//!
+//! `submissions` keep their id, quiz, score, tags and times (the counts stay right) and lose
+//! the respondent, the answers and the metadata; the ledger rows of those submissions that
+//! had not been sent are cancelled, and every row's error text and history are cleared
+//! (provider errors may quote a number); the person's dead letters are deleted (a poison
+//! submission's by the contact in its raw bytes: it never decoded). One
+//! statement: an erasure is all or nothing.
+
+use crate::StoreError;
+use diesel::sql_types::{Array, BigInt, Nullable, Text, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+/// Rows changed by an erasure, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Erased {
+    /// Submissions whose personal data was removed.
+    pub submissions: i64,
+    /// Pending messages cancelled (queued, sending under an expired lease, or failed and
+    /// waiting for a retry).
+    pub deliveries_cancelled: i64,
+    /// Ledger rows whose error text and history were cleared.
+    pub deliveries_scrubbed: i64,
+    /// Dead letters deleted.
+    pub dead_letters: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Id {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+}
+
+/// Ids of the stored submissions of a phone and/or an e-mail (any case).
+pub async fn find(
+    conn: &mut AsyncPgConnection,
+    phone: Option<&str>,
+    email: Option<&str>,
+) -> Result<Vec<Uuid>, StoreError> {
+    let rows: Vec<Id> = diesel::sql_query(
+        "SELECT id FROM submissions WHERE phone = $1 \
+         UNION SELECT id FROM submissions WHERE lower(email) = lower($2)",
+    )
+    .bind::<Nullable<Text>, _>(phone)
+    .bind::<Nullable<Text>, _>(email)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+#[derive(diesel::QueryableByName)]
+struct Counts {
+    #[diesel(sql_type = BigInt)]
+    submissions: i64,
+    #[diesel(sql_type = BigInt)]
+    cancelled: i64,
+    #[diesel(sql_type = BigInt)]
+    scrubbed: i64,
+    #[diesel(sql_type = BigInt)]
+    dead: i64,
+}
+
+/// Erases the person (their phone, e-mail, and the submissions `ids` found before the streams
+/// were erased) in one statement. Repeating it changes nothing and returns zeros.
+pub async fn erase(
+    conn: &mut AsyncPgConnection,
+    phone: Option<&str>,
+    email: Option<&str>,
+    ids: &[Uuid],
+) -> Result<Erased, StoreError> {
+    // One statement, so all or nothing. Submissions stored since `find` (a batch in flight)
+    // are caught by contact. One UPDATE of `deliveries` both cancels and clears: two
+    // data-modifying CTEs must not touch the same row.
+    let c: Counts = diesel::sql_query(
+        "WITH ids AS ( \
+           SELECT id FROM submissions WHERE phone = $1 \
+           UNION SELECT id FROM submissions WHERE lower(email) = lower($2) \
+           UNION SELECT unnest($3::uuid[])), \
+         s AS (UPDATE submissions SET phone = NULL, email = NULL, name = NULL, locale = NULL, \
+                 answers = '[]', metadata = '{}', idempotency_key = NULL \
+               WHERE id IN (SELECT id FROM ids) \
+                 AND (phone IS NOT NULL OR email IS NOT NULL OR name IS NOT NULL \
+                      OR locale IS NOT NULL OR answers::text <> '[]' OR metadata::text <> '{}' \
+                      OR idempotency_key IS NOT NULL) \
+               RETURNING 1), \
+         o AS (SELECT submission_id, campaign_id, channel, \
+                 (status IN ('queued', 'failed') OR (status = 'sending' AND lease_until < now())) AS pending \
+               FROM deliveries WHERE submission_id IN (SELECT id FROM ids) FOR UPDATE), \
+         l AS (UPDATE deliveries d SET \
+                 status = CASE WHEN o.pending THEN 'cancelled' ELSE d.status END, \
+                 claim = CASE WHEN o.pending THEN NULL ELSE d.claim END, \
+                 lease_until = CASE WHEN o.pending THEN NULL ELSE d.lease_until END, \
+                 next_attempt_at = CASE WHEN o.pending THEN NULL ELSE d.next_attempt_at END, \
+                 updated_at = CASE WHEN o.pending THEN now() ELSE d.updated_at END, \
+                 last_error = NULL, history = '[]' \
+               FROM o WHERE d.submission_id = o.submission_id AND d.campaign_id = o.campaign_id \
+                 AND d.channel = o.channel \
+                 AND (o.pending OR d.last_error IS NOT NULL OR d.history <> '[]') \
+               RETURNING o.pending), \
+         d AS (DELETE FROM dead_letters \
+               WHERE submission_id IN (SELECT id FROM ids) \
+                  OR lower(recipient) = lower($1) OR lower(recipient) = lower($2) \
+                  OR (kind = 'submission' AND payload IS NOT NULL \
+                      AND (strpos(lower(encode(payload, 'escape')), lower($1)) > 0 \
+                           OR strpos(lower(encode(payload, 'escape')), lower($2)) > 0)) \
+               RETURNING 1) \
+         SELECT (SELECT count(*) FROM s) AS submissions, \
+                (SELECT count(*) FROM l WHERE pending) AS cancelled, \
+                (SELECT count(*) FROM l) AS scrubbed, (SELECT count(*) FROM d) AS dead",
+    )
+    .bind::<Nullable<Text>, _>(phone)
+    .bind::<Nullable<Text>, _>(email)
+    .bind::<Array<SqlUuid>, _>(ids)
+    .get_result(conn)
+    .await?;
+    Ok(Erased {
+        submissions: c.submissions,
+        deliveries_cancelled: c.cancelled,
+        deliveries_scrubbed: c.scrubbed,
+        dead_letters: c.dead,
+    })
+}
