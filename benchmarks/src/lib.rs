@@ -11,6 +11,7 @@
 //! Benchmarks are never tests: tests check behaviour, this measures it.
 
 mod deliveries;
+mod erase;
 pub mod e2e;
 mod ingest;
 pub mod leads;
@@ -19,6 +20,7 @@ mod replay;
 mod store;
 
 pub use deliveries::{run_deliveries, DeliveriesArgs, DeliveriesReport};
+pub use erase::{run_erase, EraseArgs, EraseReport};
 pub use ingest::{run_ingest, Fsync, IngestArgs, IngestReport};
 pub use replay::{run_replay, ReplayArgs, ReplayReport};
 pub use store::{run_store, StoreArgs, StoreReport};
@@ -42,4 +44,7 @@ pub enum BenchKind {
     /// Replayed submissions/s against 1,000 campaigns: read ceiling, matcher, dry run, real
     /// run, idempotent second run, PostgreSQL source (private deployment unless configured).
     Replay(ReplayArgs),
+    /// One respondent erased from a deployment holding --submissions stored leads: table
+    /// lookup, stream scan and rewrite, table scrub, and the no-op second call.
+    Erase(EraseArgs),
 }

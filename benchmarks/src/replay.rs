@@ -107,7 +107,7 @@ pub enum ReplayBenchError {
 
 const QUIZZES: usize = 20;
 
-fn envelopes(n: usize) -> Vec<SubmissionEnvelope> {
+pub(crate) fn envelopes(n: usize) -> Vec<SubmissionEnvelope> {
     crate::leads::envelopes(n, QUIZZES)
 }
 
@@ -146,7 +146,7 @@ fn campaign_specs(n: usize, seed: u64) -> Vec<serde_json::Value> {
 }
 
 /// Publishes `data` (pipelined) and returns how long the batcher took to store it all.
-async fn publish_and_store(
+pub(crate) async fn publish_and_store(
     data: &[SubmissionEnvelope],
     client: &async_nats::Client,
     js: &async_nats::jetstream::Context,

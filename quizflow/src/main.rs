@@ -143,6 +143,9 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(quizflow_benchmarks::BenchKind::Store(args)) => {
                 bench_store(cfg, args).await
             }
+            Command::Bench(quizflow_benchmarks::BenchKind::Erase(args)) => {
+                bench_erase(cfg, args).await
+            }
             Command::Bench(quizflow_benchmarks::BenchKind::Replay(args)) => {
                 bench_replay(cfg, args).await
             }
@@ -784,6 +787,26 @@ async fn bench_replay(cfg: Config, args: quizflow_benchmarks::ReplayArgs) -> any
     std::fs::create_dir_all("bench-out")?;
     std::fs::write("bench-out/replay.json", serde_json::to_vec_pretty(&report)?)?;
     std::fs::write("bench-out/replay.md", report.markdown())?;
+    println!("{}", report.markdown());
+    Ok(())
+}
+
+async fn bench_erase(cfg: Config, args: quizflow_benchmarks::EraseArgs) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let always = args.fsync == quizflow_benchmarks::Fsync::Always;
+    let (mut dev, nats_url, database_url) = dev_services(&cfg, tmp.path(), always).await?;
+    let result = async {
+        quizflow_migrations::run_migrations(&database_url).await?;
+        let (client, js) = connect_nats(&cfg, &nats_url, "bench").await?;
+        ensure_topology(&cfg, &js).await?;
+        anyhow::Ok(quizflow_benchmarks::run_erase(&args, client, js, &database_url).await?)
+    }
+    .await;
+    dev.stop().await;
+    let report = result?;
+    std::fs::create_dir_all("bench-out")?;
+    std::fs::write("bench-out/erase.json", serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write("bench-out/erase.md", report.markdown())?;
     println!("{}", report.markdown());
     Ok(())
 }
