@@ -33,6 +33,8 @@ pub struct ApiSettings {
     pub shutdown_timeout: Duration,
     /// Unit prices per channel (`QUIZFLOW_COST_*`): the cost figures of `/v1/stats`.
     pub costs: quizflow_core::Costs,
+    /// Provider status callbacks: the public address and the providers' signing secrets.
+    pub callbacks: crate::CallbackSettings,
     /// Group commit of submissions (`QUIZFLOW_PUBLISH_FLIGHTS`, …): many 202s per PubAck.
     pub packer: quizflow_nats::PackerConfig,
 }
@@ -52,6 +54,7 @@ impl Default for ApiSettings {
             shutdown_timeout: Duration::from_secs(30),
             costs: quizflow_core::Costs::default(),
             packer: quizflow_nats::PackerConfig::default(),
+            callbacks: crate::CallbackSettings::default(),
         }
     }
 }
@@ -71,6 +74,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("costs", &self.costs)
             .field("packer", &self.packer)
+            .field("callbacks", &self.callbacks)
             .finish()
     }
 }

@@ -8,6 +8,7 @@
 
 mod admin;
 mod audit;
+mod callbacks;
 mod config;
 mod erase;
 mod error;
@@ -17,6 +18,7 @@ mod metrics;
 mod ops;
 mod stats;
 
+pub use callbacks::CallbackSettings;
 pub use config::{ApiSettings, MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_BODY_BYTES};
 pub use error::ApiError;
 pub use limits::LimitScope;
@@ -216,6 +218,12 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         .at("/v1/stats", guard(get(stats::stats)))
         .at("/v1/audit", guard(get(audit::list)))
         .at("/v1/respondents/erase", guard(post(erase::erase)))
+        .at("/v1/callbacks/twilio", post(callbacks::twilio))
+        .at(
+            "/v1/callbacks/whatsapp",
+            get(callbacks::whatsapp_verify).post(callbacks::whatsapp),
+        )
+        .at("/v1/callbacks/email", post(callbacks::email))
         .at("/", get(ops::dashboard))
         .at("/v1/dead-letters", guard(get(admin::list_dead_letters)))
         .at("/v1/dead-letters/redrive", guard(post(admin::redrive_bulk)))

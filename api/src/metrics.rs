@@ -11,6 +11,7 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub publish_seconds: prometheus::Histogram,
     pub audit_write_failures: IntCounter,
+    pub callbacks: IntCounterVec,
 }
 
 impl Metrics {
@@ -68,6 +69,14 @@ impl Metrics {
         )?;
         registry.register(Box::new(publish_seconds.clone()))?;
         registry.register(Box::new(audit_write_failures.clone()))?;
+        let callbacks = IntCounterVec::new(
+            Opts::new(
+                "quizflow_callbacks_total",
+                "Provider status reports by provider and outcome (delivered, failed, progress, stale, unknown, rejected)",
+            ),
+            &["provider", "outcome"],
+        )?;
+        registry.register(Box::new(callbacks.clone()))?;
         Ok(Self {
             requests,
             request_seconds,
@@ -76,6 +85,7 @@ impl Metrics {
             rejected,
             publish_seconds,
             audit_write_failures,
+            callbacks,
         })
     }
 
@@ -119,6 +129,9 @@ pub fn route_label(path: &str) -> &'static str {
         "/v1/stats" => "/v1/stats",
         "/v1/audit" => "/v1/audit",
         "/v1/respondents/erase" => "/v1/respondents/erase",
+        "/v1/callbacks/twilio" => "/v1/callbacks/twilio",
+        "/v1/callbacks/whatsapp" => "/v1/callbacks/whatsapp",
+        "/v1/callbacks/email" => "/v1/callbacks/email",
         "/v1/campaigns" => "/v1/campaigns",
         "/v1/dead-letters" => "/v1/dead-letters",
         "/v1/dead-letters/redrive" => "/v1/dead-letters/redrive",
@@ -154,6 +167,9 @@ pub const ROUTES: &[&str] = &[
     "/v1/stats",
     "/v1/audit",
     "/v1/respondents/erase",
+    "/v1/callbacks/twilio",
+    "/v1/callbacks/whatsapp",
+    "/v1/callbacks/email",
 ];
 
 /// The methods a route answers, for the `Allow` header of its 405 (RFC 9110 §15.5.6).
@@ -163,7 +179,10 @@ pub fn allowed_methods(route: &str) -> Option<&'static str> {
         | "/v1/submissions/batch"
         | "/v1/dead-letters/redrive"
         | "/v1/dead-letters/{id}/redrive"
-        | "/v1/respondents/erase" => "POST",
+        | "/v1/respondents/erase"
+        | "/v1/callbacks/twilio"
+        | "/v1/callbacks/email" => "POST",
+        "/v1/callbacks/whatsapp" => "GET, HEAD, POST",
         "/v1/campaigns" => "GET, HEAD, POST",
         "/v1/campaigns/{id}" => "GET, HEAD, PUT, DELETE",
         "other" => return None,

@@ -90,7 +90,14 @@ pub async fn run_erase(
         let streams_s = s.elapsed();
         let t = Instant::now();
         let rows = quizflow_store::erase::erase(&mut conn, Some(&target), None, &ids).await?;
-        Ok::<_, ReplayBenchError>((find, streams, streams_s, t.elapsed(), rows, started.elapsed()))
+        Ok::<_, ReplayBenchError>((
+            find,
+            streams,
+            streams_s,
+            t.elapsed(),
+            rows,
+            started.elapsed(),
+        ))
     };
     let (find, streams, streams_s, tables, rows, total) = once().await?;
     let (.., again) = once().await?;

@@ -11,8 +11,8 @@
 //! Benchmarks are never tests: tests check behaviour, this measures it.
 
 mod deliveries;
-mod erase;
 pub mod e2e;
+mod erase;
 mod ingest;
 pub mod leads;
 pub mod limits;

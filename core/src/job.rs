@@ -39,4 +39,59 @@ impl DeliveryJob {
     pub fn msg_id(&self) -> String {
         Self::msg_id_of(self.submission_id, self.campaign_id, self.channel)
     }
+
+    /// What a provider echoes back in its status callbacks (Twilio's callback URL, WhatsApp's
+    /// `biz_opaque_callback_data`, a Resend tag): `<submission>_<campaign>_<channel>`. Only
+    /// letters, digits, `-` and `_`, which every one of them accepts; no personal data.
+    pub fn reference(&self) -> String {
+        format!(
+            "{}_{}_{}",
+            self.submission_id,
+            self.campaign_id,
+            self.channel.as_str()
+        )
+    }
+
+    /// The ledger key a [`DeliveryJob::reference`] names; `None` for anything else.
+    pub fn parse_reference(raw: &str) -> Option<(SubmissionId, Uuid, Channel)> {
+        let mut parts = raw.splitn(3, '_');
+        let sub = Uuid::parse_str(parts.next()?).ok()?;
+        let camp = Uuid::parse_str(parts.next()?).ok()?;
+        let channel = Channel::parse(parts.next()?)?;
+        Some((SubmissionId(sub), camp, channel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reference_names_its_ledger_row_and_nothing_else_parses() {
+        let job = DeliveryJob {
+            v: DeliveryJob::VERSION,
+            job_id: Uuid::nil(),
+            submission_id: SubmissionId(Uuid::from_u128(1)),
+            campaign_id: Uuid::from_u128(2),
+            campaign_version: 1,
+            channel: Channel::Whatsapp,
+            priority: Priority::Normal,
+            created_at: Utc::now(),
+        };
+        let r = job.reference();
+        assert!(r
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert_eq!(
+            DeliveryJob::parse_reference(&r),
+            Some((job.submission_id, job.campaign_id, Channel::Whatsapp))
+        );
+        for bad in [
+            "",
+            "x_y_sms",
+            &format!("{}_{}_fax", Uuid::nil(), Uuid::nil()),
+        ] {
+            assert_eq!(DeliveryJob::parse_reference(bad), None);
+        }
+    }
 }

@@ -8,7 +8,10 @@
 //! - webhooks: `POST /webhooks/{anything}` (any JSON body).
 //!
 //! Inspection: `GET /_mock/messages?channel=&to=`, `DELETE /_mock/messages`, `GET /_mock/requests`,
-//! `PUT /_mock/faults`. Magic recipients: `+15005550001` (21211 invalid number), `+15005550009`
+//! `PUT /_mock/faults`. Status callbacks, as the real providers send them (signed the same
+//! way), for a share of accepted messages after a delay: `PUT /_mock/callbacks`
+//! ([`Callbacks`]); Twilio's go to the message's `StatusCallback`, WhatsApp's and e-mail's to
+//! the configured URLs; `GET /_mock/callbacks` counts them by the status they were answered. Magic recipients: `+15005550001` (21211 invalid number), `+15005550009`
 //! (21614 not SMS-capable), `bounce@quizflow.test` (permanent rejection). Memory is bounded:
 //! the oldest records are dropped past [`MAX_RECORDS`].
 
@@ -63,11 +66,38 @@ pub struct Fault {
     pub retry_after_s: Option<u64>,
 }
 
+/// Status callbacks the mock sends after accepting a message.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Callbacks {
+    /// Share of accepted messages that get a callback (0, the default: none).
+    pub share: f64,
+    /// Delay between accepting a message and calling back.
+    pub delay_ms: u64,
+    /// `delivered` (the default) or `failed`.
+    pub status: Option<String>,
+    /// WhatsApp Cloud webhook URL and the app secret it is signed with.
+    pub whatsapp_url: Option<String>,
+    pub whatsapp_app_secret: Option<String>,
+    /// E-mail (Resend/Svix) webhook URL and its `whsec_` secret.
+    pub email_url: Option<String>,
+    pub email_secret: Option<String>,
+}
+
+impl Callbacks {
+    fn failed(&self) -> bool {
+        self.status.as_deref() == Some("failed")
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     messages: VecDeque<Message>,
     requests: VecDeque<RequestRecord>,
     faults: HashMap<String, Fault>,
+    callbacks: Callbacks,
+    /// Callbacks sent, by channel and the HTTP status they were answered (0: no answer).
+    callbacks_sent: HashMap<(String, u16), u64>,
 }
 
 /// The mock's recorded state; cheap to clone.
@@ -82,6 +112,53 @@ impl MockState {
     pub fn messages(&self) -> Vec<Message> {
         self.lock().messages.iter().cloned().collect()
     }
+
+    /// Sets the status callbacks (what `PUT /_mock/callbacks` does).
+    pub fn set_callbacks(&self, c: Callbacks) {
+        self.lock().callbacks = c;
+    }
+
+    /// Whether this accepted message gets a callback, and the settings to send it with.
+    fn callback_for(&self) -> Option<Callbacks> {
+        let c = self.lock().callbacks.clone();
+        (c.share > 0.0 && rand::rng().random_bool(c.share.clamp(0.0, 1.0))).then_some(c)
+    }
+
+    /// Sends one signed callback after the configured delay, in the background.
+    fn call_back(
+        &self,
+        channel: &'static str,
+        delay_ms: u64,
+        request: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder + Send + 'static,
+    ) {
+        let state = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let status = match request(callback_client())
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+            {
+                Ok(r) => r.status().as_u16(),
+                Err(_) => 0,
+            };
+            *state
+                .lock()
+                .callbacks_sent
+                .entry((channel.to_owned(), status))
+                .or_default() += 1;
+        });
+    }
+}
+
+fn callback_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default()
+    })
 }
 
 fn push_bounded<T>(q: &mut VecDeque<T>, item: T) {
@@ -183,6 +260,19 @@ struct TwilioForm {
     #[serde(default)]
     from: Option<String>,
     body: String,
+    #[serde(default)]
+    status_callback: Option<String>,
+}
+
+/// The password of a Basic `Authorization` header: Twilio signs with the account's token.
+fn basic_password(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine;
+    let raw = header(headers, "authorization")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(raw.strip_prefix("Basic ")?)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':').map(|(_, p)| p.to_owned())
 }
 
 #[handler]
@@ -205,6 +295,35 @@ async fn twilio(
                 idempotency_key: key,
                 received_at: Utc::now(),
             });
+            if let (Some(url), Some(token), Some(cb)) = (
+                f.status_callback.clone(),
+                basic_password(headers),
+                state.callback_for(),
+            ) {
+                let mut params = vec![
+                    ("MessageSid".to_owned(), sid.clone()),
+                    ("AccountSid".to_owned(), "ACmock".to_owned()),
+                    ("To".to_owned(), f.to.clone()),
+                    (
+                        "MessageStatus".to_owned(),
+                        if cb.failed() {
+                            "undelivered"
+                        } else {
+                            "delivered"
+                        }
+                        .to_owned(),
+                    ),
+                ];
+                if cb.failed() {
+                    params.push(("ErrorCode".to_owned(), "30008".to_owned()));
+                }
+                let signature = quizflow_core::signatures::twilio(&token, &url, &params);
+                state.call_back("sms", cb.delay_ms, move |http| {
+                    http.post(url)
+                        .header("X-Twilio-Signature", signature)
+                        .form(&params)
+                });
+            }
             (
                 StatusCode::CREATED,
                 Json(json!({"sid": sid, "status": "queued", "to": f.to, "from": f.from})),
@@ -240,7 +359,31 @@ async fn whatsapp_cloud(
                 idempotency_key: key,
                 received_at: Utc::now(),
             });
-            Json(json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": format!("wamid.{}", uuid_like())}]})).into_response()
+            let wamid = format!("wamid.{}", uuid_like());
+            if let Some(cb) = state.callback_for() {
+                if let (Some(url), Some(secret)) =
+                    (cb.whatsapp_url.clone(), cb.whatsapp_app_secret.clone())
+                {
+                    let mut status = json!({"id": wamid, "status": if cb.failed() { "failed" } else { "delivered" },
+                        "timestamp": Utc::now().timestamp().to_string(), "recipient_id": to.trim_start_matches('+'),
+                        "biz_opaque_callback_data": body["biz_opaque_callback_data"]});
+                    if cb.failed() {
+                        status["errors"] =
+                            json!([{"code": 131026, "title": "Message undeliverable"}]);
+                    }
+                    let doc = json!({"object": "whatsapp_business_account", "entry": [{"id": "mock", "changes": [
+                        {"field": "messages", "value": {"messaging_product": "whatsapp", "statuses": [status]}}]}]});
+                    let raw = serde_json::to_vec(&doc).unwrap_or_default();
+                    let signature = quizflow_core::signatures::hub(&secret, &raw);
+                    state.call_back("whatsapp", cb.delay_ms, move |http| {
+                        http.post(url)
+                            .header("content-type", "application/json")
+                            .header("X-Hub-Signature-256", signature)
+                            .body(raw)
+                    });
+                }
+            }
+            Json(json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": wamid}]})).into_response()
         }
     }
 }
@@ -290,6 +433,40 @@ async fn resend(state: Data<&MockState>, headers: &HeaderMap, Json(body): Json<V
     match state.judge("email", &to, key.clone()).await {
         Verdict::Reject(resp, _) => resp,
         Verdict::Accept => {
+            let email_id = uuid_like();
+            if let Some(cb) = state.callback_for() {
+                if let (Some(url), Some(secret)) = (cb.email_url.clone(), cb.email_secret.clone()) {
+                    // Resend's event shape: tags come back as an object.
+                    let mut tags = serde_json::Map::new();
+                    for t in body["tags"].as_array().into_iter().flatten() {
+                        if let (Some(n), Some(v)) = (t["name"].as_str(), t["value"].as_str()) {
+                            tags.insert(n.to_owned(), v.into());
+                        }
+                    }
+                    let mut data = json!({"email_id": email_id, "to": [to], "created_at": Utc::now(), "tags": tags});
+                    if cb.failed() {
+                        data["bounce"] =
+                            json!({"message": "mailbox does not exist", "type": "Permanent"});
+                    }
+                    let doc = json!({"type": if cb.failed() { "email.bounced" } else { "email.delivered" },
+                        "created_at": Utc::now(), "data": data});
+                    let raw = serde_json::to_vec(&doc).unwrap_or_default();
+                    let id = format!("msg_{}", uuid_like());
+                    let ts = Utc::now().timestamp().to_string();
+                    if let Some(signature) =
+                        quizflow_core::signatures::svix(&secret, &id, &ts, &raw)
+                    {
+                        state.call_back("email", cb.delay_ms, move |http| {
+                            http.post(url)
+                                .header("content-type", "application/json")
+                                .header("svix-id", id)
+                                .header("svix-timestamp", ts)
+                                .header("svix-signature", signature)
+                                .body(raw)
+                        });
+                    }
+                }
+            }
             state.record(Message {
                 channel: "email",
                 to,
@@ -302,7 +479,7 @@ async fn resend(state: Data<&MockState>, headers: &HeaderMap, Json(body): Json<V
                 idempotency_key: key,
                 received_at: Utc::now(),
             });
-            Json(json!({"id": uuid_like()})).into_response()
+            Json(json!({"id": email_id})).into_response()
         }
     }
 }
@@ -395,6 +572,41 @@ fn redirect() -> Response {
 }
 
 /// The mock provider's routes over `state`.
+#[handler]
+fn set_callbacks(state: Data<&MockState>, Json(c): Json<Callbacks>) -> Response {
+    if !(0.0..=1.0).contains(&c.share) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "share must be 0 to 1"})),
+        )
+            .into_response();
+    }
+    if c.status
+        .as_deref()
+        .is_some_and(|s| s != "delivered" && s != "failed")
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "status must be delivered or failed"})),
+        )
+            .into_response();
+    }
+    state.set_callbacks(c);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `{"sent": [{"channel", "status", "count"}]}`: callbacks sent, by the status they got.
+#[handler]
+fn callbacks_sent(state: Data<&MockState>) -> Json<Value> {
+    let inner = state.lock();
+    let sent: Vec<Value> = inner
+        .callbacks_sent
+        .iter()
+        .map(|((channel, status), n)| json!({"channel": channel, "status": status, "count": n}))
+        .collect();
+    Json(json!({ "sent": sent }))
+}
+
 pub fn app(state: MockState) -> impl poem::Endpoint<Output = Response> {
     Route::new()
         .at("/2010-04-01/Accounts/:sid/Messages.json", post(twilio))
@@ -405,6 +617,7 @@ pub fn app(state: MockState) -> impl poem::Endpoint<Output = Response> {
         .at("/_mock/messages", get(list_messages).delete(clear_messages))
         .at("/_mock/requests", get(list_requests))
         .at("/_mock/faults", put(set_fault))
+        .at("/_mock/callbacks", put(set_callbacks).get(callbacks_sent))
         // A target that redirects: quizflow must not follow it (SPEC §4).
         .at("/_mock/redirect", post(redirect))
         .data(state)

@@ -20,6 +20,17 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Key of the audit log's keyed hashes; the admin token when unset.
     pub audit_key: Option<String>,
+    /// Scheme and host providers reach the API at (status callbacks); `up`: the API's address.
+    pub public_url: Option<String>,
+    /// Meta app secret (WhatsApp webhooks' `X-Hub-Signature-256`).
+    pub whatsapp_app_secret: Option<String>,
+    /// Token answered back in WhatsApp's webhook subscription handshake.
+    pub whatsapp_verify_token: Option<String>,
+    /// Svix signing secret of the e-mail API's webhooks (`whsec_…`).
+    pub email_webhook_secret: Option<String>,
+    /// Set by `up`: the mock provider sends signed status callbacks, and the API takes them.
+    #[serde(skip)]
+    pub mock_callbacks: bool,
     pub nats_url: Option<String>,
     pub nats_creds: Option<PathBuf>,
     pub nats_tls_ca: Option<PathBuf>,
@@ -87,6 +98,11 @@ impl Default for Config {
             mock_addr: "127.0.0.1:4010".into(),
             admin_token: None,
             audit_key: None,
+            public_url: None,
+            whatsapp_app_secret: None,
+            whatsapp_verify_token: None,
+            email_webhook_secret: None,
+            mock_callbacks: false,
             nats_url: None,
             nats_creds: None,
             nats_tls_ca: None,
@@ -150,6 +166,10 @@ const KEYS: &[&str] = &[
     "mock_addr",
     "admin_token",
     "audit_key",
+    "public_url",
+    "whatsapp_app_secret",
+    "whatsapp_verify_token",
+    "email_webhook_secret",
     "nats_creds",
     "nats_tls_ca",
     "nats_tls_required",
@@ -351,7 +371,7 @@ impl Config {
         let mut mocked = Vec::new();
         match (&self.twilio_account_sid, &self.twilio_auth_token, &self.twilio_from) {
             (Some(sid), Some(token), Some(from)) => {
-                p.sms = Provider::Twilio { base: self.twilio_url.clone(), account_sid: sid.clone(), auth_token: token.clone(), from: from.clone() }
+                p.sms = Provider::Twilio { base: self.twilio_url.clone(), account_sid: sid.clone(), auth_token: token.clone(), from: from.clone(), status_callback: None }
             }
             (None, None, None) => mocked.push("sms"),
             _ => bail!("Twilio needs QUIZFLOW_TWILIO_ACCOUNT_SID, QUIZFLOW_TWILIO_AUTH_TOKEN and QUIZFLOW_TWILIO_FROM"),
@@ -460,6 +480,9 @@ impl Config {
             ),
             None => {}
         }
+        if let Some(public) = &self.public_url {
+            providers = providers.with_status_callbacks(public);
+        }
         let mut s = quizflow_workers::WorkerSettings::new(providers);
         s.channels = channels;
         s.concurrency = self.worker_concurrency;
@@ -509,6 +532,17 @@ impl Config {
             replicas: self.stream_replicas,
             admin_token: self.admin_token.clone(),
             audit_key: self.audit_key.clone(),
+            callbacks: quizflow_api::CallbackSettings {
+                public_url: self.public_url.clone(),
+                // `up`'s mock signs as Twilio would with the mock account's token.
+                twilio_auth_token: self
+                    .twilio_auth_token
+                    .clone()
+                    .or_else(|| self.mock_callbacks.then(|| "mock".to_owned())),
+                whatsapp_app_secret: self.whatsapp_app_secret.clone(),
+                whatsapp_verify_token: self.whatsapp_verify_token.clone(),
+                email_webhook_secret: self.email_webhook_secret.clone(),
+            },
             shutdown_timeout: self.shutdown_timeout(),
             costs: self.costs(),
             packer: quizflow_nats::PackerConfig {
@@ -524,6 +558,9 @@ impl Config {
 const SECRET_KEYS: &[&str] = &[
     "admin_token",
     "audit_key",
+    "whatsapp_app_secret",
+    "whatsapp_verify_token",
+    "email_webhook_secret",
     "twilio_auth_token",
     "whatsapp_token",
     "email_api_key",

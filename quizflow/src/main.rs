@@ -535,6 +535,14 @@ async fn workers(
     .await
 }
 
+/// A secret `up` derives from its admin token when none is configured: stable across
+/// restarts of the same data dir, different per purpose.
+fn derive_secret(slot: &mut Option<String>, token: &str, purpose: &str) {
+    if slot.is_none() {
+        *slot = Some(quizflow_core::signatures::hub(token, purpose.as_bytes()));
+    }
+}
+
 async fn mock_provider(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
@@ -549,6 +557,20 @@ async fn mock_provider(
         .with_context(|| format!("mock SMTP cannot listen on {}", cfg.mock_smtp_addr))?;
     tracing::info!(addr = ?acceptor.local_addr(), smtp = %cfg.mock_smtp_addr, "mock provider listening");
     let state = quizflow_mock_provider::MockState::default();
+    if cfg.mock_callbacks {
+        // Every accepted message is reported delivered a moment later (PUT /_mock/callbacks
+        // changes the share, the delay and the outcome).
+        let public = cfg.public_url.clone().unwrap_or_default();
+        state.set_callbacks(quizflow_mock_provider::Callbacks {
+            share: 1.0,
+            delay_ms: 200,
+            status: None,
+            whatsapp_url: Some(format!("{public}/v1/callbacks/whatsapp")),
+            whatsapp_app_secret: cfg.whatsapp_app_secret.clone(),
+            email_url: Some(format!("{public}/v1/callbacks/email")),
+            email_secret: cfg.email_webhook_secret.clone(),
+        });
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let smtp_task = tokio::spawn(quizflow_mock_provider::serve_smtp(
         smtp,
@@ -658,6 +680,20 @@ async fn up(cfg: Config, registry: quizflow_telemetry::prometheus::Registry) -> 
         cfg.admin_token = Some(token.clone());
         // `up` delivers to its own mock on loopback (SPEC §6).
         cfg.webhook_allow_private = true;
+        // The mock reports delivery back to this API, signed as each provider signs.
+        cfg.public_url
+            .get_or_insert_with(|| format!("http://{}", cfg.http_addr));
+        derive_secret(&mut cfg.whatsapp_app_secret, &token, "whatsapp-app-secret");
+        derive_secret(&mut cfg.whatsapp_verify_token, &token, "whatsapp-verify-token");
+        if cfg.email_webhook_secret.is_none() {
+            use base64::Engine;
+            let key = quizflow_core::signatures::hub(&token, b"email-webhook-secret");
+            cfg.email_webhook_secret = Some(format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(key)
+            ));
+        }
+        cfg.mock_callbacks = true;
         let mut roles = tokio::task::JoinSet::new();
         {
             let (cfg, n, d, rx) = (

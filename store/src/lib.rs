@@ -14,6 +14,7 @@ pub mod deliveries;
 pub mod erase;
 pub mod intake;
 pub mod replay;
+pub mod reports;
 pub mod schema;
 pub mod stats;
 pub mod submissions;

@@ -3,14 +3,15 @@
 //! table and stream, their waiting message is never sent, everyone else is untouched, and a
 //! second call is a no-op. Production retry schedule and worker defaults.
 
+mod common;
 #[path = "../../api/tests/harness/mod.rs"]
 mod harness;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use common::{count, pipeline_behind};
 use harness::Api;
 use reqwest::Method;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The mock rejects this number permanently on every channel (Twilio 21211).
 const PHONE: &str = quizflow_mock_provider::INVALID_NUMBER;
@@ -24,31 +25,7 @@ fn lead(phone: &str, email: &str, n: usize) -> Value {
     })
 }
 
-async fn wait_for<F, Fut>(what: &str, within: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn count(db: &str, sql: &str) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut conn = AsyncPgConnection::establish(db).await.expect("db");
-    let n: N = diesel::sql_query(sql)
-        .get_result(&mut conn)
-        .await
-        .expect(sql);
-    n.n
-}
+use common::wait_until as wait_for;
 
 /// Every stream message's bytes, lower-cased.
 async fn stream_texts(js: &async_nats::jetstream::Context, stream: &str) -> Vec<String> {
@@ -83,36 +60,15 @@ async fn given_a_person_in_every_store_when_erased_then_no_read_returns_them_and
     let api = Api::start().await;
     let (phone_l, email_l) = (PHONE.to_lowercase(), EMAIL.to_lowercase());
 
-    // The pipeline behind the API: a batcher, workers at production defaults, the mock.
-    let acceptor = {
-        use poem::listener::{Listener, TcpListener};
-        TcpListener::bind("127.0.0.1:0")
-            .into_acceptor()
-            .await
-            .expect("bind")
-    };
-    let mock_addr = {
-        use poem::listener::Acceptor;
-        acceptor.local_addr()[0]
-            .as_socket_addr()
-            .copied()
-            .expect("addr")
-    };
-    let mock = format!("http://{mock_addr}");
-    tokio::spawn(quizflow_mock_provider::serve(
-        acceptor,
+    // The pipeline behind the API: the mock, a batcher, workers at production defaults.
+    let mock = pipeline_behind(
+        &api.nats.url(),
+        &api.db.url,
         quizflow_mock_provider::MockState::default(),
-        std::future::pending(),
-    ));
-    let nats = async_nats::connect(api.nats.url()).await.expect("nats");
-    let js = async_nats::jetstream::new(nats.clone());
-    let batcher = quizflow_batcher::Batcher::new(
-        quizflow_batcher::BatcherSettings::default(),
-        nats,
-        js.clone(),
-        quizflow_store::pool(&api.db.url, 2),
-    );
-    tokio::spawn(batcher.run(std::future::pending()));
+        |_| {},
+    )
+    .await;
+    let js = async_nats::jetstream::new(async_nats::connect(api.nats.url()).await.expect("nats"));
     let http = reqwest::Client::new();
     // E-mail is down: every e-mail waits for its retry (5 s, the production schedule).
     let fault = |rate: f64| {
@@ -121,14 +77,6 @@ async fn given_a_person_in_every_store_when_erased_then_no_read_returns_them_and
             .send()
     };
     assert!(fault(1.0).await.expect("fault").status().is_success());
-    let settings = quizflow_workers::WorkerSettings::new(quizflow_workers::Providers::mock(&mock));
-    tokio::spawn(quizflow_workers::run(
-        settings,
-        js.clone(),
-        quizflow_store::pool(&api.db.url, 4),
-        prometheus::Registry::new(),
-        std::future::pending(),
-    ));
 
     let created = api
         .admin(Method::POST, "/v1/campaigns")

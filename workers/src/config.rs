@@ -30,6 +30,7 @@ impl Providers {
                 account_sid: "ACmock".into(),
                 auth_token: "mock".into(),
                 from: "+15550000000".into(),
+                status_callback: None,
             },
             whatsapp: Provider::WhatsappCloud {
                 base: base.into(),
@@ -47,6 +48,24 @@ impl Providers {
                 allow_private: true,
             },
         }
+    }
+}
+
+impl Providers {
+    /// Asks providers that take a per-message callback address (Twilio) to report delivery
+    /// to the API at `public_url` (`QUIZFLOW_PUBLIC_URL`). WhatsApp Cloud and Resend report
+    /// to the address configured in their dashboards.
+    pub fn with_status_callbacks(mut self, public_url: &str) -> Self {
+        if let Provider::Twilio {
+            status_callback, ..
+        } = &mut self.sms
+        {
+            *status_callback = Some(format!(
+                "{}/v1/callbacks/twilio",
+                public_url.trim_end_matches('/')
+            ));
+        }
+        self
     }
 }
 

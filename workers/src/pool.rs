@@ -721,6 +721,7 @@ impl Channelled {
             subject,
             body: body.unwrap_or_default(),
             idempotency_key: job.job_id.to_string(),
+            reference: job.reference(),
             payload: (job.channel == Channel::Webhook).then(|| {
                 serde_json::json!({"job_id": job.job_id, "submission": ctx.submission,
                     "campaign": {"id": job.campaign_id, "name": spec.name, "version": job.campaign_version}})

@@ -14,6 +14,9 @@ pub enum Provider {
         account_sid: String,
         auth_token: String,
         from: String,
+        /// `<QUIZFLOW_PUBLIC_URL>/v1/callbacks/twilio`: where Twilio reports delivery. The
+        /// message's reference rides in its query (`?ref=`), which Twilio signs with the rest.
+        status_callback: Option<String>,
     },
     /// WhatsApp Cloud API (`POST /{version}/{phone_number_id}/messages`).
     WhatsappCloud {
@@ -107,6 +110,8 @@ pub struct Outgoing {
     pub idempotency_key: String,
     /// Webhooks only: the JSON document to post.
     pub payload: Option<Value>,
+    /// The job's [`quizflow_core::DeliveryJob::reference`], echoed in status callbacks.
+    pub reference: String,
 }
 
 /// Header with the webhook body's signature: `sha256=<hex of HMAC-SHA256(secret, body)>`.
@@ -153,16 +158,22 @@ impl Provider {
             return send_smtp(transport, from, out, timeout).await;
         }
         let req = match self {
-            Provider::Twilio { base, account_sid, auth_token, from } => http
-                .post(format!("{}/2010-04-01/Accounts/{account_sid}/Messages.json", base.trim_end_matches('/')))
-                .basic_auth(account_sid, Some(auth_token))
-                .header("I-Twilio-Idempotency-Token", &out.idempotency_key)
-                .form(&[("To", out.to.as_str()), ("From", from.as_str()), ("Body", out.body.as_str())]),
+            Provider::Twilio { base, account_sid, auth_token, from, status_callback } => {
+                let mut form = vec![("To", out.to.clone()), ("From", from.clone()), ("Body", out.body.clone())];
+                if let Some(cb) = status_callback {
+                    form.push(("StatusCallback", format!("{cb}?ref={}", out.reference)));
+                }
+                http.post(format!("{}/2010-04-01/Accounts/{account_sid}/Messages.json", base.trim_end_matches('/')))
+                    .basic_auth(account_sid, Some(auth_token))
+                    .header("I-Twilio-Idempotency-Token", &out.idempotency_key)
+                    .form(&form)
+            }
             Provider::WhatsappCloud { base, version, phone_number_id, token } => http
                 .post(format!("{}/{version}/{phone_number_id}/messages", base.trim_end_matches('/')))
                 .bearer_auth(token)
                 .header("Idempotency-Key", &out.idempotency_key)
-                .json(&json!({"messaging_product": "whatsapp", "to": out.to, "type": "text", "text": {"body": out.body}})),
+                .json(&json!({"messaging_product": "whatsapp", "to": out.to, "type": "text", "text": {"body": out.body},
+                    "biz_opaque_callback_data": out.reference})),
             Provider::Evolution { base, instance, api_key } => http
                 .post(format!("{}/message/sendText/{instance}", base.trim_end_matches('/')))
                 .header("apikey", api_key)
@@ -172,7 +183,8 @@ impl Provider {
                 .post(format!("{}/emails", base.trim_end_matches('/')))
                 .bearer_auth(api_key)
                 .header("Idempotency-Key", &out.idempotency_key)
-                .json(&json!({"from": from, "to": [out.to], "subject": out.subject.clone().unwrap_or_default(), "html": out.body})),
+                .json(&json!({"from": from, "to": [out.to], "subject": out.subject.clone().unwrap_or_default(), "html": out.body,
+                    "tags": [{"name": "quizflow_ref", "value": out.reference}]})),
             Provider::Webhook { secret, .. } => {
                 let body = serde_json::to_vec(out.payload.as_ref().unwrap_or(&Value::Null)).unwrap_or_default();
                 let mut r = http

@@ -24,6 +24,13 @@ impl Api {
     }
 
     pub async fn start_with(tune: impl FnOnce(&mut ApiSettings)) -> Self {
+        Self::start_with_base(|s, _| tune(s)).await
+    }
+
+    /// As [`Api::start_with`]; `tune` also gets the API's base URL (it listens already).
+    pub async fn start_with_base(tune: impl FnOnce(&mut ApiSettings, &str)) -> Self {
+        let bound = quizflow_api::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", bound.local_addr);
         let nats = NatsServer::start();
         let db = TestDb::create().await;
         let mut ns = NatsSettings::new(nats.url(), "quizflow-api-test");
@@ -39,15 +46,13 @@ impl Api {
             admin_token: Some(ADMIN_TOKEN.into()),
             ..ApiSettings::default()
         };
-        tune(&mut settings);
+        tune(&mut settings, &base);
         quizflow_migrations::run_migrations(&db.url)
             .await
             .expect("migrate");
         let pool = quizflow_store::pool(&db.url, 2);
         let state =
             quizflow_api::AppState::new(settings.clone(), client, js.clone(), pool).expect("state");
-        let bound = quizflow_api::bind(&settings.http_addr).await.expect("bind");
-        let base = format!("http://{}", bound.local_addr);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(quizflow_api::serve(bound, state.clone(), async move {
             let _ = rx.await;

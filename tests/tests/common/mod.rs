@@ -298,3 +298,58 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The stages behind an API the API harness started: the mock provider (with `state`), a
+/// batcher and one workers process at production defaults (tuned by `tune`), all against
+/// the harness's servers until the test ends. Returns the mock's base URL.
+pub async fn pipeline_behind(
+    nats_url: &str,
+    db_url: &str,
+    state: mock::MockState,
+    tune: impl FnOnce(&mut WorkerSettings),
+) -> String {
+    let acceptor = TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind");
+    let addr = acceptor.local_addr()[0]
+        .as_socket_addr()
+        .copied()
+        .expect("addr");
+    let base = format!("http://{addr}");
+    tokio::spawn(mock::serve(acceptor, state, std::future::pending()));
+    let nats = async_nats::connect(nats_url).await.expect("nats");
+    let js = async_nats::jetstream::new(nats.clone());
+    let batcher = Batcher::new(
+        BatcherSettings::default(),
+        nats,
+        js.clone(),
+        quizflow_store::pool(db_url, 2),
+    );
+    tokio::spawn(batcher.run(std::future::pending()));
+    let mut settings = WorkerSettings::new(Providers::mock(&base));
+    tune(&mut settings);
+    tokio::spawn(quizflow_workers::run(
+        settings,
+        js,
+        quizflow_store::pool(db_url, 4),
+        prometheus::Registry::new(),
+        std::future::pending(),
+    ));
+    base
+}
+
+/// One `count(*) AS n` query.
+pub async fn count(db_url: &str, sql: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(db_url).await.expect("db");
+    let n: N = diesel::sql_query(sql)
+        .get_result(&mut conn)
+        .await
+        .expect(sql);
+    n.n
+}

@@ -1,0 +1,407 @@
+//! Provider status callbacks (SPEC §2.4): Twilio's status callbacks, WhatsApp Cloud webhooks
+//! (with Meta's `GET` verification handshake) and Resend's e-mail events (Svix-signed). No
+//! admin token: each request carries its provider's signature, checked in constant time
+//! against the configured secret; without a secret the route answers 403.
+//!
+//! A report names its ledger row by the reference the worker sent with the message
+//! ([`quizflow_core::DeliveryJob::reference`]); it moves the row forward only: to `delivered`,
+//! or for a late failure to `dead` with a dead letter carrying the provider's reason. Reports
+//! for unknown messages, repeated ones and progress reports (`queued`, `sent`, ...) are
+//! answered 200 and counted (`quizflow_callbacks_total{provider, outcome}`): a provider that
+//! gets an error retries, and retrying cannot help those.
+
+use crate::error::ApiError;
+use crate::AppState;
+use poem::http::{header, HeaderMap, StatusCode, Uri};
+use poem::web::{Data, Json, Query};
+use poem::{handler, IntoResponse, Response};
+use quizflow_core::{signatures, DeliveryJob};
+use quizflow_store::reports::{Applied, Delivered};
+use std::sync::Arc;
+
+/// Largest callback body (a WhatsApp webhook may batch many statuses).
+const MAX_CALLBACK_BYTES: usize = 256 * 1024;
+/// How far a Svix timestamp may be from now (replayed requests are refused past it).
+const SVIX_TOLERANCE_S: i64 = 300;
+
+/// Secrets and the public address the callbacks are checked with.
+#[derive(Clone, Default)]
+pub struct CallbackSettings {
+    /// `QUIZFLOW_PUBLIC_URL`: the scheme and host the providers call (Twilio signs the URL).
+    pub public_url: Option<String>,
+    /// `QUIZFLOW_TWILIO_AUTH_TOKEN`: Twilio signs its callbacks with the account's token.
+    pub twilio_auth_token: Option<String>,
+    /// `QUIZFLOW_WHATSAPP_APP_SECRET`: the Meta app secret (`X-Hub-Signature-256`).
+    pub whatsapp_app_secret: Option<String>,
+    /// `QUIZFLOW_WHATSAPP_VERIFY_TOKEN`: answered back in the subscription handshake.
+    pub whatsapp_verify_token: Option<String>,
+    /// `QUIZFLOW_EMAIL_WEBHOOK_SECRET`: the Svix signing secret (`whsec_…`).
+    pub email_webhook_secret: Option<String>,
+}
+
+impl std::fmt::Debug for CallbackSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |o: &Option<String>| o.as_ref().map(|_| "***");
+        f.debug_struct("CallbackSettings")
+            .field("public_url", &self.public_url)
+            .field("twilio_auth_token", &set(&self.twilio_auth_token))
+            .field("whatsapp_app_secret", &set(&self.whatsapp_app_secret))
+            .field("whatsapp_verify_token", &set(&self.whatsapp_verify_token))
+            .field("email_webhook_secret", &set(&self.email_webhook_secret))
+            .finish()
+    }
+}
+
+/// One status a provider reported about one message.
+enum Report {
+    Delivered(Delivered),
+    Failed(Delivered),
+    /// A status that moves nothing (`queued`, `sent`, `delivery_delayed`, ...).
+    Progress,
+    /// No reference quizflow gave (or none at all).
+    Unknown,
+}
+
+fn report(reference: Option<&str>, delivered: Option<bool>, detail: String) -> Report {
+    let Some(delivered) = delivered else {
+        return Report::Progress;
+    };
+    let Some((sub, camp, channel)) = reference.and_then(DeliveryJob::parse_reference) else {
+        return Report::Unknown;
+    };
+    let d = Delivered {
+        submission_id: sub.0,
+        campaign_id: camp,
+        channel: channel.as_str().to_owned(),
+        // Provider texts can quote the recipient: bounded, and kept to the ledger.
+        detail: detail.chars().take(500).collect(),
+    };
+    if delivered {
+        Report::Delivered(d)
+    } else {
+        Report::Failed(d)
+    }
+}
+
+fn refused(why: &'static str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "invalid_signature", why)
+}
+
+fn not_configured(provider: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "not_configured",
+        format!("{provider} callbacks are not configured on this deployment"),
+    )
+}
+
+async fn raw_body(headers: &HeaderMap, body: poem::Body) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_CALLBACK_BYTES as u64) {
+        return Err(ApiError::payload_too_large(MAX_CALLBACK_BYTES));
+    }
+    body.into_bytes_limit(MAX_CALLBACK_BYTES)
+        .await
+        .map_err(|e| match e {
+            poem::error::ReadBodyError::PayloadTooLarge => {
+                ApiError::payload_too_large(MAX_CALLBACK_BYTES)
+            }
+            other => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("cannot read the body: {other}"),
+            ),
+        })
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl AppState {
+    /// Applies the reports and counts each outcome; the answer is 200 whatever they found.
+    async fn apply_reports(
+        &self,
+        provider: &'static str,
+        reports: Vec<Report>,
+    ) -> Result<Response, ApiError> {
+        let count = |outcome: &str, n: usize| {
+            self.metrics
+                .callbacks
+                .with_label_values(&[provider, outcome])
+                .inc_by(n as u64);
+        };
+        let mut delivered = Vec::new();
+        let mut failed = Vec::new();
+        let (mut progress, mut unknown) = (0, 0);
+        for r in reports {
+            match r {
+                Report::Delivered(d) => delivered.push(d),
+                Report::Failed(d) => failed.push(d),
+                Report::Progress => progress += 1,
+                Report::Unknown => unknown += 1,
+            }
+        }
+        count("progress", progress);
+        let mut moved = 0usize;
+        let mut tally = |applied: Applied, what: &'static str| match applied {
+            Applied::Moved => {
+                moved += 1;
+                what
+            }
+            Applied::Stale => "stale",
+            Applied::Unknown => "unknown",
+        };
+        let mut outcomes: Vec<&'static str> = Vec::new();
+        if !delivered.is_empty() {
+            let mut conn = self.db.get().await.map_err(crate::admin::db_error)?;
+            for a in quizflow_store::reports::delivered(&mut conn, &delivered)
+                .await
+                .map_err(crate::admin::db_error)?
+            {
+                outcomes.push(tally(a, "delivered"));
+            }
+        }
+        for f in &failed {
+            let result = {
+                let mut conn = self.db.get().await.map_err(crate::admin::db_error)?;
+                quizflow_store::reports::failed(&mut conn, f)
+                    .await
+                    .map_err(crate::admin::db_error)?
+            };
+            outcomes.push(tally(result.0, "failed"));
+            if let Some(letter) = result.1 {
+                self.archive_late_failure(f, letter).await;
+            }
+        }
+        for o in outcomes {
+            count(o, 1);
+        }
+        count("unknown", unknown);
+        Ok(Json(serde_json::json!({ "moved": moved })).into_response())
+    }
+
+    /// The `DEAD_LETTERS` copy of a late failure; the mirror row (already committed) is what
+    /// listing and redrive use, so a failed publish is logged, not fatal.
+    async fn archive_late_failure(&self, f: &Delivered, l: quizflow_store::reports::LateFailure) {
+        let Some(channel) = quizflow_core::Channel::parse(&f.channel) else {
+            return;
+        };
+        let priority =
+            quizflow_core::Priority::parse(&l.priority).unwrap_or(quizflow_core::Priority::Normal);
+        let submission_id = quizflow_core::SubmissionId(f.submission_id);
+        let job = DeliveryJob {
+            v: DeliveryJob::VERSION,
+            job_id: DeliveryJob::job_id(submission_id, f.campaign_id, channel),
+            submission_id,
+            campaign_id: f.campaign_id,
+            campaign_version: l.campaign_version,
+            channel,
+            priority,
+            created_at: l.created_at,
+        };
+        let letter = serde_json::json!({"id": l.id, "kind": "delivery", "channel": f.channel,
+            "submission_id": f.submission_id, "campaign_id": f.campaign_id, "recipient": l.recipient,
+            "class": "permanent", "reason": f.detail, "attempts": l.attempts, "history": l.history,
+            "failed_at": chrono::Utc::now(), "job": job});
+        let bytes = serde_json::to_vec(&letter).unwrap_or_default();
+        if let Err(e) = quizflow_nats::dead_letter_delivery(
+            &self.js,
+            channel.as_str(),
+            &l.id.to_string(),
+            bytes.into(),
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "late failure recorded, its DEAD_LETTERS copy not published");
+        }
+    }
+
+    fn reject(&self, provider: &'static str, e: ApiError) -> ApiError {
+        self.metrics
+            .callbacks
+            .with_label_values(&[provider, "rejected"])
+            .inc();
+        e
+    }
+}
+
+/// `POST /v1/callbacks/twilio?ref=…`: Twilio's status callback (form-encoded).
+#[handler]
+pub async fn twilio(
+    state: Data<&Arc<AppState>>,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: poem::Body,
+) -> Result<Response, ApiError> {
+    let cfg = &state.settings.callbacks;
+    let (Some(token), Some(public)) = (&cfg.twilio_auth_token, &cfg.public_url) else {
+        return Err(state.reject("twilio", not_configured("Twilio")));
+    };
+    let raw = raw_body(headers, body).await?;
+    let params: Vec<(String, String)> = form_urlencoded::parse(&raw).into_owned().collect();
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let url = format!("{}{path}", public.trim_end_matches('/'));
+    let given = header_str(headers, "x-twilio-signature").unwrap_or_default();
+    if !signatures::equal(given, &signatures::twilio(token, &url, &params)) {
+        return Err(state.reject("twilio", refused("X-Twilio-Signature does not match")));
+    }
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let reference = uri
+        .query()
+        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "ref"))
+        .map(|(_, v)| v.into_owned());
+    let status = get("MessageStatus").unwrap_or_default();
+    let delivered = match status {
+        "delivered" | "read" => Some(true),
+        "undelivered" | "failed" => Some(false),
+        _ => None,
+    };
+    let detail = match get("ErrorCode") {
+        Some(code) => format!("twilio {status} {code}"),
+        None => format!("twilio {status}"),
+    };
+    let reports = vec![report(reference.as_deref(), delivered, detail)];
+    state.apply_reports("twilio", reports).await
+}
+
+#[derive(serde::Deserialize)]
+pub struct Handshake {
+    #[serde(rename = "hub.mode")]
+    mode: Option<String>,
+    #[serde(rename = "hub.verify_token")]
+    verify_token: Option<String>,
+    #[serde(rename = "hub.challenge")]
+    challenge: Option<String>,
+}
+
+/// `GET /v1/callbacks/whatsapp`: Meta's subscription handshake; the challenge is echoed when
+/// the verify token matches.
+#[handler]
+pub async fn whatsapp_verify(
+    state: Data<&Arc<AppState>>,
+    Query(q): Query<Handshake>,
+) -> Result<Response, ApiError> {
+    let Some(expected) = &state.settings.callbacks.whatsapp_verify_token else {
+        return Err(not_configured("WhatsApp"));
+    };
+    match (q.mode.as_deref(), q.verify_token, q.challenge) {
+        (Some("subscribe"), Some(token), Some(challenge))
+            if signatures::equal(&token, expected) && challenge.len() <= 256 =>
+        {
+            Ok(Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(challenge))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_signature",
+            "hub.mode must be subscribe and hub.verify_token the configured token",
+        )),
+    }
+}
+
+/// `POST /v1/callbacks/whatsapp`: WhatsApp Cloud webhooks; every status in the batch.
+#[handler]
+pub async fn whatsapp(
+    state: Data<&Arc<AppState>>,
+    headers: &HeaderMap,
+    body: poem::Body,
+) -> Result<Response, ApiError> {
+    let Some(secret) = &state.settings.callbacks.whatsapp_app_secret else {
+        return Err(state.reject("whatsapp", not_configured("WhatsApp")));
+    };
+    let raw = raw_body(headers, body).await?;
+    let given = header_str(headers, "x-hub-signature-256").unwrap_or_default();
+    if !signatures::equal(given, &signatures::hub(secret, &raw)) {
+        return Err(state.reject("whatsapp", refused("X-Hub-Signature-256 does not match")));
+    }
+    let doc: serde_json::Value =
+        serde_json::from_slice(&raw).map_err(|e| ApiError::invalid_json(&e))?;
+    let mut reports = Vec::new();
+    let empty = Vec::new();
+    for entry in doc["entry"].as_array().unwrap_or(&empty) {
+        for change in entry["changes"].as_array().unwrap_or(&empty) {
+            for s in change["value"]["statuses"].as_array().unwrap_or(&empty) {
+                let status = s["status"].as_str().unwrap_or_default();
+                let delivered = match status {
+                    "delivered" | "read" => Some(true),
+                    "failed" => Some(false),
+                    _ => None,
+                };
+                let detail = match s["errors"].get(0) {
+                    Some(e) => format!(
+                        "whatsapp {status} {}: {}",
+                        e["code"],
+                        e["title"].as_str().unwrap_or_default()
+                    ),
+                    None => format!("whatsapp {status}"),
+                };
+                reports.push(report(
+                    s["biz_opaque_callback_data"].as_str(),
+                    delivered,
+                    detail,
+                ));
+            }
+        }
+    }
+    state.apply_reports("whatsapp", reports).await
+}
+
+/// `POST /v1/callbacks/email`: Resend's events, signed by Svix.
+#[handler]
+pub async fn email(
+    state: Data<&Arc<AppState>>,
+    headers: &HeaderMap,
+    body: poem::Body,
+) -> Result<Response, ApiError> {
+    let Some(secret) = &state.settings.callbacks.email_webhook_secret else {
+        return Err(state.reject("email", not_configured("E-mail")));
+    };
+    let raw = raw_body(headers, body).await?;
+    let id = header_str(headers, "svix-id").unwrap_or_default();
+    let ts = header_str(headers, "svix-timestamp").unwrap_or_default();
+    let fresh = ts
+        .parse::<i64>()
+        .is_ok_and(|t| (chrono::Utc::now().timestamp() - t).abs() <= SVIX_TOLERANCE_S);
+    let expected = signatures::svix(secret, id, ts, &raw);
+    let signed = header_str(headers, "svix-signature")
+        .unwrap_or_default()
+        .split(' ')
+        .any(|given| {
+            expected
+                .as_deref()
+                .is_some_and(|e| signatures::equal(given, e))
+        });
+    if !fresh || !signed {
+        return Err(state.reject(
+            "email",
+            refused("svix-signature does not match, or svix-timestamp is not within 5 minutes"),
+        ));
+    }
+    let doc: serde_json::Value =
+        serde_json::from_slice(&raw).map_err(|e| ApiError::invalid_json(&e))?;
+    let kind = doc["type"].as_str().unwrap_or_default();
+    let delivered = match kind {
+        "email.delivered" => Some(true),
+        "email.bounced" | "email.failed" => Some(false),
+        _ => None,
+    };
+    // Resend sends tags as an object; accept the request's list shape too.
+    let tags = &doc["data"]["tags"];
+    let reference = tags["quizflow_ref"].as_str().or_else(|| {
+        tags.as_array()?
+            .iter()
+            .find(|t| t["name"] == "quizflow_ref")?["value"]
+            .as_str()
+    });
+    let detail = match doc["data"]["bounce"]["message"].as_str() {
+        Some(m) => format!("{kind}: {m}"),
+        None => kind.to_owned(),
+    };
+    let reports = vec![report(reference, delivered, detail)];
+    state.apply_reports("email", reports).await
+}

@@ -1,0 +1,173 @@
+//! What providers report after accepting a message (status callbacks, SPEC §2.4): the ledger
+//! row moves forward only, `sent` (or `sending`, `failed` when the report outruns the
+//! worker's own write or a retry) to `delivered`, or `sending`/`sent` to `dead` for a late
+//! failure, with a dead letter. A report about a row that is already further on, or that does
+//! not exist, changes nothing.
+
+use crate::StoreError;
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{
+    Array, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+/// One row's report: its ledger key and the provider's words (never personal data).
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub submission_id: Uuid,
+    pub campaign_id: Uuid,
+    pub channel: String,
+    pub detail: String,
+}
+
+/// What a report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The row moved.
+    Moved,
+    /// The row is already as far or further (a repeated or late report).
+    Stale,
+    /// No such row.
+    Unknown,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Outcome {
+    #[diesel(sql_type = Bool)]
+    moved: bool,
+    #[diesel(sql_type = Bool)]
+    known: bool,
+}
+
+fn applied(o: &Outcome) -> Applied {
+    match (o.moved, o.known) {
+        (true, _) => Applied::Moved,
+        (false, true) => Applied::Stale,
+        (false, false) => Applied::Unknown,
+    }
+}
+
+/// Marks rows `delivered` in one statement; one [`Applied`] per report, in order.
+pub async fn delivered(
+    conn: &mut AsyncPgConnection,
+    reports: &[Delivered],
+) -> Result<Vec<Applied>, StoreError> {
+    if reports.is_empty() {
+        return Ok(Vec::new());
+    }
+    let subs: Vec<Uuid> = reports.iter().map(|r| r.submission_id).collect();
+    let camps: Vec<Uuid> = reports.iter().map(|r| r.campaign_id).collect();
+    let channels: Vec<&str> = reports.iter().map(|r| r.channel.as_str()).collect();
+    let details: Vec<&str> = reports.iter().map(|r| r.detail.as_str()).collect();
+    let ords: Vec<i32> = (0..reports.len() as i32).collect();
+    let rows: Vec<Outcome> = diesel::sql_query(
+        "WITH u AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[]) \
+                    AS u(sub, camp, channel, detail, ord)), \
+         m AS (UPDATE deliveries d SET status = 'delivered', updated_at = now(), \
+                 history = quizflow_cap_history(d.history || jsonb_build_array(jsonb_build_object( \
+                   'at', now(), 'outcome', 'delivered', 'detail', u.detail)), $6) \
+               FROM u WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel \
+                 AND d.status IN ('sending', 'sent', 'failed') \
+               RETURNING d.submission_id, d.campaign_id, d.channel) \
+         SELECT EXISTS (SELECT 1 FROM m WHERE m.submission_id = u.sub AND m.campaign_id = u.camp AND m.channel = u.channel) AS moved, \
+                EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel) AS known \
+         FROM u ORDER BY u.ord",
+    )
+    .bind::<Array<SqlUuid>, _>(&subs)
+    .bind::<Array<SqlUuid>, _>(&camps)
+    .bind::<Array<Text>, _>(&channels)
+    .bind::<Array<Text>, _>(&details)
+    .bind::<Array<Integer>, _>(&ords)
+    .bind::<Integer, _>(crate::deliveries::HISTORY_CAP)
+    .load(conn)
+    .await?;
+    Ok(rows.iter().map(applied).collect())
+}
+
+/// A late failure turned into a dead letter: what the `DEAD_LETTERS` copy needs.
+#[derive(Debug, Clone, diesel::QueryableByName)]
+pub struct LateFailure {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub recipient: Option<String>,
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    #[diesel(sql_type = Jsonb)]
+    pub history: serde_json::Value,
+    #[diesel(sql_type = Integer)]
+    pub campaign_version: i32,
+    #[diesel(sql_type = Text)]
+    pub priority: String,
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+}
+
+/// Moves a `sending`/`sent` row to `dead` and mirrors its dead letter (class `permanent`,
+/// the provider's reason), in one transaction. `Ok(None)` with [`Applied::Stale`] or
+/// [`Applied::Unknown`] when nothing moved.
+pub async fn failed(
+    conn: &mut AsyncPgConnection,
+    report: &Delivered,
+) -> Result<(Applied, Option<LateFailure>), StoreError> {
+    let r = report.clone();
+    conn.transaction::<_, StoreError, _>(async move |conn| {
+        let letter: Vec<LateFailure> = diesel::sql_query(
+            "WITH m AS (UPDATE deliveries d SET status = 'dead', last_error = $4, updated_at = now(), \
+                   claim = NULL, lease_until = NULL, \
+                   history = quizflow_cap_history(d.history || jsonb_build_array(jsonb_build_object( \
+                     'at', now(), 'outcome', 'permanent', 'detail', $4)), $5) \
+                 WHERE d.submission_id = $1 AND d.campaign_id = $2 AND d.channel = $3 \
+                   AND d.status IN ('sending', 'sent') \
+                 RETURNING d.attempts, d.history, d.campaign_version, d.priority, d.created_at) \
+             INSERT INTO dead_letters (id, kind, channel, submission_id, campaign_id, recipient, class, reason, attempts, history, payload) \
+             SELECT gen_random_uuid(), 'delivery', $3, $1, $2, \
+                    (SELECT CASE WHEN $3 = 'email' THEN s.email ELSE s.phone END FROM submissions s WHERE s.id = $1 LIMIT 1), \
+                    'permanent', $4, m.attempts, m.history, \
+                    convert_to(json_build_object('v', 1, 'job_id', $6::uuid, 'submission_id', $1::uuid, 'campaign_id', $2::uuid, \
+                      'campaign_version', m.campaign_version, 'channel', $3::text, 'priority', m.priority, \
+                      'created_at', m.created_at)::text, 'UTF8') \
+             FROM m \
+             RETURNING id, recipient, attempts, history, \
+                    (SELECT campaign_version FROM m) AS campaign_version, (SELECT priority FROM m) AS priority, \
+                    (SELECT created_at FROM m) AS created_at",
+        )
+        .bind::<SqlUuid, _>(r.submission_id)
+        .bind::<SqlUuid, _>(r.campaign_id)
+        .bind::<Text, _>(&r.channel)
+        .bind::<Text, _>(&r.detail)
+        .bind::<Integer, _>(crate::deliveries::HISTORY_CAP)
+        .bind::<SqlUuid, _>(job_id(&r))
+        .load(conn)
+        .await?;
+        if let Some(l) = letter.into_iter().next() {
+            return Ok((Applied::Moved, Some(l)));
+        }
+        let known: Vec<Outcome> = diesel::sql_query(
+            "SELECT false AS moved, EXISTS (SELECT 1 FROM deliveries WHERE submission_id = $1 \
+               AND campaign_id = $2 AND channel = $3) AS known",
+        )
+        .bind::<SqlUuid, _>(r.submission_id)
+        .bind::<SqlUuid, _>(r.campaign_id)
+        .bind::<Text, _>(&r.channel)
+        .load(conn)
+        .await?;
+        Ok((
+            <[_]>::first(&known).map(applied).unwrap_or(Applied::Unknown),
+            None,
+        ))
+    })
+    .await
+}
+
+fn job_id(r: &Delivered) -> Uuid {
+    match quizflow_core::Channel::parse(&r.channel) {
+        Some(c) => quizflow_core::DeliveryJob::job_id(
+            quizflow_core::SubmissionId(r.submission_id),
+            r.campaign_id,
+            c,
+        ),
+        None => Uuid::nil(),
+    }
+}
