@@ -27,6 +27,8 @@ pub struct ApiSettings {
     pub admin_token: Option<String>,
     /// `QUIZFLOW_AUDIT_KEY`: key of the audit log's hashes (default: the admin token).
     pub audit_key: Option<String>,
+    /// `QUIZFLOW_LINK_KEY`: key of the QR image links (default: the admin token).
+    pub link_key: Option<String>,
     /// Window of both limits (a minute; shorter only in tests).
     pub limit_window: Duration,
     /// `QUIZFLOW_SHUTDOWN_TIMEOUT`: how long requests in flight may take after a stop.
@@ -51,6 +53,7 @@ impl Default for ApiSettings {
             limit_window: Duration::from_secs(60),
             admin_token: None,
             audit_key: None,
+            link_key: None,
             shutdown_timeout: Duration::from_secs(30),
             costs: quizflow_core::Costs::default(),
             packer: quizflow_nats::PackerConfig::default(),
@@ -70,6 +73,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("ip_limit_per_min", &self.ip_limit_per_min)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
             .field("audit_key", &self.audit_key.as_ref().map(|_| "***"))
+            .field("link_key", &self.link_key.as_ref().map(|_| "***"))
             .field("limit_window", &self.limit_window)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("costs", &self.costs)

@@ -45,6 +45,8 @@ pub struct AppState {
     admin_token: Option<String>,
     /// Key of the audit log's hashes of respondents and client addresses.
     audit_key: audit::AuditKey,
+    /// Key the QR image links are signed with (`QUIZFLOW_LINK_KEY`, else the admin token).
+    link_key: Vec<u8>,
     respondent_limiter: limits::RespondentLimiter,
     ip_limiter: limits::WindowLimiter,
     /// Failed admin authentications per client IP.
@@ -154,6 +156,13 @@ impl AppState {
                     .unwrap_or("quizflow")
                     .as_bytes(),
             ),
+            link_key: settings
+                .link_key
+                .as_deref()
+                .or(settings.admin_token.as_deref())
+                .unwrap_or("quizflow")
+                .as_bytes()
+                .to_vec(),
             packer: quizflow_nats::Packer::spawn(js.clone(), settings.packer.clone()),
             settings,
             nats,
@@ -224,6 +233,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
             get(callbacks::whatsapp_verify).post(callbacks::whatsapp),
         )
         .at("/v1/callbacks/email", post(callbacks::email))
+        .at("/v1/qr/:file", get(ops::qr_image))
         .at("/", get(ops::dashboard))
         .at("/v1/dead-letters", guard(get(admin::list_dead_letters)))
         .at("/v1/dead-letters/redrive", guard(post(admin::redrive_bulk)))

@@ -136,6 +136,7 @@ pub fn route_label(path: &str) -> &'static str {
         "/v1/dead-letters" => "/v1/dead-letters",
         "/v1/dead-letters/redrive" => "/v1/dead-letters/redrive",
         p if p.starts_with("/v1/campaigns/") => "/v1/campaigns/{id}",
+        p if p.starts_with("/v1/qr/") => "/v1/qr/{token}.png",
         p if p.starts_with("/v1/dead-letters/") && p.ends_with("/redrive") => {
             "/v1/dead-letters/{id}/redrive"
         }
@@ -170,6 +171,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/callbacks/twilio",
     "/v1/callbacks/whatsapp",
     "/v1/callbacks/email",
+    "/v1/qr/{token}.png",
 ];
 
 /// The methods a route answers, for the `Allow` header of its 405 (RFC 9110 §15.5.6).

@@ -77,6 +77,32 @@ pub fn openapi() -> Response {
         .body(OPENAPI)
 }
 
+/// `GET /v1/qr/{token}.png`: the QR code a template's `qr_url` linked to (WhatsApp media).
+/// Public, like the message that carries it; only values this deployment signed are drawn.
+#[handler]
+pub fn qr_image(
+    state: poem::web::Data<&std::sync::Arc<crate::AppState>>,
+    poem::web::Path(file): poem::web::Path<String>,
+) -> Result<Response, crate::ApiError> {
+    let value = file
+        .strip_suffix(".png")
+        .and_then(|t| quizflow_core::qr::verify(&state.link_key, t))
+        .ok_or_else(|| {
+            crate::ApiError::new(
+                poem::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such QR code",
+            )
+        })?;
+    let png = quizflow_core::qr::png(&value)
+        .map_err(|e| crate::ApiError::new(poem::http::StatusCode::NOT_FOUND, "not_found", e))?;
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "image/png")
+        // The same token always draws the same image.
+        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+        .body(png))
+}
+
 #[handler]
 pub fn docs() -> impl IntoResponse {
     poem::web::Html(DOCS)

@@ -124,6 +124,10 @@ pub struct Action {
     pub subject: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// WhatsApp only: a template rendering to the URL of an image sent with the message (the
+    /// body becomes its caption), e.g. `{{ qr_url(submission_id) }}` for a check-in code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// What a client sends to create or replace a campaign.
@@ -391,7 +395,10 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
         return None;
     };
     for k in o.keys() {
-        if !matches!(k.as_str(), "channel" | "template" | "subject" | "url") {
+        if !matches!(
+            k.as_str(),
+            "channel" | "template" | "subject" | "url" | "image"
+        ) {
             problem(p, format!("{at}.{k}"), "unknown field");
         }
     }
@@ -421,7 +428,12 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
     let template = text("template", p);
     let subject = text("subject", p);
     let url = text("url", p);
-    for (key, t) in [("template", &template), ("subject", &subject)] {
+    let image = text("image", p);
+    for (key, t) in [
+        ("template", &template),
+        ("subject", &subject),
+        ("image", &image),
+    ] {
         if let Some(t) = t {
             if let Err(e) = minijinja::Environment::new().template_from_str(t) {
                 problem(
@@ -453,11 +465,19 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
             "only e-mail actions take a subject",
         );
     }
+    if image.is_some() && channel != Channel::Whatsapp {
+        problem(
+            p,
+            format!("{at}.image"),
+            "only WhatsApp actions take an image",
+        );
+    }
     Some(Action {
         channel,
         template,
         subject,
         url,
+        image,
     })
 }
 

@@ -10,6 +10,7 @@ mod campaign;
 mod cost;
 mod ids;
 mod job;
+pub mod qr;
 pub mod signatures;
 mod submission;
 mod validate;

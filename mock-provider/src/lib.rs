@@ -38,6 +38,9 @@ pub struct Message {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     pub body: String,
+    /// A media message's link (WhatsApp `image`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<String>,
     pub idempotency_key: Option<String>,
     pub received_at: DateTime<Utc>,
 }
@@ -292,6 +295,7 @@ async fn twilio(
                 to: f.to.clone(),
                 subject: None,
                 body: f.body,
+                media: None,
                 idempotency_key: key,
                 received_at: Utc::now(),
             });
@@ -346,7 +350,13 @@ async fn whatsapp_cloud(
     Json(body): Json<Value>,
 ) -> Response {
     let to = body["to"].as_str().unwrap_or_default().to_owned();
-    let text = body["text"]["body"].as_str().unwrap_or_default().to_owned();
+    // A text message, or a media one whose caption is the text.
+    let text = body["text"]["body"]
+        .as_str()
+        .or(body["image"]["caption"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let media = body["image"]["link"].as_str().map(str::to_owned);
     let key = header(headers, "idempotency-key");
     match state.judge("whatsapp", &to, key.clone()).await {
         Verdict::Reject(resp, _) => resp,
@@ -356,6 +366,7 @@ async fn whatsapp_cloud(
                 to: to.clone(),
                 subject: None,
                 body: text,
+                media,
                 idempotency_key: key,
                 received_at: Utc::now(),
             });
@@ -406,6 +417,7 @@ async fn evolution(
                 to,
                 subject: None,
                 body: text,
+                media: None,
                 idempotency_key: key,
                 received_at: Utc::now(),
             });
@@ -476,6 +488,7 @@ async fn resend(state: Data<&MockState>, headers: &HeaderMap, Json(body): Json<V
                     .or(body["text"].as_str())
                     .unwrap_or_default()
                     .to_owned(),
+                media: None,
                 idempotency_key: key,
                 received_at: Utc::now(),
             });
@@ -501,6 +514,7 @@ async fn webhook(
                 to,
                 subject: None,
                 body,
+                media: None,
                 idempotency_key: key,
                 received_at: Utc::now(),
             });
@@ -727,6 +741,7 @@ async fn smtp_session(sock: tokio::net::TcpStream, state: MockState) -> std::io:
                         to,
                         subject,
                         body,
+                        media: None,
                         idempotency_key: key,
                         received_at: Utc::now(),
                     });

@@ -20,6 +20,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Key of the audit log's keyed hashes; the admin token when unset.
     pub audit_key: Option<String>,
+    /// Key of the QR image links (`qr_url`); the admin token when unset.
+    pub link_key: Option<String>,
     /// Scheme and host providers reach the API at (status callbacks); `up`: the API's address.
     pub public_url: Option<String>,
     /// Meta app secret (WhatsApp webhooks' `X-Hub-Signature-256`).
@@ -98,6 +100,7 @@ impl Default for Config {
             mock_addr: "127.0.0.1:4010".into(),
             admin_token: None,
             audit_key: None,
+            link_key: None,
             public_url: None,
             whatsapp_app_secret: None,
             whatsapp_verify_token: None,
@@ -166,6 +169,7 @@ const KEYS: &[&str] = &[
     "mock_addr",
     "admin_token",
     "audit_key",
+    "link_key",
     "public_url",
     "whatsapp_app_secret",
     "whatsapp_verify_token",
@@ -495,6 +499,20 @@ impl Config {
         s.shutdown_timeout = self.shutdown_timeout();
         s.webhook_allow_private = self.webhook_allow_private;
         s.costs = self.costs();
+        // The API serves what `qr_url` links to, and checks the same key.
+        s.qr_links = self
+            .public_url
+            .as_ref()
+            .map(|public_url| quizflow_workers::render::QrLinks {
+                public_url: public_url.clone(),
+                key: self
+                    .link_key
+                    .as_deref()
+                    .or(self.admin_token.as_deref())
+                    .unwrap_or("quizflow")
+                    .as_bytes()
+                    .to_vec(),
+            });
         Ok(s)
     }
 
@@ -532,6 +550,7 @@ impl Config {
             replicas: self.stream_replicas,
             admin_token: self.admin_token.clone(),
             audit_key: self.audit_key.clone(),
+            link_key: self.link_key.clone(),
             callbacks: quizflow_api::CallbackSettings {
                 public_url: self.public_url.clone(),
                 // `up`'s mock signs as Twilio would with the mock account's token.
@@ -558,6 +577,7 @@ impl Config {
 const SECRET_KEYS: &[&str] = &[
     "admin_token",
     "audit_key",
+    "link_key",
     "whatsapp_app_secret",
     "whatsapp_verify_token",
     "email_webhook_secret",

@@ -92,6 +92,8 @@ pub struct WorkerSettings {
     pub providers: Providers,
     /// Unit prices per channel (`QUIZFLOW_COST_*`): the cost counters.
     pub costs: quizflow_core::Costs,
+    /// Where templates' `qr_url` points (`QUIZFLOW_PUBLIC_URL`, signed with the link key).
+    pub qr_links: Option<crate::render::QrLinks>,
 }
 
 impl WorkerSettings {
@@ -113,6 +115,7 @@ impl WorkerSettings {
             redrive_relay_after: Duration::from_secs(30),
             providers,
             costs: quizflow_core::Costs::default(),
+            qr_links: None,
         }
     }
 }

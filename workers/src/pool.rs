@@ -107,7 +107,7 @@ pub async fn run(
             slots: Arc::new(Semaphore::new(0)),
             breaker,
             metrics: metrics.clone(),
-            templates: render::TemplateCache::default(),
+            templates: render::TemplateCache::with_links(settings.qr_links.clone()),
             specs: deliveries::SpecCache::default(),
             settings: settings.clone(),
             js: js.clone(),
@@ -697,9 +697,10 @@ impl Channelled {
                 Ok((
                     render::render_compiled(&env, "body", &tctx)?,
                     render::render_compiled(&env, "subject", &tctx)?,
+                    render::render_compiled(&env, "image", &tctx)?,
                 ))
             });
-        let (body, subject) = match rendered {
+        let (body, subject, image) = match rendered {
             Ok(r) => r,
             Err(e) => {
                 self.dead(
@@ -722,6 +723,7 @@ impl Channelled {
             body: body.unwrap_or_default(),
             idempotency_key: job.job_id.to_string(),
             reference: job.reference(),
+            image: image.map(|i| i.trim().to_owned()).filter(|i| !i.is_empty()),
             payload: (job.channel == Channel::Webhook).then(|| {
                 serde_json::json!({"job_id": job.job_id, "submission": ctx.submission,
                     "campaign": {"id": job.campaign_id, "name": spec.name, "version": job.campaign_version}})

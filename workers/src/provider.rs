@@ -112,6 +112,8 @@ pub struct Outgoing {
     pub payload: Option<Value>,
     /// The job's [`quizflow_core::DeliveryJob::reference`], echoed in status callbacks.
     pub reference: String,
+    /// WhatsApp: the URL of an image sent with the message, the body its caption.
+    pub image: Option<String>,
 }
 
 /// Header with the webhook body's signature: `sha256=<hex of HMAC-SHA256(secret, body)>`.
@@ -172,13 +174,21 @@ impl Provider {
                 .post(format!("{}/{version}/{phone_number_id}/messages", base.trim_end_matches('/')))
                 .bearer_auth(token)
                 .header("Idempotency-Key", &out.idempotency_key)
-                .json(&json!({"messaging_product": "whatsapp", "to": out.to, "type": "text", "text": {"body": out.body},
-                    "biz_opaque_callback_data": out.reference})),
+                .json(&match &out.image {
+                    Some(link) => json!({"messaging_product": "whatsapp", "to": out.to, "type": "image",
+                        "image": {"link": link, "caption": out.body}, "biz_opaque_callback_data": out.reference}),
+                    None => json!({"messaging_product": "whatsapp", "to": out.to, "type": "text", "text": {"body": out.body},
+                        "biz_opaque_callback_data": out.reference}),
+                }),
             Provider::Evolution { base, instance, api_key } => http
                 .post(format!("{}/message/sendText/{instance}", base.trim_end_matches('/')))
                 .header("apikey", api_key)
                 .header("Idempotency-Key", &out.idempotency_key)
-                .json(&json!({"number": out.to, "text": out.body})),
+                .json(&json!({"number": out.to, "text": match &out.image {
+                    // sendText has no media: the image goes as a link under the text.
+                    Some(link) => format!("{}\n{link}", out.body),
+                    None => out.body.clone(),
+                }})),
             Provider::Resend { base, api_key, from } => http
                 .post(format!("{}/emails", base.trim_end_matches('/')))
                 .bearer_auth(api_key)

@@ -13,12 +13,65 @@ use uuid::Uuid;
 #[derive(Default)]
 pub struct TemplateCache {
     inner: Mutex<HashMap<(Uuid, i32, Channel), Arc<Environment<'static>>>>,
+    links: Option<Arc<QrLinks>>,
+}
+
+/// Where `qr_url` points: the API's public address and the key its links are signed with.
+#[derive(Clone)]
+pub struct QrLinks {
+    pub public_url: String,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for QrLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QrLinks")
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn template_error(e: String) -> minijinja::Error {
+    minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e)
+}
+
+/// The QR functions every template has: `qr_png(v)` (a `data:` URI of the PNG), `qr_img(v)`
+/// (an `<img>` with it, inline in an HTML e-mail) and, where a public URL is configured,
+/// `qr_url(v)` (a signed, link-safe address of the PNG on the API: WhatsApp media).
+fn add_qr_functions(env: &mut Environment<'static>, links: Option<Arc<QrLinks>>) {
+    env.add_function("qr_png", |v: minijinja::Value| {
+        quizflow_core::qr::data_uri(&v.to_string()).map_err(template_error)
+    });
+    env.add_function("qr_img", |v: minijinja::Value| {
+        let uri = quizflow_core::qr::data_uri(&v.to_string()).map_err(template_error)?;
+        Ok(minijinja::Value::from_safe_string(format!(
+            "<img src=\"{uri}\" alt=\"QR code\" width=\"240\" height=\"240\">"
+        )))
+    });
+    env.add_function("qr_url", move |v: minijinja::Value| match &links {
+        Some(l) => Ok(format!(
+            "{}/v1/qr/{}.png",
+            l.public_url.trim_end_matches('/'),
+            quizflow_core::qr::token(&l.key, &v.to_string())
+        )),
+        None => Err(template_error(
+            "qr_url needs QUIZFLOW_PUBLIC_URL (where the API serves the image)".into(),
+        )),
+    });
 }
 
 const MAX_ENTRIES: usize = 10_000;
 
 impl TemplateCache {
-    /// The action's compiled `body` and `subject` templates.
+    /// A cache whose templates can call `qr_url` (signed links to the API's QR images).
+    pub fn with_links(links: Option<QrLinks>) -> Self {
+        Self {
+            inner: Mutex::default(),
+            links: links.map(Arc::new),
+        }
+    }
+
+    /// The action's compiled `body`, `subject` and `image` templates.
     pub fn get(
         &self,
         campaign: Uuid,
@@ -31,6 +84,7 @@ impl TemplateCache {
             return Ok(env.clone());
         }
         let mut env = Environment::new();
+        add_qr_functions(&mut env, self.links.clone());
         // E-mail bodies are HTML: submission data is escaped in them (SPEC §4), so a name
         // such as `<script>` arrives as text. Subjects and other channels are plain text.
         if action.channel == Channel::Email {
@@ -49,6 +103,10 @@ impl TemplateCache {
         if let Some(t) = &action.subject {
             env.add_template_owned("subject", t.clone())
                 .map_err(|e| format!("subject template: {e}"))?;
+        }
+        if let Some(t) = &action.image {
+            env.add_template_owned("image", t.clone())
+                .map_err(|e| format!("image template: {e}"))?;
         }
         if map.len() >= MAX_ENTRIES {
             map.clear();
