@@ -8,7 +8,8 @@
 //! or for a late failure to `dead` with a dead letter carrying the provider's reason. Reports
 //! for unknown messages, repeated ones and progress reports (`queued`, `sent`, ...) are
 //! answered 200 and counted (`quizflow_callbacks_total{provider, outcome}`): a provider that
-//! gets an error retries, and retrying cannot help those.
+//! gets an error retries, and retrying cannot help those. `delivered` reports are written in
+//! batches ([`crate::receipts`]); late failures (rare) one by one, each with its dead letter.
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -156,14 +157,13 @@ impl AppState {
             Applied::Unknown => "unknown",
         };
         let mut outcomes: Vec<&'static str> = Vec::new();
-        if !delivered.is_empty() {
-            let mut conn = self.db.get().await.map_err(crate::admin::db_error)?;
-            for a in quizflow_store::reports::delivered(&mut conn, &delivered)
-                .await
-                .map_err(crate::admin::db_error)?
-            {
-                outcomes.push(tally(a, "delivered"));
-            }
+        // Concurrent callbacks share one statement (see `receipts`).
+        let written =
+            futures::future::join_all(delivered.into_iter().map(|d| self.receipts.delivered(d)))
+                .await;
+        for w in written {
+            let a = w.map_err(crate::admin::db_error)?;
+            outcomes.push(tally(a, "delivered"));
         }
         for f in &failed {
             let result = {

@@ -16,6 +16,7 @@ mod intake;
 mod limits;
 mod metrics;
 mod ops;
+mod receipts;
 mod stats;
 
 pub use callbacks::CallbackSettings;
@@ -45,6 +46,8 @@ pub struct AppState {
     admin_token: Option<String>,
     /// Key of the audit log's hashes of respondents and client addresses.
     audit_key: audit::AuditKey,
+    /// Coalesces provider receipts into batched ledger writes.
+    receipts: receipts::ReceiptWriter,
     /// Key the QR image links are signed with (`QUIZFLOW_LINK_KEY`, else the admin token).
     link_key: Vec<u8>,
     respondent_limiter: limits::RespondentLimiter,
@@ -156,6 +159,7 @@ impl AppState {
                     .unwrap_or("quizflow")
                     .as_bytes(),
             ),
+            receipts: receipts::ReceiptWriter::spawn(db.clone()),
             link_key: settings
                 .link_key
                 .as_deref()
