@@ -807,44 +807,69 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     f.write_all(contents.as_bytes())
 }
 
-async fn bench_replay(cfg: Config, args: quizflow_benchmarks::ReplayArgs) -> anyhow::Result<()> {
+/// Runs a benchmark against a private deployment (nats-server with the given fsync policy,
+/// PostgreSQL migrated, streams created), stops it, and writes `bench-out/<name>.json` and
+/// `.md` (printing the Markdown).
+async fn bench_private<R, F, Fut>(
+    cfg: &Config,
+    fsync: quizflow_benchmarks::Fsync,
+    name: &str,
+    run: F,
+    markdown: impl Fn(&R) -> String,
+) -> anyhow::Result<()>
+where
+    R: serde::Serialize,
+    F: FnOnce(async_nats::Client, async_nats::jetstream::Context, String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<R>>,
+{
     let tmp = tempfile::tempdir()?;
-    let always = args.fsync == quizflow_benchmarks::Fsync::Always;
-    let (mut dev, nats_url, database_url) = dev_services(&cfg, tmp.path(), always).await?;
+    let always = fsync == quizflow_benchmarks::Fsync::Always;
+    let (mut dev, nats_url, database_url) = dev_services(cfg, tmp.path(), always).await?;
     let result = async {
         quizflow_migrations::run_migrations(&database_url).await?;
-        let (client, js) = connect_nats(&cfg, &nats_url, "bench").await?;
-        ensure_topology(&cfg, &js).await?;
-        anyhow::Ok(quizflow_benchmarks::run_replay(&args, client, js, &database_url).await?)
+        let (client, js) = connect_nats(cfg, &nats_url, "bench").await?;
+        ensure_topology(cfg, &js).await?;
+        run(client, js, database_url.clone()).await
     }
     .await;
     dev.stop().await;
     let report = result?;
     std::fs::create_dir_all("bench-out")?;
-    std::fs::write("bench-out/replay.json", serde_json::to_vec_pretty(&report)?)?;
-    std::fs::write("bench-out/replay.md", report.markdown())?;
-    println!("{}", report.markdown());
+    std::fs::write(
+        format!("bench-out/{name}.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    std::fs::write(format!("bench-out/{name}.md"), markdown(&report))?;
+    println!("{}", markdown(&report));
     Ok(())
 }
 
+async fn bench_replay(cfg: Config, args: quizflow_benchmarks::ReplayArgs) -> anyhow::Result<()> {
+    let fsync = args.fsync;
+    bench_private(
+        &cfg,
+        fsync,
+        "replay",
+        |client, js, db| async move {
+            Ok(quizflow_benchmarks::run_replay(&args, client, js, &db).await?)
+        },
+        quizflow_benchmarks::ReplayReport::markdown,
+    )
+    .await
+}
+
 async fn bench_erase(cfg: Config, args: quizflow_benchmarks::EraseArgs) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let always = args.fsync == quizflow_benchmarks::Fsync::Always;
-    let (mut dev, nats_url, database_url) = dev_services(&cfg, tmp.path(), always).await?;
-    let result = async {
-        quizflow_migrations::run_migrations(&database_url).await?;
-        let (client, js) = connect_nats(&cfg, &nats_url, "bench").await?;
-        ensure_topology(&cfg, &js).await?;
-        anyhow::Ok(quizflow_benchmarks::run_erase(&args, client, js, &database_url).await?)
-    }
-    .await;
-    dev.stop().await;
-    let report = result?;
-    std::fs::create_dir_all("bench-out")?;
-    std::fs::write("bench-out/erase.json", serde_json::to_vec_pretty(&report)?)?;
-    std::fs::write("bench-out/erase.md", report.markdown())?;
-    println!("{}", report.markdown());
-    Ok(())
+    let fsync = args.fsync;
+    bench_private(
+        &cfg,
+        fsync,
+        "erase",
+        |client, js, db| async move {
+            Ok(quizflow_benchmarks::run_erase(&args, client, js, &db).await?)
+        },
+        quizflow_benchmarks::EraseReport::markdown,
+    )
+    .await
 }
 
 async fn bench_deliveries(
