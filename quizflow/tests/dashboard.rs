@@ -161,9 +161,13 @@ async fn given_up_when_leads_arrive_then_the_dashboard_shows_them_live() {
             .json()
             .await
             .expect("json");
+        // The API's own counts reach the stats within its flush interval (2 s): wait for them
+        // too, since the mock's receipts can finish the deliveries sooner than that.
         let sms = &s["deliveries"]["sms"];
         if sms["sent"].as_i64().unwrap_or(0) + sms["delivered"].as_i64().unwrap_or(0)
             == sent_before + BURST
+            && s["submissions"]["accepted"].as_i64() == Some(accepted_before + BURST)
+            && s["submissions"]["stored"].as_i64() == Some(stored_before + BURST)
         {
             break;
         }
