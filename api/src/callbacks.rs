@@ -97,25 +97,7 @@ fn not_configured(provider: &str) -> ApiError {
 }
 
 async fn raw_body(headers: &HeaderMap, body: poem::Body) -> Result<bytes::Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_CALLBACK_BYTES as u64) {
-        return Err(ApiError::payload_too_large(MAX_CALLBACK_BYTES));
-    }
-    body.into_bytes_limit(MAX_CALLBACK_BYTES)
-        .await
-        .map_err(|e| match e {
-            poem::error::ReadBodyError::PayloadTooLarge => {
-                ApiError::payload_too_large(MAX_CALLBACK_BYTES)
-            }
-            other => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("cannot read the body: {other}"),
-            ),
-        })
+    crate::intake::read_bytes(headers, body, MAX_CALLBACK_BYTES).await
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

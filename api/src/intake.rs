@@ -64,6 +64,17 @@ pub(crate) async fn read_body(
     body: Body,
     limit: usize,
 ) -> Result<Value, ApiError> {
+    let bytes = read_bytes(headers, body, limit).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(&e))
+}
+
+/// The raw body, read under the same limit as [`read_body`] (signed callbacks need the
+/// exact bytes).
+pub(crate) async fn read_bytes(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -71,15 +82,14 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::payload_too_large(limit));
     }
-    let bytes = body.into_bytes_limit(limit).await.map_err(|e| match e {
+    body.into_bytes_limit(limit).await.map_err(|e| match e {
         poem::error::ReadBodyError::PayloadTooLarge => ApiError::payload_too_large(limit),
         other => ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             format!("cannot read the body: {other}"),
         ),
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(&e))
+    })
 }
 
 impl AppState {
