@@ -37,6 +37,16 @@ pub enum NatsError {
     },
     #[error("invalid NATS client setting: {0}")]
     Settings(String),
+    #[error(
+        "cannot create stream {stream}: the streams' max_bytes caps add up to more than the \
+         server's JetStream storage (max_file_store; by default 75% of the disk's free space): \
+         free disk, raise max_file_store, or lower QUIZFLOW_DELIVERIES_MAX_BYTES ({source})"
+    )]
+    StreamStorage {
+        stream: &'static str,
+        #[source]
+        source: async_nats::jetstream::context::CreateStreamError,
+    },
     #[error("cannot create or update stream {stream}: {source}")]
     Stream {
         stream: &'static str,

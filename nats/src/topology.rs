@@ -248,9 +248,24 @@ async fn create_or_update(
 ) -> Result<stream::Stream, NatsError> {
     js.create_or_update_stream(config)
         .await
-        .map_err(|source| NatsError::Stream {
-            stream: name,
-            source,
+        .map_err(|source| {
+            // 10047: "insufficient storage resources available".
+            let storage = matches!(
+                source.kind(),
+                jetstream::context::CreateStreamErrorKind::JetStream(ref e)
+                    if e.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED
+            );
+            if storage {
+                NatsError::StreamStorage {
+                    stream: name,
+                    source,
+                }
+            } else {
+                NatsError::Stream {
+                    stream: name,
+                    source,
+                }
+            }
         })?;
     js.get_stream(name)
         .await

@@ -121,9 +121,13 @@ impl DevServices {
         } else {
             ""
         };
+        // `max_file_store`: the streams' `max_bytes` caps are reserved when they are created,
+        // and by default the server offers only 75 % of the disk's free space, so a machine
+        // with less than ~12 GiB free could not create the topology at all. A full disk then
+        // shows as failed publishes (503 at the API), never as a lost submission.
         std::fs::write(
             &conf,
-            format!("# written by quizflow\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {store:?}{sync}\n}}\n"),
+            format!("# written by quizflow\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {store:?}\n  max_file_store: 1TB{sync}\n}}\n"),
         )?;
         let pid_file = dir.join("nats-server.pid");
         stop_stale(&pid_file, Signal::SIGTERM, "nats-server").await;

@@ -16,18 +16,41 @@ pub fn nats_server_binary() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
+/// Writes a config for a test server storing under `store` and returns its path.
+///
+/// Without `max_file_store` nats-server offers 75 % of the disk's free space, and stream
+/// creation fails ("insufficient storage resources") once the streams' `max_bytes` caps add up
+/// to more: on a machine short of disk every test would fail before sending a byte. Tests
+/// write a few MiB, so a fixed ceiling keeps them independent of the machine's free space.
+fn store_config(store: &std::path::Path, max_file_store: &str) -> PathBuf {
+    let conf = store.join("test-server.conf");
+    std::fs::write(
+        &conf,
+        format!("jetstream {{\n  store_dir: {store:?}\n  max_file_store: {max_file_store}\n}}\n"),
+    )
+    .expect("write the test server's config");
+    conf
+}
+
 /// A private JetStream server for one test.
 pub struct NatsServer {
     pub port: u16,
     store: tempfile::TempDir,
+    max_file_store: String,
     child: Option<Child>,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::with_max_file_store("1TB")
+    }
+
+    /// A server whose JetStream offers only `max_file_store` (e.g. "1GB") of disk.
+    pub fn with_max_file_store(max_file_store: &str) -> Self {
         let mut s = Self {
             port: crate::free_port(),
             store: tempfile::tempdir().expect("temp store"),
+            max_file_store: max_file_store.to_owned(),
             child: None,
         };
         s.spawn();
@@ -46,9 +69,9 @@ impl NatsServer {
                 "-p",
                 &self.port.to_string(),
                 "-js",
-                "-sd",
+                "-c",
             ])
-            .arg(self.store.path())
+            .arg(store_config(self.store.path(), &self.max_file_store))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -152,8 +175,8 @@ impl NatsCluster {
                 "--routes",
                 &routes,
             ])
-            .arg("-sd")
-            .arg(node.store.path())
+            .arg("-c")
+            .arg(store_config(node.store.path(), "1TB"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
