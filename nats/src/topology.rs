@@ -246,27 +246,25 @@ async fn create_or_update(
     name: &'static str,
     config: stream::Config,
 ) -> Result<stream::Stream, NatsError> {
-    js.create_or_update_stream(config)
-        .await
-        .map_err(|source| {
-            // 10047: "insufficient storage resources available".
-            let storage = matches!(
-                source.kind(),
-                jetstream::context::CreateStreamErrorKind::JetStream(ref e)
-                    if e.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED
-            );
-            if storage {
-                NatsError::StreamStorage {
-                    stream: name,
-                    source,
-                }
-            } else {
-                NatsError::Stream {
-                    stream: name,
-                    source,
-                }
+    js.create_or_update_stream(config).await.map_err(|source| {
+        // 10047: "insufficient storage resources available".
+        let storage = matches!(
+            source.kind(),
+            jetstream::context::CreateStreamErrorKind::JetStream(ref e)
+                if e.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED
+        );
+        if storage {
+            NatsError::StreamStorage {
+                stream: name,
+                source,
             }
-        })?;
+        } else {
+            NatsError::Stream {
+                stream: name,
+                source,
+            }
+        }
+    })?;
     js.get_stream(name)
         .await
         .map_err(|e| NatsError::Settings(format!("stream {name} vanished: {e}")))

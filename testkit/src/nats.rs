@@ -63,14 +63,7 @@ impl NatsServer {
 
     fn spawn(&mut self) {
         let child = Command::new(nats_server_binary())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-c",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-c"])
             .arg(store_config(self.store.path(), &self.max_file_store))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
