@@ -67,13 +67,14 @@ fn report(reference: Option<&str>, delivered: Option<bool>, detail: String) -> R
     let Some(delivered) = delivered else {
         return Report::Progress;
     };
-    let Some((sub, camp, channel)) = reference.and_then(DeliveryJob::parse_reference) else {
+    let Some((sub, camp, channel, step)) = reference.and_then(DeliveryJob::parse_reference) else {
         return Report::Unknown;
     };
     let d = Delivered {
         submission_id: sub.0,
         campaign_id: camp,
         channel: channel.as_str().to_owned(),
+        step,
         // Provider texts can quote the recipient: bounded, and kept to the ledger.
         detail: detail.chars().take(500).collect(),
     };
@@ -177,13 +178,15 @@ impl AppState {
         let submission_id = quizflow_core::SubmissionId(f.submission_id);
         let job = DeliveryJob {
             v: DeliveryJob::VERSION,
-            job_id: DeliveryJob::job_id(submission_id, f.campaign_id, channel),
+            job_id: DeliveryJob::job_id(submission_id, f.campaign_id, channel, f.step),
             submission_id,
             campaign_id: f.campaign_id,
             campaign_version: l.campaign_version,
             channel,
             priority,
             created_at: l.created_at,
+            step: f.step,
+            due_at: None,
         };
         let letter = serde_json::json!({"id": l.id, "kind": "delivery", "channel": f.channel,
             "submission_id": f.submission_id, "campaign_id": f.campaign_id, "recipient": l.recipient,

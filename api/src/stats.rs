@@ -20,7 +20,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const STATUSES: [&str; 7] = [
+const STATUSES: [&str; 8] = [
+    "scheduled",
     "queued",
     "sending",
     "sent",

@@ -20,6 +20,7 @@
 
 use crate::bitmap::Bitmap;
 use chrono::DateTime;
+use quizflow_core::schedule::Schedule;
 use quizflow_core::{
     AnswerValue, Campaign, Channel, DeliveryJob, Field, Op, Predicate, SubmissionEnvelope,
 };
@@ -28,12 +29,16 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// One (submission, campaign, channel) to deliver.
+/// One (submission, campaign, action) to deliver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Match {
     pub row: usize,
     pub campaign: usize,
     pub channel: Channel,
+    /// The n-th action of `channel` in the campaign (the ledger key's `step`).
+    pub step: u16,
+    /// The action's index in the campaign's `actions`.
+    pub action: u16,
 }
 
 /// A field's value in one row, as predicates see it.
@@ -178,6 +183,8 @@ pub fn channel_reachable(s: &SubmissionEnvelope, channel: Channel) -> bool {
 #[derive(Debug)]
 struct Compiled {
     campaign: Arc<Campaign>,
+    /// Per action: when it is due (`None`: at once).
+    schedules: Vec<Option<Schedule>>,
     all: Vec<usize>,
     any: Vec<usize>,
     starts_ms: Option<i64>,
@@ -259,6 +266,7 @@ impl Matcher {
                     c.spec.starts_at.map(|s| s.timestamp_millis())
                 },
                 ends_ms: c.spec.ends_at.map(|t| t.timestamp_millis()),
+                schedules: c.spec.actions.iter().map(|a| a.schedule()).collect(),
                 campaign: c,
                 all,
                 any,
@@ -268,6 +276,8 @@ impl Matcher {
     }
 
     /// The delivery jobs of the `matches` whose row is in `rows` (the newly stored ones).
+    /// A scheduled action's job carries its `due_at`; one whose `send_at` template does not
+    /// render a time for this submission is left out (one warning per batch says how many).
     pub fn jobs(
         &self,
         matches: &[Match],
@@ -275,24 +285,51 @@ impl Matcher {
         rows: &std::collections::HashSet<usize>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Vec<DeliveryJob> {
-        matches
+        let mut unresolved: Option<(uuid::Uuid, usize)> = None;
+        let jobs = matches
             .iter()
             .filter(|m| rows.contains(&m.row))
-            .map(|m| {
-                let c = &self.compiled[m.campaign].campaign;
-                let submission_id = batch[m.row].submission_id;
-                DeliveryJob {
+            .filter_map(|m| {
+                let compiled = &self.compiled[m.campaign];
+                let c = &compiled.campaign;
+                let envelope = &batch[m.row];
+                let submission_id = envelope.submission_id;
+                let schedule = compiled
+                    .schedules
+                    .get(usize::from(m.action))
+                    .and_then(Option::as_ref);
+                let due_at = match schedule.map(|s| s.due(now, || template_context(envelope))) {
+                    None => None,
+                    Some(Ok(t)) => Some(t),
+                    Some(Err(_)) => {
+                        // What it rendered may be personal data: only the campaign is named.
+                        let e = unresolved.get_or_insert((c.id, 0));
+                        e.1 += 1;
+                        return None;
+                    }
+                };
+                Some(DeliveryJob {
                     v: DeliveryJob::VERSION,
-                    job_id: DeliveryJob::job_id(submission_id, c.id, m.channel),
+                    job_id: DeliveryJob::job_id(submission_id, c.id, m.channel, m.step),
                     submission_id,
                     campaign_id: c.id,
                     campaign_version: c.version,
                     channel: m.channel,
                     priority: c.spec.priority,
                     created_at: now,
-                }
+                    step: m.step,
+                    due_at,
+                })
             })
-            .collect()
+            .collect();
+        if let Some((campaign, n)) = unresolved {
+            tracing::warn!(
+                %campaign,
+                submissions = n,
+                "send_at did not render an RFC 3339 time; those messages are not scheduled"
+            );
+        }
+        jobs
     }
 
     pub fn campaign(&self, idx: usize) -> &Arc<Campaign> {
@@ -379,22 +416,29 @@ impl Matcher {
                 if rows.none() {
                     return found.into_iter();
                 }
-                let mut seen = [false; 4];
-                for action in &c.campaign.spec.actions {
+                // The n-th action of a channel is its step; the rows a channel reaches are
+                // worked out once for all of its actions.
+                let mut steps = [0u16; 4];
+                let mut reach: [Option<Bitmap>; 4] = Default::default();
+                for (ai, action) in c.campaign.spec.actions.iter().enumerate() {
                     let slot = action.channel as usize;
-                    if std::mem::replace(&mut seen[slot], true) {
-                        continue;
-                    }
-                    let mut reach = rows.clone();
-                    match action.channel {
-                        Channel::Sms | Channel::Whatsapp => reach.and_assign(&phone),
-                        Channel::Email => reach.and_assign(&email),
-                        Channel::Webhook => {}
-                    }
+                    let step = steps[slot];
+                    steps[slot] += 1;
+                    let reach = reach[slot].get_or_insert_with(|| {
+                        let mut r = rows.clone();
+                        match action.channel {
+                            Channel::Sms | Channel::Whatsapp => r.and_assign(&phone),
+                            Channel::Email => r.and_assign(&email),
+                            Channel::Webhook => {}
+                        }
+                        r
+                    });
                     found.extend(reach.ones_iter().map(|row| Match {
                         row,
                         campaign: ci,
                         channel: action.channel,
+                        step,
+                        action: u16::try_from(ai).unwrap_or(u16::MAX),
                     }));
                 }
                 found.into_iter()
@@ -402,6 +446,22 @@ impl Matcher {
             .collect();
         out
     }
+}
+
+/// What a `send_at` template sees: the submission as its messages' templates do.
+fn template_context(e: &SubmissionEnvelope) -> minijinja::Value {
+    let mut v = serde_json::to_value(&e.submission).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert(
+            "submission_id".into(),
+            Value::String(e.submission_id.to_string()),
+        );
+        m.insert(
+            "quiz_id".into(),
+            Value::String(e.quiz_id.as_str().to_owned()),
+        );
+    }
+    minijinja::Value::from(minijinja::value::Serde(v))
 }
 
 /// A dictionary-encoded string column.
@@ -591,14 +651,17 @@ pub mod reference {
                 if !matches(c, s) {
                     continue;
                 }
-                let mut seen = Vec::new();
-                for a in &c.spec.actions {
-                    if !seen.contains(&a.channel) && channel_reachable(s, a.channel) {
-                        seen.push(a.channel);
+                let mut steps = [0u16; 4];
+                for (ai, a) in c.spec.actions.iter().enumerate() {
+                    let step = steps[a.channel as usize];
+                    steps[a.channel as usize] += 1;
+                    if channel_reachable(s, a.channel) {
                         out.push(Match {
                             row,
                             campaign: ci,
                             channel: a.channel,
+                            step,
+                            action: ai as u16,
                         });
                     }
                 }

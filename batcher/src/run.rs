@@ -464,6 +464,11 @@ impl Batcher {
             jobs.extend(store::queued_jobs(&mut conn, &seen).await?);
         }
         drop(conn);
+        // Scheduled jobs wait in the ledger (`scheduled`); the workers publish them when due.
+        let scheduled = jobs.iter().filter(|j| j.due_at.is_some()).count();
+        if scheduled > 0 {
+            jobs.retain(|j| j.due_at.is_none());
+        }
         // One span per submission, child of the request that published it, so a lead's trace
         // runs from the API through here to each delivery attempt. Only when tracing is on.
         let traces: std::collections::HashMap<SubmissionId, async_nats::HeaderMap> =
@@ -499,6 +504,7 @@ impl Batcher {
             stored = new_rows.len(),
             already_stored = seen.len(),
             jobs = jobs.len(),
+            scheduled,
             "batch stored"
         );
         Ok(())

@@ -134,25 +134,114 @@ fn quiz_scope_time_window_active_and_contact() {
             row: 0,
             campaign: 0,
             channel: Channel::Sms,
+            step: 0,
+            action: 0,
         },
         Match {
             row: 0,
             campaign: 0,
             channel: Channel::Webhook,
+            step: 0,
+            action: 2,
         },
         Match {
             row: 2,
             campaign: 0,
             channel: Channel::Email,
+            step: 0,
+            action: 1,
         },
         Match {
             row: 2,
             campaign: 0,
             channel: Channel::Webhook,
+            step: 0,
+            action: 2,
         },
     ];
     assert_eq!(got, want);
     assert_eq!(reference::match_batch(&[c, inactive], &batch), want);
+}
+
+#[test]
+fn several_actions_of_a_channel_are_steps_and_scheduled_ones_carry_their_due_time() {
+    let c = campaign(json!({"name": "steps", "match": {}, "actions": [
+        {"channel": "sms", "template": "welcome"},
+        {"channel": "email", "template": "guest list", "send_at": "{{ metadata.event_at }}", "delay": "-1d"},
+        {"channel": "sms", "template": "reminder", "delay": "2s"}
+    ]}));
+    let batch = vec![
+        submission(
+            "q1",
+            json!({"respondent": {"phone": PHONE, "email": "a@b.co"},
+            "metadata": {"event_at": "2027-03-10T19:00:00-03:00"}}),
+            0,
+        ),
+        // No event date: its e-mail cannot be scheduled and is left out.
+        submission(
+            "q1",
+            json!({"respondent": {"phone": PHONE, "email": "c@d.co"}}),
+            0,
+        ),
+    ];
+    let m = Matcher::new([c.clone()]);
+    let mut got = m.match_batch(&batch);
+    got.sort_unstable();
+    let steps: Vec<(usize, Channel, u16, u16)> = got
+        .iter()
+        .map(|m| (m.row, m.channel, m.step, m.action))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (0, Channel::Sms, 0, 0),
+            (0, Channel::Sms, 1, 2),
+            (0, Channel::Email, 0, 1),
+            (1, Channel::Sms, 0, 0),
+            (1, Channel::Sms, 1, 2),
+            (1, Channel::Email, 0, 1),
+        ]
+    );
+    assert_eq!(reference::match_batch(&[c], &batch), got);
+    let now: chrono::DateTime<chrono::Utc> = "2027-03-01T12:00:00Z".parse().expect("time");
+    let rows = (0..batch.len()).collect();
+    let jobs = m.jobs(&got, &batch, &rows, now);
+    let due: Vec<(usize, Channel, u16, Option<String>)> = jobs
+        .iter()
+        .map(|j| {
+            let row = batch
+                .iter()
+                .position(|b| b.submission_id == j.submission_id)
+                .expect("row");
+            (row, j.channel, j.step, j.due_at.map(|t| t.to_rfc3339()))
+        })
+        .collect();
+    assert_eq!(
+        due,
+        [
+            (0, Channel::Sms, 0, None),
+            (0, Channel::Sms, 1, Some("2027-03-01T12:00:02+00:00".into())),
+            (
+                0,
+                Channel::Email,
+                0,
+                Some("2027-03-09T22:00:00+00:00".into())
+            ),
+            (1, Channel::Sms, 0, None),
+            (1, Channel::Sms, 1, Some("2027-03-01T12:00:02+00:00".into())),
+        ]
+    );
+    // Each step is its own job: distinct ids, the first keeps the id it always had.
+    assert_ne!(jobs[0].job_id, jobs[1].job_id);
+    assert_eq!(
+        jobs[0].job_id,
+        quizflow_core::DeliveryJob::job_id(
+            jobs[0].submission_id,
+            jobs[0].campaign_id,
+            Channel::Sms,
+            0
+        )
+    );
 }
 
 // --- property test -------------------------------------------------------------------

@@ -128,6 +128,20 @@ pub struct Action {
     /// body becomes its caption), e.g. `{{ qr_url(submission_id) }}` for a check-in code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Sent this long after the match (`"2h"`), or, with `send_at`, this long after (or, with a
+    /// minus sign, before) that time. See [`crate::schedule`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<String>,
+    /// Sent at this RFC 3339 time, or at the time a template over the submission renders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<String>,
+}
+
+impl Action {
+    /// When this action is sent; `None`: as soon as the submission matches.
+    pub fn schedule(&self) -> Option<crate::schedule::Schedule> {
+        crate::schedule::Schedule::new(self.delay.as_deref(), self.send_at.as_deref())
+    }
 }
 
 /// What a client sends to create or replace a campaign.
@@ -236,16 +250,6 @@ pub fn parse_campaign(body: &Value) -> Result<CampaignSpec, ValidationErrors> {
             Vec::new()
         }
     };
-    let mut seen = std::collections::HashSet::new();
-    for (i, a) in actions.iter().enumerate() {
-        if !seen.insert(a.channel) {
-            problem(
-                &mut p,
-                format!("actions[{i}].channel"),
-                "one action per channel",
-            );
-        }
-    }
     let priority = match obj.get("priority") {
         None | Some(Value::Null) => Priority::Normal,
         Some(Value::String(s)) => Priority::parse(s).unwrap_or_else(|| {
@@ -397,7 +401,7 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
     for k in o.keys() {
         if !matches!(
             k.as_str(),
-            "channel" | "template" | "subject" | "url" | "image"
+            "channel" | "template" | "subject" | "url" | "image" | "delay" | "send_at"
         ) {
             problem(p, format!("{at}.{k}"), "unknown field");
         }
@@ -429,6 +433,14 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
     let subject = text("subject", p);
     let url = text("url", p);
     let image = text("image", p);
+    let delay = text("delay", p);
+    let send_at = text("send_at", p);
+    if let Some(Err(e)) = delay.as_deref().map(crate::schedule::parse_delay) {
+        problem(p, format!("{at}.delay"), e);
+    }
+    if let Some(Err(e)) = send_at.as_deref().map(crate::schedule::parse_send_at) {
+        problem(p, format!("{at}.send_at"), e);
+    }
     for (key, t) in [
         ("template", &template),
         ("subject", &subject),
@@ -478,6 +490,8 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
         subject,
         url,
         image,
+        delay,
+        send_at,
     })
 }
 
@@ -510,6 +524,42 @@ mod tests {
             ],
             "priority": "high", "starts_at": null, "ends_at": null
         })
+    }
+
+    #[test]
+    fn a_channel_may_have_several_actions_with_delays_and_send_at() {
+        let mut c = spec_example();
+        c["actions"] = json!([
+            {"channel": "sms", "template": "Welcome"},
+            {"channel": "sms", "template": "Tomorrow!", "send_at": "{{ metadata.event_at }}", "delay": "-1d"},
+            {"channel": "sms", "template": "Later", "delay": "2h"},
+            {"channel": "email", "template": "x", "send_at": "2027-01-01T09:00:00-03:00"}
+        ]);
+        let spec = parse_campaign(&c).expect("valid");
+        assert_eq!(spec.actions.len(), 4);
+        assert!(spec.actions[0].schedule().is_none());
+        assert!(spec.actions[1]
+            .schedule()
+            .expect("scheduled")
+            .needs_submission());
+        let back = serde_json::to_value(&spec).expect("json");
+        assert_eq!(parse_campaign(&back).expect("round trip"), spec);
+
+        c["actions"] = json!([
+            {"channel": "sms", "template": "x", "delay": "soon"},
+            {"channel": "sms", "template": "x", "send_at": "next tuesday"},
+            {"channel": "sms", "template": "x", "send_at": 5}
+        ]);
+        let err = parse_campaign(&c).expect_err("invalid");
+        let fields: Vec<_> = err.0.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "actions[0].delay",
+                "actions[1].send_at",
+                "actions[2].send_at"
+            ]
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// One message to send: (submission, campaign, channel), at most once per triple.
+/// One message to send: (submission, campaign, channel, step), at most once per key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryJob {
     pub v: u16,
@@ -17,6 +17,18 @@ pub struct DeliveryJob {
     pub channel: Channel,
     pub priority: Priority,
     pub created_at: DateTime<Utc>,
+    /// Which action of its channel in the campaign: the n-th (0: the first, and the only one
+    /// before campaigns could hold several; absent in such jobs).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub step: u16,
+    /// When a scheduled action is due (`delay`, `send_at`): the ledger row waits as
+    /// `scheduled` and the job is published then. `None`: now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<DateTime<Utc>>,
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }
 
 const JOB_NAMESPACE: Uuid = Uuid::from_u128(0x2f6c_51a0_7b3e_4c19_9e84_0d1a_6b5c_3e27);
@@ -24,41 +36,68 @@ const JOB_NAMESPACE: Uuid = Uuid::from_u128(0x2f6c_51a0_7b3e_4c19_9e84_0d1a_6b5c
 impl DeliveryJob {
     pub const VERSION: u16 = 1;
 
-    pub fn job_id(submission: SubmissionId, campaign: Uuid, channel: Channel) -> Uuid {
+    pub fn job_id(submission: SubmissionId, campaign: Uuid, channel: Channel, step: u16) -> Uuid {
         Uuid::new_v5(
             &JOB_NAMESPACE,
-            Self::msg_id_of(submission, campaign, channel).as_bytes(),
+            Self::msg_id_of(submission, campaign, channel, step).as_bytes(),
         )
     }
 
-    /// `Nats-Msg-Id` of the job: `<submission_id>:<campaign_id>:<channel>`.
-    pub fn msg_id_of(submission: SubmissionId, campaign: Uuid, channel: Channel) -> String {
-        format!("{submission}:{campaign}:{channel}")
+    /// `Nats-Msg-Id` of the job: `<submission_id>:<campaign_id>:<channel>`, and `:<step>`
+    /// after it for every action of a channel but the first (so the ids of jobs made before
+    /// steps existed do not change).
+    pub fn msg_id_of(
+        submission: SubmissionId,
+        campaign: Uuid,
+        channel: Channel,
+        step: u16,
+    ) -> String {
+        if step == 0 {
+            format!("{submission}:{campaign}:{channel}")
+        } else {
+            format!("{submission}:{campaign}:{channel}:{step}")
+        }
     }
 
     pub fn msg_id(&self) -> String {
-        Self::msg_id_of(self.submission_id, self.campaign_id, self.channel)
+        Self::msg_id_of(
+            self.submission_id,
+            self.campaign_id,
+            self.channel,
+            self.step,
+        )
     }
 
     /// What a provider echoes back in its status callbacks (Twilio's callback URL, WhatsApp's
-    /// `biz_opaque_callback_data`, a Resend tag): `<submission>_<campaign>_<channel>`. Only
-    /// letters, digits, `-` and `_`, which every one of them accepts; no personal data.
+    /// `biz_opaque_callback_data`, a Resend tag): `<submission>_<campaign>_<channel>`, and
+    /// `_<step>` for a later step. Only letters, digits, `-` and `_`, which every one of them
+    /// accepts; no personal data.
     pub fn reference(&self) -> String {
-        format!(
+        let base = format!(
             "{}_{}_{}",
             self.submission_id,
             self.campaign_id,
             self.channel.as_str()
-        )
+        );
+        if self.step == 0 {
+            base
+        } else {
+            format!("{base}_{}", self.step)
+        }
     }
 
     /// The ledger key a [`DeliveryJob::reference`] names; `None` for anything else.
-    pub fn parse_reference(raw: &str) -> Option<(SubmissionId, Uuid, Channel)> {
-        let mut parts = raw.splitn(3, '_');
+    pub fn parse_reference(raw: &str) -> Option<(SubmissionId, Uuid, Channel, u16)> {
+        let mut parts = raw.splitn(4, '_');
         let sub = Uuid::parse_str(parts.next()?).ok()?;
         let camp = Uuid::parse_str(parts.next()?).ok()?;
         let channel = Channel::parse(parts.next()?)?;
-        Some((SubmissionId(sub), camp, channel))
+        let step = match parts.next() {
+            None => 0,
+            Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok()?,
+            Some(_) => return None,
+        };
+        Some((SubmissionId(sub), camp, channel, step))
     }
 }
 
@@ -77,6 +116,8 @@ mod tests {
             channel: Channel::Whatsapp,
             priority: Priority::Normal,
             created_at: Utc::now(),
+            step: 0,
+            due_at: None,
         };
         let r = job.reference();
         assert!(r
@@ -84,12 +125,29 @@ mod tests {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
         assert_eq!(
             DeliveryJob::parse_reference(&r),
-            Some((job.submission_id, job.campaign_id, Channel::Whatsapp))
+            Some((job.submission_id, job.campaign_id, Channel::Whatsapp, 0))
+        );
+        let later = DeliveryJob {
+            step: 2,
+            ..job.clone()
+        };
+        assert_eq!(
+            DeliveryJob::parse_reference(&later.reference()),
+            Some((job.submission_id, job.campaign_id, Channel::Whatsapp, 2))
+        );
+        assert_ne!(later.msg_id(), job.msg_id());
+        // A first step's ids are what they were before steps existed.
+        assert_eq!(
+            job.msg_id(),
+            format!("{}:{}:whatsapp", job.submission_id, job.campaign_id)
         );
         for bad in [
             "",
             "x_y_sms",
             &format!("{}_{}_fax", Uuid::nil(), Uuid::nil()),
+            &format!("{}_{}_sms_", Uuid::nil(), Uuid::nil()),
+            &format!("{}_{}_sms_x1", Uuid::nil(), Uuid::nil()),
+            &format!("{}_{}_sms_99999999", Uuid::nil(), Uuid::nil()),
         ] {
             assert_eq!(DeliveryJob::parse_reference(bad), None);
         }

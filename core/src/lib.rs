@@ -11,6 +11,7 @@ mod cost;
 mod ids;
 mod job;
 pub mod qr;
+pub mod schedule;
 pub mod signatures;
 mod submission;
 mod validate;

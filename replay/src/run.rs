@@ -558,7 +558,9 @@ impl Replayer<'_> {
         self.summary.already_existed += (jobs.len() - out.len()) as u64;
         self.summary.republished += republish.len() as u64;
         if !self.spec.dry_run {
-            let mut out = out;
+            // Scheduled steps wait in the ledger; the workers publish them when due.
+            let mut out: Vec<DeliveryJob> =
+                out.into_iter().filter(|j| j.due_at.is_none()).collect();
             out.extend(republish);
             with_retry("publish", || async {
                 Ok(quizflow_nats::publish_jobs(self.js, &out, |_| None).await?)

@@ -94,7 +94,8 @@ pub async fn take_for_redrive(
                  history = quizflow_cap_history(d.history || jsonb_build_array(jsonb_build_object('at', now(), \
                      'outcome', 'redriven', 'detail', l.id::text)), 50) \
              FROM dead_letters l WHERE l.id = ANY($1) AND d.submission_id = l.submission_id \
-               AND d.campaign_id = l.campaign_id AND d.channel = l.channel AND d.status = 'dead'",
+               AND d.campaign_id = l.campaign_id AND d.channel = l.channel AND d.step = l.step \
+               AND d.status = 'dead'",
         )
         .bind::<diesel::sql_types::Array<SqlUuid>, _>(&ids)
         .execute(conn)

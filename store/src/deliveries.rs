@@ -12,7 +12,7 @@
 use crate::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{
-    Array, Bool, Integer, Json, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    Array, Bool, Integer, Json, Jsonb, Nullable, SmallInt, Text, Timestamptz, Uuid as SqlUuid,
 };
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -35,6 +35,8 @@ struct Row {
     campaign_id: Uuid,
     #[diesel(sql_type = Text)]
     channel: String,
+    #[diesel(sql_type = SmallInt)]
+    step: i16,
     #[diesel(sql_type = Text)]
     status: String,
     #[diesel(sql_type = Integer)]
@@ -98,13 +100,14 @@ impl JobContext {
 
 // The submission's columns as they are: its JSON shape is built in Rust ([`Row::submission`]),
 // which costs PostgreSQL (the busiest process of a run) far less than building it there.
-const LOAD: &str = "SELECT d.submission_id, d.campaign_id, d.channel, d.status, d.attempts, d.lease_until, d.next_attempt_at, d.history, \
+const LOAD: &str = "SELECT d.submission_id, d.campaign_id, d.channel, d.step, d.status, d.attempts, d.lease_until, d.next_attempt_at, d.history, \
         s.quiz_id, s.score, to_json(s.completed_at) AS completed_at, s.tags, s.answers, s.metadata, \
         s.phone, s.email, s.name, s.locale, \
         d.campaign_version AS version, (c.id IS NOT NULL) AS campaign_exists, \
         COALESCE(c.active AND (c.ends_at IS NULL OR c.ends_at > now()), false) AS campaign_live \
- FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS k(sub, camp, channel) \
+ FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[]) AS k(sub, camp, channel, step) \
  JOIN deliveries d ON d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel \
+      AND d.step = k.step \
  JOIN submission_ids i ON i.id = d.submission_id \
  JOIN submissions s ON s.id = i.id AND s.received_at = i.received_at \
  LEFT JOIN campaigns c ON c.id = d.campaign_id";
@@ -208,34 +211,51 @@ pub async fn load(
     let subs: Vec<Uuid> = jobs.iter().map(|j| j.submission_id.0).collect();
     let camps: Vec<Uuid> = jobs.iter().map(|j| j.campaign_id).collect();
     let channels: Vec<String> = jobs.iter().map(|j| j.channel.to_string()).collect();
+    let steps: Vec<i16> = jobs.iter().map(|j| j.step as i16).collect();
     let rows: Vec<Row> = diesel::sql_query(LOAD)
         .bind::<Array<SqlUuid>, _>(&subs)
         .bind::<Array<SqlUuid>, _>(&camps)
         .bind::<Array<Text>, _>(&channels)
+        .bind::<Array<SmallInt>, _>(&steps)
         .load(conn)
         .await?;
     let specs = specs(conn, cache, rows.iter().map(|r| (r.campaign_id, r.version))).await?;
-    let mut by_key: HashMap<(Uuid, Uuid, &str), Row> = rows
+    let mut by_key: HashMap<(Uuid, Uuid, &str, i16), Row> = rows
         .into_iter()
         .map(|r| {
             (
-                (r.submission_id, r.campaign_id, channel_name(&r.channel)),
+                (
+                    r.submission_id,
+                    r.campaign_id,
+                    channel_name(&r.channel),
+                    r.step,
+                ),
                 r,
             )
         })
         .collect();
     // A fetch may hold two copies of one job: each gets the same context, so a row is
     // moved out for its last copy and cloned for the others.
-    let mut left: HashMap<(Uuid, Uuid, &str), usize> = HashMap::new();
+    let mut left: HashMap<(Uuid, Uuid, &str, i16), usize> = HashMap::new();
     for j in jobs {
         *left
-            .entry((j.submission_id.0, j.campaign_id, j.channel.as_str()))
+            .entry((
+                j.submission_id.0,
+                j.campaign_id,
+                j.channel.as_str(),
+                j.step as i16,
+            ))
             .or_default() += 1;
     }
     Ok(jobs
         .iter()
         .map(|j| {
-            let key = (j.submission_id.0, j.campaign_id, j.channel.as_str());
+            let key = (
+                j.submission_id.0,
+                j.campaign_id,
+                j.channel.as_str(),
+                j.step as i16,
+            );
             let n = left.get_mut(&key)?;
             *n -= 1;
             let mut r = if *n == 0 {
@@ -296,8 +316,8 @@ fn channel_name(s: &str) -> &'static str {
     quizflow_core::Channel::parse(s).map_or("", |c| c.as_str())
 }
 
-/// A ledger key: (submission, campaign, channel).
-pub type Key = (Uuid, Uuid, String);
+/// A ledger key: (submission, campaign, channel, step).
+pub type Key = (Uuid, Uuid, String, u16);
 
 #[derive(diesel::QueryableByName)]
 struct KeyRow {
@@ -307,24 +327,35 @@ struct KeyRow {
     campaign_id: Uuid,
     #[diesel(sql_type = Text)]
     channel: String,
+    #[diesel(sql_type = SmallInt)]
+    step: i16,
 }
 
 impl KeyRow {
     fn key(self) -> Key {
-        (self.submission_id, self.campaign_id, self.channel)
+        (
+            self.submission_id,
+            self.campaign_id,
+            self.channel,
+            u16::try_from(self.step).unwrap_or_default(),
+        )
     }
 }
 
-fn unzip(keys: &[Key]) -> (Vec<Uuid>, Vec<Uuid>, Vec<String>) {
+type KeyColumns = (Vec<Uuid>, Vec<Uuid>, Vec<String>, Vec<i16>);
+
+fn unzip(keys: &[Key]) -> KeyColumns {
     let mut a = Vec::with_capacity(keys.len());
     let mut b = Vec::with_capacity(keys.len());
     let mut c = Vec::with_capacity(keys.len());
-    for (s, k, ch) in keys {
+    let mut d = Vec::with_capacity(keys.len());
+    for (s, k, ch, step) in keys {
         a.push(*s);
         b.push(*k);
         c.push(ch.clone());
+        d.push(*step as i16);
     }
-    (a, b, c)
+    (a, b, c, d)
 }
 
 /// Claims the rows nobody holds (`queued`, `failed`, or `sending` with an expired lease) for
@@ -338,21 +369,22 @@ pub async fn claim(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let (subs, camps, channels) = unzip(keys);
+    let (subs, camps, channels, steps) = unzip(keys);
     let rows: Vec<KeyRow> = diesel::sql_query(
         "UPDATE deliveries d SET status = 'sending', claim = $4, \
                 lease_until = now() + make_interval(secs => $5), updated_at = now() \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS k(sub, camp, channel) \
-         WHERE d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $6::int2[]) AS k(sub, camp, channel, step) \
+         WHERE d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel AND d.step = k.step \
            AND ((d.status IN ('queued', 'failed') AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= now())) \
                 OR (d.status = 'sending' AND d.lease_until < now())) \
-         RETURNING d.submission_id, d.campaign_id, d.channel",
+         RETURNING d.submission_id, d.campaign_id, d.channel, d.step",
     )
     .bind::<Array<SqlUuid>, _>(&subs)
     .bind::<Array<SqlUuid>, _>(&camps)
     .bind::<Array<Text>, _>(&channels)
     .bind::<SqlUuid, _>(claim)
     .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
+    .bind::<Array<SmallInt>, _>(&steps)
     .load(conn)
     .await?;
     Ok(rows.into_iter().map(KeyRow::key).collect())
@@ -364,6 +396,7 @@ pub struct Update {
     pub submission_id: Uuid,
     pub campaign_id: Uuid,
     pub channel: String,
+    pub step: u16,
     pub status: &'static str,
     pub attempts: i32,
     pub last_error: Option<String>,
@@ -379,7 +412,12 @@ pub struct Update {
 
 impl Update {
     pub fn key(&self) -> Key {
-        (self.submission_id, self.campaign_id, self.channel.clone())
+        (
+            self.submission_id,
+            self.campaign_id,
+            self.channel.clone(),
+            self.step,
+        )
     }
 }
 
@@ -425,6 +463,7 @@ pub async fn write(
     let subs: Vec<Uuid> = updates.iter().map(|u| u.submission_id).collect();
     let camps: Vec<Uuid> = updates.iter().map(|u| u.campaign_id).collect();
     let channels: Vec<String> = updates.iter().map(|u| u.channel.clone()).collect();
+    let steps: Vec<i16> = updates.iter().map(|u| u.step as i16).collect();
     let statuses: Vec<String> = updates.iter().map(|u| u.status.to_owned()).collect();
     let attempts: Vec<i32> = updates.iter().map(|u| u.attempts).collect();
     let errors: Vec<Option<String>> = updates
@@ -450,13 +489,13 @@ pub async fn write(
                 next_attempt_at = now() + make_interval(secs => u.retry_in), \
                 updated_at = now() \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::uuid[], \
-                     $10::float8[]) \
-              AS u(sub, camp, channel, status, attempts, err, hist, claim, retry_in) \
-         WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel \
+                     $10::float8[], $11::int2[]) \
+              AS u(sub, camp, channel, status, attempts, err, hist, claim, retry_in, step) \
+         WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel AND d.step = u.step \
            AND CASE WHEN u.claim IS NULL \
                     THEN d.status IN ('queued', 'failed') OR (d.status = 'sending' AND d.lease_until < now()) \
                     ELSE d.status = 'sending' AND d.claim = u.claim END \
-         RETURNING d.submission_id, d.campaign_id, d.channel",
+         RETURNING d.submission_id, d.campaign_id, d.channel, d.step",
     )
     .bind::<Array<SqlUuid>, _>(&subs)
     .bind::<Array<SqlUuid>, _>(&camps)
@@ -468,6 +507,7 @@ pub async fn write(
     .bind::<Array<Nullable<SqlUuid>>, _>(&claims)
     .bind::<Integer, _>(HISTORY_CAP)
     .bind::<Array<Nullable<diesel::sql_types::Double>>, _>(&retry_in)
+    .bind::<Array<SmallInt>, _>(&steps)
     .load(conn)
     .await?;
     Ok(rows.into_iter().map(KeyRow::key).collect())
@@ -501,8 +541,8 @@ pub async fn record_dead(
         }
         let history = storable_json(letter.history);
         diesel::sql_query(
-            "INSERT INTO dead_letters (id, kind, channel, submission_id, campaign_id, recipient, class, reason, attempts, history, payload) \
-             VALUES ($1, 'delivery', $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO dead_letters (id, kind, channel, submission_id, campaign_id, recipient, class, reason, attempts, history, payload, step) \
+             VALUES ($1, 'delivery', $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11) ON CONFLICT (id) DO NOTHING",
         )
         .bind::<SqlUuid, _>(letter.id)
         .bind::<Text, _>(letter.job.channel.as_str())
@@ -514,6 +554,7 @@ pub async fn record_dead(
         .bind::<Integer, _>(letter.attempts)
         .bind::<Text, _>(history)
         .bind::<diesel::sql_types::Binary, _>(letter.payload)
+        .bind::<SmallInt, _>(letter.job.step as i16)
         .execute(conn)
         .await?;
         Ok(true)

@@ -84,8 +84,8 @@ pub async fn erase(
                       OR locale IS NOT NULL OR answers::text <> '[]' OR metadata::text <> '{}' \
                       OR idempotency_key IS NOT NULL) \
                RETURNING 1), \
-         o AS (SELECT submission_id, campaign_id, channel, \
-                 (status IN ('queued', 'failed') OR (status = 'sending' AND lease_until < now())) AS pending \
+         o AS (SELECT submission_id, campaign_id, channel, step, \
+                 (status IN ('scheduled', 'queued', 'failed') OR (status = 'sending' AND lease_until < now())) AS pending \
                FROM deliveries WHERE submission_id IN (SELECT id FROM ids) FOR UPDATE), \
          l AS (UPDATE deliveries d SET \
                  status = CASE WHEN o.pending THEN 'cancelled' ELSE d.status END, \
@@ -95,7 +95,7 @@ pub async fn erase(
                  updated_at = CASE WHEN o.pending THEN now() ELSE d.updated_at END, \
                  last_error = NULL, history = '[]' \
                FROM o WHERE d.submission_id = o.submission_id AND d.campaign_id = o.campaign_id \
-                 AND d.channel = o.channel \
+                 AND d.channel = o.channel AND d.step = o.step \
                  AND (o.pending OR d.last_error IS NOT NULL OR d.history <> '[]') \
                RETURNING o.pending), \
          d AS (DELETE FROM dead_letters \

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Datelike, Utc};
 use diesel::pg::Pg;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
-use diesel::sql_types::{Array, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, Integer, Nullable, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use quizflow_core::{Channel, DeliveryJob, Priority, SubmissionEnvelope, SubmissionId};
 use std::collections::HashSet;
@@ -30,38 +30,43 @@ struct IdRow {
 #[derive(diesel::QueryableByName)]
 pub(crate) struct LedgerRow {
     #[diesel(sql_type = SqlUuid)]
-    submission_id: Uuid,
+    pub(crate) submission_id: Uuid,
     #[diesel(sql_type = SqlUuid)]
-    campaign_id: Uuid,
+    pub(crate) campaign_id: Uuid,
     #[diesel(sql_type = Integer)]
     campaign_version: i32,
     #[diesel(sql_type = Text)]
-    channel: String,
+    pub(crate) channel: String,
     #[diesel(sql_type = Text)]
     priority: String,
     #[diesel(sql_type = Timestamptz)]
     created_at: DateTime<Utc>,
     #[diesel(sql_type = Text)]
     pub(crate) status: String,
+    #[diesel(sql_type = SmallInt)]
+    pub(crate) step: i16,
 }
 
 /// The columns of [`LedgerRow`].
 pub(crate) const LEDGER_COLUMNS: &str =
-    "d.submission_id, d.campaign_id, d.campaign_version, d.channel, d.priority, d.created_at, d.status";
+    "d.submission_id, d.campaign_id, d.campaign_version, d.channel, d.priority, d.created_at, d.status, d.step";
 
 impl LedgerRow {
     pub(crate) fn job(&self) -> Option<DeliveryJob> {
         let channel = Channel::parse(&self.channel)?;
         let submission_id = SubmissionId(self.submission_id);
+        let step = u16::try_from(self.step).ok()?;
         Some(DeliveryJob {
             v: DeliveryJob::VERSION,
-            job_id: DeliveryJob::job_id(submission_id, self.campaign_id, channel),
+            job_id: DeliveryJob::job_id(submission_id, self.campaign_id, channel, step),
             submission_id,
             campaign_id: self.campaign_id,
             campaign_version: self.campaign_version,
             channel,
             priority: Priority::parse(&self.priority).unwrap_or_default(),
             created_at: self.created_at,
+            step,
+            due_at: None,
         })
     }
 }
@@ -241,6 +246,8 @@ pub(crate) struct LedgerColumns {
     channels: Vec<&'static str>,
     priorities: Vec<&'static str>,
     created: Vec<DateTime<Utc>>,
+    steps: Vec<i16>,
+    due: Vec<Option<DateTime<Utc>>>,
 }
 
 impl LedgerColumns {
@@ -252,19 +259,25 @@ impl LedgerColumns {
             channels: jobs.iter().map(|j| j.channel.as_str()).collect(),
             priorities: jobs.iter().map(|j| j.priority.as_str()).collect(),
             created: jobs.iter().map(|j| j.created_at).collect(),
+            steps: jobs
+                .iter()
+                .map(|j| i16::try_from(j.step).unwrap_or(i16::MAX))
+                .collect(),
+            due: jobs.iter().map(|j| j.due_at).collect(),
         }
     }
 
-    /// `queued` ledger rows for every job whose key is not taken; with `returning`, the keys
-    /// of the rows it created come back.
+    /// Ledger rows for every job whose key is not taken (`queued`, or `scheduled` until its
+    /// `due_at`); with `returning`, the keys of the rows it created come back.
     pub(crate) fn insert(&self, returning: bool) -> BoxedSqlQuery<'_, Pg, SqlQuery> {
         diesel::sql_query(format!(
-            "INSERT INTO deliveries (submission_id, campaign_id, campaign_version, channel, priority, status, created_at, updated_at) \
-             SELECT u.sub, u.camp, u.ver, u.channel, u.priority, 'queued', u.created, u.created \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[]) \
-                  AS u(sub, camp, ver, channel, priority, created) \
+            "INSERT INTO deliveries (submission_id, campaign_id, campaign_version, channel, priority, status, created_at, updated_at, step, due_at) \
+             SELECT u.sub, u.camp, u.ver, u.channel, u.priority, \
+                    CASE WHEN u.due IS NULL THEN 'queued' ELSE 'scheduled' END, u.created, u.created, u.step, u.due \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[], $7::int2[], $8::timestamptz[]) \
+                  AS u(sub, camp, ver, channel, priority, created, step, due) \
              ON CONFLICT DO NOTHING{}",
-            if returning { " RETURNING submission_id, campaign_id, channel" } else { "" }
+            if returning { " RETURNING submission_id, campaign_id, channel, step" } else { "" }
         ))
         .into_boxed()
         .bind::<Array<SqlUuid>, _>(&self.subs)
@@ -273,6 +286,8 @@ impl LedgerColumns {
         .bind::<Array<Text>, _>(&self.channels)
         .bind::<Array<Text>, _>(&self.priorities)
         .bind::<Array<Timestamptz>, _>(&self.created)
+        .bind::<Array<SmallInt>, _>(&self.steps)
+        .bind::<Array<Nullable<Timestamptz>>, _>(&self.due)
     }
 }
 

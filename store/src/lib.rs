@@ -15,6 +15,7 @@ pub mod erase;
 pub mod intake;
 pub mod replay;
 pub mod reports;
+pub mod schedules;
 pub mod schema;
 pub mod stats;
 pub mod submissions;

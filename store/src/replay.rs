@@ -16,8 +16,8 @@ use quizflow_core::{Channel, DeliveryJob, SubmissionEnvelope};
 use std::collections::HashSet;
 use uuid::Uuid;
 
-/// A ledger key: (submission, campaign, channel).
-pub type LedgerKey = (Uuid, Uuid, Channel);
+/// A ledger key: (submission, campaign, channel, step).
+pub type LedgerKey = (Uuid, Uuid, Channel, u16);
 
 #[derive(diesel::QueryableByName)]
 struct IdRow {
@@ -61,14 +61,17 @@ pub async fn existing(
     let subs: Vec<Uuid> = jobs.iter().map(|j| j.submission_id.0).collect();
     let camps: Vec<Uuid> = jobs.iter().map(|j| j.campaign_id).collect();
     let channels: Vec<&str> = jobs.iter().map(|j| j.channel.as_str()).collect();
+    let steps: Vec<i16> = jobs.iter().map(|j| j.step as i16).collect();
     let rows: Vec<LedgerRow> = diesel::sql_query(format!(
         "SELECT {LEDGER_COLUMNS} \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS u(sub, camp, channel) \
-         JOIN deliveries d ON d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel"
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[]) AS u(sub, camp, channel, step) \
+         JOIN deliveries d ON d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel \
+              AND d.step = u.step"
     ))
     .bind::<Array<SqlUuid>, _>(&subs)
     .bind::<Array<SqlUuid>, _>(&camps)
     .bind::<Array<Text>, _>(&channels)
+    .bind::<Array<diesel::sql_types::SmallInt>, _>(&steps)
     .load(conn)
     .await?;
     Ok(rows
@@ -92,6 +95,8 @@ struct KeyRow {
     campaign_id: Uuid,
     #[diesel(sql_type = Text)]
     channel: String,
+    #[diesel(sql_type = diesel::sql_types::SmallInt)]
+    step: i16,
 }
 
 /// Inserts the ledger rows of `jobs` that do not exist yet (`queued`), in one statement,
@@ -107,13 +112,20 @@ pub async fn insert_missing(
     let rows: Vec<KeyRow> = LedgerColumns::of(jobs).insert(true).load(conn).await?;
     Ok(rows
         .into_iter()
-        .filter_map(|r| Some((r.submission_id, r.campaign_id, Channel::parse(&r.channel)?)))
+        .filter_map(|r| {
+            Some((
+                r.submission_id,
+                r.campaign_id,
+                Channel::parse(&r.channel)?,
+                u16::try_from(r.step).ok()?,
+            ))
+        })
         .collect())
 }
 
 /// The ledger key of a job.
 pub fn key_of(job: &DeliveryJob) -> LedgerKey {
-    (job.submission_id.0, job.campaign_id, job.channel)
+    (job.submission_id.0, job.campaign_id, job.channel, job.step)
 }
 
 /// Which stored submissions a replay from PostgreSQL reads.

@@ -7,7 +7,7 @@
 use crate::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{
-    Array, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    Array, Bool, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz, Uuid as SqlUuid,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -18,6 +18,8 @@ pub struct Delivered {
     pub submission_id: Uuid,
     pub campaign_id: Uuid,
     pub channel: String,
+    /// The n-th action of the channel (the ledger key's `step`).
+    pub step: u16,
     pub detail: String,
 }
 
@@ -61,17 +63,20 @@ pub async fn delivered(
     let channels: Vec<&str> = reports.iter().map(|r| r.channel.as_str()).collect();
     let details: Vec<&str> = reports.iter().map(|r| r.detail.as_str()).collect();
     let ords: Vec<i32> = (0..reports.len() as i32).collect();
+    let steps: Vec<i16> = reports.iter().map(|r| r.step as i16).collect();
     let rows: Vec<Outcome> = diesel::sql_query(
-        "WITH u AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[]) \
-                    AS u(sub, camp, channel, detail, ord)), \
+        "WITH u AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $7::int2[]) \
+                    AS u(sub, camp, channel, detail, ord, step)), \
          m AS (UPDATE deliveries d SET status = 'delivered', updated_at = now(), \
                  history = quizflow_cap_history(d.history || jsonb_build_array(jsonb_build_object( \
                    'at', now(), 'outcome', 'delivered', 'detail', u.detail)), $6) \
                FROM u WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel \
-                 AND d.status IN ('sending', 'sent', 'failed') \
-               RETURNING d.submission_id, d.campaign_id, d.channel) \
-         SELECT EXISTS (SELECT 1 FROM m WHERE m.submission_id = u.sub AND m.campaign_id = u.camp AND m.channel = u.channel) AS moved, \
-                EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel) AS known \
+                 AND d.step = u.step AND d.status IN ('sending', 'sent', 'failed') \
+               RETURNING d.submission_id, d.campaign_id, d.channel, d.step) \
+         SELECT EXISTS (SELECT 1 FROM m WHERE m.submission_id = u.sub AND m.campaign_id = u.camp AND m.channel = u.channel \
+                          AND m.step = u.step) AS moved, \
+                EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel \
+                          AND d.step = u.step) AS known \
          FROM u ORDER BY u.ord",
     )
     .bind::<Array<SqlUuid>, _>(&subs)
@@ -80,6 +85,7 @@ pub async fn delivered(
     .bind::<Array<Text>, _>(&details)
     .bind::<Array<Integer>, _>(&ords)
     .bind::<Integer, _>(crate::deliveries::HISTORY_CAP)
+    .bind::<Array<SmallInt>, _>(&steps)
     .load(conn)
     .await?;
     Ok(rows.iter().map(applied).collect())
@@ -118,16 +124,16 @@ pub async fn failed(
                    claim = NULL, lease_until = NULL, \
                    history = quizflow_cap_history(d.history || jsonb_build_array(jsonb_build_object( \
                      'at', now(), 'outcome', 'permanent', 'detail', $4)), $5) \
-                 WHERE d.submission_id = $1 AND d.campaign_id = $2 AND d.channel = $3 \
+                 WHERE d.submission_id = $1 AND d.campaign_id = $2 AND d.channel = $3 AND d.step = $7 \
                    AND d.status IN ('sending', 'sent') \
                  RETURNING d.attempts, d.history, d.campaign_version, d.priority, d.created_at) \
-             INSERT INTO dead_letters (id, kind, channel, submission_id, campaign_id, recipient, class, reason, attempts, history, payload) \
+             INSERT INTO dead_letters (id, kind, channel, submission_id, campaign_id, recipient, class, reason, attempts, history, payload, step) \
              SELECT gen_random_uuid(), 'delivery', $3, $1, $2, \
                     (SELECT CASE WHEN $3 = 'email' THEN s.email ELSE s.phone END FROM submissions s WHERE s.id = $1 LIMIT 1), \
                     'permanent', $4, m.attempts, m.history, \
                     convert_to(json_build_object('v', 1, 'job_id', $6::uuid, 'submission_id', $1::uuid, 'campaign_id', $2::uuid, \
                       'campaign_version', m.campaign_version, 'channel', $3::text, 'priority', m.priority, \
-                      'created_at', m.created_at)::text, 'UTF8') \
+                      'created_at', m.created_at, 'step', $7)::text, 'UTF8'), $7 \
              FROM m \
              RETURNING id, recipient, attempts, history, \
                     (SELECT campaign_version FROM m) AS campaign_version, (SELECT priority FROM m) AS priority, \
@@ -139,6 +145,7 @@ pub async fn failed(
         .bind::<Text, _>(&r.detail)
         .bind::<Integer, _>(crate::deliveries::HISTORY_CAP)
         .bind::<SqlUuid, _>(job_id(&r))
+        .bind::<SmallInt, _>(r.step as i16)
         .load(conn)
         .await?;
         if let Some(l) = letter.into_iter().next() {
@@ -146,11 +153,12 @@ pub async fn failed(
         }
         let known: Vec<Outcome> = diesel::sql_query(
             "SELECT false AS moved, EXISTS (SELECT 1 FROM deliveries WHERE submission_id = $1 \
-               AND campaign_id = $2 AND channel = $3) AS known",
+               AND campaign_id = $2 AND channel = $3 AND step = $4) AS known",
         )
         .bind::<SqlUuid, _>(r.submission_id)
         .bind::<SqlUuid, _>(r.campaign_id)
         .bind::<Text, _>(&r.channel)
+        .bind::<SmallInt, _>(r.step as i16)
         .load(conn)
         .await?;
         Ok((
@@ -167,6 +175,7 @@ fn job_id(r: &Delivered) -> Uuid {
             quizflow_core::SubmissionId(r.submission_id),
             r.campaign_id,
             c,
+            r.step,
         ),
         None => Uuid::nil(),
     }

@@ -55,7 +55,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    deliveries (submission_id, campaign_id, channel) {
+    deliveries (submission_id, campaign_id, channel, step) {
         submission_id -> Uuid,
         campaign_id -> Uuid,
         channel -> Text,
@@ -70,6 +70,8 @@ diesel::table! {
         claim -> Nullable<Uuid>,
         lease_until -> Nullable<Timestamptz>,
         next_attempt_at -> Nullable<Timestamptz>,
+        step -> SmallInt,
+        due_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -89,5 +91,6 @@ diesel::table! {
         failed_at -> Timestamptz,
         redriven_at -> Nullable<Timestamptz>,
         redrive_published_at -> Nullable<Timestamptz>,
+        step -> SmallInt,
     }
 }

@@ -19,8 +19,15 @@ pub struct Delivery {
     pub campaign_id: Uuid,
     #[diesel(sql_type = Text)]
     pub channel: String,
+    /// The n-th action of the channel in the campaign.
+    #[diesel(sql_type = diesel::sql_types::SmallInt)]
+    pub step: i16,
     #[diesel(sql_type = Text)]
     pub status: String,
+    /// When a scheduled message is (or was) due; absent for one sent at once.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Integer)]
     pub attempts: i32,
     #[diesel(sql_type = Nullable<Text>)]
@@ -147,8 +154,8 @@ pub async fn get(
         return Ok(None);
     };
     let deliveries: Vec<Delivery> = diesel::sql_query(
-        "SELECT campaign_id, channel, status, attempts, last_error, updated_at FROM deliveries \
-         WHERE submission_id = $1 ORDER BY created_at, campaign_id, channel",
+        "SELECT campaign_id, channel, step, status, due_at, attempts, last_error, updated_at FROM deliveries \
+         WHERE submission_id = $1 ORDER BY created_at, campaign_id, channel, step",
     )
     .bind::<SqlUuid, _>(id)
     .load(conn)

@@ -18,7 +18,7 @@ async fn setup() -> (TestDb, AsyncPgConnection) {
     let first = quizflow_migrations::run_migrations(&db.url)
         .await
         .expect("migrate");
-    assert_eq!(first.len(), 9);
+    assert_eq!(first.len(), 10);
     assert!(quizflow_migrations::run_migrations(&db.url)
         .await
         .expect("again")
@@ -54,7 +54,7 @@ async fn partitions(c: &mut AsyncPgConnection) -> i64 {
     .n
 }
 
-async fn queued_row(conn: &mut AsyncPgConnection, key: &(Uuid, Uuid, String)) {
+async fn queued_row(conn: &mut AsyncPgConnection, key: &(Uuid, Uuid, String, u16)) {
     diesel::sql_query(
         "INSERT INTO deliveries (submission_id, campaign_id, channel, campaign_version, priority, status) \
          VALUES ($1, $2, $3, 1, 'normal', 'queued')",
@@ -67,11 +67,12 @@ async fn queued_row(conn: &mut AsyncPgConnection, key: &(Uuid, Uuid, String)) {
     .expect("row");
 }
 
-fn update(key: &(Uuid, Uuid, String), status: &'static str, claim: Option<Uuid>) -> Update {
+fn update(key: &(Uuid, Uuid, String, u16), status: &'static str, claim: Option<Uuid>) -> Update {
     Update {
         submission_id: key.0,
         campaign_id: key.1,
         channel: key.2.clone(),
+        step: key.3,
         status,
         attempts: 1,
         last_error: Some("e\0rr".into()),
@@ -84,7 +85,7 @@ fn update(key: &(Uuid, Uuid, String), status: &'static str, claim: Option<Uuid>)
 #[tokio::test]
 async fn one_claim_at_a_time_and_statuses_only_move_forward() {
     let (_db, mut conn) = setup().await;
-    let key = (Uuid::new_v4(), Uuid::new_v4(), "sms".to_owned());
+    let key = (Uuid::new_v4(), Uuid::new_v4(), "sms".to_owned(), 0u16);
     queued_row(&mut conn, &key).await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let lease = Duration::from_secs(60);
@@ -138,7 +139,7 @@ async fn one_claim_at_a_time_and_statuses_only_move_forward() {
             .expect("count");
     assert_eq!(sent.n, 1);
     // An expired lease can be taken over (the holder crashed).
-    let key2 = (Uuid::new_v4(), key.1, "sms".to_owned());
+    let key2 = (Uuid::new_v4(), key.1, "sms".to_owned(), 0u16);
     queued_row(&mut conn, &key2).await;
     deliveries::claim(&mut conn, std::slice::from_ref(&key2), a, Duration::ZERO)
         .await
@@ -156,7 +157,7 @@ async fn one_claim_at_a_time_and_statuses_only_move_forward() {
 #[tokio::test]
 async fn a_waiting_job_is_not_claimed_before_its_backoff_runs_out() {
     let (_db, mut conn) = setup().await;
-    let key = (Uuid::new_v4(), Uuid::new_v4(), "sms".to_owned());
+    let key = (Uuid::new_v4(), Uuid::new_v4(), "sms".to_owned(), 0u16);
     queued_row(&mut conn, &key).await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let lease = Duration::from_secs(60);
@@ -193,7 +194,7 @@ async fn a_waiting_job_is_not_claimed_before_its_backoff_runs_out() {
 #[tokio::test]
 async fn attempt_histories_keep_the_newest_fifty() {
     let (_db, mut conn) = setup().await;
-    let key = (Uuid::new_v4(), Uuid::new_v4(), "sms".to_owned());
+    let key = (Uuid::new_v4(), Uuid::new_v4(), "sms".to_owned(), 0u16);
     queued_row(&mut conn, &key).await;
     for i in 0..60 {
         let mut u = update(&key, "failed", None);
@@ -219,4 +220,113 @@ async fn attempt_histories_keep_the_newest_fifty() {
     assert_eq!(entries.len(), 50);
     assert_eq!(entries[0]["n"], 10, "the oldest are dropped");
     assert_eq!(entries[49]["n"], 59);
+}
+
+async fn scheduled_row(conn: &mut AsyncPgConnection, key: &(Uuid, Uuid, String, u16), in_ms: i64) {
+    diesel::sql_query(
+        "INSERT INTO deliveries (submission_id, campaign_id, channel, step, campaign_version, priority, status, due_at) \
+         VALUES ($1, $2, $3, $4, 1, 'normal', 'scheduled', now() + make_interval(secs => $5))",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(key.0)
+    .bind::<diesel::sql_types::Uuid, _>(key.1)
+    .bind::<diesel::sql_types::Text, _>(&key.2)
+    .bind::<diesel::sql_types::SmallInt, _>(key.3 as i16)
+    .bind::<diesel::sql_types::Double, _>(in_ms as f64 / 1000.0)
+    .execute(conn)
+    .await
+    .expect("row");
+}
+
+async fn status_of(conn: &mut AsyncPgConnection, key: &(Uuid, Uuid, String, u16)) -> String {
+    #[derive(diesel::QueryableByName)]
+    struct S {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        status: String,
+    }
+    diesel::sql_query(
+        "SELECT status FROM deliveries WHERE submission_id = $1 AND campaign_id = $2 AND channel = $3 AND step = $4",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(key.0)
+    .bind::<diesel::sql_types::Uuid, _>(key.1)
+    .bind::<diesel::sql_types::Text, _>(&key.2)
+    .bind::<diesel::sql_types::SmallInt, _>(key.3 as i16)
+    .get_result::<S>(conn)
+    .await
+    .expect("status")
+    .status
+}
+
+async fn campaign(conn: &mut AsyncPgConnection, id: Uuid, active: bool) {
+    diesel::sql_query(
+        "INSERT INTO campaigns (id, version, name, active, priority, definition) \
+         VALUES ($1, 1, 'c', $2, 'normal', '{}')",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .bind::<diesel::sql_types::Bool, _>(active)
+    .execute(conn)
+    .await
+    .expect("campaign");
+}
+
+#[tokio::test]
+async fn due_rows_fire_once_in_due_order_later_ones_wait_and_dead_campaigns_cancel() {
+    use quizflow_store::schedules::{fire_due, FireError};
+    let (db, mut conn) = setup().await;
+    let (live, dead) = (Uuid::new_v4(), Uuid::new_v4());
+    campaign(&mut conn, live, true).await;
+    campaign(&mut conn, dead, false).await;
+    let sub = Uuid::new_v4();
+    let first = (sub, live, "sms".to_owned(), 0u16);
+    let second = (sub, live, "sms".to_owned(), 1u16);
+    let later = (sub, live, "sms".to_owned(), 2u16);
+    let cancelled = (sub, dead, "sms".to_owned(), 0u16);
+    scheduled_row(&mut conn, &second, -500).await;
+    scheduled_row(&mut conn, &first, -1000).await;
+    scheduled_row(&mut conn, &later, 3_600_000).await;
+    scheduled_row(&mut conn, &cancelled, -1000).await;
+
+    // A publish that fails commits nothing: the rows are still scheduled.
+    let err = fire_due(&mut conn, 100, |_| async { Err("nats away".to_owned()) })
+        .await
+        .expect_err("publish failed");
+    assert!(matches!(err, FireError::Publish(_)), "{err}");
+    assert_eq!(status_of(&mut conn, &first).await, "scheduled");
+    assert_eq!(status_of(&mut conn, &cancelled).await, "scheduled");
+
+    // Two firers at once: SKIP LOCKED hands each row to one of them.
+    let mut other = AsyncPgConnection::establish(&db.url).await.expect("conn");
+    let published = std::sync::Mutex::new(Vec::new());
+    let (a, b) = tokio::join!(
+        fire_due(&mut conn, 100, |jobs| async {
+            published.lock().expect("lock").extend(jobs);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(())
+        }),
+        fire_due(&mut other, 100, |jobs| async {
+            published.lock().expect("lock").extend(jobs);
+            Ok(())
+        })
+    );
+    let (a, b) = (a.expect("fire a"), b.expect("fire b"));
+    let published = published.into_inner().expect("lock");
+    let steps: Vec<u16> = published.iter().map(|j| j.step).collect();
+    assert_eq!(steps, [0, 1], "due order, each once: {published:?}");
+    assert!(published.iter().all(|j| j.due_at.is_none()));
+    assert_eq!(a.published + b.published, 2);
+    assert_eq!(a.cancelled + b.cancelled, 1);
+    assert_eq!(status_of(&mut conn, &first).await, "queued");
+    assert_eq!(status_of(&mut conn, &second).await, "queued");
+    assert_eq!(status_of(&mut conn, &cancelled).await, "cancelled");
+    assert_eq!(status_of(&mut conn, &later).await, "scheduled");
+    let next = quizflow_store::schedules::next_due(&mut conn)
+        .await
+        .expect("next")
+        .expect("one left");
+    assert!(next > chrono::Utc::now() + chrono::Duration::minutes(59));
+
+    // Nothing more is due.
+    let again = fire_due(&mut conn, 100, |_| async { panic!("nothing to publish") })
+        .await
+        .expect("fire");
+    assert_eq!((again.published, again.cancelled), (0, 0));
 }

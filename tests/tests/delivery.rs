@@ -591,13 +591,20 @@ async fn given_a_job_redelivered_after_it_was_sent_then_it_is_acked_without_send
         .expect("ledger");
     let job = quizflow_core::DeliveryJob {
         v: quizflow_core::DeliveryJob::VERSION,
-        job_id: quizflow_core::DeliveryJob::job_id(id, c.campaign_id, quizflow_core::Channel::Sms),
+        job_id: quizflow_core::DeliveryJob::job_id(
+            id,
+            c.campaign_id,
+            quizflow_core::Channel::Sms,
+            0,
+        ),
         submission_id: id,
         campaign_id: c.campaign_id,
         campaign_version: 1,
         channel: quizflow_core::Channel::Sms,
         priority: quizflow_core::Priority::Normal,
         created_at: chrono::Utc::now(),
+        step: 0,
+        due_at: None,
     };
     assert_eq!(
         quizflow_nats::publish_redrives(&env.js, &[(job, "again".into())]).await,

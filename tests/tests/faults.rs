@@ -307,6 +307,7 @@ async fn given_two_workers_processes_on_one_consumer_then_each_job_is_sent_once(
                         id,
                         k.campaign_id,
                         quizflow_core::Channel::Sms,
+                        0,
                     ),
                     submission_id: id,
                     campaign_id: k.campaign_id,
@@ -314,6 +315,8 @@ async fn given_two_workers_processes_on_one_consumer_then_each_job_is_sent_once(
                     channel: quizflow_core::Channel::Sms,
                     priority: quizflow_core::Priority::Normal,
                     created_at: chrono::Utc::now(),
+                    step: 0,
+                    due_at: None,
                 },
                 format!("copy-{}", k.submission_id),
             )
@@ -557,6 +560,8 @@ async fn given_a_job_published_straight_to_the_subject_without_a_ledger_row_then
         channel: quizflow_core::Channel::Sms,
         priority: quizflow_core::Priority::Normal,
         created_at: chrono::Utc::now(),
+        step: 0,
+        due_at: None,
     };
     assert_eq!(
         quizflow_nats::publish_redrives(&env.js, &[(bogus, "bogus".into())]).await,

@@ -18,6 +18,7 @@ mod metrics;
 mod pool;
 pub mod provider;
 pub mod render;
+pub mod schedule;
 pub mod status;
 mod sweep;
 

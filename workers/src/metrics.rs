@@ -25,6 +25,10 @@ pub struct WorkerMetrics {
     pub rate_share: GaugeVec,
     /// Live workers processes serving the channel, as this one sees them.
     pub members: IntGaugeVec,
+    /// Scheduled messages fired, by outcome (`published`, `cancelled`).
+    pub scheduled: IntCounterVec,
+    /// How late a scheduled message was published after its due time.
+    pub schedule_lateness: prometheus::Histogram,
 }
 
 impl WorkerMetrics {
@@ -99,6 +103,20 @@ impl WorkerMetrics {
                 ),
                 &["channel"],
             )?,
+            scheduled: IntCounterVec::new(
+                Opts::new(
+                    "quizflow_scheduled_messages_total",
+                    "Scheduled messages fired, by outcome (published or cancelled)",
+                ),
+                &["outcome"],
+            )?,
+            schedule_lateness: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "quizflow_schedule_lateness_seconds",
+                    "How long after its due time a scheduled message was published",
+                )
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0]),
+            )?,
         })
     }
 
@@ -112,6 +130,8 @@ impl WorkerMetrics {
         registry.register(Box::new(self.cost.clone()))?;
         registry.register(Box::new(self.rate_share.clone()))?;
         registry.register(Box::new(self.members.clone()))?;
+        registry.register(Box::new(self.scheduled.clone()))?;
+        registry.register(Box::new(self.schedule_lateness.clone()))?;
         Ok(())
     }
 }

@@ -141,6 +141,14 @@ pub async fn run(
             Ok(())
         }
     });
+    tasks.spawn({
+        let (js, pool, metrics, stop) =
+            (js.clone(), pool.clone(), metrics.clone(), stop_rx.clone());
+        async move {
+            crate::schedule::run(js, pool, |f| crate::schedule::observe(&metrics, f), stop).await;
+            Ok(())
+        }
+    });
     drop(status);
     shutdown.await;
     tracing::info!("workers stopping: no new jobs, finishing calls in flight");
@@ -661,7 +669,8 @@ impl Channelled {
             let action = spec
                 .actions
                 .iter()
-                .find(|a| a.channel == job.channel)
+                .filter(|a| a.channel == job.channel)
+                .nth(usize::from(job.step))
                 .ok_or("campaign has no action for this channel")?;
             let respondent = &ctx.submission["respondent"];
             let to = match job.channel {
@@ -692,7 +701,7 @@ impl Channelled {
         let tctx = render::context(&ctx.submission, &job.campaign_id.to_string(), &spec.name);
         let rendered = self
             .templates
-            .get(job.campaign_id, ctx.campaign_version, action)
+            .get(job.campaign_id, ctx.campaign_version, job.step, action)
             .and_then(|env| {
                 Ok((
                     render::render_compiled(&env, "body", &tctx)?,
@@ -1020,6 +1029,7 @@ fn key_of(job: &DeliveryJob) -> Key {
         job.submission_id.0,
         job.campaign_id,
         job.channel.to_string(),
+        job.step,
     )
 }
 
@@ -1035,6 +1045,7 @@ fn update(
         submission_id: job.submission_id.0,
         campaign_id: job.campaign_id,
         channel: job.channel.to_string(),
+        step: job.step,
         status,
         attempts,
         last_error: err,

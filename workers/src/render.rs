@@ -8,11 +8,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
-/// Compiled templates, once per (campaign, version, channel). Bounded: emptied when it
+/// (campaign, version, channel, step): one action of one campaign version.
+type ActionKey = (Uuid, i32, Channel, u16);
+
+/// Compiled templates, once per (campaign, version, channel, step). Bounded: emptied when it
 /// grows past `MAX_ENTRIES` (campaign versions are few; this only guards against churn).
 #[derive(Default)]
 pub struct TemplateCache {
-    inner: Mutex<HashMap<(Uuid, i32, Channel), Arc<Environment<'static>>>>,
+    inner: Mutex<HashMap<ActionKey, Arc<Environment<'static>>>>,
     links: Option<Arc<QrLinks>>,
 }
 
@@ -71,14 +74,16 @@ impl TemplateCache {
         }
     }
 
-    /// The action's compiled `body`, `subject` and `image` templates.
+    /// The compiled `body`, `subject` and `image` templates of `action`, the `step`-th
+    /// action of its channel in that campaign version.
     pub fn get(
         &self,
         campaign: Uuid,
         version: i32,
+        step: u16,
         action: &Action,
     ) -> Result<Arc<Environment<'static>>, String> {
-        let key = (campaign, version, action.channel);
+        let key = (campaign, version, action.channel, step);
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(env) = map.get(&key) {
             return Ok(env.clone());
@@ -193,7 +198,7 @@ mod tests {
             "subject": "Hi {{ respondent.name }}", "template": "<p>Hi {{ respondent.name }}</p>"}))
         .expect("action");
         let cache = TemplateCache::default();
-        let env = cache.get(Uuid::nil(), 1, &action).expect("compiles");
+        let env = cache.get(Uuid::nil(), 1, 0, &action).expect("compiles");
         let ctx = minijinja::Value::from(minijinja::value::Serde(
             json!({"respondent": {"name": "<script>alert(1)</script>"}}),
         ));
@@ -209,7 +214,7 @@ mod tests {
             json!({"channel": "sms", "template": "Hi {{ respondent.name }}"}),
         )
         .expect("action");
-        let env = cache.get(Uuid::nil(), 1, &sms).expect("compiles");
+        let env = cache.get(Uuid::nil(), 1, 0, &sms).expect("compiles");
         let body = render_compiled(&env, "body", &ctx)
             .expect("renders")
             .expect("body");

@@ -158,6 +158,7 @@ mod tests {
             submission_id: Uuid::new_v4(),
             campaign_id: Uuid::new_v4(),
             channel: "sms".into(),
+            step: 0,
             status: "sent",
             attempts: 1,
             last_error: None,

@@ -1,0 +1,189 @@
+//! Scheduled ledger rows (`status = 'scheduled'`, `due_at`): the delay and `send_at` of
+//! campaign actions. Any number of workers processes fire the due ones: each takes up to
+//! `limit` rows `FOR UPDATE SKIP LOCKED` (so two processes never take the same row), moves
+//! them to `queued` (or `cancelled` when their campaign is no longer live), publishes their
+//! jobs, and only then commits. A process that dies before its commit leaves its rows
+//! `scheduled` for the next one (a second publish inside JetStream's duplicate window is
+//! dropped by message id; after it, the worker's claim sends the job once).
+
+use crate::intake::{LedgerRow, LEDGER_COLUMNS};
+use crate::StoreError;
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, Bool, Nullable, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
+// `#[diesel(embed)]` needs the trait in scope.
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use quizflow_core::DeliveryJob;
+use uuid::Uuid;
+
+#[derive(diesel::QueryableByName)]
+struct DueRow {
+    #[diesel(embed)]
+    ledger: LedgerRow,
+    #[diesel(sql_type = Bool)]
+    live: bool,
+    #[diesel(sql_type = Timestamptz)]
+    due_at: DateTime<Utc>,
+}
+
+/// What one [`fire_due`] did.
+#[derive(Debug, Default, Clone)]
+pub struct Fired {
+    /// Jobs published (now `queued`).
+    pub published: usize,
+    /// Rows whose campaign was deactivated, ended or deleted (now `cancelled`).
+    pub cancelled: usize,
+    /// How late each published job was: publish time minus its `due_at`, in milliseconds.
+    pub lateness_ms: Vec<i64>,
+}
+
+/// Why firing failed: the database, or the publish (then nothing was committed).
+#[derive(Debug, thiserror::Error)]
+pub enum FireError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("publish failed: {0}")]
+    Publish(String),
+}
+
+impl From<diesel::result::Error> for FireError {
+    fn from(e: diesel::result::Error) -> Self {
+        FireError::Store(e.into())
+    }
+}
+
+/// Fires up to `limit` due rows: see the module docs. `publish` gets the jobs of the live
+/// ones and must return only once JetStream acknowledged every one.
+pub async fn fire_due<P, F>(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+    publish: P,
+) -> Result<Fired, FireError>
+where
+    P: FnOnce(Vec<DeliveryJob>) -> F + Send,
+    F: std::future::Future<Output = Result<(), String>> + Send,
+{
+    conn.transaction::<Fired, FireError, _>(async move |conn| {
+        let rows: Vec<DueRow> = diesel::sql_query(format!(
+            "SELECT {LEDGER_COLUMNS}, d.due_at, \
+                    COALESCE(c.active AND (c.ends_at IS NULL OR c.ends_at > now()), false) AS live \
+             FROM deliveries d LEFT JOIN campaigns c ON c.id = d.campaign_id \
+             WHERE d.status = 'scheduled' AND d.due_at <= now() \
+             ORDER BY d.due_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED"
+        ))
+        .bind::<diesel::sql_types::BigInt, _>(limit)
+        .load(conn)
+        .await?;
+        if rows.is_empty() {
+            return Ok(Fired::default());
+        }
+        let subs: Vec<Uuid> = rows.iter().map(|r| r.ledger.submission_id).collect();
+        let camps: Vec<Uuid> = rows.iter().map(|r| r.ledger.campaign_id).collect();
+        let channels: Vec<&str> = rows.iter().map(|r| r.ledger.channel.as_str()).collect();
+        let steps: Vec<i16> = rows.iter().map(|r| r.ledger.step).collect();
+        let live: Vec<bool> = rows.iter().map(|r| r.live).collect();
+        let reason: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| (!r.live).then_some("the campaign was deactivated, ended or deleted"))
+            .collect();
+        diesel::sql_query(
+            "UPDATE deliveries d SET status = CASE WHEN u.live THEN 'queued' ELSE 'cancelled' END, \
+                    last_error = u.reason, updated_at = now() \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::bool[], $6::text[]) \
+                  AS u(sub, camp, channel, step, live, reason) \
+             WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel \
+               AND d.step = u.step AND d.status = 'scheduled'",
+        )
+        .bind::<Array<SqlUuid>, _>(&subs)
+        .bind::<Array<SqlUuid>, _>(&camps)
+        .bind::<Array<Text>, _>(&channels)
+        .bind::<Array<SmallInt>, _>(&steps)
+        .bind::<Array<Bool>, _>(&live)
+        .bind::<Array<Nullable<Text>>, _>(&reason)
+        .execute(conn)
+        .await?;
+        let mut fired = Fired::default();
+        let mut jobs = Vec::new();
+        let mut due = Vec::new();
+        for r in &rows {
+            if !r.live {
+                fired.cancelled += 1;
+            } else if let Some(job) = r.ledger.job() {
+                jobs.push(job);
+                due.push(r.due_at);
+            }
+        }
+        fired.published = jobs.len();
+        if !jobs.is_empty() {
+            publish(jobs).await.map_err(FireError::Publish)?;
+        }
+        let now = Utc::now();
+        fired.lateness_ms = due.iter().map(|d| (now - *d).num_milliseconds()).collect();
+        Ok(fired)
+    })
+    .await
+}
+
+/// When the next scheduled row is due (`None`: nothing is scheduled), so a firing loop can
+/// sleep until then instead of polling.
+pub async fn next_due(conn: &mut AsyncPgConnection) -> Result<Option<DateTime<Utc>>, StoreError> {
+    #[derive(diesel::QueryableByName)]
+    struct Next {
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        at: Option<DateTime<Utc>>,
+    }
+    let n: Next =
+        diesel::sql_query("SELECT min(due_at) AS at FROM deliveries WHERE status = 'scheduled'")
+            .get_result(conn)
+            .await?;
+    Ok(n.at)
+}
+
+/// Bulk-writes `n` scheduled ledger rows of `campaign_id` (an SMS reminder each, for fresh
+/// submission ids) due evenly over `spread` from `first_due`: the load of `quizflow bench
+/// schedules`, in one statement so a million rows take seconds.
+pub async fn seed(
+    conn: &mut AsyncPgConnection,
+    campaign_id: Uuid,
+    campaign_version: i32,
+    n: i64,
+    first_due: DateTime<Utc>,
+    spread: std::time::Duration,
+) -> Result<usize, StoreError> {
+    Ok(diesel::sql_query(
+        "INSERT INTO deliveries (submission_id, campaign_id, channel, campaign_version, priority, \
+                                 status, step, due_at) \
+         SELECT gen_random_uuid(), $1, 'sms', $2, 'normal', 'scheduled', 1, \
+                $3 + (g::float8 * $4 / $5) * interval '1 millisecond' \
+         FROM generate_series(0, $5 - 1) AS g",
+    )
+    .bind::<SqlUuid, _>(campaign_id)
+    .bind::<diesel::sql_types::Integer, _>(campaign_version)
+    .bind::<Timestamptz, _>(first_due)
+    .bind::<diesel::sql_types::Double, _>(spread.as_secs_f64() * 1000.0)
+    .bind::<diesel::sql_types::BigInt, _>(n)
+    .execute(conn)
+    .await?)
+}
+
+/// What the schedule holds: rows still `scheduled`, and the on-disk size of the ledger table
+/// and of its due-time index (bytes).
+#[derive(Debug, Clone, Copy, diesel::QueryableByName)]
+pub struct Backlog {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub scheduled: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub table_bytes: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub due_index_bytes: i64,
+}
+
+pub async fn backlog(conn: &mut AsyncPgConnection) -> Result<Backlog, StoreError> {
+    Ok(diesel::sql_query(
+        "SELECT (SELECT count(*) FROM deliveries WHERE status = 'scheduled') AS scheduled, \
+                pg_total_relation_size('deliveries') AS table_bytes, \
+                pg_relation_size('deliveries_due') AS due_index_bytes",
+    )
+    .get_result(conn)
+    .await?)
+}

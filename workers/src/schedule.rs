@@ -1,0 +1,91 @@
+//! The schedule firer every workers process runs beside its pools: due `scheduled` ledger
+//! rows (campaign actions with `delay` or `send_at`) are published as jobs, in due order, by
+//! whichever process takes them first (`quizflow_store::schedules`). Idle, it looks every
+//! [`POLL`]; after a full round it goes again at once, so a backlog drains at the speed of
+//! PostgreSQL and the publishes, not of the poll.
+
+use crate::metrics::WorkerMetrics;
+use async_nats::jetstream;
+pub use quizflow_store::schedules::Fired;
+use quizflow_store::schedules::{fire_due, FireError};
+use quizflow_store::Pool;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often an idle firer looks for due rows: the bound on how late a message goes out
+/// beyond the time it takes to publish.
+pub const POLL: Duration = Duration::from_millis(200);
+/// Rows one round takes (one transaction, one pipelined publish): what bounds a firer's
+/// memory however many messages are scheduled.
+pub const ROUND: i64 = 1000;
+
+/// Fires due rows until `stop`; `on_fired` sees every round that settled something (the
+/// workers process counts it in its metrics; `quizflow bench schedules` measures lateness).
+pub async fn run(
+    js: jetstream::Context,
+    pool: Pool,
+    on_fired: impl Fn(&Fired) + Send,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let pause = match round(&js, &pool).await {
+            Ok(fired) => {
+                let n = fired.published + fired.cancelled;
+                if n > 0 {
+                    on_fired(&fired);
+                    tracing::debug!(
+                        published = fired.published,
+                        cancelled = fired.cancelled,
+                        "scheduled messages fired"
+                    );
+                }
+                if n as i64 >= ROUND {
+                    Duration::ZERO
+                } else {
+                    POLL
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "schedule firer: round failed; rows stay scheduled");
+                Duration::from_secs(1)
+            }
+        };
+        if !pause.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}
+
+/// Counts a round in the workers' metrics.
+pub(crate) fn observe(metrics: &WorkerMetrics, fired: &Fired) {
+    metrics
+        .scheduled
+        .with_label_values(&["published"])
+        .inc_by(fired.published as u64);
+    metrics
+        .scheduled
+        .with_label_values(&["cancelled"])
+        .inc_by(fired.cancelled as u64);
+    for ms in &fired.lateness_ms {
+        metrics
+            .schedule_lateness
+            .observe((*ms).max(0) as f64 / 1000.0);
+    }
+}
+
+/// One round: the rows it settled.
+async fn round(js: &jetstream::Context, pool: &Pool) -> Result<Fired, FireError> {
+    let mut conn = pool.get().await.map_err(quizflow_store::StoreError::from)?;
+    fire_due(&mut conn, ROUND, |jobs| async move {
+        quizflow_nats::publish_jobs(js, &jobs, |_| None)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
