@@ -1,4 +1,4 @@
-//! quizflow's benchmark harness (behind `quizflow bench ingest|store|deliveries|replay`) and data generators
+//! quizflow's benchmark harness (behind `quizflow bench ingest|store|deliveries|replay|erase|schedules|e2e|limits`) and data generators
 //! for the criterion benches in `benches/`.
 //!
 //! The ingest benchmark measures, in one run on one machine:
@@ -17,12 +17,14 @@ mod ingest;
 pub mod leads;
 pub mod limits;
 mod replay;
+mod schedules;
 mod store;
 
 pub use deliveries::{run_deliveries, DeliveriesArgs, DeliveriesReport};
 pub use erase::{run_erase, EraseArgs, EraseReport};
 pub use ingest::{run_ingest, Fsync, IngestArgs, IngestReport};
 pub use replay::{run_replay, ReplayArgs, ReplayReport};
+pub use schedules::{run_schedules, SchedulesArgs, SchedulesReport};
 pub use store::{run_store, StoreArgs, StoreReport};
 
 /// What `quizflow bench` measures.
@@ -47,4 +49,7 @@ pub enum BenchKind {
     /// One respondent erased from a deployment holding --submissions stored leads: table
     /// lookup, stream scan and rewrite, table scrub, and the no-op second call.
     Erase(EraseArgs),
+    /// A million scheduled messages pending at once in the schedule table: disk, memory, and
+    /// how late the firers publish each after its due time (private deployment).
+    Schedules(SchedulesArgs),
 }

@@ -146,6 +146,9 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(quizflow_benchmarks::BenchKind::Erase(args)) => {
                 bench_erase(cfg, args).await
             }
+            Command::Bench(quizflow_benchmarks::BenchKind::Schedules(args)) => {
+                bench_schedules(cfg, args).await
+            }
             Command::Bench(quizflow_benchmarks::BenchKind::Replay(args)) => {
                 bench_replay(cfg, args).await
             }
@@ -868,6 +871,23 @@ async fn bench_erase(cfg: Config, args: quizflow_benchmarks::EraseArgs) -> anyho
             Ok(quizflow_benchmarks::run_erase(&args, client, js, &db).await?)
         },
         quizflow_benchmarks::EraseReport::markdown,
+    )
+    .await
+}
+
+async fn bench_schedules(
+    cfg: Config,
+    args: quizflow_benchmarks::SchedulesArgs,
+) -> anyhow::Result<()> {
+    let fsync = args.fsync;
+    bench_private(
+        &cfg,
+        fsync,
+        "schedules",
+        |_client, js, db| async move {
+            Ok(quizflow_benchmarks::run_schedules(&args, js, &db).await?)
+        },
+        quizflow_benchmarks::SchedulesReport::markdown,
     )
     .await
 }

@@ -13,7 +13,7 @@
 mod charts;
 mod driver;
 mod plan;
-mod procs;
+pub(crate) mod procs;
 mod sink;
 
 pub use driver::{batch_body, due, Load, Pacing, Sent};

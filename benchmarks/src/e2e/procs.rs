@@ -33,7 +33,7 @@ pub fn parse_stat(stat: &str) -> Option<(u32, u64, u64)> {
     ))
 }
 
-fn pss(pid: u32) -> u64 {
+pub(crate) fn pss(pid: u32) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix("Pss:"))
