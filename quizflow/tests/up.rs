@@ -1,5 +1,6 @@
 //! `quizflow up` end to end: private servers, API, batcher, workers and mock provider; a
-//! campaign turning a submission into stored rows and sent messages; a restart after
+//! campaign turning a submission into stored rows and sent messages (a welcome SMS at once
+//! and a reminder 2 s later, each on time); a restart after
 //! `kill -9` that keeps what was acknowledged; and a clean SIGTERM shutdown.
 
 mod support;
@@ -71,7 +72,8 @@ async fn given_nothing_configured_when_up_then_leads_become_messages_it_survives
         "name": "all up-test", "quiz_id": "up-test", "priority": "high",
         "match": {"all": [{"field": "score", "op": "gte", "value": 1}]},
         "actions": [{"channel": "webhook", "url": format!("{mock}/webhooks/up")},
-                    {"channel": "sms", "template": "Olá {{ respondent.name }}"}]
+                    {"channel": "sms", "template": "Olá {{ respondent.name }}"},
+                    {"channel": "sms", "template": "Lembrete {{ respondent.name }}", "delay": "2s"}]
     });
     let created = http
         .post(format!("{base}/v1/campaigns"))
@@ -96,7 +98,7 @@ async fn given_nothing_configured_when_up_then_leads_become_messages_it_survives
         if r.status().as_u16() == 200 {
             let body: serde_json::Value = r.json().await.expect("json");
             let d = body["deliveries"].as_array().cloned().unwrap_or_default();
-            if d.len() == 2
+            if d.len() == 3
                 && d.iter()
                     // `up`'s mock reports delivery a moment after accepting.
                     .all(|d| {
@@ -109,6 +111,24 @@ async fn given_nothing_configured_when_up_then_leads_become_messages_it_survives
         assert!(Instant::now() < deadline, "stored and sent in time");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let detail: serde_json::Value = http
+        .get(format!("{base}/v1/submissions/{id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let reminder_due: chrono::DateTime<chrono::Utc> = detail["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .find(|d| d["channel"] == "sms" && d["step"] == 1)
+        .and_then(|d| d["due_at"].as_str())
+        .expect("the reminder's ledger row says when it was due")
+        .parse()
+        .expect("due_at");
     let sms: serde_json::Value = http
         .get(format!("{mock}/_mock/messages?channel=sms"))
         .send()
@@ -123,7 +143,27 @@ async fn given_nothing_configured_when_up_then_leads_become_messages_it_survives
         .iter()
         .filter_map(|m| m["body"].as_str())
         .collect();
-    assert_eq!(bodies, ["Olá Ana"]);
+    assert_eq!(bodies, ["Olá Ana", "Lembrete Ana"]);
+    // On time: the welcome at once, the reminder 2 s after the match and within a second of
+    // its due time (never before it).
+    let at = |i: usize| -> chrono::DateTime<chrono::Utc> {
+        sms["messages"][i]["received_at"]
+            .as_str()
+            .expect("received_at")
+            .parse()
+            .expect("time")
+    };
+    let (welcome, reminder) = (at(0), at(1));
+    let gap = (reminder - welcome).num_milliseconds();
+    assert!(
+        (1_000..=3_000).contains(&gap),
+        "reminder {gap} ms after the welcome, asked 2 s"
+    );
+    let late = (reminder - reminder_due).num_milliseconds();
+    assert!(
+        (0..1_000).contains(&late),
+        "reminder sent {late} ms after it was due"
+    );
     let hooks: serde_json::Value = http
         .get(format!("{mock}/_mock/messages?channel=webhook"))
         .send()
