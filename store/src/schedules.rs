@@ -33,6 +33,8 @@ pub struct Fired {
     pub published: usize,
     /// Rows whose campaign was deactivated, ended or deleted (now `cancelled`).
     pub cancelled: usize,
+    /// Rows left scheduled because this build cannot make their job (an unknown channel).
+    pub skipped: usize,
     /// How late each published job was: publish time minus its `due_at`, in milliseconds.
     pub lateness_ms: Vec<i64>,
 }
@@ -74,8 +76,16 @@ where
         .bind::<diesel::sql_types::BigInt, _>(limit)
         .load(conn)
         .await?;
+        // A row this build cannot make a job of (a channel added by a newer version, during a
+        // rolling upgrade) stays scheduled for a process that can, instead of turning
+        // `queued` with no job behind it.
+        let mut fired = Fired::default();
+        let (rows, unknown): (Vec<DueRow>, Vec<DueRow>) = rows
+            .into_iter()
+            .partition(|r| !r.live || r.ledger.job().is_some());
+        fired.skipped = unknown.len();
         if rows.is_empty() {
-            return Ok(Fired::default());
+            return Ok(fired);
         }
         let subs: Vec<Uuid> = rows.iter().map(|r| r.ledger.submission_id).collect();
         let camps: Vec<Uuid> = rows.iter().map(|r| r.ledger.campaign_id).collect();
@@ -102,7 +112,6 @@ where
         .bind::<Array<Nullable<Text>>, _>(&reason)
         .execute(conn)
         .await?;
-        let mut fired = Fired::default();
         let mut jobs = Vec::new();
         let mut due = Vec::new();
         for r in &rows {

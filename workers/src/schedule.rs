@@ -33,6 +33,13 @@ pub async fn run(
         }
         let pause = match round(&js, &pool).await {
             Ok(fired) => {
+                if fired.skipped > 0 {
+                    tracing::warn!(
+                        rows = fired.skipped,
+                        "due scheduled rows of a channel this build does not know stay scheduled \
+                         (a newer version's; upgrade this process)"
+                    );
+                }
                 let n = fired.published + fired.cancelled;
                 if n > 0 {
                     on_fired(&fired);
