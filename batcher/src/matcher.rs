@@ -20,7 +20,7 @@
 
 use crate::bitmap::Bitmap;
 use chrono::DateTime;
-use quizflow_core::schedule::Schedule;
+use quizflow_core::schedule::{Recurrence, Schedule, STEP_STRIDE};
 use quizflow_core::{
     AnswerValue, Campaign, Channel, DeliveryJob, Field, Op, Predicate, SubmissionEnvelope,
 };
@@ -185,6 +185,8 @@ struct Compiled {
     campaign: Arc<Campaign>,
     /// Per action: when it is due (`None`: at once).
     schedules: Vec<Option<Schedule>>,
+    /// Per action: its recurrence (`None`: sent once).
+    recurrences: Vec<Option<Recurrence>>,
     all: Vec<usize>,
     any: Vec<usize>,
     starts_ms: Option<i64>,
@@ -267,6 +269,7 @@ impl Matcher {
                 },
                 ends_ms: c.spec.ends_at.map(|t| t.timestamp_millis()),
                 schedules: c.spec.actions.iter().map(|a| a.schedule()).collect(),
+                recurrences: c.spec.actions.iter().map(|a| a.recurrence()).collect(),
                 campaign: c,
                 all,
                 any,
@@ -286,47 +289,49 @@ impl Matcher {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Vec<DeliveryJob> {
         let mut unresolved: Option<(uuid::Uuid, usize)> = None;
-        let jobs = matches
-            .iter()
-            .filter(|m| rows.contains(&m.row))
-            .filter_map(|m| {
-                let compiled = &self.compiled[m.campaign];
-                let c = &compiled.campaign;
-                let envelope = &batch[m.row];
-                let submission_id = envelope.submission_id;
-                let schedule = compiled
-                    .schedules
-                    .get(usize::from(m.action))
-                    .and_then(Option::as_ref);
-                let due_at = match schedule.map(|s| s.due(now, || template_context(envelope))) {
-                    None => None,
-                    Some(Ok(t)) => Some(t),
-                    Some(Err(_)) => {
-                        // What it rendered may be personal data: only the campaign is named.
-                        let e = unresolved.get_or_insert((c.id, 0));
-                        e.1 += 1;
-                        return None;
-                    }
-                };
-                Some(DeliveryJob {
-                    v: DeliveryJob::VERSION,
-                    job_id: DeliveryJob::job_id(submission_id, c.id, m.channel, m.step),
-                    submission_id,
-                    campaign_id: c.id,
-                    campaign_version: c.version,
-                    channel: m.channel,
-                    priority: c.spec.priority,
-                    created_at: now,
-                    step: m.step,
-                    due_at,
-                })
-            })
-            .collect();
+        let mut jobs = Vec::new();
+        for m in matches.iter().filter(|m| rows.contains(&m.row)) {
+            let compiled = &self.compiled[m.campaign];
+            let c = &compiled.campaign;
+            let envelope = &batch[m.row];
+            let submission_id = envelope.submission_id;
+            let action = usize::from(m.action);
+            let job = |step: u16, due_at| DeliveryJob {
+                v: DeliveryJob::VERSION,
+                job_id: DeliveryJob::job_id(submission_id, c.id, m.channel, step),
+                submission_id,
+                campaign_id: c.id,
+                campaign_version: c.version,
+                channel: m.channel,
+                priority: c.spec.priority,
+                created_at: now,
+                step,
+                due_at,
+            };
+            if let Some(r) = compiled.recurrences.get(action).and_then(Option::as_ref) {
+                match r.occurrences(envelope.received_at, now, || template_context(envelope)) {
+                    Ok(times) => jobs.extend(
+                        times
+                            .into_iter()
+                            .map(|(k, t)| job(m.step + k * STEP_STRIDE, Some(t))),
+                    ),
+                    // What it rendered may be personal data: only the campaign is named.
+                    Err(_) => unresolved.get_or_insert((c.id, 0)).1 += 1,
+                }
+                continue;
+            }
+            let schedule = compiled.schedules.get(action).and_then(Option::as_ref);
+            match schedule.map(|s| s.due(now, || template_context(envelope))) {
+                None => jobs.push(job(m.step, None)),
+                Some(Ok(t)) => jobs.push(job(m.step, Some(t))),
+                Some(Err(_)) => unresolved.get_or_insert((c.id, 0)).1 += 1,
+            }
+        }
         if let Some((campaign, n)) = unresolved {
             tracing::warn!(
                 %campaign,
                 submissions = n,
-                "send_at did not render an RFC 3339 time; those messages are not scheduled"
+                "send_at or until did not render an RFC 3339 time; those messages are not scheduled"
             );
         }
         jobs

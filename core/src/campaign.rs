@@ -135,12 +135,32 @@ pub struct Action {
     /// Sent at this RFC 3339 time, or at the time a template over the submission renders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_at: Option<String>,
+    /// Recurring: sent at every occurrence of this cron pattern (in `timezone`) after the
+    /// submission, up to `until`. See [`crate::schedule`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// IANA time zone of `cron` (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// The last time a recurring action may be sent: RFC 3339, or a template over the
+    /// submission (the event's date in `metadata`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
 }
 
 impl Action {
     /// When this action is sent; `None`: as soon as the submission matches.
     pub fn schedule(&self) -> Option<crate::schedule::Schedule> {
         crate::schedule::Schedule::new(self.delay.as_deref(), self.send_at.as_deref())
+    }
+
+    /// When a recurring action is sent; `None`: it is not recurring.
+    pub fn recurrence(&self) -> Option<crate::schedule::Recurrence> {
+        crate::schedule::Recurrence::new(
+            self.cron.as_deref(),
+            self.timezone.as_deref(),
+            self.until.as_deref(),
+        )
     }
 }
 
@@ -401,7 +421,16 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
     for k in o.keys() {
         if !matches!(
             k.as_str(),
-            "channel" | "template" | "subject" | "url" | "image" | "delay" | "send_at"
+            "channel"
+                | "template"
+                | "subject"
+                | "url"
+                | "image"
+                | "delay"
+                | "send_at"
+                | "cron"
+                | "timezone"
+                | "until"
         ) {
             problem(p, format!("{at}.{k}"), "unknown field");
         }
@@ -440,6 +469,44 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
     }
     if let Some(Err(e)) = send_at.as_deref().map(crate::schedule::parse_send_at) {
         problem(p, format!("{at}.send_at"), e);
+    }
+    let cron = text("cron", p);
+    let timezone = text("timezone", p);
+    let until = text("until", p);
+    if let Some(Err(e)) = cron.as_deref().map(crate::schedule::parse_cron) {
+        problem(p, format!("{at}.cron"), e);
+    }
+    if let Some(Err(e)) = timezone.as_deref().map(crate::schedule::parse_timezone) {
+        problem(p, format!("{at}.timezone"), e);
+    }
+    if let Some(Err(e)) = until.as_deref().map(crate::schedule::parse_send_at) {
+        problem(p, format!("{at}.until"), e);
+    }
+    if cron.is_some() {
+        if until.is_none() {
+            problem(
+                p,
+                format!("{at}.until"),
+                "is required with cron: when the reminders stop",
+            );
+        }
+        if delay.is_some() || send_at.is_some() {
+            problem(
+                p,
+                format!("{at}.cron"),
+                "a recurring action takes no delay or send_at",
+            );
+        }
+    } else {
+        for (key, v) in [("timezone", &timezone), ("until", &until)] {
+            if v.is_some() {
+                problem(
+                    p,
+                    format!("{at}.{key}"),
+                    "only recurring (cron) actions take it",
+                );
+            }
+        }
     }
     for (key, t) in [
         ("template", &template),
@@ -492,6 +559,9 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
         image,
         delay,
         send_at,
+        cron,
+        timezone,
+        until,
     })
 }
 
@@ -558,6 +628,35 @@ mod tests {
                 "actions[0].delay",
                 "actions[1].send_at",
                 "actions[2].send_at"
+            ]
+        );
+
+        // Recurring: a pattern, a zone, an end; nothing else scheduling it.
+        c["actions"] = json!([
+            {"channel": "sms", "template": "digest", "cron": "0 9 * * *",
+             "timezone": "America/Sao_Paulo", "until": "{{ metadata.event_at }}"}
+        ]);
+        let spec = parse_campaign(&c).expect("valid");
+        assert!(spec.actions[0].recurrence().is_some());
+        let back = serde_json::to_value(&spec).expect("json");
+        assert_eq!(parse_campaign(&back).expect("round trip"), spec);
+        c["actions"] = json!([
+            {"channel": "sms", "template": "x", "cron": "every morning", "until": "2027-01-01T00:00:00Z"},
+            {"channel": "sms", "template": "x", "cron": "0 9 * * *"},
+            {"channel": "sms", "template": "x", "cron": "0 9 * * *", "until": "2027-01-01T00:00:00Z", "timezone": "Mars/Base"},
+            {"channel": "sms", "template": "x", "cron": "0 9 * * *", "until": "2027-01-01T00:00:00Z", "delay": "1h"},
+            {"channel": "sms", "template": "x", "timezone": "UTC"}
+        ]);
+        let err = parse_campaign(&c).expect_err("invalid");
+        let fields: Vec<_> = err.0.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "actions[0].cron",
+                "actions[1].until",
+                "actions[2].timezone",
+                "actions[3].cron",
+                "actions[4].timezone"
             ]
         );
     }

@@ -34,6 +34,12 @@ fn is_zero(n: &u16) -> bool {
 const JOB_NAMESPACE: Uuid = Uuid::from_u128(0x2f6c_51a0_7b3e_4c19_9e84_0d1a_6b5c_3e27);
 
 impl DeliveryJob {
+    /// Which of its channel's actions in the campaign this job sends (a recurring action's
+    /// occurrences share it; see [`crate::schedule::STEP_STRIDE`]).
+    pub fn action_step(&self) -> u16 {
+        self.step % crate::schedule::STEP_STRIDE
+    }
+
     pub const VERSION: u16 = 1;
 
     pub fn job_id(submission: SubmissionId, campaign: Uuid, channel: Channel, step: u16) -> Uuid {

@@ -670,7 +670,7 @@ impl Channelled {
                 .actions
                 .iter()
                 .filter(|a| a.channel == job.channel)
-                .nth(usize::from(job.step))
+                .nth(usize::from(job.action_step()))
                 .ok_or("campaign has no action for this channel")?;
             let respondent = &ctx.submission["respondent"];
             let to = match job.channel {
@@ -701,7 +701,12 @@ impl Channelled {
         let tctx = render::context(&ctx.submission, &job.campaign_id.to_string(), &spec.name);
         let rendered = self
             .templates
-            .get(job.campaign_id, ctx.campaign_version, job.step, action)
+            .get(
+                job.campaign_id,
+                ctx.campaign_version,
+                job.action_step(),
+                action,
+            )
             .and_then(|env| {
                 Ok((
                     render::render_compiled(&env, "body", &tctx)?,
