@@ -275,3 +275,95 @@ async fn given_waiting_reminders_when_the_campaign_is_deactivated_or_the_person_
         "the other person's reminder still waits"
     );
 }
+
+#[tokio::test]
+async fn given_a_recurring_reminder_then_each_occurrence_until_the_event_is_sent_once_on_time() {
+    let api = Api::start().await;
+    let mock = pipeline_behind(
+        &api.nats.url(),
+        &api.db.url,
+        quizflow_mock_provider::MockState::default(),
+        |_| {},
+    )
+    .await;
+    // Every 2 s (the seconds field; a real digest says "0 9 * * *") in São Paulo's time, until
+    // the event 7 s from now: three or four occurrences, by where the clock stands.
+    let event_at = (chrono::Utc::now() + chrono::Duration::seconds(7)).to_rfc3339();
+    create(
+        &api,
+        json!({"name": "Digest", "quiz_id": "digest", "match": {}, "actions": [
+            {"channel": "sms", "template": "Digest {{ respondent.name }}",
+             "cron": "*/2 * * * * *", "timezone": "America/Sao_Paulo",
+             "until": "{{ metadata.event_at }}"}
+        ]}),
+    )
+    .await;
+    let n = 5;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            submit(
+                &api,
+                "digest",
+                json!({"respondent": {"phone": format!("+5511966{i:06}"), "name": format!("D{i}")},
+                       "metadata": {"event_at": event_at}}),
+            )
+            .await,
+        );
+    }
+    let until = time(&json!(event_at));
+    wait_until(
+        "every occurrence up to the event sent",
+        Duration::from_secs(60),
+        || async {
+            chrono::Utc::now() > until + chrono::Duration::seconds(1)
+                && count(
+                    &api.db.url,
+                    "SELECT count(*) AS n FROM deliveries WHERE status IN ('scheduled', 'queued', 'sending')",
+                )
+                .await
+                    == 0
+        },
+    )
+    .await;
+    let msgs = messages(&mock).await;
+    for (i, id) in ids.iter().enumerate() {
+        let s = submission(&api, id).await;
+        let rows = s["deliveries"].as_array().expect("deliveries");
+        assert!((3..=4).contains(&rows.len()), "{s}");
+        let mut dues: Vec<_> = rows.iter().map(|d| time(&d["due_at"])).collect();
+        dues.sort();
+        for w in dues.windows(2) {
+            assert_eq!(w[1] - w[0], chrono::Duration::seconds(2), "{s}");
+        }
+        assert!(*dues.last().expect("one") <= until, "{s}");
+        let mut steps: Vec<u64> = rows
+            .iter()
+            .map(|d| d["step"].as_u64().expect("step"))
+            .collect();
+        steps.sort();
+        // Occurrence k of the channel's first action is step 32·k.
+        assert_eq!(
+            steps,
+            (1..=rows.len() as u64).map(|k| 32 * k).collect::<Vec<_>>()
+        );
+        let mut sent: Vec<_> = msgs
+            .iter()
+            .filter(|m| m["body"].as_str() == Some(&format!("Digest D{i}")))
+            .map(|m| time(&m["received_at"]))
+            .collect();
+        sent.sort();
+        assert_eq!(
+            sent.len(),
+            rows.len(),
+            "each occurrence sent once: {msgs:?}"
+        );
+        for (at, due) in sent.iter().zip(&dues) {
+            let late = *at - *due;
+            assert!(
+                late >= chrono::Duration::zero() && late <= chrono::Duration::seconds(1),
+                "D{i}: sent {late} after its occurrence"
+            );
+        }
+    }
+}
