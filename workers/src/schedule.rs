@@ -12,8 +12,7 @@ use quizflow_store::Pool;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How often an idle firer looks for due rows: the bound on how late a message goes out
-/// beyond the time it takes to publish.
+/// How often an idle firer looks for new due rows (a row due sooner is waited for exactly).
 pub const POLL: Duration = Duration::from_millis(200);
 /// Rows one round takes (one transaction, one pipelined publish): what bounds a firer's
 /// memory however many messages are scheduled.
@@ -52,7 +51,7 @@ pub async fn run(
                 if n as i64 >= ROUND {
                     Duration::ZERO
                 } else {
-                    POLL
+                    until_next(&pool, fired.skipped > 0).await
                 }
             }
             Err(e) => {
@@ -66,6 +65,28 @@ pub async fn run(
                 _ = stop.changed() => {}
             }
         }
+    }
+}
+
+/// How long an idle firer waits: until the next due row when that comes before [`POLL`]
+/// (so a reminder is not late by the poll), else `POLL` (rows written meanwhile are seen then).
+async fn until_next(pool: &Pool, skipped: bool) -> Duration {
+    // Rows this build cannot fire stay due: waiting for them would spin.
+    if skipped {
+        return POLL;
+    }
+    let Ok(mut conn) = pool.get().await else {
+        return POLL;
+    };
+    match quizflow_store::schedules::next_due(&mut conn).await {
+        Ok(Some(at)) => (at - chrono::Utc::now())
+            .to_std()
+            // Already due: it fell due after the round's query, or another firer holds it
+            // (then it is settled within that firer's round).
+            .map_or(Duration::from_millis(20), |d| {
+                d.clamp(Duration::from_millis(5), POLL)
+            }),
+        _ => POLL,
     }
 }
 
