@@ -144,8 +144,9 @@ async fn given_nothing_configured_when_up_then_leads_become_messages_it_survives
         .filter_map(|m| m["body"].as_str())
         .collect();
     assert_eq!(bodies, ["Olá Ana", "Lembrete Ana"]);
-    // On time: the welcome at once, the reminder 2 s after the match and within a second of
-    // its due time (never before it).
+    // On time: the reminder is due 2 s after the match (which follows the receipt within a
+    // batch) and goes out at or after that, never before; the welcome goes at once. The
+    // bounds leave room for a loaded CI machine: `quizflow bench schedules` measures lateness.
     let at = |i: usize| -> chrono::DateTime<chrono::Utc> {
         sms["messages"][i]["received_at"]
             .as_str()
@@ -153,16 +154,25 @@ async fn given_nothing_configured_when_up_then_leads_become_messages_it_survives
             .parse()
             .expect("time")
     };
+    let received: chrono::DateTime<chrono::Utc> = detail["received_at"]
+        .as_str()
+        .expect("received_at")
+        .parse()
+        .expect("time");
     let (welcome, reminder) = (at(0), at(1));
-    let gap = (reminder - welcome).num_milliseconds();
+    let delay = (reminder_due - received).num_milliseconds();
     assert!(
-        (1_000..=3_000).contains(&gap),
-        "reminder {gap} ms after the welcome, asked 2 s"
+        (2_000..3_000).contains(&delay),
+        "reminder due {delay} ms after the lead arrived, asked 2 s"
     );
     let late = (reminder - reminder_due).num_milliseconds();
     assert!(
-        (0..1_000).contains(&late),
+        (0..2_000).contains(&late),
         "reminder sent {late} ms after it was due"
+    );
+    assert!(
+        (welcome - received).num_milliseconds() < 2_000,
+        "the welcome went at once"
     );
     let hooks: serde_json::Value = http
         .get(format!("{mock}/_mock/messages?channel=webhook"))
