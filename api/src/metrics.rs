@@ -12,6 +12,8 @@ pub struct Metrics {
     pub publish_seconds: prometheus::Histogram,
     pub audit_write_failures: IntCounter,
     pub callbacks: IntCounterVec,
+    /// 1 when the last readiness check reached the dependency (`nats`, `postgres`).
+    pub dependency_up: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -77,7 +79,16 @@ impl Metrics {
             &["provider", "outcome"],
         )?;
         registry.register(Box::new(callbacks.clone()))?;
+        let dependency_up = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "quizflow_dependency_up",
+                "1 when the API's last readiness check reached the dependency",
+            ),
+            &["dependency"],
+        )?;
+        registry.register(Box::new(dependency_up.clone()))?;
         Ok(Self {
+            dependency_up,
             requests,
             request_seconds,
             accepted,

@@ -17,39 +17,57 @@ pub fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Ready when NATS is connected and PostgreSQL answers.
+/// Ready when this API can accept submissions: NATS connected and not draining (SPEC §2.5).
+/// PostgreSQL is reported in the body and in `quizflow_dependency_up`, never a reason to be
+/// unready: intake goes on while JetStream buffers, so a database outage must not take every
+/// API instance out of its load balancer.
 #[handler]
 pub async fn readyz(state: Data<&Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let nats_ok = state.nats.connection_state() == async_nats::connection::State::Connected;
+    let draining = state.draining.load(std::sync::atomic::Ordering::SeqCst);
+    let postgres =
+        match tokio::time::timeout(Duration::from_secs(2), quizflow_store::ping(&state.db)).await {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "readiness: PostgreSQL check failed");
+                e.public().to_owned()
+            }
+            Err(_) => "no answer within 2s".to_owned(),
+        };
+    let up = &state.metrics.dependency_up;
+    up.with_label_values(&["nats"]).set(i64::from(nats_ok));
+    up.with_label_values(&["postgres"])
+        .set(i64::from(postgres == "ok"));
     let mut problems = Vec::new();
-    if state.nats.connection_state() != async_nats::connection::State::Connected {
+    if !nats_ok {
         problems.push(FieldProblem {
             field: "nats".into(),
             problem: "not connected".into(),
         });
     }
-    match tokio::time::timeout(Duration::from_secs(2), quizflow_store::ping(&state.db)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: PostgreSQL check failed");
-            problems.push(FieldProblem {
-                field: "postgres".into(),
-                problem: e.public().into(),
-            })
-        }
-        Err(_) => problems.push(FieldProblem {
-            field: "postgres".into(),
-            problem: "no answer within 2s".into(),
-        }),
+    if draining {
+        problems.push(FieldProblem {
+            field: "api".into(),
+            problem: "draining: stopping gracefully".into(),
+        });
     }
     if problems.is_empty() {
-        return Ok(Json(
-            serde_json::json!({"status": "ready", "nats": "ok", "postgres": "ok"}),
-        ));
+        return Ok(Json(serde_json::json!({
+            "status": "ready",
+            "nats": "ok",
+            "postgres": postgres,
+        })));
+    }
+    if postgres != "ok" {
+        problems.push(FieldProblem {
+            field: "postgres".into(),
+            problem: postgres,
+        });
     }
     let mut err = ApiError::invalid(ValidationErrors(problems));
     err.status = StatusCode::SERVICE_UNAVAILABLE;
     err.code = "unavailable";
-    err.message = "a dependency is unreachable".into();
+    err.message = "this API cannot accept submissions now".into();
     err.retry_after = Some(1);
     Err(err)
 }
