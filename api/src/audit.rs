@@ -101,8 +101,9 @@ pub(crate) async fn record<E: Endpoint>(
     let presented_token = req
         .headers()
         .contains_key(poem::http::header::AUTHORIZATION);
-    let client =
-        crate::intake::client_ip(&req).map(|ip| state.audit_key.hash("ip", &ip.to_string()));
+    let client = state
+        .client_ip(&req)
+        .map(|ip| state.audit_key.hash("ip", &ip.to_string()));
     let result = ep.call(req).await.map(IntoResponse::into_response);
     let (status, note, code) = match &result {
         Ok(resp) => (

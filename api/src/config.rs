@@ -23,6 +23,8 @@ pub struct ApiSettings {
     pub replicas: usize,
     /// `QUIZFLOW_RATE_LIMIT_IP_PER_MIN` (0 = off).
     pub ip_limit_per_min: u32,
+    /// `QUIZFLOW_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` names the client (default none).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Bearer token of the admin routes; without one every admin route answers 401.
     pub admin_token: Option<String>,
     /// `QUIZFLOW_AUDIT_KEY`: key of the audit log's hashes (default: the admin token).
@@ -50,6 +52,7 @@ impl Default for ApiSettings {
             respondent_limit_scope: crate::LimitScope::Instance,
             replicas: 1,
             ip_limit_per_min: 0,
+            trusted_proxies: Vec::new(),
             limit_window: Duration::from_secs(60),
             admin_token: None,
             audit_key: None,
@@ -71,6 +74,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("respondent_limit_per_min", &self.respondent_limit_per_min)
             .field("respondent_limit_scope", &self.respondent_limit_scope)
             .field("ip_limit_per_min", &self.ip_limit_per_min)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
             .field("audit_key", &self.audit_key.as_ref().map(|_| "***"))
             .field("link_key", &self.link_key.as_ref().map(|_| "***"))

@@ -191,11 +191,11 @@ impl AppState {
         Ok(())
     }
 
-    fn check_ip(&self, remote: &RemoteAddr, n: usize) -> Result<(), ApiError> {
+    fn check_ip(&self, remote: &RemoteAddr, headers: &HeaderMap, n: usize) -> Result<(), ApiError> {
         if !self.ip_limiter.enabled() {
             return Ok(());
         }
-        let ip = remote.as_socket_addr().map(|a| a.ip());
+        let ip = client_addr(&self.settings.trusted_proxies, remote, headers);
         let key = self.ip_limiter.key(ip);
         let keys = vec![key; n];
         self.ip_limiter
@@ -247,7 +247,7 @@ async fn submit_one_inner(
         ),
     };
     let submission = parse_submission(&body).map_err(ApiError::invalid)?;
-    state.check_ip(remote, 1)?;
+    state.check_ip(remote, headers, 1)?;
     let ready = state.prepare(quiz, key, &body, submission);
     let accepted = state.publish(ready).await?;
     let location = format!("/v1/submissions/{}", accepted.submission_id);
@@ -396,7 +396,7 @@ pub async fn submit_batch(
         .map(|item| parse_item(&state, item))
         .collect();
     let valid = parsed.iter().filter(|r| r.is_ok()).count();
-    let ip_check = state.check_ip(remote, valid);
+    let ip_check = state.check_ip(remote, headers, valid);
     // All valid items are published concurrently: the context pipelines them, so a batch
     // costs about one PubAck round trip, not one per item.
     let results = join_all(parsed.into_iter().enumerate().map(|(index, r)| {
@@ -420,15 +420,110 @@ pub async fn submit_batch(
     Ok(poem::web::Json(serde_json::json!({ "results": results })).into_response())
 }
 
-/// The client's address as the connection shows it (`None` for non-TCP listeners).
-pub(crate) fn client_ip(req: &poem::Request) -> Option<std::net::IpAddr> {
-    req.remote_addr().as_socket_addr().map(|a| a.ip())
+/// The client's address (SPEC §2.4): the socket peer's, or, when the peer is a trusted proxy,
+/// the `X-Forwarded-For` entry its proxies appended: read from the right, the first address
+/// that is not itself a trusted proxy. Entries to the left of it were written by the client
+/// and are never believed. `None` for non-TCP listeners.
+pub(crate) fn client_addr(
+    trusted: &[ipnet::IpNet],
+    remote: &RemoteAddr,
+    headers: &HeaderMap,
+) -> Option<std::net::IpAddr> {
+    let peer = remote.as_socket_addr().map(|a| a.ip())?;
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    let entries = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for entry in entries.into_iter().rev() {
+        let Some(ip) = parse_forwarded(entry) else {
+            // Garbage in the chain: the last hop we could read is the best we know.
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+/// One `X-Forwarded-For` entry: an address, optionally with a port (`[::1]:80`, `1.2.3.4:80`).
+fn parse_forwarded(entry: &str) -> Option<std::net::IpAddr> {
+    entry
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+}
+
+impl AppState {
+    /// [`client_addr`] with this instance's trusted proxies.
+    pub(crate) fn client_ip(&self, req: &poem::Request) -> Option<std::net::IpAddr> {
+        client_addr(
+            &self.settings.trusted_proxies,
+            req.remote_addr(),
+            req.headers(),
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use poem::http::HeaderValue;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec![
+            "10.0.0.0/8".parse().expect("cidr"),
+            "192.168.1.1/32".parse().expect("cidr"),
+        ];
+        let remote = |ip: &str| {
+            RemoteAddr(poem::Addr::SocketAddr(
+                format!("{ip}:5000").parse().expect("addr"),
+            ))
+        };
+        let xff = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-for", HeaderValue::from_str(v).expect("value"));
+            h
+        };
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        let cases = [
+            // (peer, X-Forwarded-For, client)
+            ("203.0.113.9", "1.1.1.1", "203.0.113.9"), // untrusted peer: its header is a lie
+            ("10.0.0.5", "1.1.1.1", "1.1.1.1"),        // one trusted proxy
+            ("10.0.0.5", "6.6.6.6, 1.1.1.1", "1.1.1.1"), // the client's own entry is ignored
+            ("10.0.0.5", "1.1.1.1, 192.168.1.1", "1.1.1.1"), // two trusted hops
+            ("10.0.0.5", "10.0.0.7, 10.0.0.6", "10.0.0.7"), // all trusted: the farthest
+            ("10.0.0.5", "garbage, 1.1.1.1", "1.1.1.1"),
+            ("10.0.0.5", "1.1.1.1:443", "1.1.1.1"),
+            ("10.0.0.5", "not-an-ip", "10.0.0.5"),
+        ];
+        for (peer, header, want) in cases {
+            assert_eq!(
+                client_addr(&trusted, &remote(peer), &xff(header)),
+                Some(ip(want)),
+                "{peer} / {header}"
+            );
+        }
+        assert_eq!(
+            client_addr(&trusted, &remote("10.0.0.5"), &HeaderMap::new()),
+            Some(ip("10.0.0.5"))
+        );
+        assert_eq!(
+            client_addr(&[], &remote("10.0.0.5"), &xff("1.1.1.1")),
+            Some(ip("10.0.0.5")),
+            "no trusted proxies: never believed"
+        );
+    }
 
     #[test]
     fn content_type_rules() {

@@ -62,8 +62,10 @@ async fn given_no_or_a_wrong_token_then_every_admin_route_is_401_json() {
     }
 }
 
+/// 40 wrong tokens from one address, then the right one from the same address: the guesses
+/// are throttled, the operator gets in (behind a proxy every client may share one address).
 #[tokio::test]
-async fn given_many_wrong_tokens_from_one_ip_then_admin_routes_answer_429_for_a_while() {
+async fn given_many_wrong_tokens_from_one_ip_then_guesses_get_429_and_the_right_token_gets_in() {
     let api = Api::start().await;
     let mut statuses = Vec::new();
     for _ in 0..40 {
@@ -78,14 +80,53 @@ async fn given_many_wrong_tokens_from_one_ip_then_admin_routes_answer_429_for_a_
     }
     assert!(statuses[..30].iter().all(|s| *s == 401), "{statuses:?}");
     assert!(statuses[30..].iter().all(|s| *s == 429), "{statuses:?}");
-    // Throttled means throttled: even the right token waits until the window slides.
     let right = api
         .admin(Method::GET, "/v1/campaigns")
         .send()
         .await
         .expect("send");
-    let body = assert_error(right, 429, "rate_limited").await;
+    assert_eq!(right.status().as_u16(), 200);
+    // ... and the guesser is still throttled.
+    let guess = api
+        .http
+        .get(api.url("/v1/campaigns"))
+        .bearer_auth("guess-guess-guess-guess")
+        .send()
+        .await
+        .expect("send");
+    let body = assert_error(guess, 429, "rate_limited").await;
     assert!(body["error"]["message"].as_str().is_some());
+}
+
+/// Behind a trusted proxy the client is the `X-Forwarded-For` entry the proxy appended: one
+/// client's guesses throttle that client only, never the others sharing the proxy's address.
+#[tokio::test]
+async fn given_a_trusted_proxy_then_guesses_are_throttled_per_forwarded_client() {
+    let api =
+        Api::start_with(|s| s.trusted_proxies = vec!["127.0.0.0/8".parse().expect("cidr")]).await;
+    let guess = |client: &'static str| {
+        api.http
+            .get(api.url("/v1/campaigns"))
+            .bearer_auth("guess-guess-guess-guess")
+            // The client's own claim on the left is ignored; the proxy's entry is on the right.
+            .header("x-forwarded-for", format!("9.9.9.9, {client}"))
+            .send()
+    };
+    for _ in 0..30 {
+        assert_eq!(
+            guess("203.0.113.7").await.expect("send").status().as_u16(),
+            401
+        );
+    }
+    assert_eq!(
+        guess("203.0.113.7").await.expect("send").status().as_u16(),
+        429
+    );
+    // Another client behind the same proxy is not throttled by the first one's guesses.
+    assert_eq!(
+        guess("198.51.100.4").await.expect("send").status().as_u16(),
+        401
+    );
 }
 
 #[tokio::test]

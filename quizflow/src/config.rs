@@ -47,6 +47,8 @@ pub struct Config {
     pub publish_flights: usize,
     pub rate_limit_respondent_per_min: u32,
     pub rate_limit_ip_per_min: u32,
+    /// CIDRs (comma-separated) of proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: String,
     /// `instance` (counters per API process) or `cluster` (shared through JetStream).
     pub rate_limit_scope: String,
     pub log_format: String,
@@ -120,6 +122,7 @@ impl Default for Config {
             publish_flights: 2,
             rate_limit_respondent_per_min: 10,
             rate_limit_ip_per_min: 0,
+            trusted_proxies: String::new(),
             rate_limit_scope: "instance".into(),
             log_format: "text".into(),
             batch_max: 1000,
@@ -186,6 +189,7 @@ const KEYS: &[&str] = &[
     "publish_flights",
     "rate_limit_respondent_per_min",
     "rate_limit_ip_per_min",
+    "trusted_proxies",
     "rate_limit_scope",
     "log_format",
     "batch_max",
@@ -536,12 +540,31 @@ impl Config {
         }
     }
 
+    /// `QUIZFLOW_TRUSTED_PROXIES`: CIDRs, or plain addresses (one host).
+    pub fn trusted_proxies(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "trusted_proxies (QUIZFLOW_TRUSTED_PROXIES): {s:?} is not a CIDR or an address"
+                        )
+                    })
+            })
+            .collect()
+    }
+
     pub fn api_settings(&self) -> anyhow::Result<quizflow_api::ApiSettings> {
         Ok(quizflow_api::ApiSettings {
             http_addr: self.http_addr.clone(),
             publish_timeout: self.publish_timeout()?,
             respondent_limit_per_min: self.rate_limit_respondent_per_min,
             ip_limit_per_min: self.rate_limit_ip_per_min,
+            trusted_proxies: self.trusted_proxies()?,
             respondent_limit_scope: match self.rate_limit_scope.trim() {
                 "instance" => quizflow_api::LimitScope::Instance,
                 "cluster" => quizflow_api::LimitScope::Cluster,
