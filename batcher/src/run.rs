@@ -127,6 +127,16 @@ impl Batcher {
         self.matcher.read().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Whether the matcher holds this version of a campaign now (tests wait on it instead of
+    /// sleeping past a reload).
+    pub fn knows_campaign(&self, id: uuid::Uuid, version: i32) -> bool {
+        let m = self.snapshot();
+        (0..m.len()).any(|i| {
+            let c = m.campaign(i);
+            c.id == id && c.version == version
+        })
+    }
+
     /// The batcher's metrics; register them where they should be served.
     pub fn metrics(&self) -> &BatcherMetrics {
         &self.metrics
@@ -361,20 +371,25 @@ impl Batcher {
                         part.iter().for_each(|d| redeliver[d.msg] = true);
                         outage = Some(e);
                     }
-                    _ if part.len() > 1 => {
+                    Retry::Isolate if part.len() > 1 => {
                         self.metrics.batches.with_label_values(&["isolated"]).inc();
                         let mid = range.start + part.len() / 2;
-                        tracing::warn!(error = %e, size = part.len(), "batch rejected; isolating the failing submission");
+                        tracing::warn!(error = %e, size = part.len(), "batch rejected for its data; isolating the failing submission");
                         pending.push(mid..range.end);
                         pending.push(range.start..mid);
                     }
-                    Retry::Isolate if quizflow_store::ping(&self.pool).await.is_err() => {
-                        // The server went away meanwhile: not this submission's fault.
-                        redeliver[part[0].msg] = true;
-                        outage = Some(e);
-                    }
-                    _ => {
+                    Retry::Isolate => {
                         let d = &part[0];
+                        // Refused alone, for its data: unstorable only if the server takes
+                        // another write of the same shape right now (SPEC §4).
+                        if let Err(probe) =
+                            store::write_probe(&self.pool, d.envelope.received_at).await
+                        {
+                            tracing::warn!(error = %probe, "write probe failed: the server's trouble, not the submission's");
+                            redeliver[d.msg] = true;
+                            outage = Some(BatcherError::Db(probe));
+                            continue;
+                        }
                         let reason = match &e {
                             BatcherError::Db(db) => format!("cannot be stored: {}", db.public()),
                             other => format!("cannot be stored: {other}"),
@@ -431,7 +446,6 @@ impl Batcher {
         let now = chrono::Utc::now();
         let jobs_for =
             |new_rows: &HashSet<usize>| matcher.jobs(&matches, &envelopes, new_rows, now);
-        let mut conn = self.pool.get().await.map_err(StoreError::from)?;
         {
             let mut known = self
                 .partitions
@@ -439,7 +453,7 @@ impl Batcher {
                 .map(|k| k.clone())
                 .unwrap_or_default();
             store::ensure_partitions(
-                &mut conn,
+                &self.pool,
                 &mut known,
                 envelopes.iter().map(|e| e.received_at),
             )
@@ -448,7 +462,7 @@ impl Batcher {
                 *k = known;
             }
         }
-        let (new_rows, mut jobs) = store::store_batch(&mut conn, &rows, jobs_for).await?;
+        let (new_rows, mut jobs) = store::store_batch(&self.pool, &rows, jobs_for).await?;
         #[cfg(feature = "test-hooks")]
         if self.crash_after_commit.swap(false, Ordering::SeqCst) {
             return Err(BatcherError::SimulatedCrash);
@@ -461,9 +475,8 @@ impl Batcher {
             .collect();
         // (The same batch again makes the same chunks, which JetStream drops as duplicates.)
         if !seen.is_empty() {
-            jobs.extend(store::queued_jobs(&mut conn, &seen).await?);
+            jobs.extend(store::queued_jobs(&self.pool, &seen).await?);
         }
-        drop(conn);
         // Scheduled jobs wait in the ledger (`scheduled`); the workers publish them when due.
         let scheduled = jobs.iter().filter(|j| j.due_at.is_some()).count();
         if scheduled > 0 {

@@ -5,7 +5,6 @@
 //! matching against `--campaigns` campaigns, then the batcher's transaction (id guard,
 //! `INSERT … UNNEST … ON CONFLICT`, ledger rows). Both with `--writers` connections.
 
-use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures::StreamExt;
 use quizflow_batcher::Matcher;
 use quizflow_core::{parse_campaign, Campaign, SubmissionEnvelope};
@@ -166,7 +165,7 @@ async fn copy_batch(
 }
 
 async fn quizflow_batch(
-    conn: &mut AsyncPgConnection,
+    pool: &quizflow_store::Pool,
     matcher: &Matcher,
     rows: &[SubmissionEnvelope],
 ) -> Result<usize, StoreBenchError> {
@@ -181,7 +180,7 @@ async fn quizflow_batch(
         .collect();
     let now = chrono::Utc::now();
     let jobs_for = |new_rows: &HashSet<usize>| matcher.jobs(&matches, rows, new_rows, now);
-    let (_, jobs) = store::store_batch(conn, &store_rows, jobs_for).await?;
+    let (_, jobs) = store::store_batch(pool, &store_rows, jobs_for).await?;
     Ok(jobs.len())
 }
 
@@ -218,20 +217,12 @@ pub async fn run_store(
 
     // Phase 2: the batcher's path.
     let matcher = Arc::new(Matcher::new(campaigns(args.campaigns)));
-    let mut conns = Vec::with_capacity(writers);
-    for _ in 0..writers {
-        conns.push(tokio::sync::Mutex::new(
-            AsyncPgConnection::establish(database_url).await?,
-        ));
-    }
+    let pool = quizflow_store::pool(database_url, u32::try_from(writers).unwrap_or(u32::MAX));
     let started = Instant::now();
-    futures::stream::iter(chunks.iter().enumerate())
-        .map(|(i, chunk)| {
-            let (conn, matcher) = (&conns[i % writers], matcher.clone());
-            async move {
-                let mut conn = conn.lock().await;
-                quizflow_batch(&mut conn, &matcher, chunk).await
-            }
+    futures::stream::iter(chunks.iter())
+        .map(|chunk| {
+            let (pool, matcher) = (&pool, matcher.clone());
+            async move { quizflow_batch(pool, &matcher, chunk).await }
         })
         .buffer_unordered(writers)
         .collect::<Vec<_>>()

@@ -21,8 +21,8 @@ pub use history::{read_submissions, submissions_history, History, HistoryMessage
 pub use pack::{member_trace, members, trace_header, Packer, PackerConfig, PACK_HEADER};
 pub use publish::{
     dead_letter_delivery, dead_letter_job_message, dead_letter_submission, poison_id, publish_jobs,
-    publish_redrives, publish_submission, republish_job, PublishOutcome, DELIVERIES_HEADER,
-    JOB_CHUNK, NOT_BEFORE_HEADER,
+    publish_redrives, publish_submission, republish_job, PublishOutcome, Redrive,
+    DELIVERIES_HEADER, JOB_CHUNK, NOT_BEFORE_HEADER,
 };
 pub use topology::{ensure_topology, TopologyConfig};
 

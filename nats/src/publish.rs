@@ -206,32 +206,51 @@ async fn publish_poison(
     Ok(())
 }
 
-/// Publishes redriven jobs pipelined. Each `Nats-Msg-Id` names the redrive
-/// (`redrive:<dead letter id>`), so JetStream's duplicate window cannot swallow it as a copy
-/// of the original job, and publishing the same redrive again (the outbox relay after a
-/// crash) inside the window stores it once. Returns, per job, whether JetStream acked it.
-pub async fn publish_redrives(
-    js: &jetstream::Context,
-    jobs: &[(quizflow_core::DeliveryJob, String)],
-) -> Vec<bool> {
-    let mut acks = Vec::with_capacity(jobs.len());
-    for (job, dead_letter) in jobs {
-        let payload = match serde_json::to_vec(job) {
-            Ok(p) => p,
-            Err(_) => {
-                acks.push(None);
-                continue;
+/// A dead letter being redriven: its id, its kind (`delivery` or `submission`) and what it
+/// holds (the job, or the submission's envelope line).
+pub struct Redrive<'a> {
+    pub letter_id: String,
+    pub kind: &'a str,
+    pub payload: &'a [u8],
+}
+
+/// Publishes redriven letters pipelined: a delivery letter's job to `DELIVERIES`, a submission
+/// letter's envelope to `SUBMISSIONS` on its quiz's subject (stored once: the batcher's id
+/// guard). Each `Nats-Msg-Id` names the redrive (`redrive:<dead letter id>`), so JetStream's
+/// duplicate window cannot swallow it as a copy of the original, and publishing the same
+/// redrive again (the outbox relay after a crash) inside the window stores it once. Returns,
+/// per letter, whether JetStream acked it; a job that does not decode is never published.
+pub async fn publish_redrives(js: &jetstream::Context, letters: &[Redrive<'_>]) -> Vec<bool> {
+    let mut acks = Vec::with_capacity(letters.len());
+    for letter in letters {
+        let target = match letter.kind {
+            "submission" => {
+                // The quiz names the subject; an envelope that does not decode (a poison
+                // letter redriven after an upgrade) goes on a subject of its own and is
+                // dead-lettered again if it still cannot be read.
+                let quiz = serde_json::from_slice::<SubmissionEnvelope>(letter.payload)
+                    .map(|e| subjects::submission(&e.quiz_id))
+                    .unwrap_or_else(|_| subjects::SUBMISSIONS_REDRIVEN_UNREADABLE.to_owned());
+                Some((quiz, subjects::SUBMISSIONS_STREAM))
             }
+            _ => serde_json::from_slice::<quizflow_core::DeliveryJob>(letter.payload)
+                .ok()
+                .map(|job| {
+                    (
+                        subjects::delivery(job.channel, job.priority),
+                        subjects::DELIVERIES_STREAM,
+                    )
+                }),
+        };
+        let Some((subject, stream)) = target else {
+            acks.push(None);
+            continue;
         };
         let msg = PublishMessage::build()
-            .payload(payload.into())
-            .message_id(format!("redrive:{dead_letter}"))
-            .expected_stream(subjects::DELIVERIES_STREAM);
-        acks.push(
-            js.send_publish(subjects::delivery(job.channel, job.priority), msg)
-                .await
-                .ok(),
-        );
+            .payload(bytes::Bytes::copy_from_slice(letter.payload))
+            .message_id(format!("redrive:{}", letter.letter_id))
+            .expected_stream(stream);
+        acks.push(js.send_publish(subject, msg).await.ok());
     }
     futures::future::join_all(acks.into_iter().map(|a| async move {
         match a {

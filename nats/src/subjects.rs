@@ -19,6 +19,9 @@ pub const BATCHER_CONSUMER: &str = "batcher";
 pub const WORKERS_BUCKET: &str = "quizflow_workers";
 
 pub const SUBMISSIONS_ALL: &str = "quiz.submissions.>";
+/// Where a redriven submission letter whose envelope cannot be read is published (no quiz id
+/// to name the subject; `_` is not a valid quiz id, so no quiz shares it).
+pub const SUBMISSIONS_REDRIVEN_UNREADABLE: &str = "quiz.submissions._";
 pub const DELIVERIES_ALL: &str = "deliveries.>";
 pub const DEAD_LETTERS_ALL: &str = "dead.>";
 

@@ -57,13 +57,16 @@ pub async fn list(
 pub struct Taken {
     #[diesel(sql_type = SqlUuid)]
     pub id: Uuid,
+    /// `delivery` or `submission`.
+    #[diesel(sql_type = Text)]
+    pub kind: String,
     #[diesel(sql_type = Nullable<Binary>)]
     pub payload: Option<Vec<u8>>,
 }
 
-/// Redrive, step 1 of 2 (an outbox): marks up to `limit` open *delivery* dead letters as
-/// redriven and gives their ledger rows a fresh attempt budget (`queued`, 0 attempts), in one
-/// transaction; returns their stored jobs. `id` selects one; otherwise those of `channel`.
+/// Redrive, step 1 of 2 (an outbox): marks up to `limit` open dead letters (deliveries and
+/// submissions) as redriven and gives the ledger rows of delivery letters a fresh attempt
+/// budget (`queued`, 0 attempts), in one transaction; returns their stored jobs or envelopes. `id` selects one; otherwise those of `channel`.
 /// Step 2 is [`mark_published`] once JetStream acknowledged the jobs; rows taken but not
 /// published (a crash, NATS away) are found again by [`unpublished`].
 pub async fn take_for_redrive(
@@ -77,10 +80,11 @@ pub async fn take_for_redrive(
     conn.transaction::<_, StoreError, _>(async move |conn| {
         let taken: Vec<Taken> = diesel::sql_query(
             "UPDATE dead_letters SET redriven_at = now(), redrive_published_at = NULL WHERE id IN ( \
-                 SELECT id FROM dead_letters WHERE redriven_at IS NULL AND kind = 'delivery' \
+                 SELECT id FROM dead_letters WHERE redriven_at IS NULL AND kind IN ('delivery', 'submission') \
+                 AND payload IS NOT NULL \
                  AND ($1::uuid IS NULL OR id = $1) AND ($2::text IS NULL OR channel = $2) \
                  ORDER BY failed_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, payload",
+             RETURNING id, kind, payload",
         )
         .bind::<Nullable<SqlUuid>, _>(id)
         .bind::<Nullable<Text>, _>(channel.as_deref())
@@ -125,7 +129,7 @@ pub async fn unpublished(
     limit: i64,
 ) -> Result<Vec<Taken>, StoreError> {
     Ok(diesel::sql_query(
-        "SELECT id, payload FROM dead_letters WHERE redriven_at IS NOT NULL AND redrive_published_at IS NULL \
+        "SELECT id, kind, payload FROM dead_letters WHERE redriven_at IS NOT NULL AND redrive_published_at IS NULL \
            AND redriven_at < now() - make_interval(secs => $1) ORDER BY redriven_at LIMIT $2",
     )
     .bind::<diesel::sql_types::Double, _>(older_than.as_secs_f64())

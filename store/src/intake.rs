@@ -4,26 +4,24 @@
 //! table per batch, whatever its size. `submission_ids` (unpartitioned, unique on `id`) is
 //! written first: only ids it did not hold go on to `submissions` and `deliveries`, which is
 //! what makes storage at-most-once forever, not just inside JetStream's duplicate window.
+//!
+//! These writes go through tokio-postgres, not diesel-async, so a failure keeps its SQLSTATE:
+//! a full disk (53100) must never be read as a bad lead.
 
+use crate::{ErrorKind, Pool, StoreError};
 use chrono::{DateTime, Datelike, Utc};
 use diesel::pg::Pg;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::{Array, Integer, Nullable, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use quizflow_core::{Channel, DeliveryJob, Priority, SubmissionEnvelope, SubmissionId};
 use std::collections::HashSet;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 /// One decoded message of the batch.
 pub struct Row<'a> {
     pub envelope: &'a SubmissionEnvelope,
     pub stream_seq: u64,
-}
-
-#[derive(diesel::QueryableByName)]
-struct IdRow {
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
 }
 
 /// A ledger row as a job (what a re-publish sends).
@@ -71,149 +69,227 @@ impl LedgerRow {
     }
 }
 
-/// Creates missing monthly partitions for the months of `times` (cached per process).
+/// Creates missing monthly partitions for the months of `times` (cached per process in
+/// `known`; a partition dropped behind the cache's back is created again by [`store_batch`]).
 pub async fn ensure_partitions(
-    conn: &mut AsyncPgConnection,
+    pool: &Pool,
     known: &mut HashSet<(i32, u32)>,
     times: impl Iterator<Item = DateTime<Utc>>,
-) -> Result<(), crate::StoreError> {
+) -> Result<(), StoreError> {
     let mut missing: Vec<DateTime<Utc>> = Vec::new();
     for t in times {
-        if known.insert((t.year(), t.month())) {
+        if !known.contains(&(t.year(), t.month())) {
             missing.push(t);
         }
     }
-    for t in missing {
-        diesel::sql_query("SELECT quizflow_ensure_submission_partitions($1, 1)")
-            .bind::<Timestamptz, _>(t)
-            .execute(conn)
-            .await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let conn = pool.raw().await?;
+    create_partitions(&conn.client, missing.iter().copied()).await?;
+    known.extend(missing.iter().map(|t| (t.year(), t.month())));
+    Ok(())
+}
+
+async fn create_partitions(
+    client: &tokio_postgres::Client,
+    times: impl Iterator<Item = DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    let mut months = std::collections::BTreeSet::new();
+    for t in times {
+        if months.insert((t.year(), t.month())) {
+            client
+                .execute("SELECT quizflow_ensure_submission_partitions($1, 1)", &[&t])
+                .await?;
+        }
     }
     Ok(())
 }
 
 /// Stores the rows whose ids are new and the ledger rows of their jobs (from `jobs_for`),
 /// in one transaction. Returns the indexes of the rows that were new.
+///
+/// Runs on tokio-postgres so a failure keeps its SQLSTATE ([`StoreError::retry`] tells the
+/// data's fault from the server's). A row no partition takes (dropped or never created) gets
+/// its partition and the transaction is tried once more.
 pub async fn store_batch(
-    conn: &mut AsyncPgConnection,
+    pool: &Pool,
     rows: &[Row<'_>],
     jobs_for: impl Fn(&HashSet<usize>) -> Vec<DeliveryJob> + Send + Sync,
-) -> Result<(HashSet<usize>, Vec<DeliveryJob>), crate::StoreError> {
-    conn.transaction::<_, crate::StoreError, _>(async move |conn| {
-        {
-            let ids: Vec<Uuid> = rows.iter().map(|r| r.envelope.submission_id.0).collect();
-            let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.envelope.received_at).collect();
-            let fresh: Vec<IdRow> = diesel::sql_query(
-                "INSERT INTO submission_ids (id, received_at) SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[]) \
-                 ON CONFLICT (id) DO NOTHING RETURNING id",
-            )
-            .bind::<Array<SqlUuid>, _>(&ids)
-            .bind::<Array<Timestamptz>, _>(&received)
-            .load(conn)
-            .await?;
-            let fresh_ids: HashSet<Uuid> = fresh.into_iter().map(|r| r.id).collect();
-            // A batch may hold the same id twice (redelivery racing a retry): store it once.
-            let mut taken = HashSet::new();
-            let new_rows: HashSet<usize> = rows
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| fresh_ids.contains(&r.envelope.submission_id.0) && taken.insert(r.envelope.submission_id.0))
-                .map(|(i, _)| i)
-                .collect();
-            if !new_rows.is_empty() {
-                insert_submissions(conn, rows, &new_rows).await?;
-            }
-            let jobs = jobs_for(&new_rows);
-            if !jobs.is_empty() {
-                insert_ledger(conn, &jobs).await?;
-            }
-            Ok((new_rows, jobs))
+) -> Result<(HashSet<usize>, Vec<DeliveryJob>), StoreError> {
+    let mut conn = pool.raw().await?;
+    match store_once(&mut conn.client, rows, &jobs_for).await {
+        Err(e) if e.kind() == ErrorKind::MissingPartition => {
+            tracing::warn!("a submission had no partition; creating it and storing again");
+            create_partitions(&conn.client, rows.iter().map(|r| r.envelope.received_at)).await?;
+            store_once(&mut conn.client, rows, &jobs_for).await
         }
-    })
-    .await
+        other => other,
+    }
 }
 
-async fn insert_submissions(
-    conn: &mut AsyncPgConnection,
+async fn store_once(
+    client: &mut tokio_postgres::Client,
     rows: &[Row<'_>],
-    new_rows: &HashSet<usize>,
-) -> Result<(), crate::StoreError> {
-    let mut idx: Vec<usize> = new_rows.iter().copied().collect();
-    idx.sort_unstable();
-    let pick = |f: &dyn Fn(&Row<'_>) -> Option<String>| -> Vec<Option<String>> {
-        idx.iter().map(|&i| f(&rows[i])).collect()
-    };
-    let ids: Vec<Uuid> = idx
+    jobs_for: &(impl Fn(&HashSet<usize>) -> Vec<DeliveryJob> + Send + Sync),
+) -> Result<(HashSet<usize>, Vec<DeliveryJob>), StoreError> {
+    let tx = client.transaction().await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.envelope.submission_id.0).collect();
+    let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.envelope.received_at).collect();
+    let fresh = tx
+        .query(
+            "INSERT INTO submission_ids (id, received_at) SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[]) \
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+            &[&ids, &received],
+        )
+        .await?;
+    let fresh_ids: HashSet<Uuid> = fresh
         .iter()
-        .map(|&i| rows[i].envelope.submission_id.0)
-        .collect();
-    let quiz: Vec<String> = idx
+        .map(|r| r.try_get::<_, Uuid>(0))
+        .collect::<Result<_, _>>()?;
+    // A batch may hold the same id twice (redelivery racing a retry): store it once.
+    let mut taken = HashSet::new();
+    let new_rows: HashSet<usize> = rows
         .iter()
-        .map(|&i| rows[i].envelope.quiz_id.to_string())
-        .collect();
-    let received: Vec<DateTime<Utc>> = idx.iter().map(|&i| rows[i].envelope.received_at).collect();
-    let completed: Vec<DateTime<Utc>> = idx
-        .iter()
-        .map(|&i| {
-            rows[i]
-                .envelope
-                .submission
-                .completed_at
-                .unwrap_or(rows[i].envelope.received_at)
+        .enumerate()
+        .filter(|(_, r)| {
+            fresh_ids.contains(&r.envelope.submission_id.0)
+                && taken.insert(r.envelope.submission_id.0)
         })
+        .map(|(i, _)| i)
         .collect();
-    let score: Vec<Option<f64>> = idx
-        .iter()
-        .map(|&i| rows[i].envelope.submission.score)
-        .collect();
-    let phone = pick(&|r| r.envelope.submission.respondent.phone.clone());
-    let email = pick(&|r| r.envelope.submission.respondent.email.clone());
-    let name = pick(&|r| r.envelope.submission.respondent.name.clone());
-    let locale = pick(&|r| r.envelope.submission.respondent.locale.clone());
-    let json = |f: &dyn Fn(&Row<'_>) -> String| -> Vec<String> {
-        idx.iter().map(|&i| f(&rows[i])).collect()
-    };
-    let answers = json(&|r| {
-        serde_json::to_string(&r.envelope.submission.answers).unwrap_or_else(|_| "[]".into())
-    });
-    let tags = json(&|r| pg_text_array(&r.envelope.submission.tags));
-    let metadata = json(&|r| {
-        serde_json::to_string(&r.envelope.submission.metadata).unwrap_or_else(|_| "{}".into())
-    });
-    let key = pick(&|r| {
-        r.envelope
-            .idempotency_key
-            .as_ref()
-            .map(|k| k.as_str().to_owned())
-    });
-    let seq: Vec<i64> = idx.iter().map(|&i| rows[i].stream_seq as i64).collect();
-    diesel::sql_query(
-        "INSERT INTO submissions (id, quiz_id, received_at, completed_at, score, phone, email, name, locale, \
-                                  answers, tags, metadata, idempotency_key, stream_seq) \
-         SELECT u.id, u.quiz_id, u.received_at, u.completed_at, u.score, u.phone, u.email, u.name, u.locale, \
-                u.answers::json, u.tags::text[], u.metadata::json, u.key, u.seq \
-         FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::float8[], $6::text[], $7::text[], \
-                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int8[]) \
-              AS u(id, quiz_id, received_at, completed_at, score, phone, email, name, locale, answers, tags, metadata, key, seq) \
-         ON CONFLICT DO NOTHING",
+    if !new_rows.is_empty() {
+        let mut idx: Vec<usize> = new_rows.iter().copied().collect();
+        idx.sort_unstable();
+        let cols = SubmissionColumns::of(rows, &idx);
+        tx.execute(INSERT_SUBMISSIONS, &cols.params()).await?;
+    }
+    let jobs = jobs_for(&new_rows);
+    if !jobs.is_empty() {
+        let ledger = LedgerColumns::of(&jobs);
+        tx.execute(INSERT_LEDGER, &ledger.params()).await?;
+    }
+    tx.commit().await?;
+    Ok((new_rows, jobs))
+}
+
+/// Can the server take a write of a submission received at `received_at` right now? The
+/// same tables, the same partition, in a transaction that is rolled back. A lead the
+/// database refused alone is called unstorable only when this succeeds: a refusal while the
+/// server cannot write anything is the server's trouble, whatever its SQLSTATE said.
+pub async fn write_probe(pool: &Pool, received_at: DateTime<Utc>) -> Result<(), StoreError> {
+    let mut conn = pool.raw().await?;
+    let tx = conn.client.transaction().await?;
+    let id = Uuid::new_v4();
+    tx.execute(
+        "INSERT INTO submission_ids (id, received_at) VALUES ($1, $2)",
+        &[&id, &received_at],
     )
-    .bind::<Array<SqlUuid>, _>(&ids)
-    .bind::<Array<Text>, _>(&quiz)
-    .bind::<Array<Timestamptz>, _>(&received)
-    .bind::<Array<Timestamptz>, _>(&completed)
-    .bind::<Array<Nullable<diesel::sql_types::Double>>, _>(&score)
-    .bind::<Array<Nullable<Text>>, _>(&phone)
-    .bind::<Array<Nullable<Text>>, _>(&email)
-    .bind::<Array<Nullable<Text>>, _>(&name)
-    .bind::<Array<Nullable<Text>>, _>(&locale)
-    .bind::<Array<Text>, _>(&answers)
-    .bind::<Array<Text>, _>(&tags)
-    .bind::<Array<Text>, _>(&metadata)
-    .bind::<Array<Nullable<Text>>, _>(&key)
-    .bind::<Array<diesel::sql_types::BigInt>, _>(&seq)
-    .execute(conn)
     .await?;
+    tx.execute(
+        "INSERT INTO submissions (id, quiz_id, received_at, completed_at, answers, tags, metadata, stream_seq) \
+         VALUES ($1, 'quizflow-write-probe', $2, $2, '[]', '{}', '{}', 0)",
+        &[&id, &received_at],
+    )
+    .await?;
+    tx.rollback().await?;
     Ok(())
+}
+
+const INSERT_SUBMISSIONS: &str =
+    "INSERT INTO submissions (id, quiz_id, received_at, completed_at, score, phone, email, name, locale, \
+                              answers, tags, metadata, idempotency_key, stream_seq) \
+     SELECT u.id, u.quiz_id, u.received_at, u.completed_at, u.score, u.phone, u.email, u.name, u.locale, \
+            u.answers::json, u.tags::text[], u.metadata::json, u.key, u.seq \
+     FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::float8[], $6::text[], $7::text[], \
+                 $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int8[]) \
+          AS u(id, quiz_id, received_at, completed_at, score, phone, email, name, locale, answers, tags, metadata, key, seq) \
+     ON CONFLICT DO NOTHING";
+
+/// The `submissions` columns of the new rows of a batch, as arrays for one `UNNEST` insert.
+struct SubmissionColumns {
+    ids: Vec<Uuid>,
+    quiz: Vec<String>,
+    received: Vec<DateTime<Utc>>,
+    completed: Vec<DateTime<Utc>>,
+    score: Vec<Option<f64>>,
+    phone: Vec<Option<String>>,
+    email: Vec<Option<String>>,
+    name: Vec<Option<String>>,
+    locale: Vec<Option<String>>,
+    answers: Vec<String>,
+    tags: Vec<String>,
+    metadata: Vec<String>,
+    key: Vec<Option<String>>,
+    seq: Vec<i64>,
+}
+
+impl SubmissionColumns {
+    fn of(rows: &[Row<'_>], idx: &[usize]) -> Self {
+        let sub = |i: usize| &rows[i].envelope.submission;
+        let opt = |f: &dyn Fn(usize) -> Option<String>| -> Vec<Option<String>> {
+            idx.iter().map(|&i| f(i)).collect()
+        };
+        Self {
+            ids: idx
+                .iter()
+                .map(|&i| rows[i].envelope.submission_id.0)
+                .collect(),
+            quiz: idx
+                .iter()
+                .map(|&i| rows[i].envelope.quiz_id.to_string())
+                .collect(),
+            received: idx.iter().map(|&i| rows[i].envelope.received_at).collect(),
+            completed: idx
+                .iter()
+                .map(|&i| sub(i).completed_at.unwrap_or(rows[i].envelope.received_at))
+                .collect(),
+            score: idx.iter().map(|&i| sub(i).score).collect(),
+            phone: opt(&|i| sub(i).respondent.phone.clone()),
+            email: opt(&|i| sub(i).respondent.email.clone()),
+            name: opt(&|i| sub(i).respondent.name.clone()),
+            locale: opt(&|i| sub(i).respondent.locale.clone()),
+            answers: idx
+                .iter()
+                .map(|&i| serde_json::to_string(&sub(i).answers).unwrap_or_else(|_| "[]".into()))
+                .collect(),
+            tags: idx.iter().map(|&i| pg_text_array(&sub(i).tags)).collect(),
+            metadata: idx
+                .iter()
+                .map(|&i| serde_json::to_string(&sub(i).metadata).unwrap_or_else(|_| "{}".into()))
+                .collect(),
+            key: opt(&|i| {
+                rows[i]
+                    .envelope
+                    .idempotency_key
+                    .as_ref()
+                    .map(|k| k.as_str().to_owned())
+            }),
+            seq: idx
+                .iter()
+                .map(|&i| i64::try_from(rows[i].stream_seq).unwrap_or(i64::MAX))
+                .collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 14] {
+        [
+            &self.ids,
+            &self.quiz,
+            &self.received,
+            &self.completed,
+            &self.score,
+            &self.phone,
+            &self.email,
+            &self.name,
+            &self.locale,
+            &self.answers,
+            &self.tags,
+            &self.metadata,
+            &self.key,
+            &self.seq,
+        ]
+    }
 }
 
 /// A PostgreSQL array literal (`{"a","b\\"c"}`): a ragged list of lists cannot be
@@ -270,15 +346,11 @@ impl LedgerColumns {
     /// Ledger rows for every job whose key is not taken (`queued`, or `scheduled` until its
     /// `due_at`); with `returning`, the keys of the rows it created come back.
     pub(crate) fn insert(&self, returning: bool) -> BoxedSqlQuery<'_, Pg, SqlQuery> {
-        diesel::sql_query(format!(
-            "INSERT INTO deliveries (submission_id, campaign_id, campaign_version, channel, priority, status, created_at, updated_at, step, due_at) \
-             SELECT u.sub, u.camp, u.ver, u.channel, u.priority, \
-                    CASE WHEN u.due IS NULL THEN 'queued' ELSE 'scheduled' END, u.created, u.created, u.step, u.due \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[], $7::int2[], $8::timestamptz[]) \
-                  AS u(sub, camp, ver, channel, priority, created, step, due) \
-             ON CONFLICT DO NOTHING{}",
-            if returning { " RETURNING submission_id, campaign_id, channel, step" } else { "" }
-        ))
+        diesel::sql_query(if returning {
+            format!("{INSERT_LEDGER} RETURNING submission_id, campaign_id, channel, step")
+        } else {
+            INSERT_LEDGER.to_owned()
+        })
         .into_boxed()
         .bind::<Array<SqlUuid>, _>(&self.subs)
         .bind::<Array<SqlUuid>, _>(&self.camps)
@@ -289,24 +361,39 @@ impl LedgerColumns {
         .bind::<Array<SmallInt>, _>(&self.steps)
         .bind::<Array<Nullable<Timestamptz>>, _>(&self.due)
     }
+
+    /// The same columns as tokio-postgres parameters of [`INSERT_LEDGER`].
+    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+        [
+            &self.subs,
+            &self.camps,
+            &self.versions,
+            &self.channels,
+            &self.priorities,
+            &self.created,
+            &self.steps,
+            &self.due,
+        ]
+    }
 }
 
-async fn insert_ledger(
-    conn: &mut AsyncPgConnection,
-    jobs: &[DeliveryJob],
-) -> Result<(), crate::StoreError> {
-    LedgerColumns::of(jobs).insert(false).execute(conn).await?;
-    Ok(())
-}
+/// Ledger rows for jobs whose key is not taken: `queued`, or `scheduled` until `due_at`.
+const INSERT_LEDGER: &str =
+    "INSERT INTO deliveries (submission_id, campaign_id, campaign_version, channel, priority, status, created_at, updated_at, step, due_at) \
+     SELECT u.sub, u.camp, u.ver, u.channel, u.priority, \
+            CASE WHEN u.due IS NULL THEN 'queued' ELSE 'scheduled' END, u.created, u.created, u.step, u.due \
+     FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[], $7::int2[], $8::timestamptz[]) \
+          AS u(sub, camp, ver, channel, priority, created, step, due) \
+     ON CONFLICT DO NOTHING";
 
 /// Ledger rows still `queued` for submissions stored by an earlier attempt at the same
 /// message (`(id, stream_seq)`): their jobs may not have been published before that attempt
 /// died, so they are published again (the same batch makes the same chunks, which JetStream
 /// drops by `Nats-Msg-Id`; any other copy is sent once, by the worker's claim).
 pub async fn queued_jobs(
-    conn: &mut AsyncPgConnection,
+    pool: &Pool,
     submissions: &[(SubmissionId, u64)],
-) -> Result<Vec<DeliveryJob>, crate::StoreError> {
+) -> Result<Vec<DeliveryJob>, StoreError> {
     if submissions.is_empty() {
         return Ok(Vec::new());
     }
@@ -315,19 +402,36 @@ pub async fn queued_jobs(
         .iter()
         .map(|s| i64::try_from(s.1).unwrap_or(i64::MAX))
         .collect();
+    let conn = pool.raw().await?;
     // Only rows stored from this very message: a copy of the submission in another message
     // (posted again) leaves the jobs to the message that stored it.
-    let rows: Vec<LedgerRow> = diesel::sql_query(format!(
-        "SELECT {LEDGER_COLUMNS} FROM deliveries d \
-         JOIN UNNEST($1::uuid[], $2::bigint[]) AS m(id, seq) ON m.id = d.submission_id \
-         WHERE d.status = 'queued' \
-           AND EXISTS (SELECT 1 FROM submissions s WHERE s.id = m.id AND s.stream_seq = m.seq)"
-    ))
-    .bind::<Array<SqlUuid>, _>(&ids)
-    .bind::<Array<diesel::sql_types::BigInt>, _>(&seqs)
-    .load(conn)
-    .await?;
-    Ok(rows.iter().filter_map(LedgerRow::job).collect())
+    let rows = conn
+        .client
+        .query(
+            &format!(
+                "SELECT {LEDGER_COLUMNS} FROM deliveries d \
+                 JOIN UNNEST($1::uuid[], $2::bigint[]) AS m(id, seq) ON m.id = d.submission_id \
+                 WHERE d.status = 'queued' \
+                   AND EXISTS (SELECT 1 FROM submissions s WHERE s.id = m.id AND s.stream_seq = m.seq)"
+            ),
+            &[&ids, &seqs],
+        )
+        .await?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for r in rows {
+        let row = LedgerRow {
+            submission_id: r.try_get(0)?,
+            campaign_id: r.try_get(1)?,
+            campaign_version: r.try_get(2)?,
+            channel: r.try_get(3)?,
+            priority: r.try_get(4)?,
+            created_at: r.try_get(5)?,
+            status: r.try_get(6)?,
+            step: r.try_get(7)?,
+        };
+        jobs.extend(row.job());
+    }
+    Ok(jobs)
 }
 
 #[cfg(test)]

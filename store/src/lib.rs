@@ -20,15 +20,44 @@ pub mod schema;
 pub mod stats;
 pub mod submissions;
 
+mod raw;
+
 use diesel::result::DatabaseErrorKind;
-use diesel_async::pooled_connection::{bb8, AsyncDieselConnectionManager};
+use diesel_async::pooled_connection::{bb8 as dbb8, AsyncDieselConnectionManager};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use std::time::Duration;
 
-/// A pool of async PostgreSQL connections.
-pub type Pool = bb8::Pool<AsyncPgConnection>;
+/// PostgreSQL connections: diesel-async for most statements, and tokio-postgres for the
+/// writes whose failures are read by SQLSTATE (the batcher's intake). Both open lazily.
+#[derive(Clone)]
+pub struct Pool {
+    diesel: dbb8::Pool<AsyncPgConnection>,
+    raw: raw::RawPool,
+}
+
 /// A connection checked out of the [`Pool`].
-pub type Conn<'a> = bb8::PooledConnection<'a, AsyncPgConnection>;
+pub type Conn<'a> = dbb8::PooledConnection<'a, AsyncPgConnection>;
+
+impl Pool {
+    /// A diesel connection.
+    pub async fn get(&self) -> Result<Conn<'_>, dbb8::RunError> {
+        self.diesel.get().await
+    }
+
+    /// A tokio-postgres connection, whose errors keep their SQLSTATE.
+    pub(crate) async fn raw(
+        &self,
+    ) -> Result<bb8::PooledConnection<'_, raw::RawManager>, StoreError> {
+        self.raw.get().await.map_err(|e| match e {
+            bb8::RunError::User(e) => StoreError::from(e),
+            bb8::RunError::TimedOut => StoreError {
+                kind: ErrorKind::Timeout,
+                sqlstate: None,
+                message: "no database connection within the pool timeout".into(),
+            },
+        })
+    }
+}
 
 /// What went wrong, as far as a caller's next step is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +68,15 @@ pub enum ErrorKind {
     Timeout,
     /// A serialization failure or deadlock between concurrent writers.
     Conflict,
-    /// The server rejected this data (constraint, invalid value): it will never work as is.
+    /// The server's own trouble (SQLSTATE classes other than 22 and 23: disk full, out of
+    /// memory, locks, operator intervention, internal errors), or a server error whose
+    /// SQLSTATE the driver did not keep. Never the data's fault.
+    Server,
+    /// The server rejected this data (SQLSTATE classes 22 and 23): it will never work as is.
     Data,
-    /// The server rejected the statement for a reason it did not classify: could be the data,
-    /// could be the server. Callers isolate (split the batch) to find out.
-    Rejected,
+    /// A row with no `submissions` partition for it (23514 on the partitioned table): the
+    /// partition is created and the write retried.
+    MissingPartition,
 }
 
 /// What a caller should do with a failed operation.
@@ -51,17 +84,18 @@ pub enum ErrorKind {
 pub enum Retry {
     /// Back off and try the same thing again: it should work once the database is back.
     Later,
-    /// Try the items one by one: one of them may be what fails.
+    /// The data was refused: try the items one by one to find the one that fails, and call
+    /// it bad only once the server is shown to accept other writes.
     Isolate,
-    /// It will never work with this data.
-    Never,
 }
 
 /// A database operation that failed, with its kind.
 #[derive(Debug, thiserror::Error)]
-#[error("{kind:?}: {message}")]
+#[error("{kind:?}{}: {message}", self.sqlstate().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default())]
 pub struct StoreError {
     kind: ErrorKind,
+    /// The server's SQLSTATE, where the driver kept it.
+    sqlstate: Option<[u8; 5]>,
     message: String,
 }
 
@@ -70,12 +104,22 @@ impl StoreError {
         self.kind
     }
 
+    /// The server's SQLSTATE, where the driver kept it (tokio-postgres paths).
+    pub fn sqlstate(&self) -> Option<&str> {
+        self.sqlstate
+            .as_ref()
+            .and_then(|c| std::str::from_utf8(c).ok())
+    }
+
     /// The one place that maps an error kind to what to do next.
     pub fn retry(&self) -> Retry {
         match self.kind {
-            ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Conflict => Retry::Later,
-            ErrorKind::Rejected => Retry::Isolate,
-            ErrorKind::Data => Retry::Never,
+            ErrorKind::Data => Retry::Isolate,
+            ErrorKind::Unavailable
+            | ErrorKind::Timeout
+            | ErrorKind::Conflict
+            | ErrorKind::Server
+            | ErrorKind::MissingPartition => Retry::Later,
         }
     }
 
@@ -85,8 +129,59 @@ impl StoreError {
             ErrorKind::Unavailable => "database unavailable",
             ErrorKind::Timeout => "database timeout",
             ErrorKind::Conflict => "database write conflict",
+            ErrorKind::Server => "database server error",
             ErrorKind::Data => "data rejected by the database",
-            ErrorKind::Rejected => "statement rejected by the database",
+            ErrorKind::MissingPartition => "no partition for the row",
+        }
+    }
+
+    /// An error raised by this crate's own checks.
+    pub fn data(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Data,
+            sqlstate: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// SQLSTATE classes 22 (data exception) and 23 (integrity constraint) are the data's, except a
+/// check violation on `submissions` itself, which is a row no partition takes; every other
+/// class is the server's, told apart only as far as a caller acts differently on them.
+fn classify_sqlstate(code: &str, table: Option<&str>) -> ErrorKind {
+    match code {
+        "23514" if table == Some("submissions") => ErrorKind::MissingPartition,
+        c if c.starts_with("22") || c.starts_with("23") => ErrorKind::Data,
+        "40001" | "40P01" => ErrorKind::Conflict,
+        "57014" => ErrorKind::Timeout,
+        c if c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "25006") => {
+            ErrorKind::Unavailable
+        }
+        _ => ErrorKind::Server,
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.as_db_error() {
+            Some(db) => {
+                let code = db.code().code();
+                let mut sqlstate = [b'?'; 5];
+                for (slot, b) in sqlstate.iter_mut().zip(code.bytes()) {
+                    *slot = b;
+                }
+                Self {
+                    kind: classify_sqlstate(code, db.table()),
+                    sqlstate: Some(sqlstate),
+                    message: e.to_string(),
+                }
+            }
+            // No server error: the connection failed or closed.
+            None => Self {
+                kind: ErrorKind::Unavailable,
+                sqlstate: None,
+                message: e.to_string(),
+            },
         }
     }
 }
@@ -94,71 +189,50 @@ impl StoreError {
 impl From<diesel::result::Error> for StoreError {
     fn from(e: diesel::result::Error) -> Self {
         use diesel::result::Error as E;
+        // diesel-async keeps a kind for a few SQLSTATEs and drops the code of every other
+        // one: an `Unknown` is taken as the server's trouble (wait, never isolate). Writes
+        // that must tell data from server on any code go through tokio-postgres (`intake`).
         let kind = match &e {
             E::DatabaseError(k, info) => match k {
                 DatabaseErrorKind::UnableToSendCommand
                 | DatabaseErrorKind::ClosedConnection
                 | DatabaseErrorKind::ReadOnlyTransaction => ErrorKind::Unavailable,
                 DatabaseErrorKind::SerializationFailure => ErrorKind::Conflict,
+                DatabaseErrorKind::CheckViolation if info.table_name() == Some("submissions") => {
+                    ErrorKind::MissingPartition
+                }
                 DatabaseErrorKind::UniqueViolation
                 | DatabaseErrorKind::ForeignKeyViolation
                 | DatabaseErrorKind::NotNullViolation
                 | DatabaseErrorKind::CheckViolation
                 | DatabaseErrorKind::RestrictViolation
                 | DatabaseErrorKind::ExclusionViolation => ErrorKind::Data,
-                _ => classify_message(info.message()),
+                _ => ErrorKind::Server,
             },
             E::DeserializationError(_) | E::SerializationError(_) | E::InvalidCString(_) => {
                 ErrorKind::Data
             }
             E::BrokenTransactionManager | E::AlreadyInTransaction => ErrorKind::Unavailable,
-            _ => ErrorKind::Rejected,
+            _ => ErrorKind::Server,
         };
         Self {
             kind,
+            sqlstate: None,
             message: e.to_string(),
         }
     }
 }
 
-/// diesel-async keeps the server's message but not its SQLSTATE for unclassified errors; the
-/// few that mean "the server, not the data" are recognisable by their text.
-fn classify_message(message: &str) -> ErrorKind {
-    let m = message.to_ascii_lowercase();
-    if m.contains("deadlock") {
-        ErrorKind::Conflict
-    } else if m.contains("statement timeout") || m.contains("canceling statement") {
-        ErrorKind::Timeout
-    } else if m.contains("terminating connection")
-        || m.contains("shutting down")
-        || m.contains("too many clients")
-        || m.contains("recovery")
-    {
-        ErrorKind::Unavailable
-    } else {
-        ErrorKind::Rejected
-    }
-}
-
-impl From<bb8::RunError> for StoreError {
-    fn from(e: bb8::RunError) -> Self {
+impl From<dbb8::RunError> for StoreError {
+    fn from(e: dbb8::RunError) -> Self {
         let kind = match &e {
-            bb8::RunError::TimedOut => ErrorKind::Timeout,
-            bb8::RunError::User(_) => ErrorKind::Unavailable,
+            dbb8::RunError::TimedOut => ErrorKind::Timeout,
+            dbb8::RunError::User(_) => ErrorKind::Unavailable,
         };
         Self {
             kind,
+            sqlstate: None,
             message: e.to_string(),
-        }
-    }
-}
-
-impl StoreError {
-    /// An error raised by this crate's own checks.
-    pub fn data(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::Data,
-            message: message.into(),
         }
     }
 }
@@ -166,10 +240,17 @@ impl StoreError {
 /// Builds a pool; connections are made lazily, so this succeeds while PostgreSQL is down.
 pub fn pool(database_url: &str, max_size: u32) -> Pool {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
-    bb8::Pool::builder()
+    let diesel = dbb8::Pool::builder()
         .max_size(max_size)
         .connection_timeout(Duration::from_secs(2))
-        .build_unchecked(manager)
+        .build_unchecked(manager);
+    // The raw side serves the batcher's intake; opened on use, so a process that never
+    // stores a batch opens none.
+    let raw = bb8::Pool::builder()
+        .max_size(max_size)
+        .connection_timeout(Duration::from_secs(2))
+        .build_unchecked(raw::RawManager::new(database_url));
+    Pool { diesel, raw }
 }
 
 /// `SELECT 1` through the pool, for readiness checks and outage probes.
@@ -237,30 +318,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connection_loss_is_retried_and_constraints_are_not() {
-        let lost: StoreError = diesel::result::Error::DatabaseError(
-            DatabaseErrorKind::UnableToSendCommand,
-            Box::new("connection closed".to_owned()),
-        )
-        .into();
-        assert_eq!(lost.retry(), Retry::Later);
-        let check: StoreError = diesel::result::Error::DatabaseError(
-            DatabaseErrorKind::CheckViolation,
-            Box::new("violates check".to_owned()),
-        )
-        .into();
-        assert_eq!(check.retry(), Retry::Never);
-        let unknown: StoreError = diesel::result::Error::DatabaseError(
-            DatabaseErrorKind::Unknown,
-            Box::new("unsupported Unicode escape sequence".to_owned()),
-        )
-        .into();
-        assert_eq!(unknown.retry(), Retry::Isolate);
-        let shutdown: StoreError = diesel::result::Error::DatabaseError(
-            DatabaseErrorKind::Unknown,
-            Box::new("terminating connection due to administrator command".to_owned()),
-        )
-        .into();
-        assert_eq!(shutdown.retry(), Retry::Later);
+    fn sqlstates_tell_the_data_from_the_server() {
+        // (SQLSTATE, table, kind): classes 22 and 23 are the data's, everything else the
+        // server's; a check violation on `submissions` itself is a missing partition.
+        let cases = [
+            ("22P05", None, ErrorKind::Data), // unsupported Unicode escape
+            ("22003", None, ErrorKind::Data), // numeric out of range
+            ("23505", Some("submission_ids"), ErrorKind::Data),
+            ("23514", Some("deliveries"), ErrorKind::Data),
+            ("23514", Some("submissions"), ErrorKind::MissingPartition),
+            ("53100", None, ErrorKind::Server), // disk full
+            ("53200", None, ErrorKind::Server), // out of memory
+            ("54000", None, ErrorKind::Server), // program limit
+            ("55P03", None, ErrorKind::Server), // lock not available
+            ("58030", None, ErrorKind::Server), // I/O error
+            ("XX000", None, ErrorKind::Server), // internal error
+            ("42P01", None, ErrorKind::Server), // undefined table: a deployment's trouble
+            ("40001", None, ErrorKind::Conflict),
+            ("40P01", None, ErrorKind::Conflict),
+            ("57014", None, ErrorKind::Timeout),
+            ("57P01", None, ErrorKind::Unavailable), // admin shutdown
+            ("08006", None, ErrorKind::Unavailable),
+            ("25006", None, ErrorKind::Unavailable), // read-only transaction (a replica)
+        ];
+        for (code, table, kind) in cases {
+            assert_eq!(classify_sqlstate(code, table), kind, "{code} {table:?}");
+            let e = StoreError {
+                kind,
+                sqlstate: None,
+                message: String::new(),
+            };
+            let want = if kind == ErrorKind::Data {
+                Retry::Isolate
+            } else {
+                Retry::Later
+            };
+            assert_eq!(e.retry(), want, "{code}");
+        }
+    }
+
+    #[test]
+    fn diesel_kinds_without_a_sqlstate_are_the_servers_unless_typed_as_data() {
+        let of = |kind, message: &str| -> StoreError {
+            diesel::result::Error::DatabaseError(kind, Box::new(message.to_owned())).into()
+        };
+        assert_eq!(
+            of(DatabaseErrorKind::UnableToSendCommand, "connection closed").retry(),
+            Retry::Later
+        );
+        assert_eq!(
+            of(DatabaseErrorKind::CheckViolation, "violates check").retry(),
+            Retry::Isolate
+        );
+        // The message is never read: an unknown code is the server's, in any language.
+        for text in [
+            "unsupported Unicode escape sequence",
+            "could not extend file: No space left on device",
+            "não foi possível estender o arquivo",
+        ] {
+            let e = of(DatabaseErrorKind::Unknown, text);
+            assert_eq!(e.kind(), ErrorKind::Server, "{text}");
+            assert_eq!(e.retry(), Retry::Later, "{text}");
+        }
     }
 }

@@ -606,8 +606,14 @@ async fn given_a_job_redelivered_after_it_was_sent_then_it_is_acked_without_send
         step: 0,
         due_at: None,
     };
+    let payload = serde_json::to_vec(&job).expect("job");
+    let letter = quizflow_nats::Redrive {
+        letter_id: "again".into(),
+        kind: "delivery",
+        payload: &payload,
+    };
     assert_eq!(
-        quizflow_nats::publish_redrives(&env.js, &[(job, "again".into())]).await,
+        quizflow_nats::publish_redrives(&env.js, &[letter]).await,
         vec![true],
         "published"
     );

@@ -322,7 +322,7 @@ async fn given_two_workers_processes_on_one_consumer_then_each_job_is_sent_once(
             )
         })
         .collect();
-    assert!(quizflow_nats::publish_redrives(&env.js, &copies)
+    assert!(common::publish_job_copies(&env.js, &copies)
         .await
         .iter()
         .all(|ok| *ok));
@@ -564,7 +564,7 @@ async fn given_a_job_published_straight_to_the_subject_without_a_ledger_row_then
         due_at: None,
     };
     assert_eq!(
-        quizflow_nats::publish_redrives(&env.js, &[(bogus, "bogus".into())]).await,
+        common::publish_job_copies(&env.js, &[(bogus, "bogus".into())]).await,
         vec![true]
     );
     env.workers(production(&env));

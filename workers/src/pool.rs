@@ -446,7 +446,7 @@ impl Channelled {
         let mut eligible = Vec::new();
         for ((msg, job), ctx) in jobs.into_iter().zip(contexts) {
             match ctx {
-                Err(reason) => self.poison(msg, &reason).await,
+                Err(reason) => self.unloadable(msg, &job, &reason).await,
                 Ok(None) => {
                     // The ledger row is written before the job is published, so a job without
                     // one was never made by a batcher: after a few tries it is poison.
@@ -994,6 +994,31 @@ impl Channelled {
                 tracing::info!(job = %job.job_id, channel = %job.channel, class, "job dead-lettered");
                 msg.ack().await;
             }
+            Err(e) => {
+                tracing::warn!(error = %e, "dead letter not recorded; job naked");
+                msg.nak(Some(Duration::from_secs(5)), Some(job)).await;
+            }
+        }
+    }
+
+    /// A job whose context the database refused for its data (the server is fine: trouble
+    /// of the server makes the whole fetch wait): its ledger row, when there is one, goes the
+    /// normal dead path (marked `dead`, listed, redrivable); without a row, stream only.
+    async fn unloadable(&self, msg: JobMsg, job: &DeliveryJob, reason: &str) {
+        let dl = DeadLetters {
+            js: &self.js,
+            pool: &self.pool,
+        };
+        match dl.record(job, &[], None, "poison", reason, 0, None).await {
+            Ok(true) => {
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&[job.channel.as_str(), "poison"])
+                    .inc();
+                tracing::warn!(job = %job.job_id, channel = %job.channel, "job whose context cannot be loaded dead-lettered");
+                msg.ack().await;
+            }
+            Ok(false) => self.poison(msg, reason).await,
             Err(e) => {
                 tracing::warn!(error = %e, "dead letter not recorded; job naked");
                 msg.nak(Some(Duration::from_secs(5)), Some(job)).await;

@@ -89,19 +89,22 @@ pub(crate) async fn relay_redrives(js: &jetstream::Context, pool: &Pool, relay_a
     if taken.is_empty() {
         return;
     }
-    let jobs: Vec<(DeliveryJob, String)> = taken
+    let letters: Vec<quizflow_nats::Redrive<'_>> = taken
         .iter()
         .filter_map(|t| {
-            let job = serde_json::from_slice(t.payload.as_deref()?).ok()?;
-            Some((job, t.id.to_string()))
+            Some(quizflow_nats::Redrive {
+                letter_id: t.id.to_string(),
+                kind: &t.kind,
+                payload: t.payload.as_deref()?,
+            })
         })
         .collect();
-    let acked = quizflow_nats::publish_redrives(js, &jobs).await;
-    let ids: Vec<uuid::Uuid> = jobs
+    let acked = quizflow_nats::publish_redrives(js, &letters).await;
+    let ids: Vec<uuid::Uuid> = letters
         .iter()
         .zip(acked)
         .filter(|(_, ok)| *ok)
-        .filter_map(|((_, id), _)| id.parse().ok())
+        .filter_map(|(l, _)| l.letter_id.parse().ok())
         .collect();
     if let Ok(mut conn) = pool.get().await {
         if quizflow_store::dead_letters::mark_published(&mut conn, &ids)

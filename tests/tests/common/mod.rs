@@ -28,6 +28,8 @@ pub struct Env {
     pub registries: Vec<prometheus::Registry>,
     /// The batcher every environment runs (its metrics are read by tests).
     pub batcher: Option<std::sync::Arc<Batcher>>,
+    /// Submissions go in as the API sends them: packed (group commit), one message per quiz.
+    pub packer: quizflow_nats::Packer,
 }
 
 impl Env {
@@ -81,13 +83,14 @@ impl Env {
             _nats: nats,
             db,
             client,
-            js,
+            js: js.clone(),
             mock: format!("http://{addr}"),
             smtp_port,
             http: reqwest::Client::new(),
             stops: vec![tx, smtp_tx],
             registries: Vec::new(),
             batcher: None,
+            packer: quizflow_nats::Packer::spawn(js.clone(), Default::default()),
         };
         let batcher = Batcher::new(
             BatcherSettings {
@@ -153,20 +156,28 @@ impl Env {
         (tx, handle)
     }
 
+    /// Creates a campaign matching every lead and waits until the batcher matches with it.
     pub async fn campaign(&self, actions: Value) {
         let spec = parse_campaign(&json!({"name": "Promo", "match": {}, "actions": actions}))
             .expect("valid");
         let mut conn = AsyncPgConnection::establish(&self.db.url)
             .await
             .expect("db");
-        quizflow_store::campaigns::insert(&mut conn, &spec)
+        let c = quizflow_store::campaigns::insert(&mut conn, &spec)
             .await
             .expect("insert");
         self.client
             .publish(subjects::CAMPAIGNS_CHANGED, "x".into())
             .await
             .expect("notify");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Some(b) = &self.batcher {
+            wait_until(
+                "the batcher matches with the campaign",
+                Duration::from_secs(10),
+                || async { b.knows_campaign(c.id, c.version) },
+            )
+            .await;
+        }
     }
 
     pub async fn submit(&self, key: &str, respondent: Value) -> SubmissionId {
@@ -180,9 +191,7 @@ impl Env {
             Some(key),
             sub,
         );
-        quizflow_nats::publish_submission(&self.js, &env)
-            .await
-            .expect("publish");
+        self.packer.publish(&env).await.expect("publish");
         env.submission_id
     }
 
@@ -352,4 +361,25 @@ pub async fn count(db_url: &str, sql: &str) -> i64 {
         .await
         .expect(sql);
     n.n
+}
+
+/// Publishes copies of jobs as redrives would (`redrive:<name>` message ids).
+pub async fn publish_job_copies(
+    js: &async_nats::jetstream::Context,
+    jobs: &[(quizflow_core::DeliveryJob, String)],
+) -> Vec<bool> {
+    let payloads: Vec<Vec<u8>> = jobs
+        .iter()
+        .map(|(j, _)| serde_json::to_vec(j).expect("job"))
+        .collect();
+    let letters: Vec<quizflow_nats::Redrive<'_>> = jobs
+        .iter()
+        .zip(&payloads)
+        .map(|((_, name), payload)| quizflow_nats::Redrive {
+            letter_id: name.clone(),
+            kind: "delivery",
+            payload,
+        })
+        .collect();
+    quizflow_nats::publish_redrives(js, &letters).await
 }
