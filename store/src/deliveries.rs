@@ -390,6 +390,36 @@ pub async fn claim(
     Ok(rows.into_iter().map(KeyRow::key).collect())
 }
 
+/// Extends the lease of every row still `sending` under the given claim to `lease` from now,
+/// in one statement; returns how many it extended. Rows finished or taken over are left.
+pub async fn renew(
+    conn: &mut AsyncPgConnection,
+    held: &[(Key, Uuid)],
+    lease: std::time::Duration,
+) -> Result<usize, StoreError> {
+    if held.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<Key> = held.iter().map(|(k, _)| k.clone()).collect();
+    let claims: Vec<Uuid> = held.iter().map(|(_, c)| *c).collect();
+    let (subs, camps, channels, steps) = unzip(&keys);
+    let n = diesel::sql_query(
+        "UPDATE deliveries d SET lease_until = now() + make_interval(secs => $6) \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::uuid[]) AS k(sub, camp, channel, step, claim) \
+         WHERE d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel AND d.step = k.step \
+           AND d.status = 'sending' AND d.claim = k.claim",
+    )
+    .bind::<Array<SqlUuid>, _>(&subs)
+    .bind::<Array<SqlUuid>, _>(&camps)
+    .bind::<Array<Text>, _>(&channels)
+    .bind::<Array<SmallInt>, _>(&steps)
+    .bind::<Array<SqlUuid>, _>(&claims)
+    .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
+    .execute(conn)
+    .await?;
+    Ok(n)
+}
+
 /// One status change, applied by [`write`].
 #[derive(Debug, Clone)]
 pub struct Update {

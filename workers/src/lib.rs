@@ -14,6 +14,7 @@ pub mod cluster;
 mod config;
 pub mod egress;
 mod handle;
+mod lease;
 mod metrics;
 mod pool;
 pub mod provider;

@@ -22,7 +22,7 @@ use quizflow_nats::subjects;
 use quizflow_store::deliveries::{self, DeadLetterRow, JobContext, Key};
 use quizflow_store::{Pool, Retry};
 use rand::Rng;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -61,6 +61,8 @@ struct Channelled {
     templates: render::TemplateCache,
     /// Campaign versions read so far (immutable once written).
     specs: deliveries::SpecCache,
+    /// Claims this process holds, renewed until each job is settled (shared by channels).
+    leases: Arc<crate::lease::Leases>,
     stop: watch::Receiver<bool>,
 }
 
@@ -81,6 +83,7 @@ pub async fn run(
     let (status, writer) = StatusWriter::start(pool.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let leases = Arc::new(crate::lease::Leases::default());
     let bucket = cluster::bucket(&js)
         .await
         .map_err(|e| WorkerError::Nats(e.to_string()))?;
@@ -113,6 +116,7 @@ pub async fn run(
             js: js.clone(),
             pool: pool.clone(),
             status: status.clone(),
+            leases: leases.clone(),
             http: crate::provider::http_client(&settings, channel)
                 .map_err(|e| WorkerError::Http(e.to_string()))?,
             stop: stop_rx.clone(),
@@ -133,6 +137,13 @@ pub async fn run(
         Ok(())
     });
     tasks.spawn(report(pools, pool.clone(), stop_rx.clone()));
+    tasks.spawn({
+        let (pool, stop, lease) = (pool.clone(), stop_rx.clone(), lease_for(&settings));
+        async move {
+            crate::lease::renew(leases, pool, lease, stop).await;
+            Ok(())
+        }
+    });
     tasks.spawn({
         let (js, pool, status, stop) = (js.clone(), pool.clone(), status.clone(), stop_rx.clone());
         let relay_after = settings.redrive_relay_after;
@@ -498,12 +509,18 @@ impl Channelled {
                 HashSet::new()
             }
         };
+        // Every claim is renewed until its job is settled or given back, however long the
+        // job waits for a slot or the rate limiter (a guard moves into the job's task).
+        let mut guards: HashMap<Key, crate::lease::LeaseGuard> = claimed
+            .iter()
+            .map(|k| (k.clone(), self.leases.hold(k.clone(), claim)))
+            .collect();
         for (msg, job, ctx) in eligible {
-            if !claimed.contains(&key_of(&job)) {
+            let Some(guard) = guards.remove(&key_of(&job)) else {
                 // Taken or finished by someone else since the load: look again later.
                 msg.nak(Some(Duration::from_secs(2)), Some(&job)).await;
                 continue;
-            }
+            };
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => p.ok(),
                 _ = self.stopped() => None,
@@ -523,6 +540,7 @@ impl Channelled {
             );
             quizflow_telemetry::set_parent_from_nats(&span, msg.trace().as_ref());
             inflight.spawn(async move {
+                let _lease = guard;
                 let called = tracing::Instrument::instrument(
                     me.process(msg, job, ctx, claim, permit, is_probe),
                     span,
@@ -580,10 +598,7 @@ impl Channelled {
     /// How long a claim holds: the longest a claimed job can take before its outcome is
     /// recorded (waiting for the rate limiter, the call, the ack wait), with room to spare.
     fn lease(&self) -> Duration {
-        let s = &self.settings;
-        let limiter =
-            Duration::from_secs_f64(s.concurrency as f64 / f64::from(s.rate_per_sec.max(1)));
-        s.send_timeout + s.ack_wait * 2 + limiter
+        lease_for(&self.settings)
     }
 
     fn delay(&self, attempt: usize) -> Duration {
@@ -1052,6 +1067,14 @@ impl Channelled {
             msg.nak(Some(Duration::from_secs(5)), None).await;
         }
     }
+}
+
+/// How long a claim holds without renewal: the longest one send can take before its outcome
+/// is recorded (waiting for the rate limiter, the call, the ack wait), with room to spare.
+/// Held claims are renewed every quarter of it ([`crate::lease`]).
+fn lease_for(s: &WorkerSettings) -> Duration {
+    let limiter = Duration::from_secs_f64(s.concurrency as f64 / f64::from(s.rate_per_sec.max(1)));
+    s.send_timeout + s.ack_wait * 2 + limiter
 }
 
 fn key_of(job: &DeliveryJob) -> Key {

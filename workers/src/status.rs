@@ -3,12 +3,14 @@
 //! the previous statement ran, up to 500 updates; `quizflow_store::deliveries::write`). A
 //! task that must not ack before its update is durable awaits the flush and learns whether its
 //! write applied (it does not when the row was finished or claimed by someone else meanwhile:
-//! statuses only move forward).
+//! statuses only move forward). An update the database does not take is kept and tried again
+//! until it is written (or the process stops): one refused row is isolated from its batch,
+//! and an outage only delays outcomes, it never turns them into naks and second sends.
 
 use chrono::Utc;
 pub use quizflow_store::deliveries::Update;
 use quizflow_store::deliveries::{self, Key};
-use quizflow_store::Pool;
+use quizflow_store::{ErrorKind, Pool, Retry, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -58,47 +60,111 @@ impl StatusWriter {
 
 /// Updates written by one statement at most.
 const MAX_BATCH: usize = 500;
+/// Longest wait between two tries of an outcome the database did not take.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// An update and whoever waits for it; `tries` and `due` once a write of it has failed.
+struct Pending {
+    update: Update,
+    done: Option<Done>,
+    tries: u32,
+    due: tokio::time::Instant,
+}
 
 async fn run(pool: Pool, mut rx: mpsc::Receiver<(Update, Option<Done>)>, flushes: Arc<AtomicU64>) {
-    let mut batch: Vec<(Update, Option<Done>)> = Vec::with_capacity(MAX_BATCH);
+    // Outcomes the database has not taken yet. They are kept and tried again, with backoff,
+    // until written: an outcome dropped would be a nak, and a nak a second send once the
+    // claim's lease ran out. They leave only when every handle is gone (the process stops).
+    let mut retry: Vec<Pending> = Vec::new();
     loop {
+        let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+        let next_due = retry.iter().map(|p| p.due).min();
+        // Wait for work: a new update, or the next retry falling due.
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some((update, done)) => batch.push(Pending::new(update, done)),
+                None => {
+                    if !retry.is_empty() {
+                        tracing::warn!(updates = retry.len(), "stopping with delivery statuses not written");
+                    }
+                    return;
+                }
+            },
+            _ = async {
+                match next_due {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
         // Group commit: take whatever is queued now (up to MAX_BATCH) and write it at once.
         // While that statement runs, the next updates queue up and become the next batch, so
         // batches grow with the load and nobody waits for a timer: a worker holds its slot
         // until its outcome is written, so every millisecond spent waiting here is throughput.
-        let Some(first) = rx.recv().await else { return };
-        batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(u) => batch.push(u),
+                Ok((update, done)) => batch.push(Pending::new(update, done)),
                 Err(_) => break,
             }
         }
-        let merged = merge(batch.iter().map(|(u, _)| u));
+        let now = tokio::time::Instant::now();
+        let (due, later): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut retry)
+            .into_iter()
+            .partition(|p| p.due <= now);
+        retry = later;
+        batch.extend(due);
+        let merged = merge(batch.iter().map(|p| &p.update));
         flushes.fetch_add(1, Ordering::Relaxed);
-        let mut result = flush(&pool, &merged).await;
-        // The database may be away for a while: an outcome not recorded means a resend once
-        // the claim's lease runs out, so keep trying (~30 s) before failing the waiters.
-        let mut wait = Duration::from_millis(200);
-        for _ in 0..8 {
-            if result.is_ok() {
-                break;
+        let written = write_isolating(&pool, merged).await;
+        for mut p in batch {
+            let id = (p.update.key(), p.update.claim);
+            match written.failed.get(&id) {
+                None => {
+                    if let Some(done) = p.done.take() {
+                        let _ = done.send(Ok(written.applied.contains(&id)));
+                    }
+                }
+                Some(failure) => {
+                    p.tries += 1;
+                    if failure.data {
+                        // The server took the others and refused this one for its text: the
+                        // status still goes in, without the provider's free text.
+                        strip_free_text(&mut p.update);
+                    }
+                    if p.tries == 1 || p.tries % 10 == 0 {
+                        tracing::warn!(error = %failure.error, tries = p.tries, "delivery status not written yet; kept and retried");
+                    }
+                    let backoff = Duration::from_millis(200)
+                        .saturating_mul(1u32 << p.tries.min(6))
+                        .min(MAX_BACKOFF);
+                    p.due = tokio::time::Instant::now() + backoff;
+                    retry.push(p);
+                }
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(8));
-            result = flush(&pool, &merged).await;
         }
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, updates = merged.len(), "delivery status not written");
+    }
+}
+
+impl Pending {
+    fn new(update: Update, done: Option<Done>) -> Self {
+        Self {
+            update,
+            done,
+            tries: 0,
+            due: tokio::time::Instant::now(),
         }
-        for (u, done) in batch.drain(..) {
-            if let Some(done) = done {
-                let r = match &result {
-                    Ok(applied) => Ok(applied.contains(&(u.key(), u.claim))),
-                    Err(e) => Err(e.clone()),
-                };
-                let _ = done.send(r);
-            }
+    }
+}
+
+/// Replaces what a provider wrote (error texts, history details) with a fixed note.
+fn strip_free_text(u: &mut Update) {
+    const NOTE: &str = "(detail not storable)";
+    if u.last_error.is_some() {
+        u.last_error = Some(NOTE.into());
+    }
+    for h in &mut u.history {
+        if let Some(d) = h.get_mut("detail") {
+            *d = NOTE.into();
         }
     }
 }
@@ -125,8 +191,64 @@ fn merge<'a>(updates: impl Iterator<Item = &'a Update>) -> Vec<Update> {
     out
 }
 
-async fn flush(pool: &Pool, updates: &[Update]) -> Result<HashSet<(Key, Option<Uuid>)>, String> {
-    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+/// What a write of many updates did: those applied, and those that failed with why.
+#[derive(Default)]
+struct Flushed {
+    applied: HashSet<(Key, Option<Uuid>)>,
+    failed: HashMap<(Key, Option<Uuid>), Failure>,
+}
+
+struct Failure {
+    error: String,
+    /// Refused for its data while the server took other writes.
+    data: bool,
+}
+
+/// Writes `updates`; when the server answers with an error (it is up, something in the batch
+/// is refused), the batch is split in halves down to the update that fails, so one bad row
+/// never holds up the others. When the server is away, everything failed together.
+async fn write_isolating(pool: &Pool, updates: Vec<Update>) -> Flushed {
+    let mut out = Flushed::default();
+    let mut groups = vec![updates];
+    while let Some(group) = groups.pop() {
+        if group.is_empty() {
+            continue;
+        }
+        match flush(pool, &group).await {
+            Ok(applied) => out.applied.extend(applied),
+            Err(e) if group.len() > 1 && answered(&e) => {
+                let mut group = group;
+                let tail = group.split_off(group.len() / 2);
+                groups.push(tail);
+                groups.push(group);
+            }
+            Err(e) => {
+                let data = e.retry() == Retry::Isolate;
+                for u in &group {
+                    out.failed.insert(
+                        (u.key(), u.claim),
+                        Failure {
+                            error: e.to_string(),
+                            data,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The server answered (it is up): the statement, not the connection, failed.
+fn answered(e: &StoreError) -> bool {
+    !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout)
+}
+
+async fn flush(
+    pool: &Pool,
+    updates: &[Update],
+) -> Result<HashSet<(Key, Option<Uuid>)>, StoreError> {
+    let mut conn = pool.get().await?;
     // Updates of one key under different claims go in separate statements: one UPDATE
     // touches a row once.
     let mut applied = HashSet::new();
@@ -135,9 +257,7 @@ async fn flush(pool: &Pool, updates: &[Update]) -> Result<HashSet<(Key, Option<U
         let mut seen = HashSet::new();
         let (now, later): (Vec<Update>, Vec<Update>) =
             rest.into_iter().partition(|u| seen.insert(u.key()));
-        let keys = deliveries::write(&mut conn, &now)
-            .await
-            .map_err(|e| e.to_string())?;
+        let keys = deliveries::write(&mut conn, &now).await?;
         let keys: HashSet<Key> = keys.into_iter().collect();
         for u in &now {
             if keys.contains(&u.key()) {
@@ -195,5 +315,54 @@ mod tests {
         assert_eq!(writer.flushes(), flushes + 1);
         drop(writer);
         handle.await.expect("writer ends when its handles are gone");
+    }
+
+    /// The database is away longer than the writer used to keep an outcome (about 30 s): the
+    /// outcome is kept and written once it is back, never answered as failed (a failure
+    /// meant a nak, and a second send once the claim's lease ran out).
+    #[tokio::test]
+    async fn an_outcome_is_kept_through_an_outage_longer_than_any_retry_window() {
+        use diesel_async::RunQueryDsl;
+        let db = quizflow_testkit::TestDb::create().await;
+        quizflow_migrations::run_migrations(&db.url)
+            .await
+            .expect("migrate");
+        let direct = quizflow_store::pool(&db.url, 1);
+        let mut u = update(1);
+        u.claim = Some(Uuid::new_v4());
+        {
+            let mut conn = direct.get().await.expect("conn");
+            diesel::sql_query(
+                "INSERT INTO deliveries (submission_id, campaign_id, channel, campaign_version, priority, status, claim, lease_until) \
+                 VALUES ($1, $2, 'sms', 1, 'normal', 'sending', $3, now() + interval '10 minutes')",
+            )
+            .bind::<diesel::sql_types::Uuid, _>(u.submission_id)
+            .bind::<diesel::sql_types::Uuid, _>(u.campaign_id)
+            .bind::<diesel::sql_types::Uuid, _>(u.claim.expect("claim"))
+            .execute(&mut conn)
+            .await
+            .expect("row");
+        }
+        let proxy = quizflow_testkit::CutProxy::start(db.host_port()).await;
+        let (writer, handle) =
+            StatusWriter::start(quizflow_store::pool(&db.url_via_port(proxy.port), 2));
+        proxy.cut();
+        let pending = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.write(u).await }
+        });
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        assert!(
+            !pending.is_finished(),
+            "the outcome was answered during the outage"
+        );
+        proxy.restore();
+        let written = tokio::time::timeout(Duration::from_secs(30), pending)
+            .await
+            .expect("written once the database is back")
+            .expect("task");
+        assert_eq!(written, Ok(true));
+        drop(writer);
+        handle.await.expect("writer ends");
     }
 }
