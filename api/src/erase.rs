@@ -18,6 +18,9 @@ use quizflow_core::{FieldProblem, ValidationErrors};
 use std::sync::Arc;
 
 const MAX_ERASE_BYTES: usize = 4 * 1024;
+/// Longest wait for provider calls already under way to the person (a call is bounded by the
+/// workers' send timeout; its outcome is then recorded within seconds).
+const CALLS_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// Who to erase: a phone and/or an e-mail, as intake validates them.
 fn parse(body: &serde_json::Value) -> Result<(Option<String>, Option<String>), ApiError> {
@@ -72,13 +75,45 @@ pub async fn erase(
         "phone": phone.as_deref().map(|p| state.audit_key.hash("phone", p)),
         "email": email.as_deref().map(|e| state.audit_key.hash("email", &e.to_lowercase())),
     });
+    let started = std::time::Instant::now();
+    // The barrier first: from its commit on, no lead received before now stores or matches
+    // the person, and no message of theirs is sent unless its call had already begun.
+    let barrier_cancelled = {
+        let mut conn = state.db.get().await.map_err(db_error)?;
+        quizflow_store::erase::barrier(&mut conn, phone.as_deref(), email.as_deref())
+            .await
+            .map_err(db_error)?
+    };
+    // Calls that had begun finish and are recorded before anything is scrubbed, so no
+    // outcome written later puts the contact back.
+    let deadline = std::time::Instant::now() + CALLS_WAIT;
+    loop {
+        let in_flight = {
+            let mut conn = state.db.get().await.map_err(db_error)?;
+            quizflow_store::erase::calls_in_flight(&mut conn, phone.as_deref(), email.as_deref())
+                .await
+                .map_err(db_error)?
+        };
+        if in_flight == 0 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            tracing::warn!(
+                in_flight,
+                "erasure: provider calls still under way; not finished"
+            );
+            return Err(ApiError::unavailable(
+                "messages to this person are being sent right now; call again in a minute",
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let ids = {
         let mut conn = state.db.get().await.map_err(db_error)?;
         quizflow_store::erase::find(&mut conn, phone.as_deref(), email.as_deref())
             .await
             .map_err(db_error)?
     };
-    let started = std::time::Instant::now();
     let person = quizflow_nats::Person {
         phone: phone.clone(),
         email: email.clone(),
@@ -107,7 +142,7 @@ pub async fn erase(
     );
     let erased = serde_json::json!({
         "submissions": tables.submissions,
-        "deliveries_cancelled": tables.deliveries_cancelled,
+        "deliveries_cancelled": tables.deliveries_cancelled + barrier_cancelled,
         "deliveries_scrubbed": tables.deliveries_scrubbed,
         "dead_letters": tables.dead_letters,
         "stream_submissions": streams.submissions,

@@ -20,9 +20,9 @@ pub use erase::{erase_person, Person, StreamErasure};
 pub use history::{read_submissions, submissions_history, History, HistoryMessage, StartAt};
 pub use pack::{member_trace, members, trace_header, Packer, PackerConfig, PACK_HEADER};
 pub use publish::{
-    dead_letter_delivery, dead_letter_job_message, dead_letter_submission, poison_id, publish_jobs,
-    publish_redrives, publish_submission, republish_job, PublishOutcome, Redrive,
-    DELIVERIES_HEADER, JOB_CHUNK, NOT_BEFORE_HEADER,
+    dead_letter_delivery, dead_letter_job_message, dead_letter_submission, delete_dead_letter,
+    poison_id, publish_jobs, publish_redrives, publish_submission, republish_job, PublishOutcome,
+    Redrive, DELIVERIES_HEADER, JOB_CHUNK, NOT_BEFORE_HEADER,
 };
 pub use topology::{ensure_topology, TopologyConfig};
 

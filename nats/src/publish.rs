@@ -268,17 +268,32 @@ pub async fn dead_letter_delivery(
     channel: &str,
     letter_id: &str,
     letter: bytes::Bytes,
-) -> Result<(), NatsError> {
+) -> Result<u64, NatsError> {
     let msg = PublishMessage::build()
         .payload(letter)
         .message_id(letter_id)
         .expected_stream(subjects::DEAD_LETTERS_STREAM);
-    js.send_publish(
-        subjects::dead_letter(subjects::DeadKind::Delivery, channel),
-        msg,
-    )
-    .await?
-    .await?;
+    let ack = js
+        .send_publish(
+            subjects::dead_letter(subjects::DeadKind::Delivery, channel),
+            msg,
+        )
+        .await?
+        .await?;
+    Ok(ack.sequence)
+}
+
+/// Takes back an archived letter (by its stream sequence): one that names a person erased
+/// while it was being archived.
+pub async fn delete_dead_letter(js: &jetstream::Context, sequence: u64) -> Result<(), NatsError> {
+    let stream = js
+        .get_stream(subjects::DEAD_LETTERS_STREAM)
+        .await
+        .map_err(|e| NatsError::Api(e.to_string()))?;
+    stream
+        .delete_message(sequence)
+        .await
+        .map_err(|e| NatsError::Api(e.to_string()))?;
     Ok(())
 }
 

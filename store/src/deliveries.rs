@@ -371,7 +371,7 @@ pub async fn claim(
     }
     let (subs, camps, channels, steps) = unzip(keys);
     let rows: Vec<KeyRow> = diesel::sql_query(
-        "UPDATE deliveries d SET status = 'sending', claim = $4, \
+        "UPDATE deliveries d SET status = 'sending', claim = $4, calling_at = NULL, \
                 lease_until = now() + make_interval(secs => $5), updated_at = now() \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $6::int2[]) AS k(sub, camp, channel, step) \
          WHERE d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel AND d.step = k.step \
@@ -418,6 +418,36 @@ pub async fn renew(
     .execute(conn)
     .await?;
     Ok(n)
+}
+
+/// Marks the calls about to start: each row still `sending` under the given claim gets
+/// `calling_at`, in one statement; returns the keys confirmed. A row missing from the answer
+/// was cancelled (an erasure) or taken over since its claim: its holder must not call.
+pub async fn start_calls(
+    conn: &mut AsyncPgConnection,
+    held: &[(Key, Uuid)],
+) -> Result<Vec<Key>, StoreError> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<Key> = held.iter().map(|(k, _)| k.clone()).collect();
+    let claims: Vec<Uuid> = held.iter().map(|(_, c)| *c).collect();
+    let (subs, camps, channels, steps) = unzip(&keys);
+    let rows: Vec<KeyRow> = diesel::sql_query(
+        "UPDATE deliveries d SET calling_at = now() \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::uuid[]) AS k(sub, camp, channel, step, claim) \
+         WHERE d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel AND d.step = k.step \
+           AND d.status = 'sending' AND d.claim = k.claim \
+         RETURNING d.submission_id, d.campaign_id, d.channel, d.step",
+    )
+    .bind::<Array<SqlUuid>, _>(&subs)
+    .bind::<Array<SqlUuid>, _>(&camps)
+    .bind::<Array<Text>, _>(&channels)
+    .bind::<Array<SmallInt>, _>(&steps)
+    .bind::<Array<SqlUuid>, _>(&claims)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(KeyRow::key).collect())
 }
 
 /// One status change, applied by [`write`].
@@ -516,6 +546,7 @@ pub async fn write(
                                ELSE quizflow_cap_history(d.history || u.hist::jsonb, $9) END, \
                 claim = CASE WHEN u.status = 'sending' THEN d.claim END, \
                 lease_until = CASE WHEN u.status = 'sending' THEN d.lease_until END, \
+                calling_at = NULL, \
                 next_attempt_at = now() + make_interval(secs => u.retry_in), \
                 updated_at = now() \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::uuid[], \

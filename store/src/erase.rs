@@ -32,6 +32,107 @@ struct Id {
     id: Uuid,
 }
 
+/// The advisory lock that orders erasures against the batcher's store transactions: a store
+/// transaction holds it shared, an erasure's barrier exclusive. So every batch either
+/// committed before the tombstones (and the erasure's scrub finds its rows) or checks them.
+pub const BARRIER_LOCK: i64 = 0x7175_697a_666c_6f77; // "quizflow"
+
+#[derive(diesel::QueryableByName)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// The barrier, step 1 of an erasure: tombstones for the person's contacts (a lead received
+/// before now never stores or matches them again) and every pending message of theirs
+/// cancelled — `scheduled`, `queued`, `failed`, and `sending` under a claim whose holder has
+/// not started the call (it checks before calling, and finds the row cancelled). One
+/// transaction, under [`BARRIER_LOCK`]. Returns the messages cancelled.
+pub async fn barrier(
+    conn: &mut AsyncPgConnection,
+    phone: Option<&str>,
+    email: Option<&str>,
+) -> Result<i64, StoreError> {
+    use diesel_async::AsyncConnection;
+    let (phone, email) = (phone.map(str::to_owned), email.map(str::to_lowercase));
+    conn.transaction::<i64, StoreError, _>(async move |conn| {
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+            .bind::<BigInt, _>(BARRIER_LOCK)
+            .execute(conn)
+            .await?;
+        diesel::sql_query(
+            "INSERT INTO erasures (contact, erased_at) \
+             SELECT quizflow_contact_hash(k, c), now() FROM (VALUES ('phone', $1), ('email', $2)) AS v(k, c) \
+             WHERE c IS NOT NULL \
+             ON CONFLICT (contact) DO UPDATE SET erased_at = now()",
+        )
+        .bind::<Nullable<Text>, _>(phone.as_deref())
+        .bind::<Nullable<Text>, _>(email.as_deref())
+        .execute(conn)
+        .await?;
+        let cancelled: N = diesel::sql_query(
+            "WITH c AS (UPDATE deliveries d SET status = 'cancelled', claim = NULL, lease_until = NULL, \
+                          next_attempt_at = NULL, calling_at = NULL, updated_at = now() \
+                        WHERE d.submission_id IN (SELECT id FROM submissions WHERE phone = $1 \
+                                                  UNION SELECT id FROM submissions WHERE lower(email) = $2) \
+                          AND (d.status IN ('scheduled', 'queued', 'failed') \
+                               OR (d.status = 'sending' AND (d.calling_at IS NULL OR d.lease_until < now()))) \
+                        RETURNING 1) \
+             SELECT count(*) AS n FROM c",
+        )
+        .bind::<Nullable<Text>, _>(phone.as_deref())
+        .bind::<Nullable<Text>, _>(email.as_deref())
+        .get_result(conn)
+        .await?;
+        Ok(cancelled.n)
+    })
+    .await
+}
+
+/// Provider calls of the person under way now (their holder passed its check before the
+/// barrier): the erasure waits for their outcomes before it scrubs.
+pub async fn calls_in_flight(
+    conn: &mut AsyncPgConnection,
+    phone: Option<&str>,
+    email: Option<&str>,
+) -> Result<i64, StoreError> {
+    let n: N = diesel::sql_query(
+        "SELECT count(*) AS n FROM deliveries d \
+         WHERE d.submission_id IN (SELECT id FROM submissions WHERE phone = $1 \
+                                   UNION SELECT id FROM submissions WHERE lower(email) = lower($2)) \
+           AND d.status = 'sending' AND d.calling_at IS NOT NULL AND d.lease_until > now()",
+    )
+    .bind::<Nullable<Text>, _>(phone)
+    .bind::<Nullable<Text>, _>(email)
+    .get_result(conn)
+    .await?;
+    Ok(n.n)
+}
+
+/// Was this contact (`phone` or `email`) erased after `since`? A worker asks after archiving
+/// a dead letter that names it, to take the copy back if an erasure scanned the stream first.
+pub async fn erased_since(
+    conn: &mut AsyncPgConnection,
+    kind: &str,
+    contact: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<bool, StoreError> {
+    let contact = if kind == "email" {
+        contact.to_lowercase()
+    } else {
+        contact.to_owned()
+    };
+    let n: N = diesel::sql_query(
+        "SELECT count(*) AS n FROM erasures WHERE contact = quizflow_contact_hash($1, $2) AND erased_at >= $3",
+    )
+    .bind::<Text, _>(kind)
+    .bind::<Text, _>(contact)
+    .bind::<diesel::sql_types::Timestamptz, _>(since)
+    .get_result(conn)
+    .await?;
+    Ok(n.n > 0)
+}
+
 /// Ids of the stored submissions of a phone and/or an e-mail (any case).
 pub async fn find(
     conn: &mut AsyncPgConnection,

@@ -134,6 +134,12 @@ async fn store_once(
     jobs_for: &(impl Fn(&HashSet<usize>) -> Vec<DeliveryJob> + Send + Sync),
 ) -> Result<(HashSet<usize>, Vec<DeliveryJob>), StoreError> {
     let tx = client.transaction().await?;
+    // Erasures wait for this transaction, or it sees their tombstones (`erase::barrier`).
+    tx.execute(
+        "SELECT pg_advisory_xact_lock_shared($1)",
+        &[&crate::erase::BARRIER_LOCK],
+    )
+    .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.envelope.submission_id.0).collect();
     let received: Vec<DateTime<Utc>> = rows.iter().map(|r| r.envelope.received_at).collect();
     let fresh = tx
@@ -158,19 +164,57 @@ async fn store_once(
         })
         .map(|(i, _)| i)
         .collect();
+    let mut matched = new_rows.clone();
     if !new_rows.is_empty() {
         let mut idx: Vec<usize> = new_rows.iter().copied().collect();
         idx.sort_unstable();
-        let cols = SubmissionColumns::of(rows, &idx);
+        // A person erased after this lead was received: it is stored without them (the id
+        // and the counts stay right) and matched for nothing.
+        let erased = erased_rows(&tx, rows, &idx).await?;
+        for i in &erased {
+            matched.remove(i);
+        }
+        let cols = SubmissionColumns::of(rows, &idx, &erased);
         tx.execute(INSERT_SUBMISSIONS, &cols.params()).await?;
     }
-    let jobs = jobs_for(&new_rows);
+    let jobs = jobs_for(&matched);
     if !jobs.is_empty() {
         let ledger = LedgerColumns::of(&jobs);
         tx.execute(INSERT_LEDGER, &ledger.params()).await?;
     }
     tx.commit().await?;
     Ok((new_rows, jobs))
+}
+
+/// Rows of `idx` whose phone or e-mail was erased after the row was received. One statement;
+/// with no tombstone at all it reads nothing (a one-time filter).
+async fn erased_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &[Row<'_>],
+    idx: &[usize],
+) -> Result<HashSet<usize>, StoreError> {
+    let sub = |i: usize| &rows[i].envelope.submission.respondent;
+    let phones: Vec<Option<&str>> = idx.iter().map(|&i| sub(i).phone.as_deref()).collect();
+    let emails: Vec<Option<&str>> = idx.iter().map(|&i| sub(i).email.as_deref()).collect();
+    let received: Vec<DateTime<Utc>> = idx.iter().map(|&i| rows[i].envelope.received_at).collect();
+    let found = tx
+        .query(
+            "SELECT u.ord FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS u(phone, email, received, ord) \
+             WHERE EXISTS (SELECT 1 FROM erasures) \
+               AND EXISTS (SELECT 1 FROM erasures e \
+                           WHERE e.contact IN (quizflow_contact_hash('phone', u.phone), quizflow_contact_hash('email', lower(u.email))) \
+                             AND e.erased_at > u.received)",
+            &[&phones, &emails, &received],
+        )
+        .await?;
+    let mut out = HashSet::with_capacity(found.len());
+    for r in found {
+        let ord: i64 = r.try_get(0)?;
+        if let Some(&i) = usize::try_from(ord - 1).ok().and_then(|o| idx.get(o)) {
+            out.insert(i);
+        }
+    }
+    Ok(out)
 }
 
 /// Can the server take a write of a submission received at `received_at` right now? The
@@ -225,10 +269,15 @@ struct SubmissionColumns {
 }
 
 impl SubmissionColumns {
-    fn of(rows: &[Row<'_>], idx: &[usize]) -> Self {
+    /// The columns of rows `idx`; those in `erased` without the person (no contact, name,
+    /// locale, answers, metadata or key).
+    fn of(rows: &[Row<'_>], idx: &[usize], erased: &HashSet<usize>) -> Self {
         let sub = |i: usize| &rows[i].envelope.submission;
+        let kept = |i: usize| !erased.contains(&i);
         let opt = |f: &dyn Fn(usize) -> Option<String>| -> Vec<Option<String>> {
-            idx.iter().map(|&i| f(i)).collect()
+            idx.iter()
+                .map(|&i| if kept(i) { f(i) } else { None })
+                .collect()
         };
         Self {
             ids: idx
@@ -251,12 +300,18 @@ impl SubmissionColumns {
             locale: opt(&|i| sub(i).respondent.locale.clone()),
             answers: idx
                 .iter()
-                .map(|&i| serde_json::to_string(&sub(i).answers).unwrap_or_else(|_| "[]".into()))
+                .map(|&i| match kept(i) {
+                    true => serde_json::to_string(&sub(i).answers).unwrap_or_else(|_| "[]".into()),
+                    false => "[]".into(),
+                })
                 .collect(),
             tags: idx.iter().map(|&i| pg_text_array(&sub(i).tags)).collect(),
             metadata: idx
                 .iter()
-                .map(|&i| serde_json::to_string(&sub(i).metadata).unwrap_or_else(|_| "{}".into()))
+                .map(|&i| match kept(i) {
+                    true => serde_json::to_string(&sub(i).metadata).unwrap_or_else(|_| "{}".into()),
+                    false => "{}".into(),
+                })
                 .collect(),
             key: opt(&|i| {
                 rows[i]

@@ -72,6 +72,15 @@ diesel::table! {
         next_attempt_at -> Nullable<Timestamptz>,
         step -> SmallInt,
         due_at -> Nullable<Timestamptz>,
+        // `calling_at` (migration 11) is written only by SQL text (`deliveries::start_calls`):
+        // diesel's table! holds at most 16 columns without a feature this crate does not need.
+    }
+}
+
+diesel::table! {
+    erasures (contact) {
+        contact -> Text,
+        erased_at -> Timestamptz,
     }
 }
 

@@ -128,7 +128,12 @@ async fn given_a_person_in_every_store_when_erased_then_no_read_returns_them_and
     let e = &first["erased"];
     assert_eq!(e["submissions"], 2, "{first}");
     assert_eq!(e["deliveries_cancelled"], 2, "{first}");
-    assert_eq!(e["deliveries_scrubbed"], 4, "{first}");
+    // The two dead SMS rows lose their error text and history; the two e-mails were cancelled
+    // by the barrier first, and count here only if an attempt had left a history to clear.
+    assert!(
+        (2..=4).contains(&e["deliveries_scrubbed"].as_i64().unwrap_or(-1)),
+        "{first}"
+    );
     assert_eq!(e["dead_letters"], 2, "{first}");
     assert_eq!(e["stream_submissions"], 2, "{first}");
     assert_eq!(e["stream_dead_letters"], 2, "{first}");
@@ -276,4 +281,246 @@ async fn given_a_person_in_every_store_when_erased_then_no_read_returns_them_and
     assert_eq!(erasures[1]["detail"]["erased"]["submissions"], 2);
     let audit_text = audit.to_string().to_lowercase();
     assert!(!audit_text.contains(&phone_l) && !audit_text.contains(&email_l));
+}
+
+/// Messages the mock received for `to`.
+async fn messages_to(mock: &str, to: &str) -> usize {
+    let v: Value = reqwest::get(format!(
+        "{mock}/_mock/messages?to={}",
+        to.replace('+', "%2B")
+    ))
+    .await
+    .expect("mock")
+    .json()
+    .await
+    .expect("json");
+    v["messages"].as_array().map_or(0, Vec::len)
+}
+
+/// An SMS campaign for every lead of `promo-nov`, known to the batcher (a first lead matched
+/// it) before the test goes on.
+async fn sms_campaign(api: &Api, mock: &str) {
+    let created = api
+        .admin(Method::POST, "/v1/campaigns")
+        .json(
+            &json!({"name": "Welcome", "quiz_id": "promo-nov", "match": {},
+                      "actions": [{"channel": "sms", "template": "Oi {{ respondent.name }}"}]}),
+        )
+        .send()
+        .await
+        .expect("campaign");
+    assert_eq!(created.status().as_u16(), 201);
+    let mut n = 0usize;
+    let db = api.db.url.clone();
+    wait_for(
+        "the batcher matches with the campaign",
+        Duration::from_secs(30),
+        || {
+            n += 1;
+            let (db, body) = (
+                db.clone(),
+                lead(&format!("+55119{n:08}"), &format!("warm{n}@example.com"), n),
+            );
+            let post = api.post_owned("/v1/quizzes/promo-nov/submissions".into(), body);
+            async move {
+                assert_eq!(post.await.status().as_u16(), 202);
+                count(&db, "SELECT count(*) AS n FROM deliveries").await > 0
+            }
+        },
+    )
+    .await;
+    let _ = mock;
+}
+
+/// SPEC §4: an erasure is a barrier for a batch a batcher holds. The person's lead is in the
+/// batcher's store transaction (held there 3 s by a slow statement) when the erasure comes.
+/// Before: the erasure answered at once and the batch then stored the person, with their SMS.
+/// Now: the erasure waits for that transaction (or the transaction sees its tombstone); after
+/// the answer the person is nowhere and no message reaches them.
+#[tokio::test]
+async fn given_an_erasure_racing_a_batch_the_batcher_holds_then_nothing_of_that_person_is_stored_or_sent(
+) {
+    let api = Api::start().await;
+    let mock = pipeline_behind(
+        &api.nats.url(),
+        &api.db.url,
+        quizflow_mock_provider::MockState::default(),
+        |_| {},
+    )
+    .await;
+    sms_campaign(&api, &mock).await;
+    let db = api.db.url.clone();
+    exec(
+        &db,
+        "CREATE FUNCTION test_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$",
+    )
+    .await;
+    exec(
+        &db,
+        "CREATE TRIGGER slow BEFORE INSERT ON submission_ids FOR EACH STATEMENT EXECUTE FUNCTION test_slow()",
+    )
+    .await;
+    const HER: &str = "+5511977770001";
+    let r = api
+        .post_json(
+            "/v1/quizzes/promo-nov/submissions",
+            &lead(HER, "her@example.com", 1),
+        )
+        .await;
+    assert_eq!(r.status().as_u16(), 202);
+    wait_for(
+        "the batcher is inside its store transaction",
+        Duration::from_secs(20),
+        || {
+            let db = db.clone();
+            async move {
+                count(
+                    &db,
+                    "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+                )
+                .await
+                    > 0
+            }
+        },
+    )
+    .await;
+    erase(&api, json!({"phone": HER})).await;
+    exec(&db, "DROP TRIGGER slow ON submission_ids").await;
+    // Whatever the batcher does from here, the person must not come back.
+    let other = api
+        .post_json(
+            "/v1/quizzes/promo-nov/submissions",
+            &lead("+5511977770002", "him@example.com", 2),
+        )
+        .await;
+    assert_eq!(other.status().as_u16(), 202);
+    wait_for(
+        "a later lead of someone else is sent",
+        Duration::from_secs(30),
+        || {
+            let mock = mock.clone();
+            async move { messages_to(&mock, "+5511977770002").await == 1 }
+        },
+    )
+    .await;
+    assert_eq!(
+        count(&db, &format!("SELECT count(*) AS n FROM submissions WHERE phone = '{HER}' OR email = 'her@example.com'")).await,
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) AS n FROM deliveries WHERE status IN ('queued', 'sending', 'sent', 'failed')
+                    AND submission_id IN (SELECT id FROM submissions WHERE phone IS NULL AND email IS NULL)").await,
+        0
+    );
+    assert_eq!(
+        messages_to(&mock, HER).await,
+        0,
+        "no message to an erased person"
+    );
+}
+
+/// SPEC §4: an erasure is a barrier for a job a worker holds. The person's SMS is claimed
+/// (`sending`) and waits for the rate limiter behind nine others when the erasure comes.
+/// Before: a live claim was left alone and the SMS went out after the erasure answered. Now:
+/// the claim is cancelled, the worker's check before the call finds it gone, nothing is sent.
+#[tokio::test]
+async fn given_an_erasure_while_a_worker_holds_the_persons_claimed_job_then_it_is_never_sent() {
+    let api = Api::start().await;
+    let mock = pipeline_behind(
+        &api.nats.url(),
+        &api.db.url,
+        quizflow_mock_provider::MockState::default(),
+        |s| s.rate_per_sec = 2,
+    )
+    .await;
+    sms_campaign(&api, &mock).await;
+    let db = api.db.url.clone();
+    const HER: &str = "+5511966660010";
+    // One batch request: one pack, one chunk of jobs, the person's last.
+    let mut items: Vec<Value> = (0..9)
+        .map(|n| {
+            lead(
+                &format!("+55119666600{n:02}"),
+                &format!("o{n}@example.com"),
+                n,
+            )
+        })
+        .collect();
+    items.push(lead(HER, "her@example.com", 10));
+    let r = api
+        .post_json(
+            "/v1/submissions/batch",
+            &json!({"submissions": items.iter().map(|l| {
+            let mut l = l.clone();
+            l["quiz_id"] = json!("promo-nov");
+            l
+        }).collect::<Vec<_>>()}),
+        )
+        .await;
+    assert_eq!(r.status().as_u16(), 200);
+    let answer: Value = r.json().await.expect("json");
+    assert!(
+        answer["results"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().all(|r| r["status"] == 202)),
+        "{answer}"
+    );
+    wait_for("the person's SMS is claimed and waiting", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move {
+            count(&db, &format!("SELECT count(*) AS n FROM deliveries d JOIN submissions s ON s.id = d.submission_id \
+                                 WHERE s.phone = '{HER}' AND d.status = 'sending'")).await == 1
+        }
+    })
+    .await;
+    assert_eq!(
+        messages_to(&mock, HER).await,
+        0,
+        "sent before the erasure: the test is too slow"
+    );
+    erase(&api, json!({"phone": HER})).await;
+    wait_for("the nine others are sent", Duration::from_secs(60), || {
+        let mock = mock.clone();
+        async move {
+            let v: Value = reqwest::get(format!("{mock}/_mock/messages?channel=sms"))
+                .await
+                .expect("mock")
+                .json()
+                .await
+                .expect("json");
+            v["messages"].as_array().map_or(0, |m| {
+                m.iter()
+                    .filter(|m| {
+                        m["to"]
+                            .as_str()
+                            .is_some_and(|t| t.starts_with("+55119666600"))
+                    })
+                    .count()
+            }) >= 9
+        }
+    })
+    .await;
+    // Room for a late send to show up, then none may have.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        messages_to(&mock, HER).await,
+        0,
+        "no message after the erasure answered"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) AS n FROM deliveries WHERE status = 'cancelled'"
+        )
+        .await,
+        1
+    );
+}
+
+async fn exec(db: &str, sql: &str) {
+    use diesel_async::{AsyncConnection, RunQueryDsl};
+    let mut conn = diesel_async::AsyncPgConnection::establish(db)
+        .await
+        .expect("db");
+    diesel::sql_query(sql).execute(&mut conn).await.expect(sql);
 }

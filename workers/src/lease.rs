@@ -96,6 +96,72 @@ pub(crate) async fn renew(
     }
 }
 
+/// Confirms claims right before their provider calls, batched: each call asks, and one
+/// statement per group of concurrent asks marks the rows `calling_at` (group commit, as the
+/// status writer does). A row cancelled by an erasure, or taken over, is not confirmed, and
+/// its holder does not call; an erasure waits for the calls confirmed before its barrier.
+#[derive(Clone)]
+pub(crate) struct CallGate {
+    tx: tokio::sync::mpsc::Sender<(Key, Uuid, tokio::sync::oneshot::Sender<Gate>)>,
+}
+
+/// What the gate says of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gate {
+    /// Still ours, marked as calling: go ahead.
+    Go,
+    /// Cancelled or taken over since the claim: do not call.
+    Gone,
+    /// The database did not answer: do not call now (give the job back).
+    Unknown,
+}
+
+impl CallGate {
+    pub(crate) fn start(pool: Pool) -> Self {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<(Key, Uuid, tokio::sync::oneshot::Sender<Gate>)>(4096);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(512);
+            while rx.recv_many(&mut batch, 512).await > 0 {
+                let held: Vec<(Key, Uuid)> =
+                    batch.iter().map(|(k, c, _)| (k.clone(), *c)).collect();
+                let confirmed = match pool.get().await {
+                    Ok(mut conn) => deliveries::start_calls(&mut conn, &held).await,
+                    Err(e) => Err(e.into()),
+                };
+                match confirmed {
+                    Ok(keys) => {
+                        let keys: std::collections::HashSet<Key> = keys.into_iter().collect();
+                        for (k, _, done) in batch.drain(..) {
+                            let _ = done.send(if keys.contains(&k) {
+                                Gate::Go
+                            } else {
+                                Gate::Gone
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, calls = batch.len(), "calls not confirmed; given back");
+                        for (_, _, done) in batch.drain(..) {
+                            let _ = done.send(Gate::Unknown);
+                        }
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// May the holder of `claim` on `key` call the provider now?
+    pub(crate) async fn ask(&self, key: Key, claim: Uuid) -> Gate {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        if self.tx.send((key, claim, done)).await.is_err() {
+            return Gate::Unknown;
+        }
+        answer.await.unwrap_or(Gate::Unknown)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,8 @@ struct Channelled {
     specs: deliveries::SpecCache,
     /// Claims this process holds, renewed until each job is settled (shared by channels).
     leases: Arc<crate::lease::Leases>,
+    /// Confirms each claim right before its call (an erasure may have cancelled it).
+    gate: crate::lease::CallGate,
     stop: watch::Receiver<bool>,
 }
 
@@ -84,6 +86,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let leases = Arc::new(crate::lease::Leases::default());
+    let gate = crate::lease::CallGate::start(pool.clone());
     let bucket = cluster::bucket(&js)
         .await
         .map_err(|e| WorkerError::Nats(e.to_string()))?;
@@ -117,6 +120,7 @@ pub async fn run(
             pool: pool.clone(),
             status: status.clone(),
             leases: leases.clone(),
+            gate: gate.clone(),
             http: crate::provider::http_client(&settings, channel)
                 .map_err(|e| WorkerError::Http(e.to_string()))?,
             stop: stop_rx.clone(),
@@ -800,6 +804,21 @@ impl Channelled {
                 return Called::No;
             }
         }
+        // The last word before the call: is the row still ours? An erasure cancels claimed
+        // rows whose call has not begun, and waits for those that have.
+        match self.gate.ask(key_of(&job), claim).await {
+            crate::lease::Gate::Go => {}
+            crate::lease::Gate::Gone => {
+                tracing::debug!(job = %job.job_id, "claim gone before the call (cancelled or taken over)");
+                msg.ack().await;
+                return Called::No;
+            }
+            crate::lease::Gate::Unknown => {
+                self.release(msg, &job, &ctx, claim, Some(Duration::from_secs(2)))
+                    .await;
+                return Called::No;
+            }
+        }
         // Long calls: in-progress acks keep JetStream from redelivering a job being sent.
         let called = std::time::Instant::now();
         let send = self
@@ -1187,7 +1206,10 @@ impl DeadLetters<'_> {
             )
             .await
             {
-                Ok(()) => return Ok(true),
+                Ok(sequence) => {
+                    self.take_back_if_erased(job, to, sequence).await;
+                    return Ok(true);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "dead letter not archived in DEAD_LETTERS yet; retrying");
                     tokio::time::sleep(wait).await;
@@ -1197,5 +1219,33 @@ impl DeadLetters<'_> {
         }
         tracing::error!(letter = %id, "dead letter recorded in PostgreSQL but not archived in DEAD_LETTERS");
         Ok(true)
+    }
+
+    /// An erasure may have scanned `DEAD_LETTERS` between this letter's ledger write and its
+    /// archiving: if the recipient was erased since the job was made, the copy is taken back.
+    async fn take_back_if_erased(&self, job: &DeliveryJob, to: Option<&str>, sequence: u64) {
+        let kind = match job.channel {
+            Channel::Sms | Channel::Whatsapp => "phone",
+            Channel::Email => "email",
+            Channel::Webhook => return,
+        };
+        let Some(to) = to else { return };
+        let erased = match self.pool.get().await {
+            Ok(mut conn) => {
+                quizflow_store::erase::erased_since(&mut conn, kind, to, job.created_at).await
+            }
+            Err(e) => Err(e.into()),
+        };
+        match erased {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = quizflow_nats::delete_dead_letter(self.js, sequence).await {
+                    tracing::warn!(error = %e, sequence, "archived letter of an erased person not taken back");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, sequence, "cannot tell whether an archived letter's person was erased")
+            }
+        }
     }
 }

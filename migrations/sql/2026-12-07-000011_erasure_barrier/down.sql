@@ -1,0 +1,4 @@
+ALTER TABLE deliveries DROP COLUMN calling_at;
+DROP TABLE erasures;
+DROP FUNCTION quizflow_contact_hash(text, text);
+DROP TABLE quizflow_keys;

@@ -1,0 +1,29 @@
+-- Erasure as a barrier (SPEC §4 "Erased means erased").
+--
+-- Tombstones: a keyed hash of each erased contact and when it was erased. The batcher's
+-- store transaction checks them, so a lead received before an erasure but stored after it
+-- (a batch in a batcher's hands, a message redelivered) never stores the person again. The
+-- key is random per database and never leaves it: the table holds no personal data, and a
+-- tombstone outlives the erasure it records.
+CREATE TABLE quizflow_keys (
+    name text  PRIMARY KEY,
+    key  bytea NOT NULL
+);
+INSERT INTO quizflow_keys (name, key)
+VALUES ('contact', decode(md5(gen_random_uuid()::text) || md5(gen_random_uuid()::text), 'hex'));
+
+CREATE FUNCTION quizflow_contact_hash(kind text, contact text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT encode(sha256((SELECT key FROM quizflow_keys WHERE name = 'contact')
+                         || convert_to(kind || ':' || contact, 'UTF8')), 'hex')
+$$;
+
+CREATE TABLE erasures (
+    contact   text        PRIMARY KEY,
+    erased_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Set when a claim's holder is about to call the provider (checked in one statement per
+-- group of calls): an erasure cancels every claimed row not yet calling, and waits for the
+-- calls already under way to be recorded.
+ALTER TABLE deliveries ADD COLUMN calling_at timestamptz;
