@@ -158,9 +158,49 @@ pub(crate) async fn record<E: Endpoint>(
         })
     };
     if let Some(entry) = entry {
-        state.append_audit(&entry).await;
+        if entry.action != "dead_letters.read" || state.audit_reads.first_in_window(&entry) {
+            state.append_audit(&entry).await;
+        }
     }
     result
+}
+
+/// The dead-letter list read again by the same client with the same query (the dashboard
+/// polls it) is recorded once per [`RecentReads::WINDOW`], not once per poll. Per instance and
+/// bounded: a flood of distinct clients only makes more entries, never more memory.
+#[derive(Default)]
+pub(crate) struct RecentReads(
+    std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+);
+
+impl RecentReads {
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+    const MAX: usize = 4096;
+
+    fn first_in_window(&self, entry: &NewEntry) -> bool {
+        let mut detail = entry.detail.clone();
+        if let Some(m) = detail.as_object_mut() {
+            m.remove("returned");
+        }
+        let key = format!("{}|{}", entry.route, detail);
+        let now = std::time::Instant::now();
+        let Ok(mut seen) = self.0.lock() else {
+            return true;
+        };
+        if seen.len() >= Self::MAX {
+            seen.retain(|_, at| now.duration_since(*at) < Self::WINDOW);
+            if seen.len() >= Self::MAX {
+                return true;
+            }
+        }
+        match seen.get(&key) {
+            Some(at) if now.duration_since(*at) < Self::WINDOW => false,
+            _ => {
+                seen.insert(key, now);
+                true
+            }
+        }
+    }
 }
 
 impl AppState {

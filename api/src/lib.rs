@@ -46,6 +46,8 @@ pub struct AppState {
     admin_token: Option<String>,
     /// Key of the audit log's hashes of respondents and client addresses.
     audit_key: audit::AuditKey,
+    /// Repeated dead-letter list reads (the dashboard's poll), recorded once per window.
+    audit_reads: audit::RecentReads,
     /// Coalesces provider receipts into batched ledger writes.
     receipts: receipts::ReceiptWriter,
     /// Key the QR image links are signed with (`QUIZFLOW_LINK_KEY`, else the admin token).
@@ -151,6 +153,7 @@ impl AppState {
             metrics: Metrics::new(&registry)?,
             registry,
             admin_token: settings.admin_token.clone(),
+            audit_reads: audit::RecentReads::default(),
             audit_key: audit::AuditKey::new(
                 settings
                     .audit_key

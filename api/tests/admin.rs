@@ -396,3 +396,32 @@ async fn given_admin_actions_then_each_is_in_the_audit_log_newest_first_and_page
         assert_error(resp, 400, "invalid_request").await;
     }
 }
+
+/// The dashboard polls the dead-letter list every few seconds: the same client's same read is
+/// recorded once per ten minutes, not once per poll; a different read is recorded.
+#[tokio::test]
+async fn given_the_dead_letter_list_polled_then_the_audit_log_records_it_once() {
+    let api = Api::start().await;
+    for _ in 0..5 {
+        let r = api
+            .admin(Method::GET, "/v1/dead-letters?limit=5")
+            .send()
+            .await
+            .expect("list");
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let r = api
+        .admin(Method::GET, "/v1/dead-letters?limit=50")
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(r.status().as_u16(), 200);
+    let page = audit_page(&api, "?limit=100").await;
+    let reads: Vec<&serde_json::Value> = page["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["action"] == "dead_letters.read")
+        .collect();
+    assert_eq!(reads.len(), 2, "{page}");
+}

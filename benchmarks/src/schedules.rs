@@ -189,6 +189,7 @@ pub async fn run_schedules(
         firers.spawn(quizflow_workers::schedule::run(
             js.clone(),
             pool.clone(),
+            &quizflow_core::Channel::ALL,
             move |f: &quizflow_workers::schedule::Fired| {
                 let Ok(mut t) = tally.lock() else { return };
                 t.published += f.published as u64;

@@ -59,6 +59,7 @@ impl From<diesel::result::Error> for FireError {
 pub async fn fire_due<P, F>(
     conn: &mut AsyncPgConnection,
     limit: i64,
+    channels: &[&str],
     publish: P,
 ) -> Result<Fired, FireError>
 where
@@ -70,10 +71,11 @@ where
             "SELECT {LEDGER_COLUMNS}, d.due_at, \
                     COALESCE(c.active AND (c.ends_at IS NULL OR c.ends_at > now()), false) AS live \
              FROM deliveries d LEFT JOIN campaigns c ON c.id = d.campaign_id \
-             WHERE d.status = 'scheduled' AND d.due_at <= now() \
+             WHERE d.status = 'scheduled' AND d.due_at <= now() AND d.channel = ANY($2) \
              ORDER BY d.due_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED"
         ))
         .bind::<diesel::sql_types::BigInt, _>(limit)
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(channels)
         .load(conn)
         .await?;
         // A row this build cannot make a job of (a channel added by a newer version, during a
@@ -135,16 +137,21 @@ where
 
 /// When the next scheduled row is due (`None`: nothing is scheduled), so a firing loop can
 /// sleep until then instead of polling.
-pub async fn next_due(conn: &mut AsyncPgConnection) -> Result<Option<DateTime<Utc>>, StoreError> {
+pub async fn next_due(
+    conn: &mut AsyncPgConnection,
+    channels: &[&str],
+) -> Result<Option<DateTime<Utc>>, StoreError> {
     #[derive(diesel::QueryableByName)]
     struct Next {
         #[diesel(sql_type = Nullable<Timestamptz>)]
         at: Option<DateTime<Utc>>,
     }
-    let n: Next =
-        diesel::sql_query("SELECT min(due_at) AS at FROM deliveries WHERE status = 'scheduled'")
-            .get_result(conn)
-            .await?;
+    let n: Next = diesel::sql_query(
+        "SELECT min(due_at) AS at FROM deliveries WHERE status = 'scheduled' AND channel = ANY($1)",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(channels)
+    .get_result(conn)
+    .await?;
     Ok(n.at)
 }
 

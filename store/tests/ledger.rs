@@ -286,9 +286,11 @@ async fn due_rows_fire_once_in_due_order_later_ones_wait_and_dead_campaigns_canc
     scheduled_row(&mut conn, &cancelled, -1000).await;
 
     // A publish that fails commits nothing: the rows are still scheduled.
-    let err = fire_due(&mut conn, 100, |_| async { Err("nats away".to_owned()) })
-        .await
-        .expect_err("publish failed");
+    let err = fire_due(&mut conn, 100, SMS, |_| async {
+        Err("nats away".to_owned())
+    })
+    .await
+    .expect_err("publish failed");
     assert!(matches!(err, FireError::Publish(_)), "{err}");
     assert_eq!(status_of(&mut conn, &first).await, "scheduled");
     assert_eq!(status_of(&mut conn, &cancelled).await, "scheduled");
@@ -297,12 +299,12 @@ async fn due_rows_fire_once_in_due_order_later_ones_wait_and_dead_campaigns_canc
     let mut other = AsyncPgConnection::establish(&db.url).await.expect("conn");
     let published = std::sync::Mutex::new(Vec::new());
     let (a, b) = tokio::join!(
-        fire_due(&mut conn, 100, |jobs| async {
+        fire_due(&mut conn, 100, SMS, |jobs| async {
             published.lock().expect("lock").extend(jobs);
             tokio::time::sleep(Duration::from_millis(200)).await;
             Ok(())
         }),
-        fire_due(&mut other, 100, |jobs| async {
+        fire_due(&mut other, 100, SMS, |jobs| async {
             published.lock().expect("lock").extend(jobs);
             Ok(())
         })
@@ -318,19 +320,34 @@ async fn due_rows_fire_once_in_due_order_later_ones_wait_and_dead_campaigns_canc
     assert_eq!(status_of(&mut conn, &second).await, "queued");
     assert_eq!(status_of(&mut conn, &cancelled).await, "cancelled");
     assert_eq!(status_of(&mut conn, &later).await, "scheduled");
-    let next = quizflow_store::schedules::next_due(&mut conn)
+    let next = quizflow_store::schedules::next_due(&mut conn, SMS)
         .await
         .expect("next")
         .expect("one left");
     assert!(next > chrono::Utc::now() + chrono::Duration::minutes(59));
 
-    // Nothing more is due but a row of a channel this build does not know (a newer
-    // version's, mid rolling upgrade): it stays scheduled, not queued with no job.
+    // A due e-mail row is not this (SMS-only) firer's: it stays for a process serving e-mail.
+    let email = (sub, live, "email".to_owned(), 0u16);
+    scheduled_row(&mut conn, &email, -1000).await;
+    let again = fire_due(&mut conn, 100, SMS, |_| async {
+        panic!("nothing to publish")
+    })
+    .await
+    .expect("fire");
+    assert_eq!((again.published, again.cancelled, again.skipped), (0, 0, 0));
+    assert_eq!(status_of(&mut conn, &email).await, "scheduled");
+
+    // A row of a channel this build does not know (a newer version's, mid rolling upgrade),
+    // asked for by name: it stays scheduled, not queued with no job.
     let foreign = (sub, live, "pigeon".to_owned(), 0u16);
     scheduled_row(&mut conn, &foreign, -1000).await;
-    let again = fire_due(&mut conn, 100, |_| async { panic!("nothing to publish") })
-        .await
-        .expect("fire");
+    let again = fire_due(&mut conn, 100, &["sms", "pigeon"], |_| async {
+        panic!("nothing to publish")
+    })
+    .await
+    .expect("fire");
     assert_eq!((again.published, again.cancelled, again.skipped), (0, 0, 1));
     assert_eq!(status_of(&mut conn, &foreign).await, "scheduled");
 }
+
+const SMS: &[&str] = &["sms"];

@@ -10,8 +10,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// The error a refused target produces (found again in reqwest's error chain).
 #[derive(Debug, thiserror::Error)]
-#[error("webhook target {0} resolves only to non-public addresses")]
-pub struct EgressDenied(pub String);
+pub enum EgressDenied {
+    #[error("webhook target {0} resolves only to non-public addresses")]
+    NonPublic(String),
+    /// Plain HTTP to the internet carries the lead's personal data in clear and can be
+    /// rewritten on the way: only https, unless private targets are allowed (a test setup).
+    #[error("webhook target must use https (plain http only with QUIZFLOW_WEBHOOK_ALLOW_PRIVATE)")]
+    NotHttps,
+}
 
 /// True for every address a webhook must not reach.
 pub fn is_forbidden(ip: IpAddr) -> bool {
@@ -49,21 +55,23 @@ fn forbidden_v4(ip: Ipv4Addr) -> bool {
         || o[0] >= 240 // reserved
 }
 
-/// Refuses a URL whose host is a forbidden IP literal (names are checked at resolution).
+/// Refuses a URL whose host is a forbidden IP literal (names are checked at resolution), or
+/// that is not https.
 pub fn check_url(url: &str) -> Result<(), EgressDenied> {
-    let host = reqwest::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host().map(|h| h.to_owned()));
+    let parsed = reqwest::Url::parse(url).ok();
+    let host = parsed.as_ref().and_then(|u| u.host().map(|h| h.to_owned()));
     let ip = match host {
-        Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
-        Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
-        _ => return Ok(()),
+        Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
+        Some(url::Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
+        _ => None,
     };
-    if is_forbidden(ip) {
-        Err(EgressDenied(ip.to_string()))
-    } else {
-        Ok(())
+    if let Some(ip) = ip.filter(|ip| is_forbidden(*ip)) {
+        return Err(EgressDenied::NonPublic(ip.to_string()));
     }
+    if parsed.as_ref().map(|u| u.scheme()) != Some("https") {
+        return Err(EgressDenied::NotHttps);
+    }
+    Ok(())
 }
 
 /// A resolver that keeps only public addresses.
@@ -79,9 +87,8 @@ impl reqwest::dns::Resolve for PublicOnly {
                 .filter(|a| !is_forbidden(a.ip()))
                 .collect();
             if addrs.is_empty() {
-                return Err(
-                    Box::new(EgressDenied(host)) as Box<dyn std::error::Error + Send + Sync>
-                );
+                return Err(Box::new(EgressDenied::NonPublic(host))
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
@@ -129,5 +136,9 @@ mod tests {
         assert!(check_url("http://[::1]/x").is_err());
         assert!(check_url("http://169.254.169.254/latest/meta-data").is_err());
         assert!(check_url("https://crm.example.com/hook").is_ok());
+        assert!(matches!(
+            check_url("http://crm.example.com/hook"),
+            Err(EgressDenied::NotHttps)
+        ));
     }
 }

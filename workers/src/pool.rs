@@ -159,8 +159,16 @@ pub async fn run(
     tasks.spawn({
         let (js, pool, metrics, stop) =
             (js.clone(), pool.clone(), metrics.clone(), stop_rx.clone());
+        let channels = settings.channels.clone();
         async move {
-            crate::schedule::run(js, pool, |f| crate::schedule::observe(&metrics, f), stop).await;
+            crate::schedule::run(
+                js,
+                pool,
+                &channels,
+                |f| crate::schedule::observe(&metrics, f),
+                stop,
+            )
+            .await;
             Ok(())
         }
     });

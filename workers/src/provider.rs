@@ -270,8 +270,13 @@ pub fn http_client(
     let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(settings.concurrency);
-    if channel == quizflow_core::Channel::Webhook && !settings.webhook_allow_private {
-        b = b.dns_resolver(std::sync::Arc::new(crate::egress::PublicOnly));
+    if channel == quizflow_core::Channel::Webhook {
+        // A system proxy (HTTPS_PROXY in the environment) would resolve and connect for us,
+        // past the public-only resolver: webhooks always go direct.
+        b = b.no_proxy();
+        if !settings.webhook_allow_private {
+            b = b.dns_resolver(std::sync::Arc::new(crate::egress::PublicOnly));
+        }
     }
     b.build()
 }

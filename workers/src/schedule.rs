@@ -6,6 +6,7 @@
 
 use crate::metrics::WorkerMetrics;
 use async_nats::jetstream;
+use quizflow_core::Channel;
 pub use quizflow_store::schedules::Fired;
 use quizflow_store::schedules::{fire_due, FireError};
 use quizflow_store::Pool;
@@ -23,14 +24,18 @@ pub const ROUND: i64 = 1000;
 pub async fn run(
     js: jetstream::Context,
     pool: Pool,
+    channels: &[Channel],
     on_fired: impl Fn(&Fired) + Send,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Only the channels this process serves: a process of one channel's deployment never
+    // fires another's rows (nor rows of a channel this build does not know).
+    let channels: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
     loop {
         if *stop.borrow() {
             break;
         }
-        let pause = match round(&js, &pool).await {
+        let pause = match round(&js, &pool, &channels).await {
             Ok(fired) => {
                 if fired.skipped > 0 {
                     tracing::warn!(
@@ -51,7 +56,7 @@ pub async fn run(
                 if n as i64 >= ROUND {
                     Duration::ZERO
                 } else {
-                    until_next(&pool, fired.skipped > 0).await
+                    until_next(&pool, &channels, fired.skipped > 0).await
                 }
             }
             Err(e) => {
@@ -70,7 +75,7 @@ pub async fn run(
 
 /// How long an idle firer waits: until the next due row when that comes before [`POLL`]
 /// (so a reminder is not late by the poll), else `POLL` (rows written meanwhile are seen then).
-async fn until_next(pool: &Pool, skipped: bool) -> Duration {
+async fn until_next(pool: &Pool, channels: &[&str], skipped: bool) -> Duration {
     // Rows this build cannot fire stay due: waiting for them would spin.
     if skipped {
         return POLL;
@@ -78,7 +83,7 @@ async fn until_next(pool: &Pool, skipped: bool) -> Duration {
     let Ok(mut conn) = pool.get().await else {
         return POLL;
     };
-    match quizflow_store::schedules::next_due(&mut conn).await {
+    match quizflow_store::schedules::next_due(&mut conn, channels).await {
         Ok(Some(at)) => (at - chrono::Utc::now())
             .to_std()
             // Already due: it fell due after the round's query, or another firer holds it
@@ -108,9 +113,13 @@ pub(crate) fn observe(metrics: &WorkerMetrics, fired: &Fired) {
 }
 
 /// One round: the rows it settled.
-async fn round(js: &jetstream::Context, pool: &Pool) -> Result<Fired, FireError> {
+async fn round(
+    js: &jetstream::Context,
+    pool: &Pool,
+    channels: &[&str],
+) -> Result<Fired, FireError> {
     let mut conn = pool.get().await.map_err(quizflow_store::StoreError::from)?;
-    fire_due(&mut conn, ROUND, |jobs| async move {
+    fire_due(&mut conn, ROUND, channels, |jobs| async move {
         quizflow_nats::publish_jobs(js, &jobs, |_| None)
             .await
             .map_err(|e| e.to_string())
