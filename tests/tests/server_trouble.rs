@@ -15,6 +15,11 @@ async fn n(env: &Env, sql: &str) -> i64 {
     count(&env.db.url, sql).await
 }
 
+async fn messages_in(env: &Env, stream: &str) -> u64 {
+    let mut s = env.js.get_stream(stream).await.expect("stream");
+    s.info().await.expect("info").state.messages
+}
+
 async fn submit_many(env: &Env, prefix: &str, how_many: usize) -> Vec<SubmissionId> {
     let mut ids = Vec::with_capacity(how_many);
     for i in 0..how_many {
@@ -239,4 +244,96 @@ async fn given_a_refused_lead_then_its_dead_letter_can_be_redriven_and_is_stored
             .is_empty(),
         "a letter is redriven once"
     );
+}
+
+/// The database is away when a worker fetches a chunk: every job of it must wait. Before:
+/// each of the 20 was re-published on its own (20 new messages, and as many again on every
+/// redelivery). Now: the chunk is naked as one message; once the database is back each job is
+/// sent once.
+#[tokio::test]
+async fn given_the_database_away_when_a_chunk_is_fetched_then_it_waits_as_one_message() {
+    let env = Env::start_with(|_| {}).await;
+    env.campaign(json!([{"channel": "sms", "template": "Olá"}]))
+        .await;
+    let proxy = quizflow_testkit::CutProxy::start(env.db.host_port()).await;
+    let mut items = Vec::new();
+    for i in 0..20 {
+        let quiz = QuizId::parse("promo").expect("quiz");
+        let key = IdempotencyKey::parse(&format!("chunk-{i}")).expect("key");
+        let sub = parse_submission(
+            &json!({"respondent": {"phone": format!("+55119{i:08}")}, "score": 1}),
+        )
+        .expect("valid");
+        items.push(SubmissionEnvelope::new(
+            SubmissionId::from_key(&quiz, &key),
+            quiz,
+            chrono::Utc::now(),
+            Some(key),
+            sub,
+        ));
+    }
+    // All at once: one pack, one batch, one chunk of 20 jobs.
+    futures::future::join_all(items.iter().map(|e| env.packer.publish(e)))
+        .await
+        .into_iter()
+        .for_each(|r| {
+            r.expect("published");
+        });
+    wait_until("20 jobs in one chunk", Duration::from_secs(20), || async {
+        n(&env, "SELECT count(*) AS n FROM deliveries").await == 20
+            && messages_in(&env, "DELIVERIES").await == 1
+    })
+    .await;
+    proxy.cut();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let settings = env.settings(|_| {});
+    let js = env.js.clone();
+    let pool = quizflow_store::pool(&env.db.url_via_port(proxy.port), 4);
+    let workers = tokio::spawn(quizflow_workers::run(
+        settings,
+        js,
+        pool,
+        prometheus::Registry::new(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    wait_until(
+        "the chunk came back at least twice",
+        Duration::from_secs(30),
+        || async {
+            let mut c: async_nats::jetstream::consumer::PullConsumer = env
+                .js
+                .get_stream("DELIVERIES")
+                .await
+                .expect("stream")
+                .get_consumer(&subjects::worker_consumer(
+                    quizflow_core::Channel::Sms,
+                    quizflow_core::Priority::Normal,
+                ))
+                .await
+                .expect("consumer");
+            c.info().await.expect("info").num_redelivered >= 1
+        },
+    )
+    .await;
+    assert_eq!(
+        messages_in(&env, "DELIVERIES").await,
+        1,
+        "the waiting chunk stays one message"
+    );
+    proxy.restore();
+    wait_until("every job sent once", Duration::from_secs(60), || async {
+        n(
+            &env,
+            "SELECT count(*) AS n FROM deliveries WHERE status = 'sent'",
+        )
+        .await
+            == 20
+    })
+    .await;
+    let sent = env.mock_get("/_mock/messages").await;
+    assert_eq!(sent["messages"].as_array().map(Vec::len), Some(20));
+    let _ = stop.send(());
+    let _ = workers.await;
 }

@@ -156,6 +156,11 @@ impl JobMsg {
         }
     }
 
+    /// Settled by the chunk's own ack or nak (see [`nak_together`]).
+    fn settled_with_its_chunk(mut self) {
+        self.settled = true;
+    }
+
     /// Done with this job for good, without processing it (poison, already dead-lettered).
     pub async fn term(mut self) {
         self.settled = true;
@@ -198,6 +203,38 @@ impl JobMsg {
             None => false,
         };
         self.carrier.member_done(!republished).await;
+    }
+}
+
+/// Naks jobs that all wait for the same `delay` (the database is away, a claim failed). A
+/// chunk every member of which is among them is naked as one message, instead of one
+/// re-publish per member; the rest are naked one by one.
+pub(crate) async fn nak_together(jobs: Vec<(JobMsg, DeliveryJob)>, delay: Duration) {
+    let mut by_carrier: Vec<(Arc<Carrier>, Vec<(JobMsg, DeliveryJob)>)> = Vec::new();
+    for (msg, job) in jobs {
+        match by_carrier
+            .iter_mut()
+            .find(|(c, _)| Arc::ptr_eq(c, &msg.carrier))
+        {
+            Some((_, group)) => group.push((msg, job)),
+            None => by_carrier.push((msg.carrier.clone(), vec![(msg, job)])),
+        }
+    }
+    for (carrier, group) in by_carrier {
+        let whole = carrier.members > 1
+            && group.len() == carrier.members
+            && carrier.left.load(Ordering::SeqCst) == carrier.members;
+        if whole {
+            for (msg, _) in group {
+                msg.settled_with_its_chunk();
+            }
+            carrier.left.store(0, Ordering::SeqCst);
+            let _ = carrier.msg.ack_with(AckKind::Nak(Some(delay))).await;
+        } else {
+            for (msg, job) in group {
+                msg.nak(Some(delay), Some(&job)).await;
+            }
+        }
     }
 }
 

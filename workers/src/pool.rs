@@ -456,10 +456,9 @@ impl Channelled {
         let mut probe_used = false;
         let contexts = self.load(&jobs).await;
         let Some(contexts) = contexts else {
-            // The database is away: everything goes back, no attempt spent.
-            for (msg, job) in jobs {
-                msg.nak(Some(Duration::from_secs(2)), Some(&job)).await;
-            }
+            // The database is away: everything goes back, no attempt spent (a whole chunk as
+            // one message, not one re-publish per job).
+            handle::nak_together(jobs, Duration::from_secs(2)).await;
             if probe {
                 self.breaker.release_probe();
             }
