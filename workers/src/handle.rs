@@ -210,7 +210,8 @@ impl JobMsg {
 /// chunk every member of which is among them is naked as one message, instead of one
 /// re-publish per member; the rest are naked one by one.
 pub(crate) async fn nak_together(jobs: Vec<(JobMsg, DeliveryJob)>, delay: Duration) {
-    let mut by_carrier: Vec<(Arc<Carrier>, Vec<(JobMsg, DeliveryJob)>)> = Vec::new();
+    type Group = (Arc<Carrier>, Vec<(JobMsg, DeliveryJob)>);
+    let mut by_carrier: Vec<Group> = Vec::new();
     for (msg, job) in jobs {
         match by_carrier
             .iter_mut()
