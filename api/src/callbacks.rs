@@ -67,14 +67,15 @@ fn report(reference: Option<&str>, delivered: Option<bool>, detail: String) -> R
     let Some(delivered) = delivered else {
         return Report::Progress;
     };
-    let Some((sub, camp, channel, step)) = reference.and_then(DeliveryJob::parse_reference) else {
+    let Some(r) = reference.and_then(DeliveryJob::parse_reference) else {
         return Report::Unknown;
     };
     let d = Delivered {
-        submission_id: sub.0,
-        campaign_id: camp,
-        channel: channel.as_str().to_owned(),
-        step,
+        submission_id: r.submission_id.0,
+        campaign_id: r.campaign_id,
+        channel: r.channel.as_str().to_owned(),
+        step: r.step,
+        attempt: r.attempt,
         // Provider texts can quote the recipient: bounded, and kept to the ledger.
         detail: detail.chars().take(500).collect(),
     };
@@ -388,5 +389,26 @@ pub async fn email(
         None => kind.to_owned(),
     };
     let reports = vec![report(reference, delivered, detail)];
-    state.apply_reports("email", reports).await
+    // A signed request replayed inside the signature's window is answered, without effect.
+    let replay = {
+        let mut conn = state.db.get().await.map_err(crate::admin::db_error)?;
+        quizflow_store::reports::webhook_seen(&mut conn, id)
+            .await
+            .map_err(crate::admin::db_error)?
+    };
+    if replay {
+        state
+            .metrics
+            .callbacks
+            .with_label_values(&["email", "replayed"])
+            .inc();
+        return Ok(Json(serde_json::json!({ "moved": 0, "replayed": true })).into_response());
+    }
+    let answer = state.apply_reports("email", reports).await?;
+    if let Ok(mut conn) = state.db.get().await {
+        if let Err(e) = quizflow_store::reports::webhook_applied(&mut conn, id).await {
+            tracing::warn!(error = %e, "svix-id not recorded; a replay would be applied again (forward-only)");
+        }
+    }
+    Ok(answer)
 }

@@ -125,6 +125,7 @@ mod tests {
                 campaign_id: camp,
                 channel: "sms".into(),
                 step,
+                attempt: None,
                 detail: "delivered".into(),
             };
             batch.push((report, reply));

@@ -92,8 +92,23 @@ impl DeliveryJob {
         }
     }
 
-    /// The ledger key a [`DeliveryJob::reference`] names; `None` for anything else.
-    pub fn parse_reference(raw: &str) -> Option<(SubmissionId, Uuid, Channel, u16)> {
+    /// [`DeliveryJob::reference`] of one attempt (`_a<n>` appended): a report names the
+    /// call it is about, so a late report of an earlier attempt cannot move the row a later
+    /// attempt is working on.
+    pub fn reference_for_attempt(&self, attempt: i32) -> String {
+        format!("{}_a{attempt}", self.reference())
+    }
+
+    /// The ledger key a [`DeliveryJob::reference`] names, and the attempt when the reference
+    /// has one (references from before attempts were named have none); `None` for anything
+    /// else.
+    pub fn parse_reference(raw: &str) -> Option<Reference> {
+        let (raw, attempt) = match raw.rsplit_once("_a") {
+            Some((head, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                (head, Some(n.parse::<i32>().ok()?))
+            }
+            _ => (raw, None),
+        };
         let mut parts = raw.splitn(4, '_');
         let sub = Uuid::parse_str(parts.next()?).ok()?;
         let camp = Uuid::parse_str(parts.next()?).ok()?;
@@ -103,8 +118,25 @@ impl DeliveryJob {
             Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok()?,
             Some(_) => return None,
         };
-        Some((SubmissionId(sub), camp, channel, step))
+        Some(Reference {
+            submission_id: SubmissionId(sub),
+            campaign_id: camp,
+            channel,
+            step,
+            attempt,
+        })
     }
+}
+
+/// What a provider's status report is about: a ledger row, and which attempt at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reference {
+    pub submission_id: SubmissionId,
+    pub campaign_id: Uuid,
+    pub channel: Channel,
+    pub step: u16,
+    /// The attempt the report is about; `None` for a reference without one.
+    pub attempt: Option<i32>,
 }
 
 #[cfg(test)]
@@ -129,17 +161,48 @@ mod tests {
         assert!(r
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        let key = |r: Option<Reference>| {
+            r.map(|r| (r.submission_id, r.campaign_id, r.channel, r.step, r.attempt))
+        };
         assert_eq!(
-            DeliveryJob::parse_reference(&r),
-            Some((job.submission_id, job.campaign_id, Channel::Whatsapp, 0))
+            key(DeliveryJob::parse_reference(&r)),
+            Some((
+                job.submission_id,
+                job.campaign_id,
+                Channel::Whatsapp,
+                0,
+                None
+            ))
+        );
+        let third = job.reference_for_attempt(3);
+        assert!(third
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert_eq!(
+            key(DeliveryJob::parse_reference(&third)),
+            Some((
+                job.submission_id,
+                job.campaign_id,
+                Channel::Whatsapp,
+                0,
+                Some(3)
+            ))
         );
         let later = DeliveryJob {
             step: 2,
             ..job.clone()
         };
         assert_eq!(
-            DeliveryJob::parse_reference(&later.reference()),
-            Some((job.submission_id, job.campaign_id, Channel::Whatsapp, 2))
+            key(DeliveryJob::parse_reference(
+                &later.reference_for_attempt(1)
+            )),
+            Some((
+                job.submission_id,
+                job.campaign_id,
+                Channel::Whatsapp,
+                2,
+                Some(1)
+            ))
         );
         assert_ne!(later.msg_id(), job.msg_id());
         // A first step's ids are what they were before steps existed.
@@ -154,6 +217,8 @@ mod tests {
             &format!("{}_{}_sms_", Uuid::nil(), Uuid::nil()),
             &format!("{}_{}_sms_x1", Uuid::nil(), Uuid::nil()),
             &format!("{}_{}_sms_99999999", Uuid::nil(), Uuid::nil()),
+            &format!("{}_{}_sms_a", Uuid::nil(), Uuid::nil()),
+            &format!("{}_{}_sms_a99999999999", Uuid::nil(), Uuid::nil()),
         ] {
             assert_eq!(DeliveryJob::parse_reference(bad), None);
         }

@@ -21,7 +21,7 @@ pub use campaign::{
 };
 pub use cost::Costs;
 pub use ids::{Channel, IdError, IdempotencyKey, Priority, QuizId, SubmissionId};
-pub use job::DeliveryJob;
+pub use job::{DeliveryJob, Reference};
 pub use submission::{Answer, AnswerValue, Respondent, Submission, SubmissionEnvelope};
 pub use validate::{
     canonical_json, is_e164, is_email, parse_submission, FieldProblem, ValidationErrors,

@@ -20,6 +20,9 @@ pub struct Delivered {
     pub channel: String,
     /// The n-th action of the channel (the ledger key's `step`).
     pub step: u16,
+    /// The attempt the report is about, when the reference names one: a report of an earlier
+    /// attempt than the row's is stale.
+    pub attempt: Option<i32>,
     pub detail: String,
 }
 
@@ -50,6 +53,13 @@ fn applied(o: &Outcome) -> Applied {
     }
 }
 
+/// A report names the attempt under way (`sending`: the row counts the attempts before it)
+/// or the last one made (any other status); a report of an earlier attempt moves nothing.
+/// Reports without an attempt (references from before attempts were named) apply as before.
+const THIS_ATTEMPT: &str =
+    "(u.attempt IS NULL OR (d.status = 'sending' AND u.attempt = d.attempts + 1) \
+                            OR (d.status <> 'sending' AND u.attempt = d.attempts))";
+
 /// Marks rows `delivered` in one statement; one [`Applied`] per report, in order.
 pub async fn delivered(
     conn: &mut AsyncPgConnection,
@@ -64,21 +74,23 @@ pub async fn delivered(
     let details: Vec<&str> = reports.iter().map(|r| r.detail.as_str()).collect();
     let ords: Vec<i32> = (0..reports.len() as i32).collect();
     let steps: Vec<i16> = reports.iter().map(|r| r.step as i16).collect();
-    let rows: Vec<Outcome> = diesel::sql_query(
-        "WITH u AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $7::int2[]) \
-                    AS u(sub, camp, channel, detail, ord, step)), \
+    let attempts: Vec<Option<i32>> = reports.iter().map(|r| r.attempt).collect();
+    let rows: Vec<Outcome> = diesel::sql_query(format!(
+        "WITH u AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $7::int2[], $8::int4[]) \
+                    AS u(sub, camp, channel, detail, ord, step, attempt)), \
          m AS (UPDATE deliveries d SET status = 'delivered', updated_at = now(), \
                  history = quizflow_cap_history(d.history || jsonb_build_array(jsonb_build_object( \
                    'at', now(), 'outcome', 'delivered', 'detail', u.detail)), $6) \
                FROM u WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel \
                  AND d.step = u.step AND d.status IN ('sending', 'sent', 'failed') \
+                 AND {THIS_ATTEMPT} \
                RETURNING d.submission_id, d.campaign_id, d.channel, d.step) \
          SELECT EXISTS (SELECT 1 FROM m WHERE m.submission_id = u.sub AND m.campaign_id = u.camp AND m.channel = u.channel \
                           AND m.step = u.step) AS moved, \
                 EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel \
                           AND d.step = u.step) AS known \
-         FROM u ORDER BY u.ord",
-    )
+         FROM u ORDER BY u.ord"
+    ))
     .bind::<Array<SqlUuid>, _>(&subs)
     .bind::<Array<SqlUuid>, _>(&camps)
     .bind::<Array<Text>, _>(&channels)
@@ -86,6 +98,7 @@ pub async fn delivered(
     .bind::<Array<Integer>, _>(&ords)
     .bind::<Integer, _>(crate::deliveries::HISTORY_CAP)
     .bind::<Array<SmallInt>, _>(&steps)
+    .bind::<Array<Nullable<Integer>>, _>(&attempts)
     .load(conn)
     .await?;
     Ok(rows.iter().map(applied).collect())
@@ -126,6 +139,8 @@ pub async fn failed(
                      'at', now(), 'outcome', 'permanent', 'detail', $4)), $5) \
                  WHERE d.submission_id = $1 AND d.campaign_id = $2 AND d.channel = $3 AND d.step = $7 \
                    AND d.status IN ('sending', 'sent') \
+                   AND ($8::int4 IS NULL OR (d.status = 'sending' AND $8 = d.attempts + 1) \
+                        OR (d.status <> 'sending' AND $8 = d.attempts)) \
                  RETURNING d.attempts, d.history, d.campaign_version, d.priority, d.created_at) \
              INSERT INTO dead_letters (id, kind, channel, submission_id, campaign_id, recipient, class, reason, attempts, history, payload, step) \
              SELECT gen_random_uuid(), 'delivery', $3, $1, $2, \
@@ -146,6 +161,7 @@ pub async fn failed(
         .bind::<Integer, _>(crate::deliveries::HISTORY_CAP)
         .bind::<SqlUuid, _>(job_id(&r))
         .bind::<SmallInt, _>(r.step as i16)
+        .bind::<Nullable<Integer>, _>(r.attempt)
         .load(conn)
         .await?;
         if let Some(l) = letter.into_iter().next() {
@@ -179,4 +195,33 @@ fn job_id(r: &Delivered) -> Uuid {
         ),
         None => Uuid::nil(),
     }
+}
+
+/// Whether a webhook delivery (by its sender's id, e.g. `svix-id`) was applied before.
+pub async fn webhook_seen(conn: &mut AsyncPgConnection, id: &str) -> Result<bool, StoreError> {
+    #[derive(diesel::QueryableByName)]
+    struct Seen {
+        #[diesel(sql_type = Bool)]
+        seen: bool,
+    }
+    let s: Seen = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM webhook_ids WHERE id = $1 AND seen_at > now() - interval '10 minutes') AS seen",
+    )
+    .bind::<Text, _>(id)
+    .get_result(conn)
+    .await?;
+    Ok(s.seen)
+}
+
+/// Records a webhook delivery as applied (and forgets those older than 10 minutes: past the
+/// signature's 5-minute window a replay is refused by its timestamp anyway).
+pub async fn webhook_applied(conn: &mut AsyncPgConnection, id: &str) -> Result<(), StoreError> {
+    diesel::sql_query(
+        "WITH old AS (DELETE FROM webhook_ids WHERE seen_at < now() - interval '10 minutes') \
+         INSERT INTO webhook_ids (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET seen_at = now()",
+    )
+    .bind::<Text, _>(id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

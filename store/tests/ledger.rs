@@ -351,3 +351,73 @@ async fn due_rows_fire_once_in_due_order_later_ones_wait_and_dead_campaigns_canc
 }
 
 const SMS: &[&str] = &["sms"];
+
+/// A status report names its attempt: a late report of an earlier attempt moves nothing,
+/// whether the row was sent by a later attempt or a later attempt is under way.
+#[tokio::test]
+async fn reports_of_an_earlier_attempt_are_stale() {
+    use quizflow_store::reports::{self, Applied, Delivered};
+    let (_db, mut conn) = setup().await;
+    let row = |status: &str, attempts: i32| {
+        let (sub, camp) = (Uuid::new_v4(), Uuid::new_v4());
+        (
+            sub,
+            camp,
+            format!(
+                "INSERT INTO deliveries (submission_id, campaign_id, channel, campaign_version, priority, status, attempts) \
+                 VALUES ('{sub}', '{camp}', 'sms', 1, 'normal', '{status}', {attempts})"
+            ),
+        )
+    };
+    let report = |sub, camp, attempt| Delivered {
+        submission_id: sub,
+        campaign_id: camp,
+        channel: "sms".into(),
+        step: 0,
+        attempt,
+        detail: "x".into(),
+    };
+    // Sent by attempt 2: attempt 1's reports are stale, attempt 2's apply.
+    let (sub, camp, sql) = row("sent", 2);
+    diesel::sql_query(sql)
+        .execute(&mut conn)
+        .await
+        .expect("row");
+    let (a, _) = reports::failed(&mut conn, &report(sub, camp, Some(1)))
+        .await
+        .expect("failed");
+    assert_eq!(a, Applied::Stale);
+    let d = reports::delivered(&mut conn, &[report(sub, camp, Some(1))])
+        .await
+        .expect("delivered");
+    assert_eq!(d, vec![Applied::Stale]);
+    let d = reports::delivered(&mut conn, &[report(sub, camp, Some(2))])
+        .await
+        .expect("delivered");
+    assert_eq!(d, vec![Applied::Moved]);
+    // Attempt 2 under way (the row counts 1 attempt made): attempt 1's failure is old news,
+    // attempt 2's applies; a reference without an attempt applies as it always did.
+    let (sub, camp, sql) = row("sending", 1);
+    diesel::sql_query(sql)
+        .execute(&mut conn)
+        .await
+        .expect("row");
+    let (a, _) = reports::failed(&mut conn, &report(sub, camp, Some(1)))
+        .await
+        .expect("failed");
+    assert_eq!(a, Applied::Stale);
+    let (a, letter) = reports::failed(&mut conn, &report(sub, camp, Some(2)))
+        .await
+        .expect("failed");
+    assert_eq!(a, Applied::Moved);
+    assert!(letter.is_some());
+    let (sub, camp, sql) = row("sent", 3);
+    diesel::sql_query(sql)
+        .execute(&mut conn)
+        .await
+        .expect("row");
+    let d = reports::delivered(&mut conn, &[report(sub, camp, None)])
+        .await
+        .expect("delivered");
+    assert_eq!(d, vec![Applied::Moved]);
+}

@@ -278,3 +278,35 @@ async fn given_the_mock_reports_delivery_then_rows_move_forward_only_and_forgeri
         assert!(metrics.contains(line), "missing {line}");
     }
 }
+
+/// A signed Svix delivery replayed inside its 5-minute window (the same `svix-id`) is
+/// answered 200 without effect: a seen-set of ids, shared by every API instance (PostgreSQL).
+#[tokio::test]
+async fn given_a_signed_email_report_replayed_then_the_replay_changes_nothing() {
+    let api = Api::start_with(|s| {
+        s.callbacks.email_webhook_secret = Some(EMAIL_SECRET.into());
+    })
+    .await;
+    let raw = serde_json::to_vec(&json!({"type": "email.delivered",
+        "data": {"tags": {"quizflow_ref": "not-ours"}}}))
+    .expect("json");
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let sig =
+        quizflow_core::signatures::svix(EMAIL_SECRET, "msg_replayed", &ts, &raw).expect("secret");
+    let send = || {
+        reqwest::Client::new()
+            .post(api.url("/v1/callbacks/email"))
+            .header("content-type", "application/json")
+            .header("svix-id", "msg_replayed")
+            .header("svix-timestamp", &ts)
+            .header("svix-signature", &sig)
+            .body(raw.clone())
+            .send()
+    };
+    let first: Value = send().await.expect("post").json().await.expect("json");
+    assert_eq!(first["replayed"], Value::Null, "{first}");
+    let again = send().await.expect("post");
+    assert_eq!(again.status().as_u16(), 200);
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again["replayed"], true, "{again}");
+}

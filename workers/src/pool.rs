@@ -762,7 +762,7 @@ impl Channelled {
             subject,
             body: body.unwrap_or_default(),
             idempotency_key: job.job_id.to_string(),
-            reference: job.reference(),
+            reference: job.reference_for_attempt(ctx.attempts + 1),
             image: image.map(|i| i.trim().to_owned()).filter(|i| !i.is_empty()),
             payload: (job.channel == Channel::Webhook).then(|| {
                 serde_json::json!({"job_id": job.job_id, "submission": ctx.submission,

@@ -1,3 +1,4 @@
+DROP TABLE webhook_ids;
 ALTER TABLE deliveries DROP COLUMN calling_at;
 DROP TABLE erasures;
 DROP FUNCTION quizflow_contact_hash(text, text);

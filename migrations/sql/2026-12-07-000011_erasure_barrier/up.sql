@@ -27,3 +27,11 @@ CREATE TABLE erasures (
 -- group of calls): an erasure cancels every claimed row not yet calling, and waits for the
 -- calls already under way to be recorded.
 ALTER TABLE deliveries ADD COLUMN calling_at timestamptz;
+
+-- Webhook deliveries already applied, by the sender's id (Svix's `svix-id`): a signed request
+-- replayed inside the signature's 5-minute window is answered without effect. Kept 10 minutes.
+CREATE TABLE webhook_ids (
+    id      text        PRIMARY KEY,
+    seen_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX webhook_ids_seen_at ON webhook_ids (seen_at);
