@@ -62,6 +62,8 @@ struct Decoded {
     /// Index of its message in the batch.
     msg: usize,
     seq: u64,
+    /// Sequences its message replaces (a pack published again by an erasure).
+    replaces: Arc<[u64]>,
     /// Its place in the message.
     member: usize,
     envelope: SubmissionEnvelope,
@@ -331,12 +333,15 @@ impl Batcher {
         let mut good: Vec<Decoded> = Vec::with_capacity(batch.len());
         for (i, msg) in batch.iter().enumerate() {
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let replaces: Arc<[u64]> =
+                quizflow_nats::replaced_sequences(msg.headers.as_ref()).into();
             let mut bad = Vec::new();
             for (member, decoded) in decode_members(&msg.payload).into_iter().enumerate() {
                 match decoded {
                     Ok(envelope) => good.push(Decoded {
                         msg: i,
                         seq,
+                        replaces: replaces.clone(),
                         member,
                         envelope,
                     }),
@@ -469,9 +474,15 @@ impl Batcher {
         }
         // Rows stored by an earlier, interrupted attempt: publish their queued jobs again.
         // (A copy that reaches a worker twice is sent once: the worker claims the ledger row.)
+        // A pack an erasure published again stands for the sequences it replaces.
         let seen: Vec<(SubmissionId, u64)> = (0..envelopes.len())
             .filter(|i| !new_rows.contains(i))
-            .map(|i| (envelopes[i].submission_id, part[i].seq))
+            .flat_map(|i| {
+                let id = envelopes[i].submission_id;
+                std::iter::once(part[i].seq)
+                    .chain(part[i].replaces.iter().copied())
+                    .map(move |seq| (id, seq))
+            })
             .collect();
         // (The same batch again makes the same chunks, which JetStream drops as duplicates.)
         if !seen.is_empty() {
@@ -509,13 +520,15 @@ impl Batcher {
         .await
         .map_err(|e| BatcherError::Nats(e.to_string()))?;
         self.metrics.stored.inc_by(new_rows.len() as u64);
-        self.metrics.already_stored.inc_by(seen.len() as u64);
+        self.metrics
+            .already_stored
+            .inc_by((envelopes.len() - new_rows.len()) as u64);
         self.metrics.jobs_per_batch.observe(jobs.len() as f64);
         self.metrics.jobs_published.inc_by(jobs.len() as u64);
         tracing::info!(
             size = part.len(),
             stored = new_rows.len(),
-            already_stored = seen.len(),
+            already_stored = envelopes.len() - new_rows.len(),
             jobs = jobs.len(),
             scheduled,
             "batch stored"

@@ -647,3 +647,83 @@ async fn given_shutdown_then_the_batch_in_hand_is_flushed() {
         "flushed and acked"
     );
 }
+
+/// A pack stored by a batcher that died before publishing its jobs, then published again by
+/// an erasure without the erased person's member: the others' rows were stored from the
+/// original sequence. Before: the replacement's batcher found their rows "stored from another
+/// message" and published nothing, stranding their messages. Now: the replacement names the
+/// sequence it replaces, and their queued rows get their jobs.
+#[tokio::test]
+async fn given_a_pack_republished_by_an_erasure_after_a_crash_then_the_others_get_their_jobs() {
+    let env = env().await;
+    let c = env
+        .add_campaign(json!({"name": "all", "quiz_id": null, "match": {},
+            "actions": [{"channel": "sms", "template": "hi"}]}))
+        .await;
+    let first = env.batcher();
+    let (_stop_first, crashed) = spawn(first.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !first.knows_campaign(c.id, c.version) {
+        assert!(Instant::now() < deadline, "campaign loaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.crash_after_next_commit();
+    let ana = lead("q1", 1, json!({"respondent": {"phone": "+5511900000001"}}));
+    let bob = lead("q1", 2, json!({"respondent": {"phone": "+5511900000002"}}));
+    // One pack of two, as the API's packer makes it.
+    let mut payload = serde_json::to_vec(&ana).expect("json");
+    payload.push(b'\n');
+    payload.extend(serde_json::to_vec(&bob).expect("json"));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(quizflow_nats::PACK_HEADER, "2");
+    env.js
+        .send_publish(
+            subjects::submission(&ana.quiz_id),
+            async_nats::jetstream::message::PublishMessage::build()
+                .payload(payload.into())
+                .headers(headers),
+        )
+        .await
+        .expect("send")
+        .await
+        .expect("ack");
+    let crashed = tokio::time::timeout(Duration::from_secs(20), crashed)
+        .await
+        .expect("crash happens")
+        .expect("join");
+    assert!(matches!(crashed, Err(BatcherError::SimulatedCrash)));
+    assert_eq!(
+        env.count("SELECT count(*) AS n FROM deliveries WHERE status = 'queued'")
+            .await,
+        2
+    );
+    assert_eq!(env.stream_messages("DELIVERIES").await, 0);
+
+    // Ana is erased from the stream: the pack is published again with Bob alone.
+    let erased = quizflow_nats::erase_person(
+        &env.js,
+        &quizflow_nats::Person {
+            phone: Some("+5511900000001".into()),
+            email: None,
+            submission_ids: vec![ana.submission_id.to_string()],
+        },
+    )
+    .await
+    .expect("erase");
+    assert_eq!(erased.submission_messages, 1);
+
+    let (stop, handle) = spawn(env.batcher());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.items("DELIVERIES").await != 1 {
+        assert!(Instant::now() < deadline, "Bob's job was published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.wait_drained(Duration::from_secs(20)).await;
+    let mut s = env.js.get_stream("DELIVERIES").await.expect("stream");
+    let last = s.info().await.expect("info").state.last_sequence;
+    let m = s.get_raw_message(last).await.expect("job");
+    let job: DeliveryJob = serde_json::from_slice(&m.payload).expect("job");
+    assert_eq!(job.submission_id, bob.submission_id);
+    let _ = stop.send(());
+    handle.await.expect("join").expect("clean stop");
+}

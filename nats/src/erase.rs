@@ -198,6 +198,11 @@ async fn republish_rest(
         kept += 1;
     }
     headers.insert(pack::PACK_HEADER, kept.to_string().as_str());
+    // The chain of sequences this pack stands for: the original's, and what it replaced.
+    let mut replaces = pack::replaced_sequences(m.headers.as_ref());
+    replaces.push(m.seq);
+    let replaces: Vec<String> = replaces.iter().map(u64::to_string).collect();
+    headers.insert(pack::REPLACES_HEADER, replaces.join(",").as_str());
     let msg = PublishMessage::build()
         .payload(payload.into())
         .headers(headers)

@@ -18,7 +18,10 @@ pub use client::{connect, jetstream, redact_url, seed_list, NatsSettings};
 pub use depths::{depths, ConsumerDepth, Depths, StreamDepth};
 pub use erase::{erase_person, Person, StreamErasure};
 pub use history::{read_submissions, submissions_history, History, HistoryMessage, StartAt};
-pub use pack::{member_trace, members, trace_header, Packer, PackerConfig, PACK_HEADER};
+pub use pack::{
+    member_trace, members, replaced_sequences, trace_header, Packer, PackerConfig, PACK_HEADER,
+    REPLACES_HEADER,
+};
 pub use publish::{
     dead_letter_delivery, dead_letter_job_message, dead_letter_submission, delete_dead_letter,
     poison_id, publish_jobs, publish_redrives, publish_submission, republish_job, PublishOutcome,

@@ -29,6 +29,25 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 /// Header naming how many submissions a message holds (informative).
 pub const PACK_HEADER: &str = "Quizflow-Pack";
 
+/// Header of a pack published again without an erased person's members: the stream
+/// sequences it replaces (comma-separated, oldest first). The batcher takes rows stored from
+/// any of them as its own, so a member stored from the original whose jobs were not yet
+/// published gets them from the replacement.
+pub const REPLACES_HEADER: &str = "Quizflow-Replaces";
+
+/// The sequences a message replaces ([`REPLACES_HEADER`]); empty for an original.
+pub fn replaced_sequences(headers: Option<&async_nats::HeaderMap>) -> Vec<u64> {
+    headers
+        .and_then(|h| h.get(REPLACES_HEADER))
+        .map(|v| {
+            v.as_str()
+                .split(',')
+                .filter_map(|s| s.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The trace-context header of a pack's member `index`.
 pub fn trace_header(index: usize) -> String {
     format!("Quizflow-Trace-{index}")
