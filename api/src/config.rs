@@ -23,6 +23,9 @@ pub struct ApiSettings {
     pub replicas: usize,
     /// `QUIZFLOW_RATE_LIMIT_IP_PER_MIN` (0 = off).
     pub ip_limit_per_min: u32,
+    /// `QUIZFLOW_HTTP_MAX_INFLIGHT`: requests handled at once by this instance; past it, 503
+    /// `overloaded` at once (health, readiness and metrics are never refused).
+    pub max_inflight: usize,
     /// `QUIZFLOW_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` names the client (default none).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Bearer token of the admin routes; without one every admin route answers 401.
@@ -53,6 +56,7 @@ impl Default for ApiSettings {
             replicas: 1,
             ip_limit_per_min: 0,
             trusted_proxies: Vec::new(),
+            max_inflight: 4096,
             limit_window: Duration::from_secs(60),
             admin_token: None,
             audit_key: None,
@@ -75,6 +79,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("respondent_limit_scope", &self.respondent_limit_scope)
             .field("ip_limit_per_min", &self.ip_limit_per_min)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("max_inflight", &self.max_inflight)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
             .field("audit_key", &self.audit_key.as_ref().map(|_| "***"))
             .field("link_key", &self.link_key.as_ref().map(|_| "***"))

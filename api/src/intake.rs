@@ -65,8 +65,21 @@ pub(crate) async fn read_body(
     limit: usize,
 ) -> Result<Value, ApiError> {
     let bytes = read_bytes(headers, body, limit).await?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(&e))
+    if bytes.len() <= MAX_BODY_BYTES {
+        return serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(&e));
+    }
+    // A batch body (up to 4 MiB) takes milliseconds to parse: off the async threads, so
+    // one large batch never stalls the small requests sharing its worker thread.
+    tokio::task::spawn_blocking(move || {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(&e))
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("the request could not be parsed; retry"))?
 }
+
+/// Longest a client may take to send its body: a slow sender (or a slowloris) holds a slot
+/// of the in-flight limit, so it is cut off with 408.
+pub(crate) const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The raw body, read under the same limit as [`read_body`] (signed callbacks need the
 /// exact bytes).
@@ -82,7 +95,19 @@ pub(crate) async fn read_bytes(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::payload_too_large(limit));
     }
-    body.into_bytes_limit(limit).await.map_err(|e| match e {
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, body.into_bytes_limit(limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            )
+        })?;
+    read.map_err(|e| match e {
         poem::error::ReadBodyError::PayloadTooLarge => ApiError::payload_too_large(limit),
         other => ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -56,6 +56,8 @@ pub struct AppState {
     ip_limiter: limits::WindowLimiter,
     /// Failed admin authentications per client IP.
     auth_failures: AuthFailures,
+    /// Requests in flight (`max_inflight` permits): past it, 503 at once, never a queue.
+    inflight: Arc<tokio::sync::Semaphore>,
     /// Set once a graceful stop began: new submissions answer 503, those in flight finish.
     draining: std::sync::atomic::AtomicBool,
     metrics: Metrics,
@@ -150,6 +152,7 @@ impl AppState {
             ),
             auth_failures: AuthFailures::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            inflight: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight.max(1))),
             metrics: Metrics::new(&registry)?,
             registry,
             admin_token: settings.admin_token.clone(),
@@ -262,6 +265,29 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
             async move {
                 let route = metrics::route_label(req.uri().path());
                 let started = Instant::now();
+                // Bounded: past `max_inflight` a request is refused at once (the client
+                // retries, a load balancer tries another instance); operations routes are
+                // always answered, so a busy instance is not taken for a dead one.
+                let _permit = match route {
+                    "/healthz" | "/readyz" | "/metrics" => None,
+                    _ => match state.inflight.clone().try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => {
+                            state
+                                .metrics
+                                .requests
+                                .with_label_values(&[route, "503"])
+                                .inc();
+                            let mut e = ApiError::new(
+                                poem::http::StatusCode::SERVICE_UNAVAILABLE,
+                                "overloaded",
+                                "too many requests in flight on this instance; retry shortly",
+                            );
+                            e.retry_after = Some(1);
+                            return Ok(e.into_response());
+                        }
+                    },
+                };
                 let mut resp = if quizflow_telemetry::enabled() {
                     // The caller's `traceparent` (if any) is this request's parent; the
                     // publish inside carries the trace on to the batcher.
@@ -343,6 +369,8 @@ pub async fn serve(
     let drain = state.clone();
     let grace = state.settings.shutdown_timeout;
     Server::new_with_acceptor(bound.acceptor)
+        // Keep-alive connections left idle are closed: each costs memory and a file handle.
+        .idle_timeout(Duration::from_secs(75))
         .run_with_graceful_shutdown(
             app(state),
             async move {

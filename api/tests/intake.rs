@@ -1025,3 +1025,63 @@ async fn given_the_cluster_wide_respondent_limit_then_two_instances_share_one_bu
     assert_eq!(subjects.len(), 1, "{subjects:?}");
     assert!(!subjects[0].0.contains("5511900000009"), "{subjects:?}");
 }
+
+/// Starts a request whose body never finishes: it holds a slot until the read timeout.
+async fn trickling(base: &str) -> tokio::net::TcpStream {
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"POST /v1/quizzes/q1/submissions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"sc",
+    )
+    .await
+    .expect("write");
+    s
+}
+
+/// Inbound work is bounded: past `max_inflight` requests in flight the instance answers 503
+/// `overloaded` at once (health and readiness still answer), and a body that does not arrive
+/// within the read timeout (15 s, the production value) is cut off with 408, freeing its slot.
+#[tokio::test]
+async fn given_requests_past_the_inflight_limit_or_a_stalled_body_then_503_overloaded_and_408() {
+    let api = Api::start_with(|s| s.max_inflight = 2).await;
+    let mut held = vec![trickling(&api.base).await, trickling(&api.base).await];
+    // Both slots are taken once the server has read their headers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let r = api
+            .post_json("/v1/quizzes/q1/submissions", &json!({"score": 1}))
+            .await;
+        if r.status().as_u16() == 503 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "never refused: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_error(refused, 503, "overloaded").await;
+    let ready = api
+        .http
+        .get(api.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 200, "readiness is never refused");
+    // The stalled bodies are cut off with 408 after the read timeout.
+    let started = Instant::now();
+    for s in &mut held {
+        let mut answer = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut answer))
+            .await
+            .expect("answered within the read timeout")
+            .expect("read");
+        let text = String::from_utf8_lossy(&answer[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("request_timeout"), "{text}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // Slots are free again.
+    let ok = api
+        .post_json("/v1/quizzes/q1/submissions", &json!({"score": 2}))
+        .await;
+    assert_eq!(ok.status().as_u16(), 202);
+}

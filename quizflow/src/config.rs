@@ -49,6 +49,8 @@ pub struct Config {
     pub rate_limit_ip_per_min: u32,
     /// CIDRs (comma-separated) of proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: String,
+    /// Requests one API instance handles at once; past it, 503 `overloaded`.
+    pub http_max_inflight: usize,
     /// `instance` (counters per API process) or `cluster` (shared through JetStream).
     pub rate_limit_scope: String,
     pub log_format: String,
@@ -123,6 +125,7 @@ impl Default for Config {
             rate_limit_respondent_per_min: 10,
             rate_limit_ip_per_min: 0,
             trusted_proxies: String::new(),
+            http_max_inflight: 4096,
             rate_limit_scope: "instance".into(),
             log_format: "text".into(),
             batch_max: 1000,
@@ -190,6 +193,7 @@ const KEYS: &[&str] = &[
     "rate_limit_respondent_per_min",
     "rate_limit_ip_per_min",
     "trusted_proxies",
+    "http_max_inflight",
     "rate_limit_scope",
     "log_format",
     "batch_max",
@@ -565,6 +569,7 @@ impl Config {
             respondent_limit_per_min: self.rate_limit_respondent_per_min,
             ip_limit_per_min: self.rate_limit_ip_per_min,
             trusted_proxies: self.trusted_proxies()?,
+            max_inflight: self.http_max_inflight.max(1),
             respondent_limit_scope: match self.rate_limit_scope.trim() {
                 "instance" => quizflow_api::LimitScope::Instance,
                 "cluster" => quizflow_api::LimitScope::Cluster,
