@@ -576,3 +576,45 @@ async fn the_rate_bounds_how_fast_history_is_read() {
         started.elapsed()
     );
 }
+
+/// An erased person's submissions are not history to replay: from PostgreSQL the scrubbed
+/// rows are skipped, from the stream their ids count as not stored. Either way no ledger row
+/// (and so no message) is made for them.
+#[tokio::test]
+async fn erased_submissions_are_skipped_from_either_source() {
+    let env = env().await;
+    let all = env.publish("q", 0..10).await;
+    env.wait_stored(10).await;
+    // Lead 0 (answer "b": it would match) is erased from the tables.
+    let erased = &all[0];
+    let phone = erased.submission.respondent.phone.clone();
+    let mut conn = env.conn().await;
+    quizflow_store::erase::erase(&mut conn, phone.as_deref(), None, &[erased.submission_id.0])
+        .await
+        .expect("erase");
+    env.campaign(sms_campaign("late", None)).await;
+
+    let from_stream = ReplaySpec::new(Bound::Seq(1));
+    let s = env.run(&from_stream).await.expect("stream replay");
+    assert_eq!(
+        s.jobs_created, 4,
+        "the five matching leads but the erased one"
+    );
+    // From PostgreSQL (a fresh ledger: the rows the stream replay made are removed first).
+    diesel::sql_query("DELETE FROM deliveries")
+        .execute(&mut conn)
+        .await
+        .expect("clear");
+    let mut from_pg = ReplaySpec::new(Bound::Time(all[0].received_at));
+    from_pg.to = Some(Bound::Time(
+        all[9].received_at + chrono::TimeDelta::milliseconds(1),
+    ));
+    from_pg.source = Source::Postgres;
+    let s = env.run(&from_pg).await.expect("postgres replay");
+    assert_eq!(s.jobs_created, 4, "the erased lead's row is skipped");
+    let ledger = env.ledger().await;
+    assert_eq!(ledger.len(), 4);
+    assert!(ledger
+        .iter()
+        .all(|(sub, ..)| *sub != erased.submission_id.0));
+}

@@ -179,11 +179,12 @@ pub async fn erase(
            UNION SELECT id FROM submissions WHERE lower(email) = lower($2) \
            UNION SELECT unnest($3::uuid[])), \
          s AS (UPDATE submissions SET phone = NULL, email = NULL, name = NULL, locale = NULL, \
-                 answers = '[]', metadata = '{}', idempotency_key = NULL \
+                 answers = '[]', metadata = '{}', idempotency_key = NULL, \
+                 erased_at = COALESCE(erased_at, now()) \
                WHERE id IN (SELECT id FROM ids) \
                  AND (phone IS NOT NULL OR email IS NOT NULL OR name IS NOT NULL \
                       OR locale IS NOT NULL OR answers::text <> '[]' OR metadata::text <> '{}' \
-                      OR idempotency_key IS NOT NULL) \
+                      OR idempotency_key IS NOT NULL OR erased_at IS NULL) \
                RETURNING 1), \
          o AS (SELECT submission_id, campaign_id, channel, step, \
                  (status IN ('scheduled', 'queued', 'failed') OR (status = 'sending' AND lease_until < now())) AS pending \

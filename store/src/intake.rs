@@ -176,6 +176,17 @@ async fn store_once(
         }
         let cols = SubmissionColumns::of(rows, &idx, &erased);
         tx.execute(INSERT_SUBMISSIONS, &cols.params()).await?;
+        if !erased.is_empty() {
+            let ids: Vec<Uuid> = erased
+                .iter()
+                .map(|&i| rows[i].envelope.submission_id.0)
+                .collect();
+            tx.execute(
+                "UPDATE submissions SET erased_at = now() WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await?;
+        }
     }
     let jobs = jobs_for(&matched);
     if !jobs.is_empty() {

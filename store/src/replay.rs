@@ -26,7 +26,7 @@ struct IdRow {
 }
 
 /// The ids among `ids` that are stored (in `submission_ids`, written in the same
-/// transaction as the submission row).
+/// transaction as the submission row) and whose person was not erased.
 pub async fn stored_ids(
     conn: &mut AsyncPgConnection,
     ids: &[Uuid],
@@ -34,10 +34,15 @@ pub async fn stored_ids(
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
-    let rows: Vec<IdRow> = diesel::sql_query("SELECT id FROM submission_ids WHERE id = ANY($1)")
-        .bind::<Array<SqlUuid>, _>(ids)
-        .load(conn)
-        .await?;
+    // A submission whose person was erased counts as not stored: a replay never brings
+    // them back.
+    let rows: Vec<IdRow> = diesel::sql_query(
+        "SELECT i.id FROM submission_ids i JOIN submissions s ON s.id = i.id AND s.received_at = i.received_at \
+         WHERE i.id = ANY($1) AND s.erased_at IS NULL",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .load(conn)
+    .await?;
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
@@ -171,7 +176,7 @@ pub async fn page(
     let rows: Vec<StoredRow> = diesel::sql_query(format!(
         "SELECT {STORED_COLUMNS} FROM submissions s \
          WHERE s.received_at >= $1 AND s.received_at < $2 AND (s.received_at, s.id) > ($3, $4) \
-           AND (cardinality($5::text[]) = 0 OR s.quiz_id = ANY($5)) \
+           AND (cardinality($5::text[]) = 0 OR s.quiz_id = ANY($5)) AND s.erased_at IS NULL \
          ORDER BY s.received_at, s.id LIMIT $6"
     ))
     .bind::<Timestamptz, _>(range.from.max(after.received_at))

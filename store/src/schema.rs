@@ -26,6 +26,7 @@ diesel::table! {
         idempotency_key -> Nullable<Text>,
         stream_seq -> BigInt,
         stored_at -> Timestamptz,
+        erased_at -> Nullable<Timestamptz>,
     }
 }
 

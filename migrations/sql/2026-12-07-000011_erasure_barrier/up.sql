@@ -35,3 +35,7 @@ CREATE TABLE webhook_ids (
     seen_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX webhook_ids_seen_at ON webhook_ids (seen_at);
+
+-- When a submission's person was erased (by an erasure, or at storage when the erasure came
+-- first): replay skips such rows from either source.
+ALTER TABLE submissions ADD COLUMN erased_at timestamptz;
