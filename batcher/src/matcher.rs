@@ -309,7 +309,7 @@ impl Matcher {
                 due_at,
             };
             if let Some(r) = compiled.recurrences.get(action).and_then(Option::as_ref) {
-                match r.occurrences(envelope.received_at, now, || template_context(envelope)) {
+                match r.occurrences(envelope.received_at, now, || template_context(envelope, c)) {
                     Ok(times) => jobs.extend(
                         times
                             .into_iter()
@@ -321,7 +321,7 @@ impl Matcher {
                 continue;
             }
             let schedule = compiled.schedules.get(action).and_then(Option::as_ref);
-            match schedule.map(|s| s.due(now, || template_context(envelope))) {
+            match schedule.map(|s| s.due(now, || template_context(envelope, c))) {
                 None => jobs.push(job(m.step, None)),
                 Some(Ok(t)) => jobs.push(job(m.step, Some(t))),
                 Some(Err(_)) => unresolved.get_or_insert((c.id, 0)).1 += 1,
@@ -453,20 +453,14 @@ impl Matcher {
     }
 }
 
-/// What a `send_at` template sees: the submission as its messages' templates do.
-fn template_context(e: &SubmissionEnvelope) -> minijinja::Value {
-    let mut v = serde_json::to_value(&e.submission).unwrap_or(Value::Null);
-    if let Value::Object(m) = &mut v {
-        m.insert(
-            "submission_id".into(),
-            Value::String(e.submission_id.to_string()),
-        );
-        m.insert(
-            "quiz_id".into(),
-            Value::String(e.quiz_id.as_str().to_owned()),
-        );
-    }
-    minijinja::Value::from(minijinja::value::Serde(v))
+/// What a `send_at` or `until` template sees: what the campaign's message templates see
+/// (one builder, `quizflow_core::template`).
+fn template_context(e: &SubmissionEnvelope, c: &Campaign) -> minijinja::Value {
+    quizflow_core::template::context(
+        &quizflow_core::template::stored_shape(e),
+        &c.id.to_string(),
+        &c.spec.name,
+    )
 }
 
 /// A dictionary-encoded string column.

@@ -424,3 +424,38 @@ fn replay_drops_the_creation_bound_and_keeps_the_campaign_window() {
         .collect();
     assert_eq!(got, [1]);
 }
+
+/// `send_at` sees what the action's message sees: `answers` as a map of question → value and
+/// `campaign`. Before, a schedule got the raw answers list, so `{{ answers.event_at }}`,
+/// which renders in the message, rendered empty in `send_at` and the reminder was dropped.
+#[test]
+fn send_at_templates_see_the_message_templates_context() {
+    let c = campaign(json!({"name": "event", "match": {}, "actions": [
+        {"channel": "sms", "template": "See you on {{ answers.event_at }}",
+         "send_at": "{{ answers.event_at }}", "delay": "-1h"},
+        {"channel": "sms", "template": "{{ campaign.name }}",
+         "send_at": "{{ '2027-03-10T10:00:00Z' if campaign.name == 'event' else '' }}"}
+    ]}));
+    let batch = vec![submission(
+        "q1",
+        json!({"respondent": {"phone": PHONE},
+               "answers": [{"question": "event_at", "value": "2027-03-10T19:00:00-03:00"}]}),
+        0,
+    )];
+    let m = Matcher::new([c]);
+    let got = m.match_batch(&batch);
+    let now: chrono::DateTime<chrono::Utc> = "2027-03-01T12:00:00Z".parse().expect("time");
+    let jobs = m.jobs(&got, &batch, &(0..1).collect(), now);
+    let mut due: Vec<Option<String>> = jobs
+        .iter()
+        .map(|j| j.due_at.map(|t| t.to_rfc3339()))
+        .collect();
+    due.sort();
+    assert_eq!(
+        due,
+        [
+            Some("2027-03-10T10:00:00+00:00".to_owned()),
+            Some("2027-03-10T21:00:00+00:00".to_owned())
+        ]
+    );
+}

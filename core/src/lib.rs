@@ -14,6 +14,7 @@ pub mod qr;
 pub mod schedule;
 pub mod signatures;
 mod submission;
+pub mod template;
 mod validate;
 
 pub use campaign::{

@@ -2,9 +2,7 @@
 
 use minijinja::Environment;
 use quizflow_core::{Action, Channel};
-use serde::Serialize;
-use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -134,51 +132,8 @@ pub fn render_compiled(
     }
 }
 
-/// The template context, borrowed from the stored submission: built once per job and
-/// converted once, whatever number of templates it renders.
-#[derive(Serialize)]
-struct Context<'a> {
-    respondent: &'a Value,
-    answers: BTreeMap<&'a str, &'a Value>,
-    score: &'a Value,
-    tags: &'a Value,
-    metadata: &'a Value,
-    quiz_id: &'a Value,
-    submission_id: &'a Value,
-    completed_at: &'a Value,
-    campaign: CampaignRef<'a>,
-}
-
-#[derive(Serialize)]
-struct CampaignRef<'a> {
-    id: &'a str,
-    name: &'a str,
-}
-
-/// The template context: `respondent`, `answers` (a map question → value), `score`, `tags`,
-/// `metadata`, `quiz_id`, `submission_id`, and `campaign` (`id`, `name`).
-pub fn context(stored: &Value, campaign_id: &str, campaign_name: &str) -> minijinja::Value {
-    let answers = stored["answers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| Some((a["question"].as_str()?, &a["value"])))
-        .collect();
-    minijinja::Value::from(minijinja::value::Serde(Context {
-        respondent: &stored["respondent"],
-        answers,
-        score: &stored["score"],
-        tags: &stored["tags"],
-        metadata: &stored["metadata"],
-        quiz_id: &stored["quiz_id"],
-        submission_id: &stored["submission_id"],
-        completed_at: &stored["completed_at"],
-        campaign: CampaignRef {
-            id: campaign_id,
-            name: campaign_name,
-        },
-    }))
-}
+/// The template context (one builder for messages and schedules: `quizflow_core::template`).
+pub use quizflow_core::template::context;
 
 /// Renders one template; an error is a permanent failure (the template will not change by retrying).
 pub fn render(template: &str, ctx: &minijinja::Value) -> Result<String, String> {
