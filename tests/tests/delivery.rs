@@ -481,18 +481,21 @@ async fn given_a_job_that_hits_max_deliver_without_an_outcome_then_it_becomes_a_
 #[tokio::test]
 async fn given_jobs_of_every_priority_then_high_drains_before_normal_before_low() {
     let mut env = Env::start().await;
+    let mut created = Vec::new();
     for p in ["low", "normal", "high"] {
         let spec = parse_campaign(&json!({"name": p, "priority": p, "match": {}, "actions": [{"channel": "sms", "template": p}]})).expect("valid");
         let mut conn = AsyncPgConnection::establish(&env.db.url).await.expect("db");
-        quizflow_store::campaigns::insert(&mut conn, &spec)
-            .await
-            .expect("insert");
+        created.push(
+            quizflow_store::campaigns::insert(&mut conn, &spec)
+                .await
+                .expect("insert"),
+        );
     }
     env.client
         .publish(subjects::CAMPAIGNS_CHANGED, "x".into())
         .await
         .expect("notify");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.wait_matching(&created.iter().collect::<Vec<_>>()).await;
     for i in 0..3 {
         env.submit(&format!("p{i}"), json!({"phone": PHONE})).await;
     }

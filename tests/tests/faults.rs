@@ -436,7 +436,7 @@ async fn given_a_changed_or_deactivated_campaign_then_queued_jobs_render_their_v
         .publish(subjects::CAMPAIGNS_CHANGED, "x".into())
         .await
         .expect("notify");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.wait_matching(&[&c]).await;
     env.submit("v-1", json!({"phone": phone(1)})).await;
     wait_until("queued", Duration::from_secs(20), || async {
         status_count(&env, "queued").await == 1
@@ -482,6 +482,7 @@ async fn given_webhooks_to_internal_addresses_or_redirects_then_they_are_refused
     ]))
     .await;
     let mut conn = AsyncPgConnection::establish(&env.db.url).await.expect("db");
+    let mut created = Vec::new();
     for url in [
         "http://169.254.169.254/latest/meta-data".to_owned(),
         "http://localhost:9/hook".to_owned(),
@@ -489,15 +490,17 @@ async fn given_webhooks_to_internal_addresses_or_redirects_then_they_are_refused
         let spec = quizflow_core::parse_campaign(&json!({"name": "W", "match": {},
             "actions": [{"channel": "webhook", "url": url}]}))
         .expect("valid");
-        quizflow_store::campaigns::insert(&mut conn, &spec)
-            .await
-            .expect("insert");
+        created.push(
+            quizflow_store::campaigns::insert(&mut conn, &spec)
+                .await
+                .expect("insert"),
+        );
     }
     env.client
         .publish(subjects::CAMPAIGNS_CHANGED, "x".into())
         .await
         .expect("notify");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.wait_matching(&created.iter().collect::<Vec<_>>()).await;
     env.workers(production(&env)); // webhook_allow_private: false, the default
     env.submit("x-1", json!({"phone": phone(1)})).await;
     wait_until("all three refused", Duration::from_secs(20), || async {

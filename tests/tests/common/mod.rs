@@ -170,11 +170,17 @@ impl Env {
             .publish(subjects::CAMPAIGNS_CHANGED, "x".into())
             .await
             .expect("notify");
+        self.wait_matching(&[&c]).await;
+    }
+
+    /// Waits until the batcher matches with these campaigns (after their change was
+    /// announced): the state a test means, not a sleep that usually covers it.
+    pub async fn wait_matching(&self, campaigns: &[&quizflow_core::Campaign]) {
         if let Some(b) = &self.batcher {
             wait_until(
-                "the batcher matches with the campaign",
+                "the batcher matches with the campaigns",
                 Duration::from_secs(10),
-                || async { b.knows_campaign(c.id, c.version) },
+                || async { campaigns.iter().all(|c| b.knows_campaign(c.id, c.version)) },
             )
             .await;
         }
