@@ -392,6 +392,8 @@ pub async fn claim(
 
 /// Extends the lease of every row still `sending` under the given claim to `lease` from now,
 /// in one statement; returns how many it extended. Rows finished or taken over are left.
+/// Like [`start_calls`], committed without waiting for the WAL flush: a renewal lost with a
+/// database crash is made again within a quarter lease.
 pub async fn renew(
     conn: &mut AsyncPgConnection,
     held: &[(Key, Uuid)],
@@ -405,7 +407,8 @@ pub async fn renew(
     let (subs, camps, channels, steps) = unzip(&keys);
     let n = diesel::sql_query(
         "UPDATE deliveries d SET lease_until = now() + make_interval(secs => $6) \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::uuid[]) AS k(sub, camp, channel, step, claim) \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::uuid[]) AS k(sub, camp, channel, step, claim), \
+              (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit \
          WHERE d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel AND d.step = k.step \
            AND d.status = 'sending' AND d.claim = k.claim",
     )
@@ -423,6 +426,11 @@ pub async fn renew(
 /// Marks the calls about to start: each row still `sending` under the given claim gets
 /// `calling_at`, in one statement; returns the keys confirmed. A row missing from the answer
 /// was cancelled (an erasure) or taken over since its claim: its holder must not call.
+///
+/// Committed without waiting for the WAL flush (`synchronous_commit = off` for this statement
+/// only): the mark is visible at once to an erasure, which is all it is for, and a mark lost
+/// with a database crash costs nothing (the claim's lease still bounds the call). The rows'
+/// statuses and outcomes are always written with the durable default.
 pub async fn start_calls(
     conn: &mut AsyncPgConnection,
     held: &[(Key, Uuid)],
@@ -435,7 +443,8 @@ pub async fn start_calls(
     let (subs, camps, channels, steps) = unzip(&keys);
     let rows: Vec<KeyRow> = diesel::sql_query(
         "UPDATE deliveries d SET calling_at = now() \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::uuid[]) AS k(sub, camp, channel, step, claim) \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::uuid[]) AS k(sub, camp, channel, step, claim), \
+              (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit \
          WHERE d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel AND d.step = k.step \
            AND d.status = 'sending' AND d.claim = k.claim \
          RETURNING d.submission_id, d.campaign_id, d.channel, d.step",
