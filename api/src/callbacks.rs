@@ -188,6 +188,7 @@ impl AppState {
             created_at: l.created_at,
             step: f.step,
             due_at: None,
+            repeat_until: None,
         };
         let letter = serde_json::json!({"id": l.id, "kind": "delivery", "channel": f.channel,
             "submission_id": f.submission_id, "campaign_id": f.campaign_id, "recipient": l.recipient,

@@ -307,14 +307,16 @@ impl Matcher {
                 created_at: now,
                 step,
                 due_at,
+                repeat_until: None,
             };
             if let Some(r) = compiled.recurrences.get(action).and_then(Option::as_ref) {
-                match r.occurrences(envelope.received_at, now, || template_context(envelope, c)) {
-                    Ok(times) => jobs.extend(
-                        times
-                            .into_iter()
-                            .map(|(k, t)| job(m.step + k * STEP_STRIDE, Some(t))),
-                    ),
+                // Only the next occurrence is written; the firer writes each one after it.
+                match r.first(envelope.received_at, now, || template_context(envelope, c)) {
+                    Ok(Some((k, t, until))) => jobs.push(DeliveryJob {
+                        repeat_until: Some(until),
+                        ..job(m.step + k * STEP_STRIDE, Some(t))
+                    }),
+                    Ok(None) => {}
                     // What it rendered may be personal data: only the campaign is named.
                     Err(_) => unresolved.get_or_insert((c.id, 0)).1 += 1,
                 }

@@ -146,6 +146,10 @@ pub struct Action {
     /// submission (the event's date in `metadata`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+    /// At most this many occurrences per submission (1 to 400); required when `cron` repeats
+    /// more often than hourly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_occurrences: Option<u16>,
 }
 
 impl Action {
@@ -160,6 +164,16 @@ impl Action {
             self.cron.as_deref(),
             self.timezone.as_deref(),
             self.until.as_deref(),
+            self.max_occurrences,
+        )
+    }
+
+    /// How often a recurring action repeats (what the firer needs for the next occurrence).
+    pub fn cadence(&self) -> Option<crate::schedule::Cadence> {
+        crate::schedule::Cadence::new(
+            self.cron.as_deref(),
+            self.timezone.as_deref(),
+            self.max_occurrences,
         )
     }
 }
@@ -431,6 +445,7 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
                 | "cron"
                 | "timezone"
                 | "until"
+                | "max_occurrences"
         ) {
             problem(p, format!("{at}.{k}"), "unknown field");
         }
@@ -482,6 +497,44 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
     if let Some(Err(e)) = until.as_deref().map(crate::schedule::parse_send_at) {
         problem(p, format!("{at}.until"), e);
     }
+    let max_occurrences = match o.get("max_occurrences") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v
+            .as_u64()
+            .filter(|n| (1..=crate::schedule::MAX_OCCURRENCES as u64).contains(n))
+        {
+            Some(n) => u16::try_from(n).ok(),
+            None => {
+                problem(
+                    p,
+                    format!("{at}.max_occurrences"),
+                    format!(
+                        "must be a whole number from 1 to {}",
+                        crate::schedule::MAX_OCCURRENCES
+                    ),
+                );
+                None
+            }
+        },
+    };
+    if let (Some(Ok(c)), true) = (
+        cron.as_deref().map(crate::schedule::parse_cron),
+        o.get("max_occurrences").is_none_or(Value::is_null),
+    ) {
+        let tz = timezone
+            .as_deref()
+            .and_then(|t| crate::schedule::parse_timezone(t).ok())
+            .unwrap_or(chrono_tz::UTC);
+        if crate::schedule::shortest_interval(&c, tz)
+            .is_some_and(|d| d < crate::schedule::MIN_UNCAPPED_INTERVAL)
+        {
+            problem(
+                p,
+                format!("{at}.cron"),
+                "repeats more often than hourly: set max_occurrences (how many per submission)",
+            );
+        }
+    }
     if cron.is_some() {
         if until.is_none() {
             problem(
@@ -498,7 +551,12 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
             );
         }
     } else {
-        for (key, v) in [("timezone", &timezone), ("until", &until)] {
+        let max = max_occurrences.map(|_| String::new());
+        for (key, v) in [
+            ("timezone", &timezone),
+            ("until", &until),
+            ("max_occurrences", &max),
+        ] {
             if v.is_some() {
                 problem(
                     p,
@@ -562,6 +620,7 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
         cron,
         timezone,
         until,
+        max_occurrences,
     })
 }
 
@@ -645,7 +704,10 @@ mod tests {
             {"channel": "sms", "template": "x", "cron": "0 9 * * *"},
             {"channel": "sms", "template": "x", "cron": "0 9 * * *", "until": "2027-01-01T00:00:00Z", "timezone": "Mars/Base"},
             {"channel": "sms", "template": "x", "cron": "0 9 * * *", "until": "2027-01-01T00:00:00Z", "delay": "1h"},
-            {"channel": "sms", "template": "x", "timezone": "UTC"}
+            {"channel": "sms", "template": "x", "timezone": "UTC"},
+            {"channel": "sms", "template": "x", "cron": "*/5 * * * *", "until": "2027-01-01T00:00:00Z"},
+            {"channel": "sms", "template": "x", "cron": "*/5 * * * *", "until": "2027-01-01T00:00:00Z", "max_occurrences": 0},
+            {"channel": "sms", "template": "x", "max_occurrences": 3}
         ]);
         let err = parse_campaign(&c).expect_err("invalid");
         let fields: Vec<_> = err.0.iter().map(|p| p.field.as_str()).collect();
@@ -656,9 +718,18 @@ mod tests {
                 "actions[1].until",
                 "actions[2].timezone",
                 "actions[3].cron",
-                "actions[4].timezone"
+                "actions[4].timezone",
+                "actions[5].cron",
+                "actions[6].max_occurrences",
+                "actions[7].max_occurrences"
             ]
         );
+        // More often than hourly is fine once capped.
+        c["actions"] = json!([
+            {"channel": "sms", "template": "x", "cron": "*/5 * * * *", "until": "2027-01-01T00:00:00Z", "max_occurrences": 6}
+        ]);
+        let spec = parse_campaign(&c).expect("capped");
+        assert_eq!(spec.actions[0].max_occurrences, Some(6));
     }
 
     #[test]

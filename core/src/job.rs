@@ -25,6 +25,10 @@ pub struct DeliveryJob {
     /// `scheduled` and the job is published then. `None`: now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_at: Option<DateTime<Utc>>,
+    /// A recurring action's occurrence: the last time a next one may be due (its `until`,
+    /// rendered). The firer writes the next occurrence when it fires this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_until: Option<DateTime<Utc>>,
 }
 
 fn is_zero(n: &u16) -> bool {
@@ -156,6 +160,7 @@ mod tests {
             created_at: Utc::now(),
             step: 0,
             due_at: None,
+            repeat_until: None,
         };
         let r = job.reference();
         assert!(r

@@ -7,10 +7,13 @@
 //!
 //! A recurring action (`cron`, in a `timezone`, `until` a time or a template) is sent at every
 //! occurrence of the pattern after the submission was received and up to `until` (at most
-//! [`MAX_OCCURRENCES`]); occurrences already past when it is matched are skipped (a replay
+//! [`MAX_OCCURRENCES`], or the action's `max_occurrences`, required when the pattern repeats
+//! more often than hourly); occurrences already past when it is matched are skipped (a replay
 //! does not send yesterday's digest). Occurrence `k` (from 1) of the action with step `s` is
 //! ledger step `s + k * STEP_STRIDE`, so each has its own ledger row and job id, the same in
-//! every run.
+//! every run. Only the next occurrence is written when the submission is matched
+//! ([`Recurrence::first`]); the firer writes each one after when it fires the one before
+//! ([`Cadence::next_after`]), so a year of a daily digest is one waiting row, not 365.
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -164,47 +167,129 @@ impl SendAtCompiled {
     }
 }
 
+/// How often a recurring action repeats: its cron pattern in its time zone, and at most
+/// how many times per submission.
+#[derive(Debug)]
+pub struct Cadence {
+    cron: croner::Cron,
+    tz: chrono_tz::Tz,
+    max: u16,
+}
+
+/// The shortest interval a recurring action may have without `max_occurrences`: more often
+/// than hourly, an uncapped pattern is a flood (`* * * * *` until next month is 40,000 texts).
+pub const MIN_UNCAPPED_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl Cadence {
+    /// The cadence of an action with these (validated) fields; `None` without `cron`.
+    pub fn new(cron: Option<&str>, timezone: Option<&str>, max: Option<u16>) -> Option<Self> {
+        let cron = parse_cron(cron?).ok()?;
+        let tz = match timezone {
+            Some(t) => parse_timezone(t).ok()?,
+            None => chrono_tz::UTC,
+        };
+        let max = max.map_or(MAX_OCCURRENCES as u16, |m| m.min(MAX_OCCURRENCES as u16));
+        Some(Self { cron, tz, max })
+    }
+
+    /// The `k`-th occurrence's successor, after `t`: `(k + 1, time)` while it is within the
+    /// cap and not after `until`.
+    pub fn next_after(
+        &self,
+        k: u16,
+        t: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Option<(u16, DateTime<Utc>)> {
+        if k >= self.max {
+            return None;
+        }
+        let next = self
+            .cron
+            .iter_after(t.with_timezone(&self.tz))
+            .next()?
+            .with_timezone(&Utc);
+        (next <= until).then_some((k + 1, next))
+    }
+}
+
+/// The shortest interval between two occurrences of `cron` in `tz` over a sample of them (a
+/// year of an hourly pattern; any pattern repeats within a year).
+pub fn shortest_interval(cron: &croner::Cron, tz: chrono_tz::Tz) -> Option<std::time::Duration> {
+    let start = DateTime::<Utc>::from_timestamp(1_798_761_600, 0)?.with_timezone(&tz); // 2027-01-01
+    let times: Vec<DateTime<Utc>> = cron
+        .iter_after(start)
+        .take(1000)
+        .map(|t| t.with_timezone(&Utc))
+        .collect();
+    times
+        .windows(2)
+        .filter_map(|w| (w[1] - w[0]).to_std().ok())
+        .min()
+}
+
+/// The occurrence written when a submission is matched: `(k, time, until)`.
+pub type FirstOccurrence = (u16, DateTime<Utc>, DateTime<Utc>);
+
 /// A compiled recurring action: see the module docs.
 #[derive(Debug)]
 pub struct Recurrence {
-    cron: croner::Cron,
-    tz: chrono_tz::Tz,
+    cadence: Cadence,
     until: SendAtCompiled,
 }
 
 impl Recurrence {
     /// The recurrence of an action with these (validated) fields; `None` when it has no
     /// `cron`.
-    pub fn new(cron: Option<&str>, timezone: Option<&str>, until: Option<&str>) -> Option<Self> {
-        let cron = parse_cron(cron?).ok()?;
-        let tz = match timezone {
-            Some(t) => parse_timezone(t).ok()?,
-            None => chrono_tz::UTC,
-        };
+    pub fn new(
+        cron: Option<&str>,
+        timezone: Option<&str>,
+        until: Option<&str>,
+        max: Option<u16>,
+    ) -> Option<Self> {
+        let cadence = Cadence::new(cron, timezone, max)?;
         let until = SendAtCompiled::compile(until?)?;
-        Some(Self { cron, tz, until })
+        Some(Self { cadence, until })
     }
 
-    /// The occurrences for a submission received at `received` and matched at `now`:
-    /// `(k, time)` for the k-th occurrence after `received` (from 1), up to `until`, leaving out
-    /// those before `now`.
+    /// The occurrence to schedule for a submission received at `received` and matched at
+    /// `now`: `(k, time, until)` for the first occurrence after `received` (numbered from 1)
+    /// that is not before `now`; only that one is written, and the firer writes each next one
+    /// when it fires the one before ([`Cadence::next_after`]). `None` when none is left.
+    pub fn first(
+        &self,
+        received: DateTime<Utc>,
+        now: DateTime<Utc>,
+        submission: impl FnOnce() -> minijinja::Value,
+    ) -> Result<Option<FirstOccurrence>, DueError> {
+        let until = self.until.resolve(submission)?;
+        let c = &self.cadence;
+        Ok(c.cron
+            .iter_after(received.with_timezone(&c.tz))
+            .map(|t| t.with_timezone(&Utc))
+            .take_while(|t| *t <= until)
+            .take(usize::from(c.max))
+            .zip(1u16..)
+            .find(|(t, _)| *t >= now)
+            .map(|(t, k)| (k, t, until)))
+    }
+
+    /// Every occurrence from [`Recurrence::first`] on, as the firer would write them one by
+    /// one (tests and documentation).
     pub fn occurrences(
         &self,
         received: DateTime<Utc>,
         now: DateTime<Utc>,
         submission: impl FnOnce() -> minijinja::Value,
     ) -> Result<Vec<(u16, DateTime<Utc>)>, DueError> {
-        let until = self.until.resolve(submission)?;
-        Ok(self
-            .cron
-            .iter_after(received.with_timezone(&self.tz))
-            .map(|t| t.with_timezone(&Utc))
-            .take_while(|t| *t <= until)
-            .take(MAX_OCCURRENCES)
-            .zip(1u16..)
-            .filter(|(t, _)| *t >= now)
-            .map(|(t, k)| (k, t))
-            .collect())
+        let Some((mut k, mut t, until)) = self.first(received, now, submission)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = vec![(k, t)];
+        while let Some((k2, t2)) = self.cadence.next_after(k, t, until) {
+            out.push((k2, t2));
+            (k, t) = (k2, t2);
+        }
+        Ok(out)
     }
 }
 
@@ -256,6 +341,7 @@ mod tests {
             Some("0 9 * * *"),
             Some("Europe/Berlin"),
             Some("{{ metadata.event_at }}"),
+            None,
         )
         .expect("recurring");
         let all = r.occurrences(received, received, ctx).expect("occurrences");
@@ -278,13 +364,45 @@ mod tests {
         let rest = r.occurrences(received, later, ctx).expect("occurrences");
         assert_eq!(rest.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [3, 4]);
         // Capped, and every step still fits a smallint.
-        let r = Recurrence::new(Some("* * * * * *"), None, Some("2030-01-01T00:00:00Z"))
-            .expect("recurring");
+        let r = Recurrence::new(
+            Some("* * * * * *"),
+            None,
+            Some("2030-01-01T00:00:00Z"),
+            None,
+        )
+        .expect("recurring");
         let many = r.occurrences(received, received, ctx).expect("occurrences");
         assert_eq!(many.len(), MAX_OCCURRENCES);
         assert!(19 + STEP_STRIDE as usize * MAX_OCCURRENCES <= i16::MAX as usize);
         assert!(parse_cron("every day").is_err());
         assert!(parse_timezone("Mars/Olympus").is_err());
-        assert!(Recurrence::new(None, None, Some("2030-01-01T00:00:00Z")).is_none());
+        assert!(Recurrence::new(None, None, Some("2030-01-01T00:00:00Z"), None).is_none());
+        // A cap lowers the count; the firer's step from one occurrence to the next.
+        let r = Recurrence::new(
+            Some("0 9 * * *"),
+            None,
+            Some("2030-01-01T00:00:00Z"),
+            Some(3),
+        )
+        .expect("recurring");
+        let three = r.occurrences(received, received, ctx).expect("occurrences");
+        assert_eq!(three.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [1, 2, 3]);
+        let c = Cadence::new(Some("0 9 * * *"), None, Some(3)).expect("cadence");
+        let until: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().expect("time");
+        assert_eq!(c.next_after(1, three[0].1, until), Some((2, three[1].1)));
+        assert_eq!(c.next_after(3, three[2].1, until), None, "capped");
+        assert_eq!(c.next_after(1, three[0].1, three[0].1), None, "past until");
+        // Intervals: hourly is the shortest an uncapped action may repeat.
+        let every = |p: &str| shortest_interval(&parse_cron(p).expect("cron"), chrono_tz::UTC);
+        assert_eq!(every("0 * * * *"), Some(MIN_UNCAPPED_INTERVAL));
+        assert_eq!(
+            every("*/10 * * * *"),
+            Some(std::time::Duration::from_secs(600))
+        );
+        assert_eq!(every("0 9,10 * * *"), Some(MIN_UNCAPPED_INTERVAL));
+        assert_eq!(
+            every("0 9 * * 1"),
+            Some(std::time::Duration::from_secs(7 * 86400))
+        );
     }
 }

@@ -65,6 +65,7 @@ impl LedgerRow {
             created_at: self.created_at,
             step,
             due_at: None,
+            repeat_until: None,
         })
     }
 }
@@ -390,6 +391,7 @@ pub(crate) struct LedgerColumns {
     created: Vec<DateTime<Utc>>,
     steps: Vec<i16>,
     due: Vec<Option<DateTime<Utc>>>,
+    repeat_until: Vec<Option<DateTime<Utc>>>,
 }
 
 impl LedgerColumns {
@@ -406,6 +408,7 @@ impl LedgerColumns {
                 .map(|j| i16::try_from(j.step).unwrap_or(i16::MAX))
                 .collect(),
             due: jobs.iter().map(|j| j.due_at).collect(),
+            repeat_until: jobs.iter().map(|j| j.repeat_until).collect(),
         }
     }
 
@@ -426,10 +429,11 @@ impl LedgerColumns {
         .bind::<Array<Timestamptz>, _>(&self.created)
         .bind::<Array<SmallInt>, _>(&self.steps)
         .bind::<Array<Nullable<Timestamptz>>, _>(&self.due)
+        .bind::<Array<Nullable<Timestamptz>>, _>(&self.repeat_until)
     }
 
     /// The same columns as tokio-postgres parameters of [`INSERT_LEDGER`].
-    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
         [
             &self.subs,
             &self.camps,
@@ -439,17 +443,18 @@ impl LedgerColumns {
             &self.created,
             &self.steps,
             &self.due,
+            &self.repeat_until,
         ]
     }
 }
 
 /// Ledger rows for jobs whose key is not taken: `queued`, or `scheduled` until `due_at`.
 const INSERT_LEDGER: &str =
-    "INSERT INTO deliveries (submission_id, campaign_id, campaign_version, channel, priority, status, created_at, updated_at, step, due_at) \
+    "INSERT INTO deliveries (submission_id, campaign_id, campaign_version, channel, priority, status, created_at, updated_at, step, due_at, repeat_until) \
      SELECT u.sub, u.camp, u.ver, u.channel, u.priority, \
-            CASE WHEN u.due IS NULL THEN 'queued' ELSE 'scheduled' END, u.created, u.created, u.step, u.due \
-     FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[], $7::int2[], $8::timestamptz[]) \
-          AS u(sub, camp, ver, channel, priority, created, step, due) \
+            CASE WHEN u.due IS NULL THEN 'queued' ELSE 'scheduled' END, u.created, u.created, u.step, u.due, u.repeat_until \
+     FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[], $7::int2[], $8::timestamptz[], $9::timestamptz[]) \
+          AS u(sub, camp, ver, channel, priority, created, step, due, repeat_until) \
      ON CONFLICT DO NOTHING";
 
 /// Ledger rows still `queued` for submissions stored by an earlier attempt at the same

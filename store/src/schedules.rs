@@ -13,6 +13,7 @@ use diesel::sql_types::{Array, Bool, Nullable, SmallInt, Text, Timestamptz, Uuid
 // `#[diesel(embed)]` needs the trait in scope.
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use quizflow_core::schedule::STEP_STRIDE;
 use quizflow_core::DeliveryJob;
 use uuid::Uuid;
 
@@ -24,6 +25,39 @@ struct DueRow {
     live: bool,
     #[diesel(sql_type = Timestamptz)]
     due_at: DateTime<Utc>,
+    /// A recurring occurrence: the last time the next one may be due.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    repeat_until: Option<DateTime<Utc>>,
+    /// A recurring occurrence's campaign version (what the next occurrence is computed from).
+    #[diesel(sql_type = Nullable<diesel::sql_types::Jsonb>)]
+    definition: Option<serde_json::Value>,
+}
+
+impl DueRow {
+    /// The occurrence after this one (a recurring action's), as a job to write `scheduled`:
+    /// from the action's cadence in the campaign version this row was matched under.
+    fn next_occurrence(&self) -> Option<DeliveryJob> {
+        let until = self.repeat_until?;
+        let job = self.ledger.job()?;
+        let spec: quizflow_core::CampaignSpec =
+            serde_json::from_value(self.definition.clone()?).ok()?;
+        let action = spec
+            .actions
+            .iter()
+            .filter(|a| a.channel == job.channel)
+            .nth(usize::from(job.action_step()))?;
+        let k = job.step / STEP_STRIDE;
+        let (k2, at) = action.cadence()?.next_after(k, self.due_at, until)?;
+        let step = job.action_step() + k2 * STEP_STRIDE;
+        Some(DeliveryJob {
+            job_id: DeliveryJob::job_id(job.submission_id, job.campaign_id, job.channel, step),
+            step,
+            created_at: Utc::now(),
+            due_at: Some(at),
+            repeat_until: Some(until),
+            ..job
+        })
+    }
 }
 
 /// What one [`fire_due`] did.
@@ -37,6 +71,8 @@ pub struct Fired {
     pub skipped: usize,
     /// How late each published job was: publish time minus its `due_at`, in milliseconds.
     pub lateness_ms: Vec<i64>,
+    /// Next occurrences of recurring actions written (`scheduled`).
+    pub next_scheduled: usize,
 }
 
 /// Why firing failed: the database, or the publish (then nothing was committed).
@@ -68,8 +104,11 @@ where
 {
     conn.transaction::<Fired, FireError, _>(async move |conn| {
         let rows: Vec<DueRow> = diesel::sql_query(format!(
-            "SELECT {LEDGER_COLUMNS}, d.due_at, \
-                    COALESCE(c.active AND (c.ends_at IS NULL OR c.ends_at > now()), false) AS live \
+            "SELECT {LEDGER_COLUMNS}, d.due_at, d.repeat_until, \
+                    COALESCE(c.active AND (c.ends_at IS NULL OR c.ends_at > now()), false) AS live, \
+                    CASE WHEN d.repeat_until IS NOT NULL THEN \
+                      (SELECT v.definition FROM campaign_versions v \
+                       WHERE v.campaign_id = d.campaign_id AND v.version = d.campaign_version) END AS definition \
              FROM deliveries d LEFT JOIN campaigns c ON c.id = d.campaign_id \
              WHERE d.status = 'scheduled' AND d.due_at <= now() AND d.channel = ANY($2) \
              ORDER BY d.due_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED"
@@ -114,6 +153,20 @@ where
         .bind::<Array<Nullable<Text>>, _>(&reason)
         .execute(conn)
         .await?;
+        // A live recurring occurrence fired: the next one is written now, in the same
+        // transaction (only one occurrence per action waits in the ledger at a time).
+        let next: Vec<DeliveryJob> = rows
+            .iter()
+            .filter(|r| r.live)
+            .filter_map(DueRow::next_occurrence)
+            .collect();
+        if !next.is_empty() {
+            crate::intake::LedgerColumns::of(&next)
+                .insert(false)
+                .execute(conn)
+                .await?;
+        }
+        fired.next_scheduled = next.len();
         let mut jobs = Vec::new();
         let mut due = Vec::new();
         for r in &rows {

@@ -608,6 +608,7 @@ async fn given_a_job_redelivered_after_it_was_sent_then_it_is_acked_without_send
         created_at: chrono::Utc::now(),
         step: 0,
         due_at: None,
+        repeat_until: None,
     };
     let payload = serde_json::to_vec(&job).expect("job");
     let letter = quizflow_nats::Redrive {

@@ -317,6 +317,7 @@ async fn given_two_workers_processes_on_one_consumer_then_each_job_is_sent_once(
                     created_at: chrono::Utc::now(),
                     step: 0,
                     due_at: None,
+                    repeat_until: None,
                 },
                 format!("copy-{}", k.submission_id),
             )
@@ -565,6 +566,7 @@ async fn given_a_job_published_straight_to_the_subject_without_a_ledger_row_then
         created_at: chrono::Utc::now(),
         step: 0,
         due_at: None,
+        repeat_until: None,
     };
     assert_eq!(
         common::publish_job_copies(&env.js, &[(bogus, "bogus".into())]).await,

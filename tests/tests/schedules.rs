@@ -297,11 +297,11 @@ async fn given_a_recurring_reminder_then_each_occurrence_until_the_event_is_sent
         json!({"name": "Digest", "quiz_id": "digest", "match": {}, "actions": [
             {"channel": "sms", "template": "Digest {{ respondent.name }}",
              "cron": "*/2 * * * * *", "timezone": "America/Sao_Paulo",
-             "until": "{{ metadata.event_at }}"}
+             "until": "{{ metadata.event_at }}", "max_occurrences": 10}
         ]}),
     )
     .await;
-    let n = 5;
+    let n: i64 = 5;
     let mut ids = Vec::new();
     for i in 0..n {
         ids.push(
@@ -314,6 +314,26 @@ async fn given_a_recurring_reminder_then_each_occurrence_until_the_event_is_sent
             .await,
         );
     }
+    // Only the next occurrence of each waits in the ledger; the firer writes the one after.
+    wait_until(
+        "each lead's first occurrence written",
+        Duration::from_secs(20),
+        || async {
+            count(
+                &api.db.url,
+                "SELECT count(DISTINCT submission_id) AS n FROM deliveries",
+            )
+            .await
+                == n
+        },
+    )
+    .await;
+    let waiting = count(
+        &api.db.url,
+        "SELECT count(*) AS n FROM deliveries WHERE status = 'scheduled'",
+    )
+    .await;
+    assert!(waiting <= n, "{waiting} occurrences waiting for {n} leads");
     let until = time(&json!(event_at));
     wait_until(
         "every occurrence up to the event sent",

@@ -39,3 +39,7 @@ CREATE INDEX webhook_ids_seen_at ON webhook_ids (seen_at);
 -- When a submission's person was erased (by an erasure, or at storage when the erasure came
 -- first): replay skips such rows from either source.
 ALTER TABLE submissions ADD COLUMN erased_at timestamptz;
+
+-- A recurring action's occurrence keeps only the next one on the ledger: the firer writes the
+-- one after when it fires it, up to this time (the action's `until`, rendered at match).
+ALTER TABLE deliveries ADD COLUMN repeat_until timestamptz;
