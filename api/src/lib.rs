@@ -50,8 +50,8 @@ pub struct AppState {
     audit_reads: audit::RecentReads,
     /// Coalesces provider receipts into batched ledger writes.
     receipts: receipts::ReceiptWriter,
-    /// Key the QR image links are signed with (`QUIZFLOW_LINK_KEY`, else the admin token).
-    link_key: Vec<u8>,
+    /// Key the QR image links are sealed with (`QUIZFLOW_LINK_KEY`; none: no link opens).
+    link_key: Option<Vec<u8>>,
     respondent_limiter: limits::RespondentLimiter,
     ip_limiter: limits::WindowLimiter,
     /// Failed admin authentications per client IP.
@@ -166,13 +166,7 @@ impl AppState {
                     .as_bytes(),
             ),
             receipts: receipts::ReceiptWriter::spawn(db.clone()),
-            link_key: settings
-                .link_key
-                .as_deref()
-                .or(settings.admin_token.as_deref())
-                .unwrap_or("quizflow")
-                .as_bytes()
-                .to_vec(),
+            link_key: settings.link_key.as_ref().map(|k| k.as_bytes().to_vec()),
             packer: quizflow_nats::Packer::spawn(js.clone(), settings.packer.clone()),
             settings,
             nats,

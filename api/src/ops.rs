@@ -98,26 +98,40 @@ pub fn openapi() -> Response {
 /// `GET /v1/qr/{token}.png`: the QR code a template's `qr_url` linked to (WhatsApp media).
 /// Public, like the message that carries it; only values this deployment signed are drawn.
 #[handler]
-pub fn qr_image(
+pub async fn qr_image(
     state: poem::web::Data<&std::sync::Arc<crate::AppState>>,
     poem::web::Path(file): poem::web::Path<String>,
 ) -> Result<Response, crate::ApiError> {
-    let value = file
+    let gone = || {
+        crate::ApiError::new(
+            poem::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "no such QR code",
+        )
+    };
+    // A link opens only under this deployment's key, until it expires, and while the person
+    // it was made for has not been erased.
+    let link = file
         .strip_suffix(".png")
-        .and_then(|t| quizflow_core::qr::verify(&state.link_key, t))
-        .ok_or_else(|| {
-            crate::ApiError::new(
-                poem::http::StatusCode::NOT_FOUND,
-                "not_found",
-                "no such QR code",
-            )
-        })?;
-    let png = quizflow_core::qr::png(&value)
+        .zip(state.link_key.as_deref())
+        .and_then(|(t, key)| quizflow_core::qr::open(key, t))
+        .filter(|l| l.expires_at > chrono::Utc::now())
+        .ok_or_else(gone)?;
+    if let Some(id) = link.submission_id {
+        let mut conn = state.db.get().await.map_err(crate::admin::db_error)?;
+        if quizflow_store::submissions::erased(&mut conn, id)
+            .await
+            .map_err(crate::admin::db_error)?
+        {
+            return Err(gone());
+        }
+    }
+    let png = quizflow_core::qr::png(&link.value)
         .map_err(|e| crate::ApiError::new(poem::http::StatusCode::NOT_FOUND, "not_found", e))?;
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "image/png")
-        // The same token always draws the same image.
-        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+        // Not kept by shared caches: an erasure must be able to take it back.
+        .header(header::CACHE_CONTROL, "private, max-age=3600")
         .body(png))
 }
 

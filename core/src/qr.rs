@@ -3,7 +3,6 @@
 //! can point at it without making the API an open QR generator.
 
 use base64::Engine;
-use hmac::{KeyInit, Mac};
 
 /// Pixels per QR module, and the quiet zone in modules (the standard asks for 4).
 const SCALE: u32 = 8;
@@ -52,42 +51,78 @@ pub fn data_uri(value: &str) -> Result<String, String> {
     ))
 }
 
-fn mac(key: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    m.update(b"quizflow-qr\0");
-    m.update(value);
-    m.finalize().into_bytes()[..16].to_vec()
+/// What a `qr_url` link stands for: the value its image encodes, the submission it was made
+/// for (so an erased person's links stop working) and until when it is good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub value: String,
+    pub submission_id: Option<uuid::Uuid>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// The link-safe token of `value`: base64url of the value, `.`, base64url of 128 bits of
-/// HMAC-SHA-256 under `key`.
-pub fn token(key: &[u8], value: &str) -> String {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    format!(
-        "{}.{}",
-        b64.encode(value.as_bytes()),
-        b64.encode(mac(key, value.as_bytes()))
-    )
+/// How long a link is good for: the ticket of an event months away still scans.
+pub const LINK_TTL: chrono::TimeDelta = chrono::TimeDelta::days(180);
+
+fn aead_key(key: &[u8]) -> Option<ring::aead::LessSafeKey> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"quizflow-qr-link-v2\0");
+    h.update(key);
+    let k = h.finalize();
+    let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &k).ok()?;
+    Some(ring::aead::LessSafeKey::new(unbound))
 }
 
-/// The value a [`token`] carries, if `key` signed it.
-pub fn verify(key: &[u8], token: &str) -> Option<String> {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let (v, sig) = token.split_once('.')?;
-    let value = b64.decode(v).ok()?;
-    let given = b64.decode(sig).ok()?;
-    let expected = mac(key, &value);
-    let same = given.len() == expected.len()
-        && given
-            .iter()
-            .zip(&expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same || value.len() > MAX_VALUE_BYTES {
+/// The opaque, link-safe token of `link`: base64url of a random nonce and the link sealed
+/// (ChaCha20-Poly1305) under a key derived from `key`. Neither the value nor the submission
+/// can be read from it, and a token not sealed under `key` opens to nothing. `None` when the
+/// value is too long for a QR code.
+pub fn seal(key: &[u8], link: &Link) -> Option<String> {
+    use ring::rand::SecureRandom;
+    if link.value.len() > MAX_VALUE_BYTES {
         return None;
     }
-    String::from_utf8(value).ok()
+    let mut nonce = [0u8; ring::aead::NONCE_LEN];
+    ring::rand::SystemRandom::new().fill(&mut nonce).ok()?;
+    let mut buf = Vec::with_capacity(24 + link.value.len() + 16);
+    buf.extend_from_slice(link.submission_id.unwrap_or_default().as_bytes());
+    buf.extend_from_slice(&link.expires_at.timestamp().to_be_bytes());
+    buf.extend_from_slice(link.value.as_bytes());
+    aead_key(key)?
+        .seal_in_place_append_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::empty(),
+            &mut buf,
+        )
+        .ok()?;
+    let mut token = nonce.to_vec();
+    token.extend_from_slice(&buf);
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token))
+}
+
+/// The link a [`seal`]ed token stands for, if `key` sealed it (expiry not checked here).
+pub fn open(key: &[u8], token: &str) -> Option<Link> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
+    if raw.len() < ring::aead::NONCE_LEN + 24 + 16 {
+        return None;
+    }
+    let (nonce, sealed) = raw.split_at(ring::aead::NONCE_LEN);
+    let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut buf = sealed.to_vec();
+    let plain = aead_key(key)?
+        .open_in_place(nonce, ring::aead::Aad::empty(), &mut buf)
+        .ok()?;
+    let (id, rest) = plain.split_at(16);
+    let (expires, value) = rest.split_at(8);
+    let id = uuid::Uuid::from_slice(id).ok()?;
+    let expires = i64::from_be_bytes(expires.try_into().ok()?);
+    Some(Link {
+        value: String::from_utf8(value.to_vec()).ok()?,
+        submission_id: (!id.is_nil()).then_some(id),
+        expires_at: chrono::DateTime::from_timestamp(expires, 0)?,
+    })
 }
 
 #[cfg(test)]
@@ -114,19 +149,37 @@ mod tests {
     }
 
     #[test]
-    fn tokens_carry_the_value_and_refuse_tampering() {
-        let t = token(b"k", "ticket-42");
+    fn links_are_opaque_sealed_and_refuse_tampering() {
+        let link = Link {
+            value: "ticket-42".into(),
+            submission_id: Some(uuid::Uuid::from_u128(7)),
+            expires_at: chrono::DateTime::from_timestamp(1_900_000_000, 0).expect("time"),
+        };
+        let t = seal(b"k", &link).expect("sealed");
         assert!(t
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
-        assert_eq!(verify(b"k", &t).as_deref(), Some("ticket-42"));
-        assert_eq!(verify(b"other", &t), None);
-        let forged = format!(
-            "{}.{}",
-            "dGlja2V0LTQz",
-            t.split_once('.').map(|x| x.1).unwrap_or("")
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)));
+        assert_eq!(open(b"k", &t), Some(link.clone()));
+        // Opaque: neither the value nor the id can be read; the same link seals differently.
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&t)
+            .expect("b64");
+        assert!(!raw.windows(9).any(|w| w == b"ticket-42"));
+        assert_ne!(seal(b"k", &link), Some(t.clone()));
+        assert_eq!(open(b"other", &t), None);
+        let mut flipped = raw.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        let flipped = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(flipped);
+        assert_eq!(open(b"k", &flipped), None);
+        assert_eq!(open(b"k", "short"), None);
+        let anonymous = Link {
+            submission_id: None,
+            ..link
+        };
+        assert_eq!(
+            open(b"k", &seal(b"k", &anonymous).expect("sealed")),
+            Some(anonymous)
         );
-        assert_eq!(verify(b"k", &forged), None);
-        assert_eq!(verify(b"k", "nodot"), None);
     }
 }

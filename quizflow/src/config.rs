@@ -513,13 +513,7 @@ impl Config {
             .as_ref()
             .map(|public_url| quizflow_workers::render::QrLinks {
                 public_url: public_url.clone(),
-                key: self
-                    .link_key
-                    .as_deref()
-                    .or(self.admin_token.as_deref())
-                    .unwrap_or("quizflow")
-                    .as_bytes()
-                    .to_vec(),
+                key: self.link_key.as_ref().map(|k| k.as_bytes().to_vec()),
             });
         Ok(s)
     }

@@ -688,6 +688,7 @@ async fn up(cfg: Config, registry: quizflow_telemetry::prometheus::Registry) -> 
             .get_or_insert_with(|| format!("http://{}", cfg.http_addr));
         derive_secret(&mut cfg.whatsapp_app_secret, &token, "whatsapp-app-secret");
         derive_secret(&mut cfg.whatsapp_verify_token, &token, "whatsapp-verify-token");
+        derive_secret(&mut cfg.link_key, &token, "qr-link-key");
         if cfg.email_webhook_secret.is_none() {
             use base64::Engine;
             let key = quizflow_core::signatures::hub(&token, b"email-webhook-secret");

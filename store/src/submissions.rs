@@ -176,3 +176,22 @@ pub async fn get(
         "deliveries": deliveries,
     })))
 }
+
+/// Whether the stored submission `id` had its person erased (false when no such row).
+pub async fn erased(
+    conn: &mut AsyncPgConnection,
+    id: uuid::Uuid,
+) -> Result<bool, crate::StoreError> {
+    #[derive(diesel::QueryableByName)]
+    struct Erased {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        erased: bool,
+    }
+    let e: Erased = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM submissions WHERE id = $1 AND erased_at IS NOT NULL) AS erased",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .get_result(conn)
+    .await?;
+    Ok(e.erased)
+}

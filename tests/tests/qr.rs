@@ -25,7 +25,7 @@ async fn given_qr_templates_then_the_email_holds_the_image_and_the_whatsapp_link
         move |s| {
             s.qr_links = Some(quizflow_workers::render::QrLinks {
                 public_url: base,
-                key: LINK_KEY.as_bytes().to_vec(),
+                key: Some(LINK_KEY.as_bytes().to_vec()),
             })
         },
     )
@@ -112,13 +112,41 @@ async fn given_qr_templates_then_the_email_holds_the_image_and_the_whatsapp_link
         quizflow_core::qr::png(&id).expect("png").as_slice()
     );
 
-    // A link signed with another key, or tampered with, draws nothing.
+    // A link sealed with another key, expired, or tampered with, draws nothing.
+    let sealed = |key: &[u8], expires_in: chrono::TimeDelta| {
+        quizflow_core::qr::seal(
+            key,
+            &quizflow_core::qr::Link {
+                value: id.clone(),
+                submission_id: None,
+                expires_at: chrono::Utc::now() + expires_in,
+            },
+        )
+        .expect("sealed")
+    };
     for bad in [
-        format!("/v1/qr/{}.png", quizflow_core::qr::token(b"other", &id)),
+        format!(
+            "/v1/qr/{}.png",
+            sealed(b"other", chrono::TimeDelta::days(1))
+        ),
+        format!(
+            "/v1/qr/{}.png",
+            sealed(LINK_KEY.as_bytes(), chrono::TimeDelta::seconds(-1))
+        ),
         link.replace(".png", "x.png").replace(&api.base, ""),
         "/v1/qr/nothing.png".to_owned(),
     ] {
         let r = http.get(api.url(&bad)).send().await.expect("qr");
         harness::assert_error(r, 404, "not_found").await;
     }
+    // Once the person is erased, their link is dead.
+    let erased = api
+        .admin(Method::POST, "/v1/respondents/erase")
+        .json(&json!({"phone": "+5511987654321"}))
+        .send()
+        .await
+        .expect("erase");
+    assert_eq!(erased.status().as_u16(), 200);
+    let r = http.get(link).send().await.expect("qr");
+    harness::assert_error(r, 404, "not_found").await;
 }

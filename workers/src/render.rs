@@ -17,11 +17,13 @@ pub struct TemplateCache {
     links: Option<Arc<QrLinks>>,
 }
 
-/// Where `qr_url` points: the API's public address and the key its links are signed with.
+/// Where `qr_url` points: the API's public address and the key its links are sealed with
+/// (`QUIZFLOW_LINK_KEY`; the API needs the same). Without a key, `qr_url` fails the message
+/// with a clear reason instead of sealing under a key nobody configured.
 #[derive(Clone)]
 pub struct QrLinks {
     pub public_url: String,
-    pub key: Vec<u8>,
+    pub key: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for QrLinks {
@@ -49,16 +51,37 @@ fn add_qr_functions(env: &mut Environment<'static>, links: Option<Arc<QrLinks>>)
             "<img src=\"{uri}\" alt=\"QR code\" width=\"240\" height=\"240\">"
         )))
     });
-    env.add_function("qr_url", move |v: minijinja::Value| match &links {
-        Some(l) => Ok(format!(
-            "{}/v1/qr/{}.png",
-            l.public_url.trim_end_matches('/'),
-            quizflow_core::qr::token(&l.key, &v.to_string())
-        )),
-        None => Err(template_error(
-            "qr_url needs QUIZFLOW_PUBLIC_URL (where the API serves the image)".into(),
-        )),
-    });
+    env.add_function(
+        "qr_url",
+        move |state: &minijinja::State, v: minijinja::Value| {
+            let Some(l) = &links else {
+                return Err(template_error(
+                    "qr_url needs QUIZFLOW_PUBLIC_URL (where the API serves the image)".into(),
+                ));
+            };
+            let Some(key) = &l.key else {
+                return Err(template_error(
+                    "qr_url needs QUIZFLOW_LINK_KEY (the key its links are sealed with; the API needs the same)"
+                        .into(),
+                ));
+            };
+            // The link names its submission (sealed): once the person is erased it is dead.
+            let submission_id = state
+                .lookup("submission_id")
+                .and_then(|s| s.as_str().and_then(|s| uuid::Uuid::parse_str(s).ok()));
+            let link = quizflow_core::qr::Link {
+                value: v.to_string(),
+                submission_id,
+                expires_at: chrono::Utc::now() + quizflow_core::qr::LINK_TTL,
+            };
+            let token = quizflow_core::qr::seal(key, &link)
+                .ok_or_else(|| template_error("qr_url: the value is too long for a QR code".into()))?;
+            Ok(format!(
+                "{}/v1/qr/{token}.png",
+                l.public_url.trim_end_matches('/')
+            ))
+        },
+    );
 }
 
 const MAX_ENTRIES: usize = 10_000;
