@@ -26,6 +26,8 @@ pub struct ApiSettings {
     /// `QUIZFLOW_HTTP_MAX_INFLIGHT`: requests handled at once by this instance; past it, 503
     /// `overloaded` at once (health, readiness and metrics are never refused).
     pub max_inflight: usize,
+    /// How long an erasure's answer waits for its sweep before it answers 202 with the job.
+    pub erase_wait: std::time::Duration,
     /// `QUIZFLOW_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` names the client (default none).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Bearer token of the admin routes; without one every admin route answers 401.
@@ -57,6 +59,7 @@ impl Default for ApiSettings {
             ip_limit_per_min: 0,
             trusted_proxies: Vec::new(),
             max_inflight: 4096,
+            erase_wait: Duration::from_secs(10),
             limit_window: Duration::from_secs(60),
             admin_token: None,
             audit_key: None,

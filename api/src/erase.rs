@@ -108,15 +108,108 @@ pub async fn erase(
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // The sweep: the stream scan grows with the streams, so it runs as a job, one at a time
+    // per cluster. Answered 200 with the counts when it finishes within `erase_wait`, else
+    // 202 with the job's status resource: the barrier above already holds either way.
+    let job = uuid::Uuid::new_v4();
+    {
+        let mut conn = state.db.get().await.map_err(db_error)?;
+        quizflow_store::erase::job_started(&mut conn, job)
+            .await
+            .map_err(db_error)?;
+    }
+    let sweep = tokio::spawn({
+        let state = (*state).clone();
+        let (phone, email) = (phone.clone(), email.clone());
+        async move {
+            let outcome = sweep(
+                &state,
+                phone.as_deref(),
+                email.as_deref(),
+                barrier_cancelled,
+            )
+            .await;
+            let (ended, counts, error) = match &outcome {
+                Ok(c) => ("done", c.clone(), None),
+                Err(e) => ("failed", serde_json::Value::Null, Some(e.message.clone())),
+            };
+            let recorded = match state.db.get().await {
+                Ok(mut conn) => quizflow_store::erase::job_finished(
+                    &mut conn,
+                    job,
+                    ended,
+                    &counts,
+                    error.as_deref(),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = recorded {
+                tracing::warn!(error = %e, %job, "erasure job's end not recorded");
+            }
+            tracing::info!(%job, status = ended, seconds = started.elapsed().as_secs_f64(), "erasure job ended");
+            outcome
+        }
+    });
+    let target = hashes["phone"]
+        .as_str()
+        .or(hashes["email"].as_str())
+        .map(str::to_owned);
+    match tokio::time::timeout(state.settings.erase_wait, sweep).await {
+        Ok(Ok(Ok(counts))) => {
+            let note = AuditNote::new(
+                target,
+                serde_json::json!({ "respondent": hashes, "erased": counts["erased"], "scanned": counts["scanned"], "job": job }),
+            );
+            let mut body = counts;
+            body["id"] = job.to_string().into();
+            body["status"] = "done".into();
+            let mut resp = Json(body).into_response();
+            resp.extensions_mut().insert(note);
+            Ok(resp)
+        }
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Err(_)) => Err(ApiError::unavailable("the erasure failed; call again")),
+        Err(_) => {
+            let note = AuditNote::new(
+                target,
+                serde_json::json!({ "respondent": hashes, "job": job, "status": "running" }),
+            );
+            let body = serde_json::json!({
+                "id": job, "status": "running", "status_url": format!("/v1/erasures/{job}"),
+                "erased": {"deliveries_cancelled": barrier_cancelled},
+            });
+            let mut resp = Json(body)
+                .with_status(poem::http::StatusCode::ACCEPTED)
+                .into_response();
+            resp.extensions_mut().insert(note);
+            Ok(resp)
+        }
+    }
+}
+
+/// The sweep of an erasure, after its barrier: the person's stream copies, then every table.
+/// One scan at a time in the cluster (an advisory lock held while it runs). Returns the body
+/// of a finished erasure: `{"erased": {...counts}, "scanned": n}`.
+async fn sweep(
+    state: &AppState,
+    phone: Option<&str>,
+    email: Option<&str>,
+    barrier_cancelled: i64,
+) -> Result<serde_json::Value, ApiError> {
+    let _scan = quizflow_store::erase::ScanLock::acquire(&state.db)
+        .await
+        .map_err(db_error)?;
     let ids = {
         let mut conn = state.db.get().await.map_err(db_error)?;
-        quizflow_store::erase::find(&mut conn, phone.as_deref(), email.as_deref())
+        quizflow_store::erase::find(&mut conn, phone, email)
             .await
             .map_err(db_error)?
     };
     let person = quizflow_nats::Person {
-        phone: phone.clone(),
-        email: email.clone(),
+        phone: phone.map(str::to_owned),
+        email: email.map(str::to_owned),
         submission_ids: ids.iter().map(ToString::to_string).collect(),
     };
     let streams = quizflow_nats::erase_person(&state.js, &person)
@@ -129,7 +222,7 @@ pub async fn erase(
         })?;
     let tables = {
         let mut conn = state.db.get().await.map_err(db_error)?;
-        quizflow_store::erase::erase(&mut conn, phone.as_deref(), email.as_deref(), &ids)
+        quizflow_store::erase::erase(&mut conn, phone, email, &ids)
             .await
             .map_err(db_error)?
     };
@@ -137,30 +230,43 @@ pub async fn erase(
         submissions = tables.submissions,
         stream_messages = streams.submission_messages + streams.dead_letters,
         scanned = streams.scanned,
-        seconds = started.elapsed().as_secs_f64(),
         "respondent erased"
     );
-    let erased = serde_json::json!({
-        "submissions": tables.submissions,
-        "deliveries_cancelled": tables.deliveries_cancelled + barrier_cancelled,
-        "deliveries_scrubbed": tables.deliveries_scrubbed,
-        "dead_letters": tables.dead_letters,
-        "stream_submissions": streams.submissions,
-        "stream_submission_messages": streams.submission_messages,
-        "stream_dead_letters": streams.dead_letters,
-    });
-    let target = hashes["phone"]
-        .as_str()
-        .or(hashes["email"].as_str())
-        .map(str::to_owned);
-    let note = AuditNote::new(
-        target,
-        serde_json::json!({ "respondent": hashes, "erased": erased, "scanned": streams.scanned }),
-    );
-    let mut resp =
-        Json(serde_json::json!({ "erased": erased, "scanned": streams.scanned })).into_response();
-    resp.extensions_mut().insert(note);
-    Ok(resp)
+    Ok(serde_json::json!({
+        "erased": {
+            "submissions": tables.submissions,
+            "deliveries_cancelled": tables.deliveries_cancelled + barrier_cancelled,
+            "deliveries_scrubbed": tables.deliveries_scrubbed,
+            "dead_letters": tables.dead_letters,
+            "stream_submissions": streams.submissions,
+            "stream_submission_messages": streams.submission_messages,
+            "stream_dead_letters": streams.dead_letters,
+        },
+        "scanned": streams.scanned,
+    }))
+}
+
+/// `GET /v1/erasures/{id}`: an erasure job's status (`running`, `done` with its counts,
+/// `failed` with why: call erase again, it is idempotent).
+#[handler]
+pub async fn status(
+    state: Data<&Arc<AppState>>,
+    poem::web::Path(id): poem::web::Path<String>,
+) -> Result<Response, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            poem::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "no such erasure",
+        )
+    };
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let mut conn = state.db.get().await.map_err(db_error)?;
+    let job = quizflow_store::erase::job(&mut conn, id)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(not_found)?;
+    Ok(Json(job).into_response())
 }
 
 #[cfg(test)]

@@ -231,6 +231,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         .at("/v1/stats", guard(get(stats::stats)))
         .at("/v1/audit", guard(get(audit::list)))
         .at("/v1/respondents/erase", guard(post(erase::erase)))
+        .at("/v1/erasures/:id", guard(get(erase::status)))
         .at("/v1/callbacks/twilio", post(callbacks::twilio))
         .at(
             "/v1/callbacks/whatsapp",

@@ -148,6 +148,7 @@ pub fn route_label(path: &str) -> &'static str {
         "/v1/dead-letters/redrive" => "/v1/dead-letters/redrive",
         p if p.starts_with("/v1/campaigns/") => "/v1/campaigns/{id}",
         p if p.starts_with("/v1/qr/") => "/v1/qr/{token}.png",
+        p if p.starts_with("/v1/erasures/") => "/v1/erasures/{id}",
         p if p.starts_with("/v1/dead-letters/") && p.ends_with("/redrive") => {
             "/v1/dead-letters/{id}/redrive"
         }
@@ -179,6 +180,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/stats",
     "/v1/audit",
     "/v1/respondents/erase",
+    "/v1/erasures/{id}",
     "/v1/callbacks/twilio",
     "/v1/callbacks/whatsapp",
     "/v1/callbacks/email",

@@ -5,6 +5,7 @@ mod harness;
 use harness::{assert_error, Api};
 use reqwest::Method;
 use serde_json::json;
+use std::time::{Duration, Instant};
 
 fn campaign() -> serde_json::Value {
     json!({
@@ -424,4 +425,54 @@ async fn given_the_dead_letter_list_polled_then_the_audit_log_records_it_once() 
         .filter(|e| e["action"] == "dead_letters.read")
         .collect();
     assert_eq!(reads.len(), 2, "{page}");
+}
+
+/// An erasure whose sweep outlasts the answer's wait runs on as a job: 202 with its status
+/// resource (the barrier already in place), then `done` with what was erased. Two at once
+/// both finish (their stream scans take turns).
+#[tokio::test]
+async fn given_an_erasure_that_runs_as_a_job_then_202_and_its_status_resource_ends_done() {
+    let api = Api::start_with(|s| s.erase_wait = Duration::ZERO).await;
+    let (a, b) = tokio::join!(
+        api.admin(Method::POST, "/v1/respondents/erase")
+            .json(&json!({"phone": "+5511900000001"}))
+            .send(),
+        api.admin(Method::POST, "/v1/respondents/erase")
+            .json(&json!({"email": "b@example.com"}))
+            .send(),
+    );
+    for r in [a.expect("erase a"), b.expect("erase b")] {
+        assert_eq!(r.status().as_u16(), 202);
+        let job: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(job["status"], "running");
+        let url = job["status_url"].as_str().expect("status url").to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let done = loop {
+            let s: serde_json::Value = api
+                .admin(Method::GET, &url)
+                .send()
+                .await
+                .expect("status")
+                .json()
+                .await
+                .expect("json");
+            if s["status"] != "running" {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "still running: {s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(done["status"], "done", "{done}");
+        assert_eq!(done["erased"]["submissions"], 0, "{done}");
+        assert!(done["finished_at"].is_string());
+    }
+    let missing = api
+        .admin(
+            Method::GET,
+            "/v1/erasures/00000000-0000-0000-0000-000000000000",
+        )
+        .send()
+        .await
+        .expect("status");
+    assert_error(missing, 404, "not_found").await;
 }

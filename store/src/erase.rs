@@ -133,6 +133,83 @@ pub async fn erased_since(
     Ok(n.n > 0)
 }
 
+/// The lock that lets one erasure sweep at a time scan the streams, cluster-wide: a
+/// session-level advisory lock on a connection of its own, released when dropped (the
+/// connection closes), even if its holder dies.
+pub struct ScanLock {
+    _conn: crate::raw::RawConn,
+}
+
+const SCAN_LOCK: i64 = 0x7175_697a_7363_616e; // "quizscan"
+
+impl ScanLock {
+    /// Waits until no other sweep scans, then holds the lock.
+    pub async fn acquire(pool: &crate::Pool) -> Result<Self, StoreError> {
+        let conn = pool.dedicated().await?;
+        loop {
+            let row = conn
+                .client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&SCAN_LOCK])
+                .await?;
+            if row.try_get::<_, bool>(0)? {
+                return Ok(Self { _conn: conn });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Records an erasure job as running.
+pub async fn job_started(conn: &mut AsyncPgConnection, id: Uuid) -> Result<(), StoreError> {
+    diesel::sql_query("INSERT INTO erasure_jobs (id) VALUES ($1)")
+        .bind::<SqlUuid, _>(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records how an erasure job ended: `done` with its counts, or `failed` with why.
+pub async fn job_finished(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    status: &str,
+    result: &serde_json::Value,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    diesel::sql_query(
+        "UPDATE erasure_jobs SET status = $2, result = $3::jsonb, error = $4, finished_at = now() WHERE id = $1",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<Text, _>(status)
+    .bind::<Text, _>(result.to_string())
+    .bind::<Nullable<Text>, _>(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// An erasure job as `GET /v1/erasures/{id}` shows it; `None` when there is no such job.
+pub async fn job(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    #[derive(diesel::QueryableByName)]
+    struct Job {
+        #[diesel(sql_type = diesel::sql_types::Jsonb)]
+        job: serde_json::Value,
+    }
+    let rows: Vec<Job> = diesel::sql_query(
+        "SELECT jsonb_build_object('id', id, 'status', status, 'started_at', started_at, \
+                'finished_at', finished_at, 'erased', result->'erased', 'scanned', result->'scanned', \
+                'error', error) AS job \
+         FROM erasure_jobs WHERE id = $1",
+    )
+    .bind::<SqlUuid, _>(id)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().next().map(|j| j.job))
+}
+
 /// Ids of the stored submissions of a phone and/or an e-mail (any case).
 pub async fn find(
     conn: &mut AsyncPgConnection,

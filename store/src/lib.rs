@@ -44,6 +44,12 @@ impl Pool {
         self.diesel.get().await
     }
 
+    /// A connection of its own, outside the pool, that closes when dropped (a session-level
+    /// lock taken on it can never outlive its holder).
+    pub(crate) async fn dedicated(&self) -> Result<raw::RawConn, StoreError> {
+        Ok(self.raw.dedicated_connection().await?)
+    }
+
     /// A tokio-postgres connection, whose errors keep their SQLSTATE.
     pub(crate) async fn raw(
         &self,

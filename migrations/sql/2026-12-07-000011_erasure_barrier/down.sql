@@ -1,3 +1,4 @@
+DROP TABLE erasure_jobs;
 DROP TABLE webhook_ids;
 ALTER TABLE submissions DROP COLUMN erased_at;
 ALTER TABLE deliveries DROP COLUMN calling_at;

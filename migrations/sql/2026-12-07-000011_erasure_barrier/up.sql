@@ -43,3 +43,15 @@ ALTER TABLE submissions ADD COLUMN erased_at timestamptz;
 -- A recurring action's occurrence keeps only the next one on the ledger: the firer writes the
 -- one after when it fires it, up to this time (the action's `until`, rendered at match).
 ALTER TABLE deliveries ADD COLUMN repeat_until timestamptz;
+
+-- Erasure sweeps (the stream scan grows with the streams): `POST /v1/respondents/erase`
+-- answers 202 with one of these when it does not finish within a few seconds. Counts only:
+-- no personal data.
+CREATE TABLE erasure_jobs (
+    id          uuid        PRIMARY KEY,
+    status      text        NOT NULL DEFAULT 'running',
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    result      jsonb,
+    error       text
+);
