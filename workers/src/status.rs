@@ -317,7 +317,7 @@ mod tests {
         handle.await.expect("writer ends when its handles are gone");
     }
 
-    /// The database is away longer than the writer used to keep an outcome (about 30 s): the
+    /// The database is away longer than the writer used to keep an outcome (about 47 s): the
     /// outcome is kept and written once it is back, never answered as failed (a failure
     /// meant a nak, and a second send once the claim's lease ran out).
     #[tokio::test]
@@ -351,7 +351,9 @@ mod tests {
             let writer = writer.clone();
             async move { writer.write(u).await }
         });
-        tokio::time::sleep(Duration::from_secs(40)).await;
+        // Longer than the old writer's whole retry window (eight backoffs of up to 8 s, each
+        // try waiting 2 s for a connection: about 47 s).
+        tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(
             !pending.is_finished(),
             "the outcome was answered during the outage"
