@@ -1,6 +1,6 @@
-//! The schedule firer under `kill -9`: a workers process killed while it fires a backlog of
-//! due reminders leaves no row behind and publishes no job it did not commit; a new process
-//! picks up exactly where the transaction was cut, at the production round size.
+//! The schedule firer under `kill -9`: a workers process killed while it fires (and sends) a
+//! backlog of due reminders leaves no row behind; a new process picks up exactly where the
+//! transaction was cut, at the production round size, and every reminder reaches the provider.
 
 use quizflow_core::{parse_campaign, Channel, DeliveryJob, SubmissionId};
 use quizflow_nats::{NatsSettings, TopologyConfig};
@@ -12,20 +12,16 @@ use std::time::{Duration, Instant};
 /// Due reminders: enough that firing them takes many rounds of the production size.
 const DUE: i64 = 30_000;
 
-fn workers(nats: &str, db: &str) -> Child {
-    // `--channels webhook`: no pool consumes the SMS jobs, so the stream shows exactly what
-    // the firers published.
+fn workers(nats: &str, db: &str, mock: &str) -> Child {
+    // An SMS workers process (a firer fires the channels its process serves), sending to the
+    // mock in this test process as fast as it can: the mock's record is what was sent.
     Command::new(env!("CARGO_BIN_EXE_quizflow"))
-        .args([
-            "workers",
-            "--channels",
-            "webhook",
-            "--mock-provider",
-            "http://127.0.0.1:9",
-        ])
+        .args(["workers", "--channels", "sms", "--mock-provider", mock])
         .env_remove("QUIZFLOW_CONFIG")
         .env("NATS_URL", nats)
         .env("DATABASE_URL", db)
+        .env("QUIZFLOW_PROVIDER_RATE_PER_SEC", "100000")
+        .env("QUIZFLOW_WORKER_CONCURRENCY", "256")
         .env("QUIZFLOW_METRICS_ADDR", "")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -110,14 +106,47 @@ async fn given_a_firer_killed_mid_backlog_then_a_new_one_publishes_every_reminde
     )
     .await
     .expect("seed");
+    // Each reminder's submission, stored as the batcher stores one (the worker loads it).
+    {
+        use diesel_async::RunQueryDsl;
+        diesel::sql_query(
+            "INSERT INTO submission_ids (id, received_at) SELECT submission_id, now() FROM deliveries",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("ids");
+        diesel::sql_query(
+            "INSERT INTO submissions (id, quiz_id, received_at, completed_at, phone, answers, tags, metadata, stream_seq) \
+             SELECT id, 'q', received_at, received_at, '+5511' || lpad((row_number() OVER ())::text, 9, '0'), \
+                    '[]', '{}', '{}', 0 FROM submission_ids",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("submissions");
+    }
     drop(conn);
+    use poem::listener::{Acceptor, Listener};
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind");
+    let mock_port = acceptor.local_addr()[0]
+        .as_socket_addr()
+        .map(|a| a.port())
+        .expect("port");
+    let mock = format!("http://127.0.0.1:{mock_port}");
+    tokio::spawn(quizflow_mock_provider::serve(
+        acceptor,
+        quizflow_mock_provider::MockState::default(),
+        std::future::pending::<()>(),
+    ));
 
     // kill -9 once the firer is under way, mid-backlog.
-    let mut first = workers(&nats.url(), &db.url);
+    let mut first = workers(&nats.url(), &db.url, &mock);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = statuses(&db.url).await;
-        if s.get("queued").copied().unwrap_or(0) >= 2_000 {
+        if DUE - s.get("scheduled").copied().unwrap_or(0) >= 2_000 {
             break;
         }
         assert!(Instant::now() < deadline, "the firer never started: {s:?}");
@@ -131,12 +160,13 @@ async fn given_a_firer_killed_mid_backlog_then_a_new_one_publishes_every_reminde
         "killed after the whole backlog fired; nothing was interrupted: {cut:?}"
     );
 
-    let mut second = workers(&nats.url(), &db.url);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut second = workers(&nats.url(), &db.url, &mock);
+    // Calls the killed process had under way come back when their lease runs out.
+    let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let s = statuses(&db.url).await;
-        if s.get("queued").copied().unwrap_or(0) == DUE {
-            assert_eq!(s.len(), 1, "every row queued, none elsewhere: {s:?}");
+        if s.get("sent").copied().unwrap_or(0) == DUE {
+            assert_eq!(s.len(), 1, "every row sent, none elsewhere: {s:?}");
             break;
         }
         assert!(Instant::now() < deadline, "backlog not drained: {s:?}");
@@ -161,23 +191,29 @@ async fn given_a_firer_killed_mid_backlog_then_a_new_one_publishes_every_reminde
         })
         .collect();
     assert_eq!(expected.len() as i64, DUE);
-    let mut s = js
-        .get_stream(quizflow_nats::subjects::DELIVERIES_STREAM)
+    let record: serde_json::Value = reqwest::get(format!("{mock}/_mock/messages"))
         .await
-        .expect("stream");
-    let state = s.info().await.expect("info").state.clone();
-    let mut published = Vec::new();
-    for seq in state.first_sequence..=state.last_sequence {
-        let m = s.get_raw_message(seq).await.expect("message");
-        for line in m.payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let job: DeliveryJob = serde_json::from_slice(line).expect("job");
-            published.push(job.job_id);
-        }
-    }
+        .expect("mock")
+        .json()
+        .await
+        .expect("json");
+    let published: Vec<uuid::Uuid> = record["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["idempotency_key"].as_str()?.parse().ok())
+        .collect();
     let distinct: HashSet<uuid::Uuid> = published.iter().copied().collect();
-    assert_eq!(distinct, expected, "every reminder published, nothing else");
+    assert_eq!(distinct, expected, "every reminder sent, nothing else");
+    // A second send only for a call the kill cut between the provider and the ledger.
+    let sending_at_kill = cut.get("sending").copied().unwrap_or(0) as usize;
+    assert!(
+        published.len() - distinct.len() <= sending_at_kill,
+        "{} sent twice, {sending_at_kill} calls were under way at the kill",
+        published.len() - distinct.len()
+    );
     println!(
-        "{DUE} reminders; kill -9 left {} scheduled; {} published copies beyond one",
+        "{DUE} reminders; kill -9 left {} scheduled; {} sent copies beyond one",
         cut.get("scheduled").copied().unwrap_or(0),
         published.len() - distinct.len()
     );
