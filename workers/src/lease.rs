@@ -192,7 +192,9 @@ mod tests {
             .expect("migrate");
         let pool = quizflow_store::pool(&db.url, 2);
         let key = queued_row(&pool).await;
-        let lease = Duration::from_secs(2);
+        // Renewed every second (a quarter lease, at least 1 s): three seconds of slack for a
+        // loaded machine.
+        let lease = Duration::from_secs(4);
         let ours = Uuid::new_v4();
         let mut conn = pool.get().await.expect("conn");
         let claimed = deliveries::claim(&mut conn, std::slice::from_ref(&key), ours, lease)
