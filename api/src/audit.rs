@@ -44,19 +44,11 @@ impl AuditKey {
 
     /// `h:` and 128 bits of HMAC-SHA-256 over `kind` and `value`, in hex.
     pub fn hash(&self, kind: &str, value: &str) -> String {
-        use hmac::{KeyInit, Mac};
-        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(kind.as_bytes());
-        mac.update(&[0]);
-        mac.update(value.as_bytes());
-        let digest = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(34);
-        out.push_str("h:");
-        for b in &digest[..16] {
-            out.push_str(&format!("{b:02x}"));
-        }
-        out
+        let digest = quizflow_core::signatures::digest_hex(
+            &self.0,
+            &[kind.as_bytes(), &[0], value.as_bytes()],
+        );
+        format!("h:{digest}")
     }
 }
 

@@ -279,8 +279,7 @@ pub struct ClusterLimiter {
 }
 
 /// The stream of [`ClusterLimiter`].
-pub const LIMITS_STREAM: &str = "RESPONDENT_LIMITS";
-const LIMITS_PREFIX: &str = "quizflow.limits.respondent";
+use quizflow_nats::subjects::{LIMITS_PREFIX, LIMITS_STREAM};
 
 impl ClusterLimiter {
     pub fn new(
@@ -302,14 +301,10 @@ impl ClusterLimiter {
 
     /// The subject of one respondent key: a keyed SHA-256, 128 bits in hex.
     pub fn subject(&self, quiz: &str, kind: char, value: &str) -> String {
-        use hmac::{KeyInit, Mac};
-        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.secret)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(quiz.as_bytes());
-        mac.update(&[0, kind as u8, 0]);
-        mac.update(value.as_bytes());
-        let digest = mac.finalize().into_bytes();
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = quizflow_core::signatures::digest_hex(
+            &self.secret,
+            &[quiz.as_bytes(), &[0, kind as u8, 0], value.as_bytes()],
+        );
         format!("{LIMITS_PREFIX}.{hex}")
     }
 

@@ -13,6 +13,7 @@ mod job;
 pub mod qr;
 pub mod schedule;
 pub mod signatures;
+mod status;
 mod submission;
 pub mod template;
 mod validate;
@@ -23,6 +24,7 @@ pub use campaign::{
 pub use cost::Costs;
 pub use ids::{Channel, IdError, IdempotencyKey, Priority, QuizId, SubmissionId};
 pub use job::{DeliveryJob, Reference};
+pub use status::{DeadClass, DeliveryStatus, Outcome, UnknownText};
 pub use submission::{Answer, AnswerValue, Respondent, Submission, SubmissionEnvelope};
 pub use validate::{
     canonical_json, is_e164, is_email, parse_submission, FieldProblem, ValidationErrors,

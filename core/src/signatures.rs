@@ -1,16 +1,33 @@
-//! The signatures providers put on their status callbacks, computed one way for the API that
-//! checks them and the mock provider that sends them.
+//! Every keyed hash quizflow computes: the signatures providers put on their status
+//! callbacks (one way for the API that checks them and the mock provider that sends them),
+//! the signature quizflow puts on its own webhooks, and the keyed digests that stand in for
+//! personal data (audit log, per-respondent limits). One HMAC helper serves them all.
 
 use base64::Engine;
 use hmac::{KeyInit, Mac};
 
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+/// HMAC-SHA256 of the concatenated `parts` under `key`.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     for p in parts {
         mac.update(p);
     }
-    mac.finalize().into_bytes().to_vec()
+    mac.finalize().into_bytes().into()
+}
+
+/// A keyed digest that names a value without holding it: 128 bits of HMAC-SHA256, in hex.
+pub fn digest_hex(key: &[u8], parts: &[&[u8]]) -> String {
+    hex::encode(&hmac_sha256(key, parts)[..16])
+}
+
+/// quizflow's own webhook signature (`X-Quizflow-Signature`): `sha256=` and the hex
+/// HMAC-SHA256 of the body under the secret.
+pub fn quizflow(secret: &str, body: &[u8]) -> String {
+    format!(
+        "sha256={}",
+        hex::encode(hmac_sha256(secret.as_bytes(), &[body]))
+    )
 }
 
 /// Twilio's `X-Twilio-Signature`: base64 of HMAC-SHA1 under the account's auth token over the

@@ -16,6 +16,12 @@ pub const SUBMISSION_IDS: &str = "quizflow.submission-ids";
 pub const BATCHER_CONSUMER: &str = "batcher";
 /// KV bucket of the workers' cluster-wide limits: heartbeats (`member.<instance>`) and
 /// breaker verdicts (`breaker.<channel>`). Its stream is `KV_quizflow_workers`.
+/// The API's per-respondent intake limits: an in-memory stream with a subject per
+/// respondent and quiz (a keyed hash, see `quizflow_api::limits`).
+pub const LIMITS_STREAM: &str = "RESPONDENT_LIMITS";
+/// Prefix of [`LIMITS_STREAM`]'s subjects: `<prefix>.<hash>`.
+pub const LIMITS_PREFIX: &str = "quizflow.limits.respondent";
+
 pub const WORKERS_BUCKET: &str = "quizflow_workers";
 
 pub const SUBMISSIONS_ALL: &str = "quiz.submissions.>";

@@ -16,16 +16,13 @@ use diesel::sql_types::{
 };
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use quizflow_core::{CampaignSpec, DeliveryJob};
+use quizflow_core::{CampaignSpec, DeliveryJob, DeliveryStatus};
 use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
 /// How many attempt-history entries a ledger row keeps (the newest).
 pub const HISTORY_CAP: i32 = 50;
-
-/// Final statuses: nothing is ever written over them but a redrive of `dead`.
-pub const FINAL: [&str; 4] = ["sent", "delivered", "dead", "cancelled"];
 
 #[derive(diesel::QueryableByName, Clone)]
 struct Row {
@@ -74,7 +71,7 @@ struct Row {
 /// Everything one job needs.
 #[derive(Debug, Clone)]
 pub struct JobContext {
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempts: i32,
     /// Set while another worker holds the row (`sending`).
     pub lease_until: Option<DateTime<Utc>>,
@@ -94,7 +91,8 @@ pub struct JobContext {
 
 impl JobContext {
     pub fn is_final(&self) -> bool {
-        FINAL.contains(&self.status.as_str())
+        // Final statuses: nothing is ever written over them but a redrive of `dead`.
+        self.status.is_final()
     }
 }
 
@@ -266,7 +264,8 @@ pub async fn load(
             let campaign = specs.get(&(r.campaign_id, r.version)).cloned().flatten();
             let submission = r.submission();
             Some(JobContext {
-                status: r.status,
+                // The column's CHECK constraint names the same statuses as the enum.
+                status: r.status.parse().unwrap_or(DeliveryStatus::Sending),
                 attempts: r.attempts,
                 lease_until: r.lease_until,
                 next_attempt_at: r.next_attempt_at,
@@ -466,7 +465,7 @@ pub struct Update {
     pub campaign_id: Uuid,
     pub channel: String,
     pub step: u16,
-    pub status: &'static str,
+    pub status: DeliveryStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
     /// `{at, outcome, detail}` entries to append.
@@ -533,7 +532,7 @@ pub async fn write(
     let camps: Vec<Uuid> = updates.iter().map(|u| u.campaign_id).collect();
     let channels: Vec<String> = updates.iter().map(|u| u.channel.clone()).collect();
     let steps: Vec<i16> = updates.iter().map(|u| u.step as i16).collect();
-    let statuses: Vec<String> = updates.iter().map(|u| u.status.to_owned()).collect();
+    let statuses: Vec<&str> = updates.iter().map(|u| u.status.as_str()).collect();
     let attempts: Vec<i32> = updates.iter().map(|u| u.attempts).collect();
     let errors: Vec<Option<String>> = updates
         .iter()
@@ -589,7 +588,7 @@ pub struct DeadLetterRow<'a> {
     pub id: Uuid,
     pub job: &'a DeliveryJob,
     pub recipient: Option<&'a str>,
-    pub class: &'a str,
+    pub class: quizflow_core::DeadClass,
     pub reason: &'a str,
     pub attempts: i32,
     pub history: &'a serde_json::Value,
@@ -619,7 +618,7 @@ pub async fn record_dead(
         .bind::<SqlUuid, _>(letter.job.submission_id.0)
         .bind::<SqlUuid, _>(letter.job.campaign_id)
         .bind::<Nullable<Text>, _>(letter.recipient)
-        .bind::<Text, _>(letter.class)
+        .bind::<Text, _>(letter.class.as_str())
         .bind::<Text, _>(storable(letter.reason))
         .bind::<Integer, _>(letter.attempts)
         .bind::<Text, _>(history)

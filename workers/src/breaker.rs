@@ -196,6 +196,23 @@ impl Breaker {
         }
     }
 
+    /// Applies what a call's outcome told about the provider ([`crate::outcome::decide`]);
+    /// true when it opened the breaker.
+    pub fn learn(&self, news: crate::outcome::BreakerNews) -> bool {
+        use crate::outcome::BreakerNews;
+        match news {
+            BreakerNews::Success => {
+                self.success();
+                false
+            }
+            BreakerNews::Failure => self.failure(),
+            BreakerNews::Pause(wait) => {
+                self.pause(wait);
+                false
+            }
+        }
+    }
+
     /// Returns true when this failure opened the breaker.
     pub fn failure(&self) -> bool {
         let mut s = self.lock();

@@ -1,24 +1,7 @@
 //! Provider outcomes, classified by a table kept as data (SPEC §3).
 
+use quizflow_core::Outcome;
 use std::time::Duration;
-
-/// What to do with an attempt's result.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Class {
-    /// The provider accepted the message.
-    Sent,
-    /// Never retry: dead letter now.
-    Permanent(String),
-    /// Wait (Retry-After or backoff); not a failed attempt.
-    Throttle {
-        retry_after: Option<Duration>,
-        detail: String,
-    },
-    /// Retry with backoff.
-    Transient(String),
-    /// The request may have been accepted: retry with the same idempotency key.
-    Uncertain(String),
-}
 
 /// Provider error codes by class: the table. Codes not listed fall back to the HTTP status.
 pub struct CodeTable {
@@ -48,33 +31,33 @@ pub fn classify_http(
     code: Option<i64>,
     retry_after: Option<Duration>,
     detail: String,
-) -> Class {
+) -> Outcome {
     if (200..300).contains(&status) {
-        return Class::Sent;
+        return Outcome::Sent;
     }
     if let Some(code) = code {
         if table.permanent.contains(&code) {
-            return Class::Permanent(format!("{status} code {code}: {detail}"));
+            return Outcome::Permanent(format!("{status} code {code}: {detail}"));
         }
         if table.throttle.contains(&code) {
-            return Class::Throttle {
+            return Outcome::Throttle {
                 retry_after,
                 detail: format!("{status} code {code}: {detail}"),
             };
         }
     }
     match status {
-        429 => Class::Throttle {
+        429 => Outcome::Throttle {
             retry_after,
             detail: format!("429: {detail}"),
         },
         // Redirects are never followed (SPEC §4): a target that redirects will not work.
-        300..=399 => Class::Permanent(format!("{status}: redirect not followed")),
-        408 | 409 => Class::Transient(format!("{status}: {detail}")),
-        400..=499 => Class::Permanent(format!("{status}: {detail}")),
+        300..=399 => Outcome::Permanent(format!("{status}: redirect not followed")),
+        408 | 409 => Outcome::Transient(format!("{status}: {detail}")),
+        400..=499 => Outcome::Permanent(format!("{status}: {detail}")),
         // A 5xx after the request reached the provider: it may have been accepted.
-        500 | 502 | 504 => Class::Uncertain(format!("{status}: {detail}")),
-        _ => Class::Transient(format!("{status}: {detail}")),
+        500 | 502 | 504 => Outcome::Uncertain(format!("{status}: {detail}")),
+        _ => Outcome::Transient(format!("{status}: {detail}")),
     }
 }
 
@@ -85,26 +68,32 @@ mod tests {
     #[test]
     fn the_spec_table() {
         let c = |t: &CodeTable, s, code| classify_http(t, s, code, None, String::new());
-        assert_eq!(c(&TWILIO, 201, None), Class::Sent);
-        assert!(matches!(c(&TWILIO, 400, Some(21211)), Class::Permanent(_)));
-        assert!(matches!(c(&TWILIO, 400, Some(21614)), Class::Permanent(_)));
+        assert_eq!(c(&TWILIO, 201, None), Outcome::Sent);
+        assert!(matches!(
+            c(&TWILIO, 400, Some(21211)),
+            Outcome::Permanent(_)
+        ));
+        assert!(matches!(
+            c(&TWILIO, 400, Some(21614)),
+            Outcome::Permanent(_)
+        ));
         assert!(matches!(
             c(&TWILIO, 429, Some(20429)),
-            Class::Throttle { .. }
+            Outcome::Throttle { .. }
         ));
         assert!(matches!(
             c(&WHATSAPP, 400, Some(131026)),
-            Class::Permanent(_)
+            Outcome::Permanent(_)
         ));
         assert!(matches!(
             c(&WHATSAPP, 400, Some(131056)),
-            Class::Throttle { .. }
+            Outcome::Throttle { .. }
         ));
-        assert!(matches!(c(&NONE, 429, None), Class::Throttle { .. }));
-        assert!(matches!(c(&NONE, 408, None), Class::Transient(_)));
-        assert!(matches!(c(&NONE, 409, None), Class::Transient(_)));
-        assert!(matches!(c(&NONE, 404, None), Class::Permanent(_)));
-        assert!(matches!(c(&NONE, 503, None), Class::Transient(_)));
-        assert!(matches!(c(&NONE, 500, None), Class::Uncertain(_)));
+        assert!(matches!(c(&NONE, 429, None), Outcome::Throttle { .. }));
+        assert!(matches!(c(&NONE, 408, None), Outcome::Transient(_)));
+        assert!(matches!(c(&NONE, 409, None), Outcome::Transient(_)));
+        assert!(matches!(c(&NONE, 404, None), Outcome::Permanent(_)));
+        assert!(matches!(c(&NONE, 503, None), Outcome::Transient(_)));
+        assert!(matches!(c(&NONE, 500, None), Outcome::Uncertain(_)));
     }
 }

@@ -158,14 +158,14 @@ pub type VerdictTx = mpsc::Sender<(Channel, Verdict)>;
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("workers bucket: {0}")]
-    Bucket(String),
+    Bucket(#[from] async_nats::jetstream::context::KeyValueError),
 }
 
 /// Opens the bucket; fails the start when it cannot (limits would not hold).
 pub async fn bucket(js: &async_nats::jetstream::Context) -> Result<kv::Store, ClusterError> {
     js.get_key_value(quizflow_nats::subjects::WORKERS_BUCKET)
         .await
-        .map_err(|e| ClusterError::Bucket(e.to_string()))
+        .map_err(ClusterError::from)
 }
 
 fn member_key(id: &str) -> String {

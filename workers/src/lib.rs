@@ -1,27 +1,43 @@
-//! quizflow's delivery side (SPEC §3): per-channel worker pools, provider adapters, egress rules.
+//! quizflow's delivery side: per-channel worker pools, provider adapters, egress rules.
 //!
-//! A pool per channel pulls from its three consumers (high, then normal, then low), loads the
-//! context of a whole fetch in one query, renders the campaign's template (minijinja), waits
-//! for the channel's token bucket, and calls the provider under a concurrency cap and a
-//! circuit breaker. The outcome ([`classify`]) is written to the ledger in batches
-//! ([`status`]) *before* the ack: sent → ack; throttled → nak after `Retry-After` (not an
-//! attempt); transient → nak after the retry schedule, dead letter once exhausted; permanent
-//! → dead letter at once.
+//! A job's life, one file per step:
+//! - [`fetch`](crate::fetch): the pool's loop pulls from its three consumers (high, then
+//!   normal, then low), decodes, loads the context of a whole fetch in one query, and claims
+//!   the jobs to send in one statement;
+//! - [`triage`](crate::triage): per job, before any claim: send, wait, cancel, or drop (pure);
+//! - [`send`](crate::send): renders the campaign's template (minijinja), waits for the
+//!   channel's token bucket, the breaker and the erasure gate, and calls the [`provider`];
+//! - [`outcome`](crate::outcome): what the call's outcome means for the job and the breaker
+//!   (pure);
+//! - [`settle`](crate::settle): the decision written to the ledger in batches ([`status`])
+//!   *before* the ack: sent → ack; throttled → nak after `Retry-After` (not an attempt);
+//!   transient → nak after the retry schedule; permanent or exhausted → dead letter;
+//! - [`dead`](crate::dead): dead letters, in the ledger and in `DEAD_LETTERS`.
+//!
+//! Around them: [`pool`](crate::pool) starts a pool per channel and the shared tasks (cluster
+//! shares, lease renewal, the max-deliveries sweeper, the schedule firer).
 
 mod breaker;
+mod channel;
 pub mod classify;
 pub mod cluster;
 mod config;
+mod dead;
 pub mod egress;
+mod fetch;
 mod handle;
 mod lease;
 mod metrics;
+mod outcome;
 mod pool;
 pub mod provider;
 pub mod render;
 pub mod schedule;
+mod send;
+mod settle;
 pub mod status;
 mod sweep;
+mod triage;
 
 pub use config::{parse_schedule, Providers, WorkerSettings};
 pub use metrics::WorkerMetrics;

@@ -279,7 +279,7 @@ mod tests {
             campaign_id: Uuid::new_v4(),
             channel: "sms".into(),
             step: 0,
-            status: "sent",
+            status: quizflow_core::DeliveryStatus::Sent,
             attempts: 1,
             last_error: None,
             history: vec![history_entry("sent", &format!("n{n}"))],

@@ -6,7 +6,7 @@
 //! - **redrive relay**: dead letters taken for redrive whose jobs were never confirmed
 //!   published (the API crashed, NATS was away) are published again.
 
-use crate::pool::DeadLetters;
+use crate::dead::{DeadLetters, Letter};
 use crate::status::StatusWriter;
 use async_nats::jetstream::{self, consumer::PullConsumer, stream::RawMessageErrorKind, AckKind};
 use futures::StreamExt;
@@ -162,17 +162,17 @@ async fn sweep_one(
                     continue;
                 }
                 let (attempts, history) = ctx.map(|c| (c.attempts, c.history)).unwrap_or_default();
-                dl.record(
-                    &job,
-                    &history,
-                    None,
-                    "max_deliveries",
-                    "JetStream delivery limit reached without an outcome",
+                let letter = Letter {
+                    class: quizflow_core::DeadClass::MaxDeliveries,
+                    reason: "JetStream delivery limit reached without an outcome",
                     attempts,
-                    None,
-                )
-                .await
-                .map(|_| ())
+                    to: None,
+                    claim: None,
+                };
+                dl.record(&job, &history, letter)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             }
             // Undecodable: the stream copy is all there is; keep it in DEAD_LETTERS as is.
             Err(e) => quizflow_nats::dead_letter_job_message(

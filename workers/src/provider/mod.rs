@@ -1,8 +1,16 @@
-//! Provider adapters: one HTTP request per attempt, answered with a [`Class`].
+//! Provider adapters: one request per attempt, answered with an [`Outcome`]. Each provider
+//! builds its request in a file of its own; the answer is classified here, once.
 
-use crate::classify::{classify_http, Class, CodeTable, NONE, TWILIO, WHATSAPP};
-use hmac::{KeyInit, Mac};
-use serde_json::{json, Value};
+mod evolution;
+mod resend;
+mod smtp;
+mod twilio;
+mod webhook;
+mod whatsapp;
+
+use crate::classify::{classify_http, CodeTable, NONE, TWILIO, WHATSAPP};
+use quizflow_core::Outcome;
+use serde_json::Value;
 use std::time::Duration;
 
 /// Where and how a channel sends. Credentials are never logged (`Debug` hides them).
@@ -61,38 +69,6 @@ pub enum SmtpTls {
     Tls,
 }
 
-impl Provider {
-    pub fn smtp(
-        host: &str,
-        port: u16,
-        tls: SmtpTls,
-        credentials: Option<(String, String)>,
-        from: &str,
-    ) -> Result<Self, String> {
-        use lettre::transport::smtp::authentication::Credentials;
-        use lettre::{AsyncSmtpTransport, Tokio1Executor};
-        let mut b = match tls {
-            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
-            SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
-                .map_err(|e| e.to_string())?,
-            SmtpTls::Tls => {
-                AsyncSmtpTransport::<Tokio1Executor>::relay(host).map_err(|e| e.to_string())?
-            }
-        }
-        .port(port)
-        .timeout(Some(Duration::from_secs(15)));
-        if let Some((user, pass)) = credentials {
-            b = b.credentials(Credentials::new(user, pass));
-        }
-        from.parse::<lettre::message::Mailbox>()
-            .map_err(|e| format!("sender {from:?}: {e}"))?;
-        Ok(Provider::Smtp {
-            transport: std::sync::Arc::new(b.build()),
-            from: from.to_owned(),
-        })
-    }
-}
-
 impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -116,15 +92,7 @@ pub struct Outgoing {
     pub image: Option<String>,
 }
 
-/// Header with the webhook body's signature: `sha256=<hex of HMAC-SHA256(secret, body)>`.
-pub const SIGNATURE_HEADER: &str = "X-Quizflow-Signature";
-
-pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
+pub use webhook::{sign, SIGNATURE_HEADER};
 
 impl Provider {
     pub fn name(&self) -> &'static str {
@@ -146,80 +114,75 @@ impl Provider {
         }
     }
 
-    pub async fn send(&self, http: &reqwest::Client, out: &Outgoing, timeout: Duration) -> Class {
-        if let Provider::Webhook {
-            allow_private: false,
-            ..
-        } = self
-        {
-            if let Err(e) = crate::egress::check_url(&out.to) {
-                return Class::Permanent(e.to_string());
-            }
-        }
-        if let Provider::Smtp { transport, from } = self {
-            return send_smtp(transport, from, out, timeout).await;
-        }
+    /// One attempt: the provider's request, its answer classified.
+    pub async fn send(&self, http: &reqwest::Client, out: &Outgoing, timeout: Duration) -> Outcome {
         let req = match self {
-            Provider::Twilio { base, account_sid, auth_token, from, status_callback } => {
-                let mut form = vec![("To", out.to.clone()), ("From", from.clone()), ("Body", out.body.clone())];
-                if let Some(cb) = status_callback {
-                    form.push(("StatusCallback", format!("{cb}?ref={}", out.reference)));
-                }
-                http.post(format!("{}/2010-04-01/Accounts/{account_sid}/Messages.json", base.trim_end_matches('/')))
-                    .basic_auth(account_sid, Some(auth_token))
-                    .header("I-Twilio-Idempotency-Token", &out.idempotency_key)
-                    .form(&form)
+            Provider::Twilio {
+                base,
+                account_sid,
+                auth_token,
+                from,
+                status_callback,
+            } => twilio::request(
+                http,
+                twilio::Account {
+                    base,
+                    account_sid,
+                    auth_token,
+                    from,
+                    status_callback: status_callback.as_deref(),
+                },
+                out,
+            ),
+            Provider::WhatsappCloud {
+                base,
+                version,
+                phone_number_id,
+                token,
+            } => whatsapp::request(http, base, version, phone_number_id, token, out),
+            Provider::Evolution {
+                base,
+                instance,
+                api_key,
+            } => evolution::request(http, base, instance, api_key, out),
+            Provider::Resend {
+                base,
+                api_key,
+                from,
+            } => resend::request(http, base, api_key, from, out),
+            Provider::Webhook {
+                secret,
+                allow_private,
+            } => match webhook::request(http, secret.as_deref(), *allow_private, out) {
+                Ok(r) => r,
+                Err(outcome) => return outcome,
+            },
+            Provider::Smtp { transport, from } => {
+                return smtp::send(transport, from, out, timeout).await
             }
-            Provider::WhatsappCloud { base, version, phone_number_id, token } => http
-                .post(format!("{}/{version}/{phone_number_id}/messages", base.trim_end_matches('/')))
-                .bearer_auth(token)
-                .header("Idempotency-Key", &out.idempotency_key)
-                .json(&match &out.image {
-                    Some(link) => json!({"messaging_product": "whatsapp", "to": out.to, "type": "image",
-                        "image": {"link": link, "caption": out.body}, "biz_opaque_callback_data": out.reference}),
-                    None => json!({"messaging_product": "whatsapp", "to": out.to, "type": "text", "text": {"body": out.body},
-                        "biz_opaque_callback_data": out.reference}),
-                }),
-            Provider::Evolution { base, instance, api_key } => http
-                .post(format!("{}/message/sendText/{instance}", base.trim_end_matches('/')))
-                .header("apikey", api_key)
-                .header("Idempotency-Key", &out.idempotency_key)
-                .json(&json!({"number": out.to, "text": match &out.image {
-                    // sendText has no media: the image goes as a link under the text.
-                    Some(link) => format!("{}\n{link}", out.body),
-                    None => out.body.clone(),
-                }})),
-            Provider::Resend { base, api_key, from } => http
-                .post(format!("{}/emails", base.trim_end_matches('/')))
-                .bearer_auth(api_key)
-                .header("Idempotency-Key", &out.idempotency_key)
-                .json(&json!({"from": from, "to": [out.to], "subject": out.subject.clone().unwrap_or_default(), "html": out.body,
-                    "tags": [{"name": "quizflow_ref", "value": out.reference}]})),
-            Provider::Webhook { secret, .. } => {
-                let body = serde_json::to_vec(out.payload.as_ref().unwrap_or(&Value::Null)).unwrap_or_default();
-                let mut r = http
-                    .post(&out.to)
-                    .header("content-type", "application/json")
-                    .header("Idempotency-Key", &out.idempotency_key);
-                if let Some(secret) = secret {
-                    r = r.header(SIGNATURE_HEADER, sign(secret, &body));
-                }
-                r.body(body)
-            }
-            Provider::Smtp { .. } => return Class::Permanent("unreachable: smtp handled above".into()),
         };
-        match req.timeout(timeout).send().await {
+        self.answer(req.timeout(timeout).send().await, timeout)
+            .await
+    }
+
+    /// Classifies what came back from an HTTP provider: its status, error code and message.
+    async fn answer(
+        &self,
+        sent: Result<reqwest::Response, reqwest::Error>,
+        timeout: Duration,
+    ) -> Outcome {
+        match sent {
             Ok(resp) => {
                 let status = resp.status().as_u16();
+                if (200..300).contains(&status) {
+                    return Outcome::Sent;
+                }
                 let retry_after = resp
                     .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .map(Duration::from_secs);
-                if (200..300).contains(&status) {
-                    return Class::Sent;
-                }
                 let text = read_limited(resp, MAX_ERROR_BODY).await;
                 let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 let code = body["code"].as_i64().or(body["error"]["code"].as_i64());
@@ -232,15 +195,15 @@ impl Provider {
             }
             // Sent but no answer: the provider may have accepted it.
             Err(e) if e.is_timeout() => {
-                Class::Uncertain(format!("{}: timed out after {timeout:?}", self.name()))
+                Outcome::Uncertain(format!("{}: timed out after {timeout:?}", self.name()))
             }
             Err(e) if crate::egress::is_denied(&e) => {
-                Class::Permanent(format!("{}: {}", self.name(), e.without_url()))
+                Outcome::Permanent(format!("{}: {}", self.name(), e.without_url()))
             }
             Err(e) if e.is_builder() => {
-                Class::Permanent(format!("{}: invalid request: {e}", self.name()))
+                Outcome::Permanent(format!("{}: invalid request: {e}", self.name()))
             }
-            Err(e) => Class::Transient(format!("{}: {}", self.name(), e.without_url())),
+            Err(e) => Outcome::Transient(format!("{}: {}", self.name(), e.without_url())),
         }
     }
 }
@@ -279,41 +242,6 @@ pub fn http_client(
         }
     }
     b.build()
-}
-
-async fn send_smtp(
-    transport: &lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
-    from: &str,
-    out: &Outgoing,
-    timeout: Duration,
-) -> Class {
-    use lettre::message::header::ContentType;
-    use lettre::AsyncTransport;
-    let (Ok(from), Ok(to)) = (
-        from.parse::<lettre::message::Mailbox>(),
-        out.to.parse::<lettre::message::Mailbox>(),
-    ) else {
-        return Class::Permanent("smtp: invalid sender or recipient address".into());
-    };
-    let message = lettre::Message::builder()
-        .from(from)
-        .to(to)
-        .subject(out.subject.clone().unwrap_or_default())
-        // The job id: a resend after a crash carries the same Message-ID.
-        .message_id(Some(format!("<{}@quizflow>", out.idempotency_key)))
-        .header(ContentType::TEXT_HTML)
-        .body(out.body.clone());
-    let message = match message {
-        Ok(m) => m,
-        Err(e) => return Class::Permanent(format!("smtp: {e}")),
-    };
-    match tokio::time::timeout(timeout, transport.send(message)).await {
-        Ok(Ok(_)) => Class::Sent,
-        // SMTP 5.x.x: permanent; 4.x.x and connection trouble: transient.
-        Ok(Err(e)) if e.is_permanent() => Class::Permanent(format!("smtp: {e}")),
-        Ok(Err(e)) => Class::Transient(format!("smtp: {e}")),
-        Err(_) => Class::Uncertain(format!("smtp: timed out after {timeout:?}")),
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,295 @@
+//! The first step of a job's life: the pool's loop. Fetch (high priority before normal before
+//! low) as many jobs as there are free provider slots, decode them, load their contexts in one
+//! query, [`triage`] each, claim the ones to send in one statement, and start a task per
+//! claimed job ([`crate::send`]).
+
+use crate::breaker::Allowance;
+use crate::channel::{key_of, Channelled};
+use crate::handle::{self, JobMsg};
+use crate::triage::{triage, Loaded, Triage};
+use crate::WorkerError;
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::StreamExt;
+use quizflow_core::{DeliveryJob, Priority};
+use quizflow_nats::subjects;
+use quizflow_store::deliveries::{self, JobContext, Key};
+use quizflow_store::Retry;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+/// What became of a job in [`Channelled::process`]: did it reach the provider?
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Called {
+    Yes,
+    No,
+}
+
+impl Channelled {
+    async fn consumers(&self) -> Result<Vec<PullConsumer>, WorkerError> {
+        let stream = self.js.get_stream(subjects::DELIVERIES_STREAM).await?;
+        let mut out = Vec::new();
+        for p in Priority::ALL {
+            let name = subjects::worker_consumer(self.channel, p);
+            out.push(stream.get_consumer(&name).await?);
+        }
+        Ok(out)
+    }
+
+    /// The pool's loop until the stop signal; then calls in flight finish, and their
+    /// outcomes are recorded and acked, within the shutdown timeout.
+    pub async fn serve(self: Arc<Self>) -> Result<(), WorkerError> {
+        let consumers = self.consumers().await?;
+        let mut inflight: JoinSet<()> = JoinSet::new();
+        let mut idle = Duration::from_millis(20);
+        tracing::info!(channel = %self.channel, provider = self.provider.name(), "worker pool started");
+        while !self.stopping() {
+            while inflight.try_join_next().is_some() {}
+            // Open breaker: nothing is fetched, the jobs wait in the stream. Half-open: one
+            // job is fetched, the probe.
+            let probe = match self.breaker.allowance() {
+                Ok(Allowance::Closed) => false,
+                Ok(Allowance::Probe) => true,
+                Err(wait) => {
+                    self.pause(wait.min(Duration::from_millis(250))).await;
+                    continue;
+                }
+            };
+            let Some(want) = self.room(probe).await else {
+                continue;
+            };
+            let msgs = self.fetch(&consumers, want).await;
+            if msgs.is_empty() {
+                if probe {
+                    self.breaker.release_probe();
+                }
+                self.pause(idle).await;
+                idle = (idle * 2).min(Duration::from_millis(250));
+                continue;
+            }
+            idle = Duration::from_millis(20);
+            self.dispatch(msgs, &mut inflight, probe).await;
+        }
+        let drained = tokio::time::timeout(self.settings.shutdown_timeout, async {
+            while inflight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(channel = %self.channel, left = inflight.len(), "shutdown timeout: calls still in flight are abandoned (their jobs come back)");
+        }
+        Ok(())
+    }
+
+    /// How many messages to fetch: about one per free slot (a message may carry a chunk of
+    /// up to `JOB_CHUNK` jobs), one for a probe; `None` after waiting for a slot to free.
+    async fn room(&self, probe: bool) -> Option<usize> {
+        let free = self.slots.available_permits();
+        if free == 0 {
+            if probe {
+                self.breaker.release_probe();
+            }
+            tokio::select! {
+                _ = self.slots.acquire() => {}
+                _ = self.pause(Duration::from_millis(250)) => {}
+            }
+            return None;
+        }
+        Some(if probe {
+            1
+        } else {
+            free.div_ceil(quizflow_nats::JOB_CHUNK).clamp(1, 100)
+        })
+    }
+
+    /// Highest priority first: lower ones are fetched only when it is empty.
+    async fn fetch(&self, consumers: &[PullConsumer], want: usize) -> Vec<jetstream::Message> {
+        let mut msgs = Vec::new();
+        for c in consumers {
+            match c.fetch().max_messages(want).messages().await {
+                Ok(mut batch) => {
+                    while let Some(m) = batch.next().await {
+                        match m {
+                            Ok(m) => msgs.push(m),
+                            Err(e) => tracing::debug!(error = %e, "fetch"),
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, channel = %self.channel, "fetch failed"),
+            }
+            if !msgs.is_empty() {
+                break;
+            }
+        }
+        msgs
+    }
+
+    /// Decodes a fetch: jobs not due yet wait, undecodable ones are poison, a second copy of
+    /// a job in the same fetch is acked (the first carries it).
+    async fn decode(&self, msgs: Vec<jetstream::Message>) -> Vec<(JobMsg, DeliveryJob)> {
+        let mut jobs = Vec::with_capacity(msgs.len());
+        let mut keys_seen = HashSet::new();
+        let now = chrono::Utc::now();
+        for msg in msgs.into_iter().flat_map(|m| handle::split(&self.js, m)) {
+            // A job published again to wait (see `handle`): not before its time.
+            if let Some(wait) = msg.not_before().and_then(|t| (t - now).to_std().ok()) {
+                msg.nak(Some(wait), None).await;
+                continue;
+            }
+            match serde_json::from_slice::<DeliveryJob>(msg.payload()) {
+                Ok(job) if job.v != DeliveryJob::VERSION => {
+                    let reason = format!("unsupported job version {}", job.v);
+                    self.poison(msg, &reason).await
+                }
+                Ok(job) if keys_seen.insert(key_of(&job)) => jobs.push((msg, job)),
+                Ok(_) => msg.ack().await,
+                Err(e) => self.poison(msg, &format!("undecodable job: {e}")).await,
+            }
+        }
+        jobs
+    }
+
+    /// Decodes, loads, triages and claims a fetch, then starts a task per claimed job.
+    async fn dispatch(
+        self: &Arc<Self>,
+        msgs: Vec<jetstream::Message>,
+        inflight: &mut JoinSet<()>,
+        probe: bool,
+    ) {
+        let jobs = self.decode(msgs).await;
+        let Some(contexts) = self.load(&jobs).await else {
+            // The database is away: everything goes back, no attempt spent (a whole chunk as
+            // one message, not one re-publish per job).
+            handle::nak_together(jobs, Duration::from_secs(2)).await;
+            if probe {
+                self.breaker.release_probe();
+            }
+            self.pause(Duration::from_secs(1)).await;
+            return;
+        };
+        let mut eligible = Vec::new();
+        let now = chrono::Utc::now();
+        for ((msg, job), ctx) in jobs.into_iter().zip(contexts) {
+            match (triage(&ctx, msg.delivered(), now), ctx) {
+                (Triage::Send, Ok(Some(ctx))) => eligible.push((msg, job, ctx)),
+                (Triage::Done, _) => msg.ack().await,
+                (Triage::Cancel(why), Ok(Some(ctx))) => self.cancel(msg, &job, &ctx, why).await,
+                (Triage::Wait(wait), _) => msg.nak(Some(wait), Some(&job)).await,
+                (Triage::Unloadable(reason), _) => self.unloadable(msg, &job, &reason).await,
+                (Triage::Poison(reason), _) => self.poison(msg, reason).await,
+                // Send and Cancel come only with a context.
+                (_, _) => msg.nak(Some(Duration::from_secs(2)), Some(&job)).await,
+            }
+        }
+        let started = self.start(eligible, inflight, probe).await;
+        if probe && !started {
+            self.breaker.release_probe();
+        }
+    }
+
+    /// Claims the eligible jobs in one statement and starts a task for each claimed one, as
+    /// provider slots free. Returns whether the probe (if this fetch is one) was handed on.
+    async fn start(
+        self: &Arc<Self>,
+        eligible: Vec<(JobMsg, DeliveryJob, JobContext)>,
+        inflight: &mut JoinSet<()>,
+        probe: bool,
+    ) -> bool {
+        let claim = Uuid::new_v4();
+        let keys: Vec<Key> = eligible.iter().map(|(_, j, _)| key_of(j)).collect();
+        let claimed = self.claim(&keys, claim).await;
+        // Every claim is renewed until its job is settled or given back, however long the
+        // job waits for a slot or the rate limiter (a guard moves into the job's task).
+        let mut guards: HashMap<Key, crate::lease::LeaseGuard> = claimed
+            .into_iter()
+            .map(|k| (k.clone(), self.leases.hold(k, claim)))
+            .collect();
+        let mut probe_used = false;
+        for (msg, job, ctx) in eligible {
+            let Some(guard) = guards.remove(&key_of(&job)) else {
+                // Taken or finished by someone else since the load: look again later.
+                msg.nak(Some(Duration::from_secs(2)), Some(&job)).await;
+                continue;
+            };
+            let permit = tokio::select! {
+                p = self.slots.clone().acquire_owned() => p.ok(),
+                _ = self.stopped() => None,
+            };
+            let Some(permit) = permit.filter(|_| !self.stopping()) else {
+                self.release(msg, &job, &ctx, claim, None).await;
+                continue;
+            };
+            let is_probe = probe && !probe_used;
+            probe_used |= is_probe;
+            let span = tracing::info_span!(
+                "worker.deliver",
+                channel = %job.channel,
+                job_id = %job.job_id,
+                attempt = ctx.attempts + 1
+            );
+            quizflow_telemetry::set_parent_from_nats(&span, msg.trace().as_ref());
+            let me = self.clone();
+            inflight.spawn(async move {
+                let _lease = guard;
+                let send = me.process(msg, job, ctx, claim, permit, is_probe);
+                let called = tracing::Instrument::instrument(send, span).await;
+                if is_probe && called == Called::No {
+                    me.breaker.release_probe();
+                }
+            });
+        }
+        probe_used
+    }
+
+    /// Claims `keys` under `claim`; the keys claimed (none when the database is away).
+    async fn claim(&self, keys: &[Key], claim: Uuid) -> HashSet<Key> {
+        let claimed = match self.pool.get().await {
+            Ok(mut conn) => deliveries::claim(&mut conn, keys, claim, self.lease()).await,
+            Err(e) => Err(e.into()),
+        };
+        match claimed {
+            Ok(keys) => keys.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "claim failed; jobs naked");
+                HashSet::new()
+            }
+        }
+    }
+
+    /// Contexts of a fetch in one query. A query that fails for a reason that may be one
+    /// job's data is retried job by job, so one bad job never fails the others: its slot
+    /// holds `Err(reason)`. `None`: the database is away.
+    async fn load(&self, jobs: &[(JobMsg, DeliveryJob)]) -> Option<Vec<Loaded>> {
+        if jobs.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut conn = match self.pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, channel = %self.channel, "cannot load job contexts");
+                return None;
+            }
+        };
+        let refs: Vec<&DeliveryJob> = jobs.iter().map(|(_, j)| j).collect();
+        match deliveries::load(&mut conn, &self.specs, &refs).await {
+            Ok(c) => Some(c.into_iter().map(Ok).collect()),
+            Err(e) if e.retry() == Retry::Later => {
+                tracing::warn!(error = %e, channel = %self.channel, "cannot load job contexts");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "job contexts rejected; loading one by one");
+                let mut out = Vec::with_capacity(refs.len());
+                for j in refs {
+                    out.push(match deliveries::load(&mut conn, &self.specs, &[j]).await {
+                        Ok(mut c) => Ok(c.pop().flatten()),
+                        Err(e) if e.retry() == Retry::Later => return None,
+                        Err(e) => Err(format!("job context cannot be loaded: {}", e.public())),
+                    });
+                }
+                Some(out)
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Evolution API: `POST /message/sendText/{instance}` with the instance's API key.
+
+use super::Outgoing;
+use serde_json::json;
+
+pub(super) fn request(
+    http: &reqwest::Client,
+    base: &str,
+    instance: &str,
+    api_key: &str,
+    out: &Outgoing,
+) -> reqwest::RequestBuilder {
+    let text = match &out.image {
+        // sendText has no media: the image goes as a link under the text.
+        Some(link) => format!("{}\n{link}", out.body),
+        None => out.body.clone(),
+    };
+    http.post(format!(
+        "{}/message/sendText/{instance}",
+        base.trim_end_matches('/')
+    ))
+    .header("apikey", api_key)
+    .header("Idempotency-Key", &out.idempotency_key)
+    .json(&json!({"number": out.to, "text": text}))
+}

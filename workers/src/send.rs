@@ -1,0 +1,202 @@
+//! A claimed job's call: what to send (recipient, rendered templates), the wait for the rate
+//! limiter, the breaker and the erasure gate, then the provider call, whose outcome the
+//! breaker learns before the slot frees. The outcome goes on to [`crate::settle`].
+
+use crate::channel::{key_of, Channelled};
+use crate::fetch::Called;
+use crate::handle::JobMsg;
+use crate::outcome::decide;
+use crate::provider::Outgoing;
+use crate::render;
+use quizflow_core::{Action, Channel, DeadClass, DeliveryJob, Outcome};
+use quizflow_store::deliveries::JobContext;
+use std::time::{Duration, Instant};
+use tokio::time::Interval;
+use uuid::Uuid;
+
+impl Channelled {
+    /// Sends one claimed job. `slot` is held for the provider call only: recording the
+    /// outcome and acking do not keep a provider slot busy.
+    pub(crate) async fn process(
+        &self,
+        msg: JobMsg,
+        job: DeliveryJob,
+        ctx: JobContext,
+        claim: Uuid,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        probe: bool,
+    ) -> Called {
+        let out = match self.compose(&job, &ctx) {
+            Ok(out) => out,
+            Err((to, reason)) => {
+                let dead = (DeadClass::Permanent, reason.as_str(), ctx.attempts);
+                self.dead(msg, &job, &ctx, claim, to.as_deref(), dead).await;
+                return Called::No;
+            }
+        };
+        // In-progress acks keep JetStream from redelivering a job that waits or is being sent.
+        let mut tick = tokio::time::interval(self.settings.ack_wait / 3);
+        tick.tick().await;
+        if !self.ready(&msg, &mut tick).await {
+            // Fetched but not started when the stop came: back to the stream, unsent.
+            self.release(msg, &job, &ctx, claim, None).await;
+            return Called::No;
+        }
+        if !probe {
+            if let Err(wait) = self.breaker.admit() {
+                // Opened since this job was fetched: back to the stream, no attempt burned.
+                self.release(msg, &job, &ctx, claim, Some(wait)).await;
+                return Called::No;
+            }
+        }
+        let Some(msg) = self.cleared(msg, &job, &ctx, claim).await else {
+            return Called::No;
+        };
+        let outcome = self.call(&msg, &out, &mut tick).await;
+        let (decision, news) = decide(
+            outcome,
+            ctx.attempts,
+            self.settings.retry_schedule.len(),
+            |n| self.delay(n),
+        );
+        // The breaker learns of the outcome before the slot frees, so the next call already
+        // sees an opened breaker.
+        if self.breaker.learn(news) {
+            tracing::warn!(channel = %self.channel, provider = self.provider.name(), "circuit breaker opened");
+        }
+        drop(slot);
+        self.settle(msg, job, ctx, claim, &out.to, decision).await;
+        Called::Yes
+    }
+
+    /// The message for this job: its recipient and rendered templates. `Err` when it can
+    /// never be sent (with the recipient when there is one, for the dead letter).
+    fn compose(
+        &self,
+        job: &DeliveryJob,
+        ctx: &JobContext,
+    ) -> Result<Outgoing, (Option<String>, String)> {
+        let spec = ctx
+            .campaign
+            .as_ref()
+            .ok_or((None, "campaign version unknown".to_owned()))?;
+        let action = spec
+            .actions
+            .iter()
+            .filter(|a| a.channel == job.channel)
+            .nth(usize::from(job.action_step()))
+            .ok_or((None, "campaign has no action for this channel".to_owned()))?;
+        let to = recipient(job.channel, &ctx.submission, action)
+            .ok_or((None, "no recipient for this channel".to_owned()))?;
+        let tctx = render::context(&ctx.submission, &job.campaign_id.to_string(), &spec.name);
+        let rendered = self
+            .templates
+            .get(
+                job.campaign_id,
+                ctx.campaign_version,
+                job.action_step(),
+                action,
+            )
+            .and_then(|env| {
+                Ok((
+                    render::render_compiled(&env, "body", &tctx)?,
+                    render::render_compiled(&env, "subject", &tctx)?,
+                    render::render_compiled(&env, "image", &tctx)?,
+                ))
+            });
+        let (body, subject, image) = rendered.map_err(|e| (Some(to.clone()), e))?;
+        Ok(Outgoing {
+            to,
+            subject,
+            body: body.unwrap_or_default(),
+            idempotency_key: job.job_id.to_string(),
+            reference: job.reference_for_attempt(ctx.attempts + 1),
+            image: image.map(|i| i.trim().to_owned()).filter(|i| !i.is_empty()),
+            payload: (job.channel == Channel::Webhook).then(|| {
+                serde_json::json!({"job_id": job.job_id, "submission": ctx.submission,
+                    "campaign": {"id": job.campaign_id, "name": spec.name, "version": job.campaign_version}})
+            }),
+        })
+    }
+
+    /// Waits for the rate limiter (a wait, not a failure). False when the stop came first.
+    async fn ready(&self, msg: &JobMsg, tick: &mut Interval) -> bool {
+        let waited = Instant::now();
+        // The share may change while this call waits (a process joins or leaves): wait on
+        // the limiter of the moment.
+        let mut share = self.share.clone();
+        let ready = loop {
+            share.borrow_and_update();
+            let limiter = self.current_limiter();
+            let ready = async {
+                match &limiter {
+                    Some(l) => l.until_ready().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = ready => break true,
+                _ = share.changed() => {}
+                _ = tick.tick() => msg.progress().await,
+                _ = self.stopped() => break false,
+            }
+        };
+        self.metrics
+            .limiter_wait_seconds
+            .with_label_values(&[self.channel.as_str()])
+            .observe(waited.elapsed().as_secs_f64());
+        ready && !self.stopping()
+    }
+
+    /// The last word before the call: is the row still ours? An erasure cancels claimed rows
+    /// whose call has not begun, and waits for those that have. `None`: the job was settled
+    /// here (acked when gone, given back when the database cannot tell).
+    async fn cleared(
+        &self,
+        msg: JobMsg,
+        job: &DeliveryJob,
+        ctx: &JobContext,
+        claim: Uuid,
+    ) -> Option<JobMsg> {
+        match self.gate.ask(key_of(job), claim).await {
+            crate::lease::Gate::Go => Some(msg),
+            crate::lease::Gate::Gone => {
+                tracing::debug!(job = %job.job_id, "claim gone before the call (cancelled or taken over)");
+                msg.ack().await;
+                None
+            }
+            crate::lease::Gate::Unknown => {
+                let wait = Some(Duration::from_secs(2));
+                self.release(msg, job, ctx, claim, wait).await;
+                None
+            }
+        }
+    }
+
+    /// The provider call, with in-progress acks while it lasts.
+    async fn call(&self, msg: &JobMsg, out: &Outgoing, tick: &mut Interval) -> Outcome {
+        let called = Instant::now();
+        let send = self
+            .provider
+            .send(&self.http, out, self.settings.send_timeout);
+        tokio::pin!(send);
+        let outcome = loop {
+            tokio::select! {
+                o = &mut send => break o,
+                _ = tick.tick() => msg.progress().await,
+            }
+        };
+        self.observe(&outcome, called.elapsed());
+        outcome
+    }
+}
+
+/// Who a job goes to: the respondent's phone or e-mail, or the action's webhook URL.
+fn recipient(channel: Channel, submission: &serde_json::Value, action: &Action) -> Option<String> {
+    let respondent = &submission["respondent"];
+    match channel {
+        Channel::Sms | Channel::Whatsapp => respondent["phone"].as_str().map(str::to_owned),
+        Channel::Email => respondent["email"].as_str().map(str::to_owned),
+        Channel::Webhook => action.url.clone(),
+    }
+}

@@ -1,0 +1,127 @@
+//! The last step of a sent job: its [`Decision`] recorded in the ledger (before the ack: a
+//! crash in between resends at worst), then the ack or the nak with its backoff; and the
+//! metrics of each call. Cancellations are settled here too.
+
+use crate::channel::{update, Channelled};
+use crate::handle::JobMsg;
+use crate::outcome::Decision;
+use crate::status::history_entry;
+use quizflow_core::{DeliveryJob, DeliveryStatus, Outcome};
+use quizflow_store::deliveries::JobContext;
+use std::time::Duration;
+use uuid::Uuid;
+
+impl Channelled {
+    /// Records a call's decision, then acks (sent, dead) or naks for its backoff.
+    pub(crate) async fn settle(
+        &self,
+        msg: JobMsg,
+        job: DeliveryJob,
+        ctx: JobContext,
+        claim: Uuid,
+        to: &str,
+        decision: Decision,
+    ) {
+        let (u, retry_in) = match decision {
+            Decision::Sent { attempts } => {
+                let history = vec![history_entry("sent", self.provider.name())];
+                let status = DeliveryStatus::Sent;
+                (
+                    update(&job, status, attempts, None, history, Some(claim)),
+                    None,
+                )
+            }
+            Decision::Retry {
+                status,
+                attempts,
+                retry_in,
+                event,
+                detail,
+            } => {
+                let history = vec![history_entry(event, &detail)];
+                let mut u = update(&job, status, attempts, Some(detail), history, Some(claim));
+                u.retry_in = Some(retry_in);
+                (u, Some(retry_in))
+            }
+            Decision::Dead {
+                class,
+                attempts,
+                reason,
+            } => {
+                let dead = (class, reason.as_str(), attempts);
+                return self.dead(msg, &job, &ctx, claim, Some(to), dead).await;
+            }
+        };
+        match self.status.write(u).await {
+            Ok(true) => match retry_in {
+                None => msg.ack().await,
+                Some(wait) => msg.nak(Some(wait), Some(&job)).await,
+            },
+            Ok(false) => {
+                // The row is no longer ours (its lease ran out and another worker took it, or
+                // it was finished): that worker's outcome stands.
+                tracing::warn!(job = %job.job_id, "outcome superseded: the claim was lost");
+                msg.ack().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "status not recorded; job naked");
+                msg.nak(Some(Duration::from_secs(5)), Some(&job)).await;
+            }
+        }
+    }
+
+    /// A job whose campaign ended or went away: recorded `cancelled` (only if nobody holds
+    /// it), then acked.
+    pub(crate) async fn cancel(
+        &self,
+        msg: JobMsg,
+        job: &DeliveryJob,
+        ctx: &JobContext,
+        why: &'static str,
+    ) {
+        let history = vec![history_entry("cancelled", why)];
+        let status = DeliveryStatus::Cancelled;
+        let u = update(
+            job,
+            status,
+            ctx.attempts,
+            Some(why.to_owned()),
+            history,
+            None,
+        );
+        match self.status.write(u).await {
+            // Applied, or someone holds it (their outcome stands): either way this copy is done.
+            Ok(_) => {
+                tracing::info!(job = %job.job_id, why, "job cancelled");
+                msg.ack().await;
+            }
+            Err(_) => msg.nak(Some(Duration::from_secs(5)), Some(job)).await,
+        }
+    }
+
+    /// Counts a provider call: its outcome class, duration, and what it cost.
+    pub(crate) fn observe(&self, outcome: &Outcome, took: Duration) {
+        let channel = self.channel.as_str();
+        let m = &self.metrics;
+        m.deliveries
+            .with_label_values(&[channel, outcome.label()])
+            .inc();
+        m.provider_seconds
+            .with_label_values(&[channel])
+            .observe(took.as_secs_f64());
+        match outcome {
+            Outcome::Sent => {
+                let unit = self.settings.costs.unit(self.channel);
+                if unit > 0.0 {
+                    let currency = &self.settings.costs.currency;
+                    m.cost.with_label_values(&[channel, currency]).inc_by(unit);
+                }
+            }
+            Outcome::Throttle { .. } => m.retries.with_label_values(&[channel, "throttled"]).inc(),
+            Outcome::Transient(_) | Outcome::Uncertain(_) => {
+                m.retries.with_label_values(&[channel, "failed"]).inc()
+            }
+            Outcome::Permanent(_) => {}
+        }
+    }
+}
