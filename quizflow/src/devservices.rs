@@ -50,16 +50,72 @@ async fn wait_for_port(
     }
 }
 
-/// The nats-server to run: configured, next to the project (`.tools/`), or on PATH.
+/// The oldest nats-server quizflow runs on (`sync_interval`, the stream features it uses).
+const NATS_SERVER_MIN: (u32, u32) = (2, 10);
+
+/// The nats-server to run: configured, the one `scripts/dev.sh` installed (`.tools/` of the
+/// checkout this binary was built in or runs from, whatever the working directory), or on
+/// PATH; refused, with its path and version, when older than [`NATS_SERVER_MIN`].
 fn find_nats_server(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = configured {
-        return Ok(p.to_path_buf());
+    let bin = match configured {
+        Some(p) => p.to_path_buf(),
+        None => installed_nats_server()
+            .or_else(|| on_path("nats-server"))
+            .with_context(|| {
+                "no nats-server found (looked in .tools/ and on PATH): run scripts/dev.sh up, \
+                 which installs one into .tools/, or set QUIZFLOW_NATS_SERVER_BIN"
+            })?,
+    };
+    let out = std::process::Command::new(&bin)
+        .arg("--version")
+        .output()
+        .with_context(|| {
+            format!(
+                "cannot run {} (scripts/dev.sh installs a nats-server; or set QUIZFLOW_NATS_SERVER_BIN)",
+                bin.display()
+            )
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    match parse_nats_version(&text) {
+        Some(v) if v >= NATS_SERVER_MIN => Ok(bin),
+        found => anyhow::bail!(
+            "{} is {}; quizflow needs nats-server >= {}.{}: run scripts/dev.sh up (installs one into .tools/) \
+             or set QUIZFLOW_NATS_SERVER_BIN",
+            bin.display(),
+            found.map_or_else(|| format!("of an unknown version ({text:?})"), |(a, b)| format!("v{a}.{b}")),
+            NATS_SERVER_MIN.0,
+            NATS_SERVER_MIN.1
+        ),
     }
-    let local = PathBuf::from(".tools/venv/bin/nats-server");
-    if local.exists() {
-        return Ok(std::fs::canonicalize(local)?);
+}
+
+/// `.tools/venv/bin/nats-server` under the working directory, the binary's checkout
+/// (`target/<profile>/quizflow` sits two levels below it) or the source tree it was built from.
+fn installed_nats_server() -> Option<PathBuf> {
+    let rel = Path::new(".tools/venv/bin/nats-server");
+    let mut roots = vec![PathBuf::from(".")];
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
     }
-    Ok(PathBuf::from("nats-server"))
+    roots.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")));
+    roots
+        .into_iter()
+        .map(|r| r.join(rel))
+        .find(|p| p.is_file())
+        .and_then(|p| std::fs::canonicalize(p).ok())
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// `nats-server: v2.10.22` → (2, 10).
+fn parse_nats_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.rsplit(['v', ' ']).next()?;
+    let mut parts = v.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
 /// `initdb`/`postgres`: on PATH, else Debian's newest `/usr/lib/postgresql/<v>/bin`.
@@ -233,6 +289,7 @@ impl DevServices {
     }
 
     /// Process ids of the servers started here (`nats-server`, `postgres`: the postmaster).
+    #[cfg(feature = "bench")]
     pub fn pids(&self) -> Vec<(&'static str, u32)> {
         [("nats-server", &self.nats), ("postgres", &self.postgres)]
             .into_iter()
@@ -319,4 +376,34 @@ async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Resu
     };
     quizflow_store::create_database_if_missing(&mut conn, name).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_server_versions() {
+        assert_eq!(parse_nats_version("nats-server: v2.9.10"), Some((2, 9)));
+        assert_eq!(parse_nats_version("nats-server: v2.15.1"), Some((2, 15)));
+        assert_eq!(parse_nats_version("garbage"), None);
+    }
+
+    /// Debian's 2.9.10 on the PATH is named, with its path and version, instead of
+    /// "nats-server exited during start-up".
+    #[test]
+    fn a_too_old_nats_server_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = dir.path().join("nats-server");
+        std::fs::write(&fake, "#!/bin/sh\necho 'nats-server: v2.9.10'\n").expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let err = find_nats_server(Some(&fake)).expect_err("too old");
+        let text = format!("{err:#}");
+        assert!(text.contains(&fake.display().to_string()), "{text}");
+        assert!(text.contains("v2.9") && text.contains(">= 2.10"), "{text}");
+        let missing = dir.path().join("absent");
+        let err = find_nats_server(Some(&missing)).expect_err("missing");
+        assert!(format!("{err:#}").contains("absent"), "{err:#}");
+    }
 }

@@ -78,8 +78,8 @@ pub(crate) async fn start_private(
         .await?;
     let database_url = dev.start_postgres(dir).await?;
     quizflow_migrations::run_migrations(&database_url).await?;
-    let (_client, js) = crate::connect_nats(cfg, &nats_url, "bench").await?;
-    crate::ensure_topology(cfg, &js).await?;
+    let (_client, js) = crate::roles::connect_nats_at(cfg, &nats_url, "bench").await?;
+    crate::roles::ensure_topology(cfg, &js).await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();

@@ -2,7 +2,7 @@
 //! `batcher`), a backlog of SMS jobs, then 1, 2 and 4 `quizflow workers` processes in turn
 //! against a sink; see [`quizflow_benchmarks::limits`].
 
-use crate::bench_e2e::{spawn, start_private, wait_ready};
+use super::e2e::{spawn, start_private, wait_ready};
 use crate::config::Config;
 use crate::devservices::DevServices;
 use anyhow::Context;

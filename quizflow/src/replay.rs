@@ -86,7 +86,7 @@ fn servers(cfg: &Config) -> anyhow::Result<(String, String)> {
     if let (Some(n), Some(d)) = (&cfg.nats_url, &cfg.database_url) {
         return Ok((n.clone(), d.clone()));
     }
-    let path = cfg.data_dir.join(crate::UP_ENV_FILE);
+    let path = cfg.data_dir.join(crate::up::UP_ENV_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "NATS_URL and DATABASE_URL are not set, and no running `quizflow up` was found ({} is missing)",
@@ -248,7 +248,7 @@ fn print_summary(s: &Summary, json: bool) -> anyhow::Result<()> {
 
 pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<()> {
     let (nats_url, database_url) = servers(&cfg)?;
-    let (_client, js) = crate::connect_nats(&cfg, &nats_url, "replay").await?;
+    let (_client, js) = crate::roles::connect_nats_at(&cfg, &nats_url, "replay").await?;
     let pool = quizflow_store::pool(&database_url, 4);
     let spec = ReplaySpec {
         from: args.from,
@@ -263,7 +263,7 @@ pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<()> {
     };
     let mut feedback = Feedback::new();
     let stop = async {
-        crate::shutdown_signal().await;
+        crate::ops::shutdown_signal().await;
         eprintln!("replay: stopping after the batch in hand");
     };
     let outcome =
