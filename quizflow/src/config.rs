@@ -12,9 +12,15 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+// Not `deny_unknown_fields` (serde cannot with a flattened section): [`Config::load`] checks
+// a file's keys against [`keys`] itself.
 #[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Config {
+    /// The workers' provider section (`quizflow_workers::ProviderConfig`), flat in the file
+    /// and the environment like every other key.
+    #[serde(flatten)]
+    pub providers: quizflow_workers::ProviderConfig,
     pub http_addr: String,
     pub mock_addr: String,
     pub admin_token: Option<String>,
@@ -63,28 +69,9 @@ pub struct Config {
     pub breaker_cooldown: String,
     pub worker_concurrency: usize,
     pub provider_rate_per_sec: u32,
-    pub twilio_url: String,
-    pub twilio_account_sid: Option<String>,
-    pub twilio_auth_token: Option<String>,
-    pub twilio_from: Option<String>,
-    pub whatsapp_provider: Option<String>,
-    pub whatsapp_url: Option<String>,
-    pub whatsapp_token: Option<String>,
-    pub whatsapp_phone_number_id: Option<String>,
-    pub evolution_instance: Option<String>,
-    pub email_url: String,
-    pub email_api_key: Option<String>,
-    pub email_from: Option<String>,
-    pub webhook_secret: Option<String>,
-    pub webhook_allow_private: bool,
     pub shutdown_timeout: String,
     pub deliveries_max_msgs: i64,
     pub deliveries_max_bytes: i64,
-    pub email_smtp_host: Option<String>,
-    pub email_smtp_port: u16,
-    pub email_smtp_tls: String,
-    pub email_smtp_username: Option<String>,
-    pub email_smtp_password: Option<String>,
     pub mock_smtp_addr: String,
     /// `/metrics`, `/healthz`, `/readyz` of `quizflow batcher` / `quizflow workers` (the API
     /// and `up` serve them on `http_addr`). Unset: 127.0.0.1:9464 for the batcher, :9465 for
@@ -110,6 +97,7 @@ impl Default for Config {
             whatsapp_verify_token: None,
             email_webhook_secret: None,
             mock_callbacks: false,
+            providers: quizflow_workers::ProviderConfig::default(),
             nats_url: None,
             nats_creds: None,
             nats_tls_ca: None,
@@ -137,28 +125,9 @@ impl Default for Config {
             breaker_cooldown: "10s".into(),
             worker_concurrency: 64,
             provider_rate_per_sec: 50,
-            twilio_url: "https://api.twilio.com".into(),
-            twilio_account_sid: None,
-            twilio_auth_token: None,
-            twilio_from: None,
-            whatsapp_provider: None,
-            whatsapp_url: None,
-            whatsapp_token: None,
-            whatsapp_phone_number_id: None,
-            evolution_instance: None,
-            email_url: "https://api.resend.com".into(),
-            email_api_key: None,
-            email_from: None,
-            webhook_secret: None,
-            webhook_allow_private: false,
             shutdown_timeout: "30s".into(),
             deliveries_max_msgs: 10_000_000,
             deliveries_max_bytes: 8 * 1024 * 1024 * 1024,
-            email_smtp_host: None,
-            email_smtp_port: 587,
-            email_smtp_tls: "starttls".into(),
-            email_smtp_username: None,
-            email_smtp_password: None,
             mock_smtp_addr: "127.0.0.1:2525".into(),
             metrics_addr: None,
             cost_currency: "USD".into(),
@@ -170,71 +139,47 @@ impl Default for Config {
     }
 }
 
-const KEYS: &[&str] = &[
-    "http_addr",
-    "mock_addr",
-    "admin_token",
-    "audit_key",
-    "link_key",
-    "public_url",
-    "whatsapp_app_secret",
-    "whatsapp_verify_token",
-    "email_webhook_secret",
-    "nats_creds",
-    "nats_tls_ca",
-    "nats_tls_required",
-    "db_pool_size",
-    "data_dir",
-    "nats_server_bin",
-    "stream_replicas",
-    "publish_timeout",
-    "max_ack_inflight",
-    "publish_flights",
-    "rate_limit_respondent_per_min",
-    "rate_limit_ip_per_min",
-    "trusted_proxies",
-    "http_max_inflight",
-    "rate_limit_scope",
-    "log_format",
-    "batch_max",
-    "batch_wait_ms",
-    "submissions_retention_months",
-    "batcher_ack_wait",
-    "retry_schedule",
-    "breaker_failures",
-    "breaker_cooldown",
-    "worker_concurrency",
-    "provider_rate_per_sec",
-    "twilio_url",
-    "twilio_account_sid",
-    "twilio_auth_token",
-    "twilio_from",
-    "whatsapp_provider",
-    "whatsapp_url",
-    "whatsapp_token",
-    "whatsapp_phone_number_id",
-    "evolution_instance",
-    "email_url",
-    "email_api_key",
-    "email_from",
-    "webhook_secret",
-    "webhook_allow_private",
-    "shutdown_timeout",
-    "deliveries_max_msgs",
-    "deliveries_max_bytes",
-    "email_smtp_host",
-    "email_smtp_port",
-    "email_smtp_tls",
-    "email_smtp_username",
-    "email_smtp_password",
-    "mock_smtp_addr",
-    "metrics_addr",
-    "cost_currency",
-    "cost_sms",
-    "cost_email",
-    "cost_whatsapp",
-    "cost_webhook",
-];
+/// Every key of the configuration, read off the defaults (so a key added to a section is
+/// known here without being listed): file keys, and `QUIZFLOW_<KEY>` in the environment.
+/// `nats_url` and `database_url` are read from `NATS_URL` and `DATABASE_URL`.
+pub fn keys() -> Vec<String> {
+    let Ok(serde_json::Value::Object(m)) = serde_json::to_value(Config::default()) else {
+        return Vec::new();
+    };
+    m.into_iter().map(|(k, _)| k).collect()
+}
+
+/// Keys read from an unprefixed variable instead of `QUIZFLOW_<KEY>`.
+const UNPREFIXED: &[(&str, &str)] = &[("NATS_URL", "nats_url"), ("DATABASE_URL", "database_url")];
+
+/// The keys read from `QUIZFLOW_<KEY>`.
+pub fn prefixed_keys() -> Vec<String> {
+    keys()
+        .into_iter()
+        .filter(|k| !UNPREFIXED.iter().any(|(_, u)| u == k))
+        .collect()
+}
+
+/// A key in the file that no section has is an error (a typo would be silently ignored).
+fn check_file_keys(file: &Path) -> anyhow::Result<()> {
+    let table: figment::value::Dict = Figment::from(Toml::file(file))
+        .extract()
+        .with_context(|| format!("config file {}", file.display()))?;
+    let known = keys();
+    let unknown: Vec<&String> = table.keys().filter(|k| !known.contains(k)).collect();
+    if !unknown.is_empty() {
+        bail!(
+            "config file {}: unknown key(s) {}",
+            file.display(),
+            unknown
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
 
 /// `QUIZFLOW_*` variables read by other tools (the test harness), not by this binary.
 const FOREIGN: &[&str] = &["test_database_url", "config", "test_logs"];
@@ -246,6 +191,7 @@ impl Config {
             if !file.exists() {
                 bail!("config file {} does not exist", file.display());
             }
+            check_file_keys(file)?;
             fig = fig.merge(Toml::file(file));
         }
         fig = fig.merge(Serialized::defaults(env_values()?));
@@ -273,9 +219,10 @@ impl Config {
 
     /// Unknown `QUIZFLOW_*` variables: probably typos.
     pub fn unknown_env_keys() -> Vec<String> {
+        let known = prefixed_keys();
         std::env::vars()
             .filter_map(|(k, _)| k.strip_prefix("QUIZFLOW_").map(str::to_ascii_lowercase))
-            .filter(|k| !KEYS.contains(&k.as_str()) && !FOREIGN.contains(&k.as_str()))
+            .filter(|k| !known.contains(k) && !FOREIGN.contains(&k.as_str()))
             .map(|k| format!("QUIZFLOW_{}", k.to_ascii_uppercase()))
             .collect()
     }
@@ -375,88 +322,6 @@ impl Config {
         }
     }
 
-    /// Providers from configuration; channels with none configured use the mock provider.
-    pub fn providers(&self) -> anyhow::Result<(quizflow_workers::Providers, Vec<&'static str>)> {
-        use quizflow_workers::provider::Provider;
-        let mock_base = format!("http://{}", self.mock_addr);
-        let mut p = quizflow_workers::Providers::mock(&mock_base);
-        let mut mocked = Vec::new();
-        match (&self.twilio_account_sid, &self.twilio_auth_token, &self.twilio_from) {
-            (Some(sid), Some(token), Some(from)) => {
-                p.sms = Provider::Twilio { base: self.twilio_url.clone(), account_sid: sid.clone(), auth_token: token.clone(), from: from.clone(), status_callback: None }
-            }
-            (None, None, None) => mocked.push("sms"),
-            _ => bail!("Twilio needs QUIZFLOW_TWILIO_ACCOUNT_SID, QUIZFLOW_TWILIO_AUTH_TOKEN and QUIZFLOW_TWILIO_FROM"),
-        }
-        match self.whatsapp_provider.as_deref() {
-            None => mocked.push("whatsapp"),
-            Some("cloud") => {
-                let (Some(url), Some(token), Some(id)) = (
-                    &self.whatsapp_url,
-                    &self.whatsapp_token,
-                    &self.whatsapp_phone_number_id,
-                ) else {
-                    bail!("WhatsApp Cloud needs QUIZFLOW_WHATSAPP_URL, QUIZFLOW_WHATSAPP_TOKEN and QUIZFLOW_WHATSAPP_PHONE_NUMBER_ID");
-                };
-                p.whatsapp = Provider::WhatsappCloud {
-                    base: url.clone(),
-                    version: "v21.0".into(),
-                    phone_number_id: id.clone(),
-                    token: token.clone(),
-                };
-            }
-            Some("evolution") => {
-                let (Some(url), Some(token), Some(instance)) = (
-                    &self.whatsapp_url,
-                    &self.whatsapp_token,
-                    &self.evolution_instance,
-                ) else {
-                    bail!("Evolution needs QUIZFLOW_WHATSAPP_URL, QUIZFLOW_WHATSAPP_TOKEN (API key) and QUIZFLOW_EVOLUTION_INSTANCE");
-                };
-                p.whatsapp = Provider::Evolution {
-                    base: url.clone(),
-                    instance: instance.clone(),
-                    api_key: token.clone(),
-                };
-            }
-            Some(other) => {
-                bail!("QUIZFLOW_WHATSAPP_PROVIDER must be cloud or evolution, not {other:?}")
-            }
-        }
-        match (&self.email_smtp_host, &self.email_api_key, &self.email_from) {
-            (Some(host), None, Some(from)) => {
-                let tls = match self.email_smtp_tls.as_str() {
-                    "none" => quizflow_workers::provider::SmtpTls::None,
-                    "starttls" => quizflow_workers::provider::SmtpTls::StartTls,
-                    "tls" => quizflow_workers::provider::SmtpTls::Tls,
-                    other => bail!("QUIZFLOW_EMAIL_SMTP_TLS must be none, starttls or tls, not {other:?}"),
-                };
-                let creds = self.email_smtp_username.clone().zip(self.email_smtp_password.clone());
-                p.email = Provider::smtp(host, self.email_smtp_port, tls, creds, from).map_err(anyhow::Error::msg)?;
-            }
-            (Some(_), Some(_), _) => bail!("configure e-mail for SMTP (QUIZFLOW_EMAIL_SMTP_HOST) or an HTTP API (QUIZFLOW_EMAIL_API_KEY), not both"),
-            (Some(_), None, None) => bail!("SMTP e-mail needs QUIZFLOW_EMAIL_FROM"),
-            (None, _, _) => {}
-        }
-        match (&self.email_api_key, &self.email_from) {
-            _ if self.email_smtp_host.is_some() => {}
-            (Some(key), Some(from)) => {
-                p.email = Provider::Resend {
-                    base: self.email_url.clone(),
-                    api_key: key.clone(),
-                    from: from.clone(),
-                }
-            }
-            (None, None) => mocked.push("email"),
-            _ => bail!("e-mail needs QUIZFLOW_EMAIL_API_KEY and QUIZFLOW_EMAIL_FROM"),
-        }
-        p.webhook = Provider::Webhook {
-            secret: self.webhook_secret.clone(),
-            allow_private: self.webhook_allow_private,
-        };
-        Ok((p, mocked))
-    }
-
     /// `mock`: where channels without a provider go — `up`'s mock, or `--mock-provider URL`.
     /// Without it, a served channel that has no provider configured is an error: a
     /// production `quizflow workers` must not quietly "deliver" to a mock.
@@ -465,32 +330,22 @@ impl Config {
         channels: Vec<quizflow_core::Channel>,
         mock: Option<&str>,
     ) -> anyhow::Result<quizflow_workers::WorkerSettings> {
-        let (mut providers, mocked) = self.providers()?;
+        let mock_base = mock.map_or_else(|| format!("http://{}", self.mock_addr), str::to_owned);
+        let (mut providers, mocked) = self.providers.resolve(&mock_base)?;
         let unserved: Vec<&str> = mocked
             .iter()
-            .copied()
-            .filter(|c| channels.iter().any(|ch| ch.as_str() == *c))
+            .filter(|c| channels.contains(c))
+            .map(|c| c.as_str())
             .collect();
         match mock {
+            _ if unserved.is_empty() => {}
             Some(url) => {
-                let m = quizflow_workers::Providers::mock(url);
-                for c in &unserved {
-                    match *c {
-                        "sms" => providers.sms = m.sms.clone(),
-                        "whatsapp" => providers.whatsapp = m.whatsapp.clone(),
-                        "email" => providers.email = m.email.clone(),
-                        _ => {}
-                    }
-                }
-                if !unserved.is_empty() {
-                    tracing::warn!(channels = ?unserved, mock = %url, "no provider configured: these channels use the mock provider");
-                }
+                tracing::warn!(channels = ?unserved, mock = %url, "no provider configured: these channels use the mock provider");
             }
-            None if !unserved.is_empty() => bail!(
+            None => bail!(
                 "no provider configured for {}: configure one (see README), serve other channels with --channels, or pass --mock-provider URL",
                 unserved.join(", ")
             ),
-            None => {}
         }
         if let Some(public) = &self.public_url {
             providers = providers.with_status_callbacks(public);
@@ -505,7 +360,7 @@ impl Config {
         s.breaker_cooldown = humantime::parse_duration(&self.breaker_cooldown)?;
         s.ack_wait = self.topology().worker_ack_wait;
         s.shutdown_timeout = self.shutdown_timeout();
-        s.webhook_allow_private = self.webhook_allow_private;
+        s.webhook_allow_private = self.providers.webhook_allow_private;
         s.costs = self.costs();
         // The API serves what `qr_url` links to, and checks the same key.
         s.qr_links = self
@@ -577,6 +432,7 @@ impl Config {
                 public_url: self.public_url.clone(),
                 // `up`'s mock signs as Twilio would with the mock account's token.
                 twilio_auth_token: self
+                    .providers
                     .twilio_auth_token
                     .clone()
                     .or_else(|| self.mock_callbacks.then(|| "mock".to_owned())),
@@ -636,22 +492,22 @@ fn env_values() -> anyhow::Result<figment::value::Dict> {
     use figment::value::Value;
     let defaults = Value::serialize(Config::default())?;
     let mut dict = figment::value::Dict::new();
-    for key in KEYS {
+    for key in prefixed_keys() {
         let Ok(raw) = std::env::var(format!("QUIZFLOW_{}", key.to_ascii_uppercase())) else {
             continue;
         };
-        let typed = match defaults.find_ref(key) {
+        let typed = match defaults.find_ref(&key) {
             Some(Value::Num(..)) | Some(Value::Bool(..)) => raw
                 .trim()
                 .parse::<Value>()
                 .unwrap_or_else(|_| Value::from(raw.clone())),
             _ => Value::from(raw),
         };
-        dict.insert((*key).to_owned(), typed);
+        dict.insert(key, typed);
     }
-    for (env, key) in [("NATS_URL", "nats_url"), ("DATABASE_URL", "database_url")] {
+    for (env, key) in UNPREFIXED {
         if let Ok(v) = std::env::var(env) {
-            dict.insert(key.to_owned(), Value::from(v));
+            dict.insert((*key).to_owned(), Value::from(v));
         }
     }
     Ok(dict)
@@ -696,24 +552,24 @@ mod tests {
             jail.set_env("QUIZFLOW_WEBHOOK_ALLOW_PRIVATE", "true");
             jail.set_env("QUIZFLOW_RETRY_SCHEDULE", "1m30s,2h");
             let cfg = Config::load(None).map_err(|e| e.to_string())?;
-            assert_eq!(cfg.twilio_from.as_deref(), Some("+15550001111"));
-            assert_eq!(cfg.twilio_auth_token.as_deref(), Some("12345"));
+            assert_eq!(cfg.providers.twilio_from.as_deref(), Some("+15550001111"));
+            assert_eq!(cfg.providers.twilio_auth_token.as_deref(), Some("12345"));
             assert_eq!(cfg.batch_max, 250);
-            assert!(cfg.webhook_allow_private);
+            assert!(cfg.providers.webhook_allow_private);
             Ok(())
         });
     }
 
     #[test]
     fn debug_never_shows_a_secret() {
-        let cfg = Config {
+        let mut cfg = Config {
             admin_token: Some("admin-secret-123456".into()),
-            twilio_auth_token: Some("twilio-secret".into()),
-            email_smtp_password: Some("smtp-secret".into()),
-            webhook_secret: Some("hook-secret".into()),
             database_url: Some("postgres://u:pg-secret@h/db".into()),
             ..Config::default()
         };
+        cfg.providers.twilio_auth_token = Some("twilio-secret".into());
+        cfg.providers.email_smtp_password = Some("smtp-secret".into());
+        cfg.providers.webhook_secret = Some("hook-secret".into());
         let shown = format!("{cfg:?}");
         for secret in [
             "admin-secret",
@@ -745,6 +601,35 @@ mod tests {
                 Some("http://127.0.0.1:4010")
             )
             .is_ok());
+    }
+
+    #[test]
+    fn keys_are_read_off_every_section_and_enums_parse_at_load() {
+        let keys = keys();
+        for k in ["http_addr", "twilio_from", "email_smtp_tls", "nats_url"] {
+            assert!(keys.iter().any(|x| x == k), "{k} in {keys:?}");
+        }
+        assert!(!prefixed_keys().iter().any(|k| k == "nats_url"));
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("QUIZFLOW_EMAIL_SMTP_TLS", "tls");
+            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                cfg.providers.email_smtp_tls,
+                quizflow_workers::provider::SmtpTls::Tls
+            );
+            jail.set_env("QUIZFLOW_WHATSAPP_PROVIDER", "carrier-pigeon");
+            let err = Config::load(None)
+                .expect_err("unknown provider")
+                .to_string();
+            assert!(err.contains("cloud"), "{err}");
+            jail.set_env("QUIZFLOW_WHATSAPP_PROVIDER", "cloud");
+            jail.set_env("QUIZFLOW_TYPO_KEY", "1");
+            assert_eq!(Config::unknown_env_keys(), vec!["QUIZFLOW_TYPO_KEY"]);
+            jail.create_file("q.toml", "http_addr = \"127.0.0.1:1\"\nbatch_maxx = 3\n")?;
+            let err = Config::load(Some(Path::new("q.toml"))).expect_err("unknown key");
+            assert!(err.to_string().contains("batch_maxx"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

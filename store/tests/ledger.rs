@@ -73,7 +73,7 @@ fn update(key: &(Uuid, Uuid, String, u16), status: &'static str, claim: Option<U
         campaign_id: key.1,
         channel: key.2.clone(),
         step: key.3,
-        status,
+        status: status.parse().expect("a delivery status"),
         attempts: 1,
         last_error: Some("e\0rr".into()),
         history: vec![serde_json::json!({"outcome": status, "detail": "with \0 inside"})],

@@ -1,6 +1,6 @@
 //! Settings of the workers role.
 
-use crate::provider::Provider;
+use crate::provider::{Provider, SmtpTls};
 use quizflow_core::Channel;
 use std::time::Duration;
 
@@ -66,6 +66,173 @@ impl Providers {
             ));
         }
         self
+    }
+}
+
+/// How the workers' providers are configured (`QUIZFLOW_TWILIO_*`, `QUIZFLOW_WHATSAPP_*`,
+/// `QUIZFLOW_EMAIL_*`, `QUIZFLOW_WEBHOOK_*`): this crate's section of the configuration, its
+/// keys and defaults written here once. [`ProviderConfig::resolve`] turns it into
+/// [`Providers`].
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ProviderConfig {
+    pub twilio_url: String,
+    pub twilio_account_sid: Option<String>,
+    pub twilio_auth_token: Option<String>,
+    pub twilio_from: Option<String>,
+    pub whatsapp_provider: Option<WhatsappProvider>,
+    pub whatsapp_url: Option<String>,
+    pub whatsapp_token: Option<String>,
+    pub whatsapp_phone_number_id: Option<String>,
+    pub evolution_instance: Option<String>,
+    pub email_url: String,
+    pub email_api_key: Option<String>,
+    pub email_from: Option<String>,
+    pub email_smtp_host: Option<String>,
+    pub email_smtp_port: u16,
+    pub email_smtp_tls: SmtpTls,
+    pub email_smtp_username: Option<String>,
+    pub email_smtp_password: Option<String>,
+    pub webhook_secret: Option<String>,
+    /// Allow webhooks to loopback and private addresses (`up`, tests).
+    pub webhook_allow_private: bool,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            twilio_url: "https://api.twilio.com".into(),
+            twilio_account_sid: None,
+            twilio_auth_token: None,
+            twilio_from: None,
+            whatsapp_provider: None,
+            whatsapp_url: None,
+            whatsapp_token: None,
+            whatsapp_phone_number_id: None,
+            evolution_instance: None,
+            email_url: "https://api.resend.com".into(),
+            email_api_key: None,
+            email_from: None,
+            email_smtp_host: None,
+            email_smtp_port: 587,
+            email_smtp_tls: SmtpTls::StartTls,
+            email_smtp_username: None,
+            email_smtp_password: None,
+            webhook_secret: None,
+            webhook_allow_private: false,
+        }
+    }
+}
+
+/// Which WhatsApp API `QUIZFLOW_WHATSAPP_PROVIDER` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhatsappProvider {
+    Cloud,
+    Evolution,
+}
+
+/// A provider configuration that cannot work: what is missing or contradictory.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn invalid<T>(message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(message.into()))
+}
+
+impl ProviderConfig {
+    /// The providers configured; channels with none configured go to the mock provider at
+    /// `mock_base`, and are listed.
+    pub fn resolve(&self, mock_base: &str) -> Result<(Providers, Vec<Channel>), ConfigError> {
+        let mut p = Providers::mock(mock_base);
+        let mut mocked = Vec::new();
+        match self.sms()? {
+            Some(sms) => p.sms = sms,
+            None => mocked.push(Channel::Sms),
+        }
+        match self.whatsapp()? {
+            Some(w) => p.whatsapp = w,
+            None => mocked.push(Channel::Whatsapp),
+        }
+        match self.email()? {
+            Some(e) => p.email = e,
+            None => mocked.push(Channel::Email),
+        }
+        p.webhook = Provider::Webhook {
+            secret: self.webhook_secret.clone(),
+            allow_private: self.webhook_allow_private,
+        };
+        Ok((p, mocked))
+    }
+
+    fn sms(&self) -> Result<Option<Provider>, ConfigError> {
+        match (&self.twilio_account_sid, &self.twilio_auth_token, &self.twilio_from) {
+            (Some(sid), Some(token), Some(from)) => Ok(Some(Provider::Twilio {
+                base: self.twilio_url.clone(),
+                account_sid: sid.clone(),
+                auth_token: token.clone(),
+                from: from.clone(),
+                status_callback: None,
+            })),
+            (None, None, None) => Ok(None),
+            _ => invalid("Twilio needs QUIZFLOW_TWILIO_ACCOUNT_SID, QUIZFLOW_TWILIO_AUTH_TOKEN and QUIZFLOW_TWILIO_FROM"),
+        }
+    }
+
+    fn whatsapp(&self) -> Result<Option<Provider>, ConfigError> {
+        let (url, token) = (&self.whatsapp_url, &self.whatsapp_token);
+        match self.whatsapp_provider {
+            None => Ok(None),
+            Some(WhatsappProvider::Cloud) => {
+                let (Some(url), Some(token), Some(id)) =
+                    (url, token, &self.whatsapp_phone_number_id)
+                else {
+                    return invalid("WhatsApp Cloud needs QUIZFLOW_WHATSAPP_URL, QUIZFLOW_WHATSAPP_TOKEN and QUIZFLOW_WHATSAPP_PHONE_NUMBER_ID");
+                };
+                Ok(Some(Provider::WhatsappCloud {
+                    base: url.clone(),
+                    version: "v21.0".into(),
+                    phone_number_id: id.clone(),
+                    token: token.clone(),
+                }))
+            }
+            Some(WhatsappProvider::Evolution) => {
+                let (Some(url), Some(token), Some(instance)) =
+                    (url, token, &self.evolution_instance)
+                else {
+                    return invalid("Evolution needs QUIZFLOW_WHATSAPP_URL, QUIZFLOW_WHATSAPP_TOKEN (API key) and QUIZFLOW_EVOLUTION_INSTANCE");
+                };
+                Ok(Some(Provider::Evolution {
+                    base: url.clone(),
+                    instance: instance.clone(),
+                    api_key: token.clone(),
+                }))
+            }
+        }
+    }
+
+    fn email(&self) -> Result<Option<Provider>, ConfigError> {
+        match (&self.email_smtp_host, &self.email_api_key, &self.email_from) {
+            (Some(host), None, Some(from)) => {
+                let creds = self
+                    .email_smtp_username
+                    .clone()
+                    .zip(self.email_smtp_password.clone());
+                Provider::smtp(host, self.email_smtp_port, self.email_smtp_tls, creds, from)
+                    .map(Some)
+                    .map_err(ConfigError)
+            }
+            (Some(_), Some(_), _) => invalid("configure e-mail for SMTP (QUIZFLOW_EMAIL_SMTP_HOST) or an HTTP API (QUIZFLOW_EMAIL_API_KEY), not both"),
+            (Some(_), None, None) => invalid("SMTP e-mail needs QUIZFLOW_EMAIL_FROM"),
+            (None, Some(key), Some(from)) => Ok(Some(Provider::Resend {
+                base: self.email_url.clone(),
+                api_key: key.clone(),
+                from: from.clone(),
+            })),
+            (None, None, None) => Ok(None),
+            (None, _, _) => invalid("e-mail needs QUIZFLOW_EMAIL_API_KEY and QUIZFLOW_EMAIL_FROM"),
+        }
     }
 }
 

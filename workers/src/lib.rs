@@ -39,6 +39,8 @@ pub mod status;
 mod sweep;
 mod triage;
 
-pub use config::{parse_schedule, Providers, WorkerSettings};
+pub use config::{
+    parse_schedule, ConfigError, ProviderConfig, Providers, WhatsappProvider, WorkerSettings,
+};
 pub use metrics::WorkerMetrics;
 pub use pool::{run, WorkerError};

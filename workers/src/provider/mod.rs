@@ -58,8 +58,9 @@ pub enum Provider {
     },
 }
 
-/// How an SMTP connection is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How an SMTP connection is secured (`QUIZFLOW_EMAIL_SMTP_TLS`: none, starttls, tls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SmtpTls {
     /// Plain text (a local relay, the mock).
     None,
