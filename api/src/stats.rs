@@ -13,25 +13,105 @@ use crate::error::ApiError;
 use crate::AppState;
 use poem::handler;
 use poem::web::{Data, Json};
-use quizflow_core::Channel;
+use quizflow_core::{Channel, DeliveryStatus};
 use quizflow_store::stats::{self as counters, Delta};
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const STATUSES: [&str; 8] = [
-    "scheduled",
-    "queued",
-    "sending",
-    "sent",
-    "delivered",
-    "failed",
-    "dead",
-    "cancelled",
-];
-/// Statuses whose message the provider accepted: what costs money.
-const BILLED: [&str; 2] = ["sent", "delivered"];
+/// The counters, added up.
+#[derive(Default)]
+struct Tally {
+    stored: i64,
+    duplicate: i64,
+    accepted: i64,
+    rejected: BTreeMap<String, i64>,
+    /// channel -> status -> rows
+    deliveries: BTreeMap<&'static str, BTreeMap<&'static str, i64>>,
+    dead_letters: BTreeMap<String, i64>,
+    /// (campaign, channel) -> billed messages
+    billed: BTreeMap<(uuid::Uuid, String), i64>,
+}
+
+impl Tally {
+    fn of(rows: &[counters::Counter]) -> Self {
+        let mut t = Tally {
+            deliveries: Channel::ALL
+                .iter()
+                .map(|c| {
+                    let statuses = DeliveryStatus::ALL.iter().map(|s| (s.as_str(), 0i64));
+                    (c.as_str(), statuses.collect())
+                })
+                .collect(),
+            dead_letters: Channel::ALL
+                .iter()
+                .map(|c| (c.as_str().to_owned(), 0))
+                .chain([("submission".to_owned(), 0)])
+                .collect(),
+            ..Default::default()
+        };
+        for c in rows {
+            match c.metric.as_str() {
+                "submissions_stored" => t.stored += c.n,
+                "submissions_duplicate" => t.duplicate += c.n,
+                "submissions_accepted" => t.accepted += c.n,
+                "submissions_rejected" => *t.rejected.entry(c.status.clone()).or_default() += c.n,
+                "dead_letters" => *t.dead_letters.entry(c.channel.clone()).or_default() += c.n,
+                "deliveries" => t.delivery(c),
+                _ => {}
+            }
+        }
+        t
+    }
+
+    fn delivery(&mut self, c: &counters::Counter) {
+        if let Some(n) = self
+            .deliveries
+            .get_mut(c.channel.as_str())
+            .and_then(|ch| ch.get_mut(c.status.as_str()))
+        {
+            *n += c.n;
+        }
+        let billed = c
+            .status
+            .parse::<DeliveryStatus>()
+            .is_ok_and(|s| DeliveryStatus::BILLED.contains(&s));
+        if billed {
+            let key = (c.campaign_id, c.channel.clone());
+            *self.billed.entry(key).or_default() += c.n;
+        }
+    }
+
+    /// What the billed messages cost, by channel and by campaign.
+    fn cost(&self, costs: &quizflow_core::Costs, names: &HashMap<uuid::Uuid, String>) -> Value {
+        let mut by_channel: BTreeMap<&str, f64> =
+            Channel::ALL.iter().map(|c| (c.as_str(), 0.0)).collect();
+        let mut by_campaign: Vec<Value> = Vec::new();
+        for ((campaign, channel), n) in &self.billed {
+            let unit = Channel::parse(channel).map(|c| costs.unit(c)).unwrap_or(0.0);
+            let cost = unit * *n as f64;
+            if let Some(t) = by_channel.get_mut(channel.as_str()) {
+                *t += cost;
+            }
+            by_campaign.push(json!({
+                "campaign_id": campaign,
+                "campaign": names.get(campaign),
+                "channel": channel,
+                "sent": n,
+                "cost": round(cost),
+            }));
+        }
+        let total: f64 = by_channel.values().sum();
+        json!({
+            "currency": costs.currency,
+            "unit": {"sms": costs.sms, "email": costs.email, "whatsapp": costs.whatsapp, "webhook": costs.webhook},
+            "total": round(total),
+            "by_channel": by_channel.into_iter().map(|(k, v)| (k, round(v))).collect::<BTreeMap<_, _>>(),
+            "by_campaign": by_campaign,
+        })
+    }
+}
 
 #[handler]
 pub async fn stats(state: Data<&Arc<AppState>>) -> Result<Json<Value>, ApiError> {
@@ -61,90 +141,59 @@ pub async fn stats(state: Data<&Arc<AppState>>) -> Result<Json<Value>, ApiError>
             None
         }
     };
-    let costs = &state.settings.costs;
+    let t = Tally::of(&rows);
+    let (streams, consumers) = depths_json(depths.as_ref());
+    let rejected_total: i64 = t.rejected.values().sum();
+    let mut body = Map::new();
+    body.insert(
+        "submissions".into(),
+        json!({
+            "accepted": t.accepted,
+            "duplicate": t.duplicate,
+            "rejected": rejected_total,
+            "rejected_by_code": t.rejected,
+            "stored": t.stored,
+        }),
+    );
+    body.insert("deliveries".into(), json!(t.deliveries));
+    body.insert("dead_letters".into(), json!(t.dead_letters));
+    body.insert("streams".into(), streams);
+    body.insert("consumers".into(), consumers);
+    body.insert("circuits".into(), circuits_json(&instances));
+    body.insert("cost".into(), t.cost(&state.settings.costs, &names));
+    body.insert("generated_at".into(), json!(chrono::Utc::now()));
+    body.insert(
+        "took_ms".into(),
+        json!(started.elapsed().as_secs_f64() * 1000.0),
+    );
+    Ok(Json(Value::Object(body)))
+}
 
-    let mut stored = 0i64;
-    let mut duplicate = 0i64;
-    let mut accepted = 0i64;
-    let mut rejected: BTreeMap<String, i64> = BTreeMap::new();
-    let mut deliveries: BTreeMap<&str, BTreeMap<&str, i64>> = Channel::ALL
-        .iter()
-        .map(|c| (c.as_str(), STATUSES.iter().map(|s| (*s, 0i64)).collect()))
-        .collect();
-    let mut dead_letters: BTreeMap<String, i64> = Channel::ALL
-        .iter()
-        .map(|c| (c.as_str().to_owned(), 0))
-        .chain([("submission".to_owned(), 0)])
-        .collect();
-    // (campaign, channel) -> billed messages
-    let mut billed: BTreeMap<(uuid::Uuid, String), i64> = BTreeMap::new();
-    for c in &rows {
-        match c.metric.as_str() {
-            "submissions_stored" => stored += c.n,
-            "submissions_duplicate" => duplicate += c.n,
-            "submissions_accepted" => accepted += c.n,
-            "submissions_rejected" => *rejected.entry(c.status.clone()).or_default() += c.n,
-            "dead_letters" => *dead_letters.entry(c.channel.clone()).or_default() += c.n,
-            "deliveries" => {
-                if let Some(ch) = deliveries.get_mut(c.channel.as_str()) {
-                    if let Some(n) = ch.get_mut(c.status.as_str()) {
-                        *n += c.n;
-                    }
-                }
-                if BILLED.contains(&c.status.as_str()) {
-                    *billed
-                        .entry((c.campaign_id, c.channel.clone()))
-                        .or_default() += c.n;
-                }
-            }
-            _ => {}
-        }
-    }
-
-    let mut cost_by_channel: BTreeMap<&str, f64> =
-        Channel::ALL.iter().map(|c| (c.as_str(), 0.0)).collect();
-    let mut by_campaign: Vec<Value> = Vec::new();
-    for ((campaign, channel), n) in &billed {
-        let unit = Channel::parse(channel)
-            .map(|c| costs.unit(c))
-            .unwrap_or(0.0);
-        let cost = unit * *n as f64;
-        if let Some(t) = cost_by_channel.get_mut(channel.as_str()) {
-            *t += cost;
-        }
-        by_campaign.push(json!({
-            "campaign_id": campaign,
-            "campaign": names.get(campaign),
-            "channel": channel,
-            "sent": n,
-            "cost": round(cost),
-        }));
-    }
-    let total: f64 = cost_by_channel.values().sum();
-
-    let (streams, consumers) = match &depths {
-        Some(d) => (
-            Value::Array(
-                d.streams
-                    .iter()
-                    .map(|s| json!({"stream": s.stream, "messages": s.messages, "bytes": s.bytes}))
-                    .collect(),
-            ),
-            Value::Array(
-                d.consumers
-                    .iter()
-                    .map(|c| {
-                        json!({"stream": c.stream, "consumer": c.consumer, "pending": c.pending,
-                               "ack_pending": c.ack_pending, "redelivered": c.redelivered})
-                    })
-                    .collect(),
-            ),
-        ),
-        None => (Value::Null, Value::Null),
+/// Streams and consumers with their depths; `null` when JetStream did not answer.
+fn depths_json(depths: Option<&quizflow_nats::Depths>) -> (Value, Value) {
+    let Some(d) = depths else {
+        return (Value::Null, Value::Null);
     };
+    let streams = d
+        .streams
+        .iter()
+        .map(|s| json!({"stream": s.stream, "messages": s.messages, "bytes": s.bytes}))
+        .collect();
+    let consumers = d
+        .consumers
+        .iter()
+        .map(|c| {
+            json!({"stream": c.stream, "consumer": c.consumer, "pending": c.pending,
+                   "ack_pending": c.ack_pending, "redelivered": c.redelivered})
+        })
+        .collect();
+    (Value::Array(streams), Value::Array(consumers))
+}
 
+/// Every live workers instance's circuits, one entry per instance and channel.
+fn circuits_json(instances: &[counters::InstanceReport]) -> Value {
     let mut circuits: Vec<Value> = Vec::new();
-    for i in &instances {
+    for i in instances {
         if let Some(Value::Object(per)) = i.report.get("circuits") {
             for (channel, c) in per {
                 circuits.push(json!({
@@ -157,40 +206,7 @@ pub async fn stats(state: Data<&Arc<AppState>>) -> Result<Json<Value>, ApiError>
             }
         }
     }
-
-    let rejected_total: i64 = rejected.values().sum();
-    let mut body = Map::new();
-    body.insert(
-        "submissions".into(),
-        json!({
-            "accepted": accepted,
-            "duplicate": duplicate,
-            "rejected": rejected_total,
-            "rejected_by_code": rejected,
-            "stored": stored,
-        }),
-    );
-    body.insert("deliveries".into(), json!(deliveries));
-    body.insert("dead_letters".into(), json!(dead_letters));
-    body.insert("streams".into(), streams);
-    body.insert("consumers".into(), consumers);
-    body.insert("circuits".into(), Value::Array(circuits));
-    body.insert(
-        "cost".into(),
-        json!({
-            "currency": costs.currency,
-            "unit": {"sms": costs.sms, "email": costs.email, "whatsapp": costs.whatsapp, "webhook": costs.webhook},
-            "total": round(total),
-            "by_channel": cost_by_channel.into_iter().map(|(k, v)| (k, round(v))).collect::<BTreeMap<_, _>>(),
-            "by_campaign": by_campaign,
-        }),
-    );
-    body.insert("generated_at".into(), json!(chrono::Utc::now()));
-    body.insert(
-        "took_ms".into(),
-        json!(started.elapsed().as_secs_f64() * 1000.0),
-    );
-    Ok(Json(Value::Object(body)))
+    Value::Array(circuits)
 }
 
 /// Money to a millionth: no float noise in the JSON.
