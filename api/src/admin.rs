@@ -1,4 +1,4 @@
-//! Admin routes (SPEC §2.3, §2.4): campaigns and reading stored submissions. Every one needs
+//! Admin routes (contract §2.3, §2.4): campaigns and reading stored submissions. Every one needs
 //! `Authorization: Bearer <token>`, compared in constant time; without it, 401 on any route.
 
 use crate::audit::AuditNote;
@@ -40,7 +40,7 @@ pub async fn require_admin<E: Endpoint>(
         (Some(given), Some(expected)) => bool::from(given.as_bytes().ct_eq(expected.as_bytes())),
         _ => false,
     };
-    // Only wrong tokens are throttled, per client address (SPEC §2.4): a valid token always
+    // Only wrong tokens are throttled, per client address (contract §2.4): a valid token always
     // gets in, so no one's guesses (behind a proxy every client may share one address) lock
     // the operators out. A guess past the limit is answered 429 without a verdict.
     if !ok {

@@ -1,4 +1,4 @@
-//! The audit log of admin actions (SPEC §2.4): a layer around every admin route records what
+//! The audit log of admin actions (contract §2.4): a layer around every admin route records what
 //! was done, on which route, its outcome and the change; `GET /v1/audit` pages through it.
 //!
 //! Recorded: every write (campaign create/replace/delete, redrive, erase), every read of

@@ -1,4 +1,4 @@
-//! Provider status callbacks (SPEC §2.4): Twilio's status callbacks, WhatsApp Cloud webhooks
+//! Provider status callbacks (contract §2.4): Twilio's status callbacks, WhatsApp Cloud webhooks
 //! (with Meta's `GET` verification handshake) and Resend's e-mail events (Svix-signed). No
 //! admin token: each request carries its provider's signature, checked in constant time
 //! against the configured secret; without a secret the route answers 403.

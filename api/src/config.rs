@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-/// Largest single-submission body (SPEC §2.1).
+/// Largest single-submission body (contract §2.1).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// Largest batch body (SPEC §2.2).
+/// Largest batch body (contract §2.2).
 pub const MAX_BATCH_BODY_BYTES: usize = 4 * 1024 * 1024;
-/// Most items in one batch (SPEC §2.2).
+/// Most items in one batch (contract §2.2).
 pub const MAX_BATCH_ITEMS: usize = 1000;
 
 #[derive(Clone)]

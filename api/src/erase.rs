@@ -1,4 +1,4 @@
-//! `POST /v1/respondents/erase` (SPEC §2.4): one person's personal data erased from every
+//! `POST /v1/respondents/erase` (contract §2.4): one person's personal data erased from every
 //! store quizflow keeps, and their pending messages cancelled.
 //!
 //! Order matters: the person's stored submissions are looked up first (their ids name them in

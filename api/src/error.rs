@@ -1,4 +1,4 @@
-//! The one JSON error shape of SPEC §2: `{"error": {"code", "message", "details"}}`.
+//! The one JSON error shape of contract §2: `{"error": {"code", "message", "details"}}`.
 
 use poem::http::{header, StatusCode};
 use poem::{IntoResponse, Response};

@@ -445,7 +445,7 @@ pub async fn submit_batch(
     Ok(poem::web::Json(serde_json::json!({ "results": results })).into_response())
 }
 
-/// The client's address (SPEC §2.4): the socket peer's, or, when the peer is a trusted proxy,
+/// The client's address (contract §2.4): the socket peer's, or, when the peer is a trusted proxy,
 /// the `X-Forwarded-For` entry its proxies appended: read from the right, the first address
 /// that is not itself a trusted proxy. Entries to the left of it were written by the client
 /// and are never believed. `None` for non-TCP listeners.

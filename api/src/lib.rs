@@ -1,4 +1,4 @@
-//! quizflow's HTTP intake (SPEC §2).
+//! quizflow's HTTP intake (contract §2).
 //!
 //! A submission is validated, rate-limited and published to JetStream; the API answers 202
 //! only after the PubAck, so a 202 always means "durable". Every error, the API's own and

@@ -2,7 +2,7 @@
 //!
 //! A limit is *reserved* before the publish and *released* when the submission turns out to
 //! be a duplicate or could not be published, so only valid, non-duplicate submissions count
-//! (SPEC §6) and concurrent requests cannot overshoot the limit.
+//! (contract §6) and concurrent requests cannot overshoot the limit.
 //!
 //! Two scopes for the respondent limit (`QUIZFLOW_RATE_LIMIT_SCOPE`):
 //! - `instance` (the default): counters in this process. With N API instances a respondent

@@ -17,7 +17,7 @@ pub fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Ready when this API can accept submissions: NATS connected and not draining (SPEC §2.5).
+/// Ready when this API can accept submissions: NATS connected and not draining (contract §2.5).
 /// PostgreSQL is reported in the body and in `quizflow_dependency_up`, never a reason to be
 /// unready: intake goes on while JetStream buffers, so a database outage must not take every
 /// API instance out of its load balancer.
@@ -81,7 +81,7 @@ pub fn metrics(state: Data<&Arc<AppState>>) -> Response {
 
 const DASHBOARD: &str = include_str!("../dashboard.html");
 
-/// The live dashboard (SPEC §2.5): one static page that asks for the admin token and polls
+/// The live dashboard (contract §2.5): one static page that asks for the admin token and polls
 /// `/v1/stats`. No build step; the figures come from the same counters as the stats.
 #[handler]
 pub fn dashboard() -> impl IntoResponse {

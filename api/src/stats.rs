@@ -1,4 +1,4 @@
-//! `GET /v1/stats` (SPEC §2.4): cluster-wide figures from counters, never from scans.
+//! `GET /v1/stats` (contract §2.4): cluster-wide figures from counters, never from scans.
 //!
 //! Stored submissions, deliveries per campaign, channel and status, and open dead letters come
 //! from the counters the database keeps by trigger (`quizflow_store::stats`); accepted
@@ -89,7 +89,9 @@ impl Tally {
             Channel::ALL.iter().map(|c| (c.as_str(), 0.0)).collect();
         let mut by_campaign: Vec<Value> = Vec::new();
         for ((campaign, channel), n) in &self.billed {
-            let unit = Channel::parse(channel).map(|c| costs.unit(c)).unwrap_or(0.0);
+            let unit = Channel::parse(channel)
+                .map(|c| costs.unit(c))
+                .unwrap_or(0.0);
             let cost = unit * *n as f64;
             if let Some(t) = by_channel.get_mut(channel.as_str()) {
                 *t += cost;

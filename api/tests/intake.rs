@@ -1,4 +1,4 @@
-//! SPEC §2.1/§2.2 against a real nats-server and PostgreSQL.
+//! contract §2.1/§2.2 against a real nats-server and PostgreSQL.
 
 mod harness;
 
@@ -883,7 +883,7 @@ async fn given_a_graceful_stop_under_load_then_every_answer_is_honest_and_every_
     );
 }
 
-/// SPEC §2.5: a PostgreSQL outage never makes the API unready (intake goes on while JetStream
+/// contract §2.5: a PostgreSQL outage never makes the API unready (intake goes on while JetStream
 /// buffers); the body and `quizflow_dependency_up` name the database's state, without driver
 /// text, and submissions keep getting 202.
 #[tokio::test]

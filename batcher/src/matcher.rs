@@ -1,4 +1,4 @@
-//! Vectorised campaign matching (SPEC §2.4).
+//! Vectorised campaign matching (contract §2.4).
 //!
 //! Campaigns are compiled once per change into a [`Matcher`]. Per batch, the submissions
 //! are turned into columns (dictionary-encoded strings, `f64` scores and times, per-question

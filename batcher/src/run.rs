@@ -386,7 +386,7 @@ impl Batcher {
                     Retry::Isolate => {
                         let d = &part[0];
                         // Refused alone, for its data: unstorable only if the server takes
-                        // another write of the same shape right now (SPEC §4).
+                        // another write of the same shape right now (contract §4).
                         if let Err(probe) =
                             store::write_probe(&self.pool, d.envelope.received_at).await
                         {

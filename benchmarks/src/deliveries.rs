@@ -75,7 +75,10 @@ async fn count_sent(pool: &quizflow_store::Pool, tag: &str) -> Result<i64, Deliv
 }
 
 async fn queued_jobs(js: &async_nats::jetstream::Context) -> Result<u64, DeliveriesError> {
-    let mut s = js.get_stream("DELIVERIES").await.map_err(setup)?;
+    let mut s = js
+        .get_stream(quizflow_nats::subjects::DELIVERIES_STREAM)
+        .await
+        .map_err(setup)?;
     Ok(s.info().await.map_err(setup)?.state.messages)
 }
 
@@ -131,7 +134,7 @@ pub async fn run_deliveries(
                 .payload(payload.into())
                 .message_id(env.submission_id.to_string());
             acks.push(
-                js.send_publish(format!("quiz.submissions.{tag}"), msg)
+                js.send_publish(quizflow_nats::subjects::submission(&quiz), msg)
                     .await
                     .map_err(setup)?,
             );

@@ -1,3 +1,6 @@
+//! `quizflow bench ingest`: HTTP intake at a constant rate or as fast as it goes, beside raw
+//! JetStream publishes of the same submissions in the same run (the ceiling).
+
 use crate::leads::lead;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use futures::stream::FuturesUnordered;

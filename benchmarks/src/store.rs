@@ -112,9 +112,7 @@ async fn copy_batch(
     rows: &[SubmissionEnvelope],
 ) -> Result<(), StoreBenchError> {
     let sink = client
-        .copy_in(
-            "COPY submissions (id, quiz_id, received_at, completed_at, score, phone, email, name, locale, answers, tags, metadata, idempotency_key, stream_seq) FROM STDIN (FORMAT binary)",
-        )
+        .copy_in(quizflow_store::ceiling::COPY_SUBMISSIONS)
         .await?;
     let types = [
         Type::UUID,
@@ -193,7 +191,7 @@ pub async fn run_store(
     let writers = args.writers.max(1);
     let admin = pg(database_url).await?;
     admin
-        .batch_execute("TRUNCATE submissions, submission_ids, deliveries")
+        .batch_execute(quizflow_store::ceiling::TRUNCATE_INTAKE)
         .await?;
 
     // Phase 1: raw binary COPY.
@@ -212,7 +210,7 @@ pub async fn run_store(
         .collect::<Result<Vec<()>, _>>()?;
     let raw = args.rows as f64 / started.elapsed().as_secs_f64();
     admin
-        .batch_execute("TRUNCATE submissions, submission_ids, deliveries")
+        .batch_execute(quizflow_store::ceiling::TRUNCATE_INTAKE)
         .await?;
 
     // Phase 2: the batcher's path.
@@ -231,11 +229,11 @@ pub async fn run_store(
         .collect::<Result<Vec<usize>, _>>()?;
     let ours = args.rows as f64 / started.elapsed().as_secs_f64();
     let ledger: i64 = admin
-        .query_one("SELECT count(*) FROM deliveries", &[])
+        .query_one(quizflow_store::ceiling::COUNT_DELIVERIES, &[])
         .await?
         .get(0);
     admin
-        .batch_execute("TRUNCATE submissions, submission_ids, deliveries")
+        .batch_execute(quizflow_store::ceiling::TRUNCATE_INTAKE)
         .await?;
     Ok(StoreReport {
         rows: args.rows,

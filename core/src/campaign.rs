@@ -1,4 +1,4 @@
-//! Campaigns (SPEC §2.4): what to match and what to send, validated with field paths.
+//! Campaigns (contract §2.4): what to match and what to send, validated with field paths.
 
 use crate::{Channel, FieldProblem, Priority, QuizId, ValidationErrors};
 use chrono::{DateTime, Utc};

@@ -34,7 +34,7 @@ pub struct Answer {
     pub value: AnswerValue,
 }
 
-/// A completed quiz, validated against SPEC §2.1.
+/// A completed quiz, validated against contract §2.1.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Submission {
     #[serde(default)]

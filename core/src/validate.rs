@@ -1,4 +1,4 @@
-//! Validation of submission bodies (SPEC §2.1), collecting every problem with its field path.
+//! Validation of submission bodies (contract §2.1), collecting every problem with its field path.
 //!
 //! Validation walks the parsed JSON value rather than relying on serde errors, so that a
 //! client gets all of its mistakes at once (`respondent.phone`, `answers[3].value`, ...)
@@ -60,7 +60,7 @@ fn path(prefix: &str, key: &str) -> String {
     }
 }
 
-/// Validates one submission body (the object of SPEC §2.1, without batch-only keys).
+/// Validates one submission body (the object of contract §2.1, without batch-only keys).
 /// `prefix` is prepended to field paths (empty for a top-level body).
 pub fn parse_submission(body: &Value) -> Result<Submission, ValidationErrors> {
     let mut p = Problems::default();

@@ -632,7 +632,7 @@ pub fn app(state: MockState) -> impl poem::Endpoint<Output = Response> {
         .at("/_mock/requests", get(list_requests))
         .at("/_mock/faults", put(set_fault))
         .at("/_mock/callbacks", put(set_callbacks).get(callbacks_sent))
-        // A target that redirects: quizflow must not follow it (SPEC §4).
+        // A target that redirects: quizflow must not follow it (contract §4).
         .at("/_mock/redirect", post(redirect))
         .data(state)
         .map_to_response()

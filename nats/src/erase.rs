@@ -1,4 +1,4 @@
-//! One person's copies in the streams, erased (SPEC §2.4, `POST /v1/respondents/erase`).
+//! One person's copies in the streams, erased (contract §2.4, `POST /v1/respondents/erase`).
 //!
 //! `SUBMISSIONS` keeps every accepted submission for `submissions_max_age` (7 days) and
 //! `DEAD_LETTERS` keeps letters for 30; both hold phone numbers and e-mails. Erasure reads each

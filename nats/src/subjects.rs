@@ -1,4 +1,4 @@
-//! Subject and stream names: part of the contract (SPEC §1).
+//! Subject and stream names: part of the contract (contract §1).
 
 use quizflow_core::{Channel, Priority, QuizId};
 

@@ -1,4 +1,4 @@
-//! The stream topology as code (SPEC §1), created or updated idempotently.
+//! The stream topology as code (contract §1), created or updated idempotently.
 
 use crate::subjects::{
     self, BATCHER_CONSUMER, DEAD_LETTERS_STREAM, DELIVERIES_STREAM, SUBMISSIONS_STREAM,
@@ -14,7 +14,7 @@ pub struct TopologyConfig {
     /// Stream replicas: 1 on a single server, 3 on a cluster.
     pub replicas: usize,
     pub submissions_max_age: Duration,
-    /// JetStream de-duplication window of `SUBMISSIONS` (SPEC: at least 2 minutes).
+    /// JetStream de-duplication window of `SUBMISSIONS` (contract: at least 2 minutes).
     pub duplicate_window: Duration,
     pub dead_letters_max_age: Duration,
     /// Un-acked submissions all batcher instances together may hold.

@@ -1,6 +1,6 @@
-//! Configuration: defaults, then an optional TOML file, then the environment (SPEC §6).
+//! Configuration: defaults, then an optional TOML file, then the environment (contract §6).
 //!
-//! Environment keys are the SPEC's (`NATS_URL`, `DATABASE_URL`, `QUIZFLOW_*`); the TOML file
+//! Environment keys are the contract's (`NATS_URL`, `DATABASE_URL`, `QUIZFLOW_*`); the TOML file
 //! uses the same names in lower case without the prefix (`http_addr = "..."`). An unknown key
 //! in the file is an error; an unknown `QUIZFLOW_*` variable is reported at start-up, so a
 //! typo never goes unnoticed. Secrets (`admin_token`, URLs with passwords) are never logged.
@@ -630,6 +630,27 @@ mod tests {
             assert!(err.to_string().contains("batch_maxx"), "{err}");
             Ok(())
         });
+    }
+
+    /// One of the tidy rules (see `tests/tests/tidy.rs`): every key is in README's table.
+    #[test]
+    fn every_key_is_in_the_readme_table() {
+        let readme = include_str!("../../README.md");
+        let table: String = readme
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let missing: Vec<String> = prefixed_keys()
+            .into_iter()
+            .map(|k| format!("`QUIZFLOW_{}`", k.to_ascii_uppercase()))
+            .chain(UNPREFIXED.iter().map(|(env, _)| format!("`{env}`")))
+            .filter(|k| !table.contains(k.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "keys missing from README's configuration table: {missing:?}"
+        );
     }
 
     #[test]

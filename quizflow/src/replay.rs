@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-/// Re-run campaign matching over historical submissions (SPEC §6).
+/// Re-run campaign matching over historical submissions (contract §6).
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "Examples:\n  \
     quizflow replay --from 2026-11-24T00:00:00Z --campaign 6f1c… --dry-run\n  \

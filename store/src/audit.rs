@@ -1,4 +1,4 @@
-//! The `audit_log` table: every admin action, append-only (SPEC §2.4). Entries never hold
+//! The `audit_log` table: every admin action, append-only (contract §2.4). Entries never hold
 //! personal data; callers pass respondents as keyed hashes.
 
 use crate::StoreError;

@@ -1,4 +1,4 @@
-//! The `dead_letters` mirror: listing and redrive bookkeeping (SPEC §2.4).
+//! The `dead_letters` mirror: listing and redrive bookkeeping (contract §2.4).
 
 use crate::StoreError;
 use chrono::{DateTime, Utc};

@@ -1,4 +1,4 @@
-//! A person's personal data, erased from every table that holds it (SPEC §2.4).
+//! A person's personal data, erased from every table that holds it (contract §2.4).
 //!
 //! `submissions` keep their id, quiz, score, tags and times (the counts stay right) and lose
 //! the respondent, the answers and the metadata; the ledger rows of those submissions that

@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod campaigns;
+pub mod ceiling;
 pub mod dead_letters;
 pub mod deliveries;
 pub mod erase;

@@ -1,4 +1,4 @@
-//! What providers report after accepting a message (status callbacks, SPEC §2.4): the ledger
+//! What providers report after accepting a message (status callbacks, contract §2.4): the ledger
 //! row moves forward only, `sent` (or `sending`, `failed` when the report outruns the
 //! worker's own write or a retry) to `delivered`, or `sending`/`sent` to `dead` for a late
 //! failure, with a dead letter. A report about a row that is already further on, or that does

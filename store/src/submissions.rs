@@ -1,4 +1,4 @@
-//! Reading a stored submission and its deliveries (SPEC §2.3).
+//! Reading a stored submission and its deliveries (contract §2.3).
 
 // `#[diesel(embed)]` needs the trait in scope.
 use chrono::{DateTime, Utc};

@@ -1,3 +1,6 @@
+//! [`TestDb`]: a fresh PostgreSQL database per test on the server `QUIZFLOW_TEST_DATABASE_URL`
+//! names, dropped with its connections afterwards.
+
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 /// A fresh database for one test, dropped (with its connections) when the value is dropped.

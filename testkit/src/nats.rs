@@ -1,3 +1,6 @@
+//! [`NatsServer`]: a private `nats-server -js` (>= 2.10) per test on a free loopback port,
+//! killed on drop, and restartable on the same port and store to test outages.
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

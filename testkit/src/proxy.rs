@@ -1,3 +1,6 @@
+//! A TCP proxy a test can cut and restore: the network between a process and its server
+//! failing, without stopping the server.
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};

@@ -332,7 +332,7 @@ async fn sms_campaign(api: &Api, mock: &str) {
     let _ = mock;
 }
 
-/// SPEC §4: an erasure is a barrier for a batch a batcher holds. The person's lead is in the
+/// contract §4: an erasure is a barrier for a batch a batcher holds. The person's lead is in the
 /// batcher's store transaction (held there 3 s by a slow statement) when the erasure comes.
 /// Before: the erasure answered at once and the batch then stored the person, with their SMS.
 /// Now: the erasure waits for that transaction (or the transaction sees its tombstone); after
@@ -419,7 +419,7 @@ async fn given_an_erasure_racing_a_batch_the_batcher_holds_then_nothing_of_that_
     );
 }
 
-/// SPEC §4: an erasure is a barrier for a job a worker holds. The person's SMS is claimed
+/// contract §4: an erasure is a barrier for a job a worker holds. The person's SMS is claimed
 /// (`sending`) and waits for the rate limiter behind nine others when the erasure comes.
 /// Before: a live claim was left alone and the SMS went out after the erasure answered. Now:
 /// the claim is cancelled, the worker's check before the call finds it gone, nothing is sent.

@@ -1,4 +1,4 @@
-//! The database's own trouble is never the lead's fault (SPEC §4): a full disk, a dropped
+//! The database's own trouble is never the lead's fault (contract §4): a full disk, a dropped
 //! partition and a refusal the operator fixes afterwards, each through the production path
 //! (leads packed as the API packs them, the batcher at its production ack wait and backoff).
 

@@ -1,4 +1,4 @@
-//! Provider outcomes, classified by a table kept as data (SPEC §3).
+//! Provider outcomes, classified by a table kept as data (contract §3).
 
 use quizflow_core::Outcome;
 use std::time::Duration;
@@ -51,7 +51,7 @@ pub fn classify_http(
             retry_after,
             detail: format!("429: {detail}"),
         },
-        // Redirects are never followed (SPEC §4): a target that redirects will not work.
+        // Redirects are never followed (contract §4): a target that redirects will not work.
         300..=399 => Outcome::Permanent(format!("{status}: redirect not followed")),
         408 | 409 => Outcome::Transient(format!("{status}: {detail}")),
         400..=499 => Outcome::Permanent(format!("{status}: {detail}")),

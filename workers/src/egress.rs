@@ -1,4 +1,4 @@
-//! Outgoing requests are not a way in (SPEC §4): webhook targets that resolve to loopback,
+//! Outgoing requests are not a way in (contract §4): webhook targets that resolve to loopback,
 //! private, link-local, cloud-metadata or otherwise non-public addresses are refused.
 //!
 //! The check runs on the addresses the connection will actually use — a resolver that drops

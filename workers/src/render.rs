@@ -1,4 +1,4 @@
-//! Rendering a campaign action for one submission (minijinja; SPEC §3 "Templates").
+//! Rendering a campaign action for one submission (minijinja; contract §3 "Templates").
 
 use minijinja::Environment;
 use quizflow_core::{Action, Channel};
@@ -111,7 +111,7 @@ impl TemplateCache {
         }
         let mut env = Environment::new();
         add_qr_functions(&mut env, self.links.clone());
-        // E-mail bodies are HTML: submission data is escaped in them (SPEC §4), so a name
+        // E-mail bodies are HTML: submission data is escaped in them (contract §4), so a name
         // such as `<script>` arrives as text. Subjects and other channels are plain text.
         if action.channel == Channel::Email {
             env.set_auto_escape_callback(|name| {

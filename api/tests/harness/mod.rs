@@ -138,7 +138,7 @@ impl Drop for Api {
     }
 }
 
-/// Asserts the SPEC error shape and returns the body.
+/// Asserts the contract's error shape and returns the body.
 pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
     assert_eq!(resp.status().as_u16(), status, "status");
     let ct = resp
