@@ -16,88 +16,71 @@ pub struct Metrics {
     pub dependency_up: prometheus::IntGaugeVec,
 }
 
+fn counters(name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
 impl Metrics {
     /// The API's metrics, registered in `registry` (its own, or the one `up` shares).
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "quizflow_api_requests_total",
-                "HTTP requests by route and status",
-            ),
-            &["route", "status"],
-        )?;
-        let request_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "quizflow_api_request_duration_seconds",
-                "HTTP request duration",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            &["route", "status"],
-        )?;
-        let accepted = IntCounter::new(
-            "quizflow_submissions_accepted_total",
-            "Submissions acknowledged by JetStream (new)",
-        )?;
-        let duplicates = IntCounter::new(
-            "quizflow_submissions_duplicate_total",
-            "Submissions JetStream reported as duplicates",
-        )?;
-        let rejected = IntCounterVec::new(
-            Opts::new(
+        const HTTP: &[f64] = &[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        const PUBLISH: &[f64] = &[
+            0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
+        ];
+        let r = |c: Box<dyn Collector>| registry.register(c);
+        let m = Self {
+            requests: counters("quizflow_api_requests_total", "HTTP requests by route and status", &["route", "status"])?,
+            request_seconds: HistogramVec::new(
+                HistogramOpts::new("quizflow_api_request_duration_seconds", "HTTP request duration")
+                    .buckets(HTTP.to_vec()),
+                &["route", "status"],
+            )?,
+            accepted: IntCounter::new(
+                "quizflow_submissions_accepted_total",
+                "Submissions acknowledged by JetStream (new)",
+            )?,
+            duplicates: IntCounter::new(
+                "quizflow_submissions_duplicate_total",
+                "Submissions JetStream reported as duplicates",
+            )?,
+            rejected: counters(
                 "quizflow_submissions_rejected_total",
                 "Submissions answered with an error, by code",
-            ),
-            &["code"],
-        )?;
-        let publish_seconds = prometheus::Histogram::with_opts(
-            HistogramOpts::new(
-                "quizflow_jetstream_publish_duration_seconds",
-                "Publish to PubAck",
-            )
-            .buckets(vec![
-                0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
-            ]),
-        )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(request_seconds.clone()))?;
-        registry.register(Box::new(accepted.clone()))?;
-        registry.register(Box::new(duplicates.clone()))?;
-        registry.register(Box::new(rejected.clone()))?;
-        let audit_write_failures = IntCounter::new(
-            "quizflow_audit_write_failures_total",
-            "Admin actions whose audit entry could not be written",
-        )?;
-        registry.register(Box::new(publish_seconds.clone()))?;
-        registry.register(Box::new(audit_write_failures.clone()))?;
-        let callbacks = IntCounterVec::new(
-            Opts::new(
+                &["code"],
+            )?,
+            publish_seconds: prometheus::Histogram::with_opts(
+                HistogramOpts::new("quizflow_jetstream_publish_duration_seconds", "Publish to PubAck")
+                    .buckets(PUBLISH.to_vec()),
+            )?,
+            audit_write_failures: IntCounter::new(
+                "quizflow_audit_write_failures_total",
+                "Admin actions whose audit entry could not be written",
+            )?,
+            callbacks: counters(
                 "quizflow_callbacks_total",
                 "Provider status reports by provider and outcome (delivered, failed, progress, stale, unknown, rejected)",
-            ),
-            &["provider", "outcome"],
-        )?;
-        registry.register(Box::new(callbacks.clone()))?;
-        let dependency_up = prometheus::IntGaugeVec::new(
-            Opts::new(
-                "quizflow_dependency_up",
-                "1 when the API's last readiness check reached the dependency",
-            ),
-            &["dependency"],
-        )?;
-        registry.register(Box::new(dependency_up.clone()))?;
-        Ok(Self {
-            dependency_up,
-            requests,
-            request_seconds,
-            accepted,
-            duplicates,
-            rejected,
-            publish_seconds,
-            audit_write_failures,
-            callbacks,
-        })
+                &["provider", "outcome"],
+            )?,
+            dependency_up: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "quizflow_dependency_up",
+                    "1 when the API's last readiness check reached the dependency",
+                ),
+                &["dependency"],
+            )?,
+        };
+        r(Box::new(m.requests.clone()))?;
+        r(Box::new(m.request_seconds.clone()))?;
+        r(Box::new(m.accepted.clone()))?;
+        r(Box::new(m.duplicates.clone()))?;
+        r(Box::new(m.rejected.clone()))?;
+        r(Box::new(m.publish_seconds.clone()))?;
+        r(Box::new(m.audit_write_failures.clone()))?;
+        r(Box::new(m.callbacks.clone()))?;
+        r(Box::new(m.dependency_up.clone()))?;
+        Ok(m)
     }
 
     /// This process's cumulative duplicate and rejection counts, keyed as the database

@@ -103,20 +103,7 @@ where
     F: std::future::Future<Output = Result<(), String>> + Send,
 {
     conn.transaction::<Fired, FireError, _>(async move |conn| {
-        let rows: Vec<DueRow> = diesel::sql_query(format!(
-            "SELECT {LEDGER_COLUMNS}, d.due_at, d.repeat_until, \
-                    COALESCE(c.active AND (c.ends_at IS NULL OR c.ends_at > now()), false) AS live, \
-                    CASE WHEN d.repeat_until IS NOT NULL THEN \
-                      (SELECT v.definition FROM campaign_versions v \
-                       WHERE v.campaign_id = d.campaign_id AND v.version = d.campaign_version) END AS definition \
-             FROM deliveries d LEFT JOIN campaigns c ON c.id = d.campaign_id \
-             WHERE d.status = 'scheduled' AND d.due_at <= now() AND d.channel = ANY($2) \
-             ORDER BY d.due_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED"
-        ))
-        .bind::<diesel::sql_types::BigInt, _>(limit)
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(channels)
-        .load(conn)
-        .await?;
+        let rows = lock_due(conn, limit, channels).await?;
         // A row this build cannot make a job of (a channel added by a newer version, during a
         // rolling upgrade) stays scheduled for a process that can, instead of turning
         // `queued` with no job behind it.
@@ -128,31 +115,7 @@ where
         if rows.is_empty() {
             return Ok(fired);
         }
-        let subs: Vec<Uuid> = rows.iter().map(|r| r.ledger.submission_id).collect();
-        let camps: Vec<Uuid> = rows.iter().map(|r| r.ledger.campaign_id).collect();
-        let channels: Vec<&str> = rows.iter().map(|r| r.ledger.channel.as_str()).collect();
-        let steps: Vec<i16> = rows.iter().map(|r| r.ledger.step).collect();
-        let live: Vec<bool> = rows.iter().map(|r| r.live).collect();
-        let reason: Vec<Option<&str>> = rows
-            .iter()
-            .map(|r| (!r.live).then_some("the campaign was deactivated, ended or deleted"))
-            .collect();
-        diesel::sql_query(
-            "UPDATE deliveries d SET status = CASE WHEN u.live THEN 'queued' ELSE 'cancelled' END, \
-                    last_error = u.reason, updated_at = now() \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::bool[], $6::text[]) \
-                  AS u(sub, camp, channel, step, live, reason) \
-             WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel \
-               AND d.step = u.step AND d.status = 'scheduled'",
-        )
-        .bind::<Array<SqlUuid>, _>(&subs)
-        .bind::<Array<SqlUuid>, _>(&camps)
-        .bind::<Array<Text>, _>(&channels)
-        .bind::<Array<SmallInt>, _>(&steps)
-        .bind::<Array<Bool>, _>(&live)
-        .bind::<Array<Nullable<Text>>, _>(&reason)
-        .execute(conn)
-        .await?;
+        mark_fired(conn, &rows).await?;
         // A live recurring occurrence fired: the next one is written now, in the same
         // transaction (only one occurrence per action waits in the ledger at a time).
         let next: Vec<DeliveryJob> = rows
@@ -185,6 +148,60 @@ where
         fired.lateness_ms = due.iter().map(|d| (now - *d).num_milliseconds()).collect();
         Ok(fired)
     })
+    .await
+}
+
+/// Up to `limit` due rows of `channels`, locked for this transaction (others skip them).
+async fn lock_due(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+    channels: &[&str],
+) -> Result<Vec<DueRow>, diesel::result::Error> {
+    diesel::sql_query(format!(
+        "SELECT {LEDGER_COLUMNS}, d.due_at, d.repeat_until, \
+                COALESCE(c.active AND (c.ends_at IS NULL OR c.ends_at > now()), false) AS live, \
+                CASE WHEN d.repeat_until IS NOT NULL THEN \
+                  (SELECT v.definition FROM campaign_versions v \
+                   WHERE v.campaign_id = d.campaign_id AND v.version = d.campaign_version) END AS definition \
+         FROM deliveries d LEFT JOIN campaigns c ON c.id = d.campaign_id \
+         WHERE d.status = 'scheduled' AND d.due_at <= now() AND d.channel = ANY($2) \
+         ORDER BY d.due_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED"
+    ))
+    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(channels)
+    .load(conn)
+    .await
+}
+
+/// Fired rows become `queued` (their campaign live) or `cancelled`, in one statement.
+async fn mark_fired(
+    conn: &mut AsyncPgConnection,
+    rows: &[DueRow],
+) -> Result<usize, diesel::result::Error> {
+    let subs: Vec<Uuid> = rows.iter().map(|r| r.ledger.submission_id).collect();
+    let camps: Vec<Uuid> = rows.iter().map(|r| r.ledger.campaign_id).collect();
+    let channels: Vec<&str> = rows.iter().map(|r| r.ledger.channel.as_str()).collect();
+    let steps: Vec<i16> = rows.iter().map(|r| r.ledger.step).collect();
+    let live: Vec<bool> = rows.iter().map(|r| r.live).collect();
+    let reason: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| (!r.live).then_some("the campaign was deactivated, ended or deleted"))
+        .collect();
+    diesel::sql_query(
+        "UPDATE deliveries d SET status = CASE WHEN u.live THEN 'queued' ELSE 'cancelled' END, \
+                last_error = u.reason, updated_at = now() \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::bool[], $6::text[]) \
+              AS u(sub, camp, channel, step, live, reason) \
+         WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel \
+           AND d.step = u.step AND d.status = 'scheduled'",
+    )
+    .bind::<Array<SqlUuid>, _>(&subs)
+    .bind::<Array<SqlUuid>, _>(&camps)
+    .bind::<Array<Text>, _>(&channels)
+    .bind::<Array<SmallInt>, _>(&steps)
+    .bind::<Array<Bool>, _>(&live)
+    .bind::<Array<Nullable<Text>>, _>(&reason)
+    .execute(conn)
     .await
 }
 

@@ -31,55 +31,62 @@ pub struct WorkerMetrics {
     pub schedule_lateness: prometheus::Histogram,
 }
 
+fn counter(name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
+    IntGaugeVec::new(Opts::new(name, help), labels)
+}
+
+fn seconds(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(buckets.to_vec())
+}
+
 impl WorkerMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
+        const CALL: &[f64] = &[
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        const WAIT: &[f64] = &[
+            0.0001, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        const LATE: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
         Ok(Self {
-            deliveries: IntCounterVec::new(
-                Opts::new(
-                    "quizflow_deliveries_total",
-                    "Provider calls by channel and outcome class",
-                ),
+            deliveries: counter(
+                "quizflow_deliveries_total",
+                "Provider calls by channel and outcome class",
                 &["channel", "outcome"],
             )?,
             provider_seconds: HistogramVec::new(
-                HistogramOpts::new(
+                seconds(
                     "quizflow_provider_request_duration_seconds",
                     "Provider call duration",
-                )
-                .buckets(vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                ]),
+                    CALL,
+                ),
                 &["channel"],
             )?,
-            retries: IntCounterVec::new(
-                Opts::new(
-                    "quizflow_delivery_retries_total",
-                    "Delivery attempts scheduled again (failed or throttled)",
-                ),
+            retries: counter(
+                "quizflow_delivery_retries_total",
+                "Delivery attempts scheduled again (failed or throttled)",
                 &["channel", "reason"],
             )?,
-            dead_letters: IntCounterVec::new(
-                Opts::new(
-                    "quizflow_worker_dead_letters_total",
-                    "Delivery jobs moved to DEAD_LETTERS",
-                ),
+            dead_letters: counter(
+                "quizflow_worker_dead_letters_total",
+                "Delivery jobs moved to DEAD_LETTERS",
                 &["channel", "class"],
             )?,
-            circuit: IntGaugeVec::new(
-                Opts::new(
-                    "quizflow_circuit_breaker_state",
-                    "Provider circuit: 0 closed, 1 open, 2 half-open",
-                ),
+            circuit: gauge(
+                "quizflow_circuit_breaker_state",
+                "Provider circuit: 0 closed, 1 open, 2 half-open",
                 &["channel", "provider"],
             )?,
             limiter_wait_seconds: HistogramVec::new(
-                HistogramOpts::new(
+                seconds(
                     "quizflow_rate_limiter_wait_seconds",
                     "Time a job waited for its channel's token bucket",
-                )
-                .buckets(vec![
-                    0.0001, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                ]),
+                    WAIT,
+                ),
                 &["channel"],
             )?,
             cost: CounterVec::new(
@@ -96,27 +103,21 @@ impl WorkerMetrics {
                 ),
                 &["channel"],
             )?,
-            members: IntGaugeVec::new(
-                Opts::new(
-                    "quizflow_worker_members",
-                    "Live workers processes serving the channel (they split its limits)",
-                ),
+            members: gauge(
+                "quizflow_worker_members",
+                "Live workers processes serving the channel (they split its limits)",
                 &["channel"],
             )?,
-            scheduled: IntCounterVec::new(
-                Opts::new(
-                    "quizflow_scheduled_messages_total",
-                    "Scheduled messages fired, by outcome (published or cancelled)",
-                ),
+            scheduled: counter(
+                "quizflow_scheduled_messages_total",
+                "Scheduled messages fired, by outcome (published or cancelled)",
                 &["outcome"],
             )?,
-            schedule_lateness: prometheus::Histogram::with_opts(
-                HistogramOpts::new(
-                    "quizflow_schedule_lateness_seconds",
-                    "How long after its due time a scheduled message was published",
-                )
-                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0]),
-            )?,
+            schedule_lateness: prometheus::Histogram::with_opts(seconds(
+                "quizflow_schedule_lateness_seconds",
+                "How long after its due time a scheduled message was published",
+                LATE,
+            ))?,
         })
     }
 

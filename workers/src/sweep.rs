@@ -119,6 +119,32 @@ pub(crate) async fn relay_redrives(js: &jetstream::Context, pool: &Pool, relay_a
     }
 }
 
+/// One job of a stranded message, dead-lettered unless it was settled meanwhile. `None`: the
+/// database is away (look again later).
+async fn sweep_job(dl: &DeadLetters<'_>, job: &DeliveryJob) -> Option<Result<(), String>> {
+    let mut conn = dl.pool.get().await.ok()?;
+    let ctx = deliveries::load(&mut conn, &deliveries::SpecCache::default(), &[job])
+        .await
+        .ok()?
+        .pop()
+        .flatten();
+    drop(conn);
+    // Jobs of the chunk that were settled already stay as they are.
+    if ctx.as_ref().is_some_and(|c| c.is_final()) {
+        return Some(Ok(()));
+    }
+    let (attempts, history) = ctx.map(|c| (c.attempts, c.history)).unwrap_or_default();
+    let letter = Letter {
+        class: quizflow_core::DeadClass::MaxDeliveries,
+        reason: "JetStream delivery limit reached without an outcome",
+        attempts,
+        to: None,
+        claim: None,
+    };
+    let recorded = dl.record(job, &history, letter).await;
+    Some(recorded.map(|_| ()).map_err(|e| e.to_string()))
+}
+
 /// Dead-letters one job JetStream gave up on. False: try again later.
 async fn sweep_one(
     dl: &DeadLetters<'_>,
@@ -143,37 +169,10 @@ async fn sweep_one(
     let mut recorded: Result<(), String> = Ok(());
     for (member, line) in quizflow_nats::members(&original.payload).enumerate() {
         let one = match serde_json::from_slice::<DeliveryJob>(line) {
-            Ok(job) => {
-                let ctx = match dl.pool.get().await {
-                    Ok(mut conn) => match deliveries::load(
-                        &mut conn,
-                        &deliveries::SpecCache::default(),
-                        &[&job],
-                    )
-                    .await
-                    {
-                        Ok(mut c) => c.pop().flatten(),
-                        Err(_) => return false,
-                    },
-                    Err(_) => return false,
-                };
-                // Jobs of the chunk that were settled already stay as they are.
-                if ctx.as_ref().is_some_and(|c| c.is_final()) {
-                    continue;
-                }
-                let (attempts, history) = ctx.map(|c| (c.attempts, c.history)).unwrap_or_default();
-                let letter = Letter {
-                    class: quizflow_core::DeadClass::MaxDeliveries,
-                    reason: "JetStream delivery limit reached without an outcome",
-                    attempts,
-                    to: None,
-                    claim: None,
-                };
-                dl.record(&job, &history, letter)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
+            Ok(job) => match sweep_job(dl, &job).await {
+                Some(r) => r,
+                None => return false,
+            },
             // Undecodable: the stream copy is all there is; keep it in DEAD_LETTERS as is.
             Err(e) => quizflow_nats::dead_letter_job_message(
                 dl.js,

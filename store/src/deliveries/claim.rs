@@ -1,0 +1,109 @@
+//! The claim a worker takes before a provider call, its renewal while the job is worked on,
+//! and the mark set right before the call (an erasure waits for marked calls).
+
+use super::{unzip, Key, KeyRow};
+use crate::StoreError;
+use diesel::sql_types::{Array, SmallInt, Text, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+/// Claims the rows nobody holds (`queued`, `failed`, or `sending` with an expired lease) for
+/// `lease`, under `claim`, in one statement; returns the keys it claimed.
+pub async fn claim(
+    conn: &mut AsyncPgConnection,
+    keys: &[Key],
+    claim: Uuid,
+    lease: std::time::Duration,
+) -> Result<Vec<Key>, StoreError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (subs, camps, channels, steps) = unzip(keys);
+    let rows: Vec<KeyRow> = diesel::sql_query(
+        "UPDATE deliveries d SET status = 'sending', claim = $4, calling_at = NULL, \
+                lease_until = now() + make_interval(secs => $5), updated_at = now() \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $6::int2[]) AS k(sub, camp, channel, step) \
+         WHERE d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel AND d.step = k.step \
+           AND ((d.status IN ('queued', 'failed') AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= now())) \
+                OR (d.status = 'sending' AND d.lease_until < now())) \
+         RETURNING d.submission_id, d.campaign_id, d.channel, d.step",
+    )
+    .bind::<Array<SqlUuid>, _>(&subs)
+    .bind::<Array<SqlUuid>, _>(&camps)
+    .bind::<Array<Text>, _>(&channels)
+    .bind::<SqlUuid, _>(claim)
+    .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
+    .bind::<Array<SmallInt>, _>(&steps)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(KeyRow::key).collect())
+}
+
+/// Extends the lease of every row still `sending` under the given claim to `lease` from now,
+/// in one statement; returns how many it extended. Rows finished or taken over are left.
+/// Like [`start_calls`], committed without waiting for the WAL flush: a renewal lost with a
+/// database crash is made again within a quarter lease.
+pub async fn renew(
+    conn: &mut AsyncPgConnection,
+    held: &[(Key, Uuid)],
+    lease: std::time::Duration,
+) -> Result<usize, StoreError> {
+    if held.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<Key> = held.iter().map(|(k, _)| k.clone()).collect();
+    let claims: Vec<Uuid> = held.iter().map(|(_, c)| *c).collect();
+    let (subs, camps, channels, steps) = unzip(&keys);
+    let n = diesel::sql_query(
+        "UPDATE deliveries d SET lease_until = now() + make_interval(secs => $6) \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::uuid[]) AS k(sub, camp, channel, step, claim), \
+              (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit \
+         WHERE d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel AND d.step = k.step \
+           AND d.status = 'sending' AND d.claim = k.claim",
+    )
+    .bind::<Array<SqlUuid>, _>(&subs)
+    .bind::<Array<SqlUuid>, _>(&camps)
+    .bind::<Array<Text>, _>(&channels)
+    .bind::<Array<SmallInt>, _>(&steps)
+    .bind::<Array<SqlUuid>, _>(&claims)
+    .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
+    .execute(conn)
+    .await?;
+    Ok(n)
+}
+
+/// Marks the calls about to start: each row still `sending` under the given claim gets
+/// `calling_at`, in one statement; returns the keys confirmed. A row missing from the answer
+/// was cancelled (an erasure) or taken over since its claim: its holder must not call.
+///
+/// Committed without waiting for the WAL flush (`synchronous_commit = off` for this statement
+/// only): the mark is visible at once to an erasure, which is all it is for, and a mark lost
+/// with a database crash costs nothing (the claim's lease still bounds the call). The rows'
+/// statuses and outcomes are always written with the durable default.
+pub async fn start_calls(
+    conn: &mut AsyncPgConnection,
+    held: &[(Key, Uuid)],
+) -> Result<Vec<Key>, StoreError> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<Key> = held.iter().map(|(k, _)| k.clone()).collect();
+    let claims: Vec<Uuid> = held.iter().map(|(_, c)| *c).collect();
+    let (subs, camps, channels, steps) = unzip(&keys);
+    let rows: Vec<KeyRow> = diesel::sql_query(
+        "UPDATE deliveries d SET calling_at = now() \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::uuid[]) AS k(sub, camp, channel, step, claim), \
+              (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit \
+         WHERE d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel AND d.step = k.step \
+           AND d.status = 'sending' AND d.claim = k.claim \
+         RETURNING d.submission_id, d.campaign_id, d.channel, d.step",
+    )
+    .bind::<Array<SqlUuid>, _>(&subs)
+    .bind::<Array<SqlUuid>, _>(&camps)
+    .bind::<Array<Text>, _>(&channels)
+    .bind::<Array<SmallInt>, _>(&steps)
+    .bind::<Array<SqlUuid>, _>(&claims)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(KeyRow::key).collect())
+}
