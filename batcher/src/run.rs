@@ -21,11 +21,15 @@ use tokio::time::Instant;
 #[derive(Debug, thiserror::Error)]
 pub enum BatcherError {
     #[error("nats: {0}")]
-    Nats(String),
+    Nats(#[source] async_nats::Error),
+    #[error("the consumer's message stream ended")]
+    StreamEnded,
+    #[error("jobs not published: {0}")]
+    Publish(#[from] quizflow_nats::NatsError),
     #[error("database: {0}")]
     Db(#[from] StoreError),
     #[error("matcher task failed: {0}")]
-    Matcher(String),
+    Matcher(#[from] tokio::task::JoinError),
     #[cfg(feature = "test-hooks")]
     #[error("simulated crash after commit (tests)")]
     SimulatedCrash,
@@ -55,6 +59,29 @@ pub struct Batcher {
     /// Tests: stop dead right after the commit, before any publish or ack.
     #[cfg(feature = "test-hooks")]
     crash_after_commit: AtomicBool,
+}
+
+/// One span per submission, child of the request that published it, so a lead's trace runs
+/// from the API through the batcher to each delivery attempt. Only when tracing is on.
+fn traces(
+    batch: &[jetstream::Message],
+    part: &[Decoded],
+) -> std::collections::HashMap<SubmissionId, async_nats::HeaderMap> {
+    if !quizflow_telemetry::enabled() {
+        return Default::default();
+    }
+    part.iter()
+        .filter_map(|d| {
+            let span = tracing::info_span!(
+                "batcher.store",
+                submission_id = %d.envelope.submission_id,
+                stream_seq = d.seq
+            );
+            let parent = quizflow_nats::member_trace(batch[d.msg].headers.as_ref(), d.member);
+            quizflow_telemetry::set_parent_from_nats(&span, parent.as_ref());
+            quizflow_telemetry::headers_for(&span).map(|h| (d.envelope.submission_id, h))
+        })
+        .collect()
 }
 
 /// One submission of a fetched message (a message packs one or more, see `quizflow_nats::Packer`).
@@ -225,20 +252,21 @@ impl Batcher {
 
     async fn consume(&self, shutdown: impl Future<Output = ()>) -> Result<(), BatcherError> {
         tokio::pin!(shutdown);
+        let nats = |e| BatcherError::Nats(Box::new(e));
         let consumer: jetstream::consumer::Consumer<pull::Config> = self
             .js
             .get_stream(subjects::SUBMISSIONS_STREAM)
             .await
-            .map_err(|e| BatcherError::Nats(e.to_string()))?
+            .map_err(nats)?
             .get_consumer(subjects::BATCHER_CONSUMER)
             .await
-            .map_err(|e| BatcherError::Nats(e.to_string()))?;
+            .map_err(BatcherError::Nats)?;
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(self.settings.batch_max)
             .messages()
             .await
-            .map_err(|e| BatcherError::Nats(e.to_string()))?;
+            .map_err(|e| BatcherError::Nats(Box::new(e)))?;
         let mut backoff = Duration::ZERO;
         let mut stopping = false;
         while !stopping {
@@ -246,44 +274,18 @@ impl Batcher {
                 m = messages.next() => m,
                 _ = &mut shutdown => break,
             };
-            let mut batch = match first {
+            let batch = match first {
                 Some(Ok(m)) => vec![m],
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "pull consumer error");
                     continue;
                 }
-                None => {
-                    return Err(BatcherError::Nats(
-                        "the consumer's message stream ended".into(),
-                    ))
-                }
+                None => return Err(BatcherError::StreamEnded),
             };
-            // The flush timer starts with the batch's first message, never reset by later ones.
-            let deadline = Instant::now() + self.settings.batch_wait;
-            while batch.len() < self.settings.batch_max {
-                tokio::select! {
-                    m = messages.next() => match m {
-                        Some(Ok(m)) => batch.push(m),
-                        Some(Err(e)) => tracing::warn!(error = %e, "pull consumer error"),
-                        None => break,
-                    },
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    _ = &mut shutdown => { stopping = true; break; }
-                }
-            }
-            let size = batch.len();
-            let started = std::time::Instant::now();
-            let span = tracing::info_span!("batcher.flush", size);
-            let result = tracing::Instrument::instrument(self.flush(batch, backoff), span).await;
-            self.metrics.batch_size.observe(size as f64);
-            self.metrics
-                .flush_seconds
-                .observe(started.elapsed().as_secs_f64());
-            self.metrics
-                .batches
-                .with_label_values(&[if result.is_ok() { "stored" } else { "retried" }])
-                .inc();
-            match result {
+            let batch = self
+                .gather(batch, &mut messages, &mut shutdown, &mut stopping)
+                .await;
+            match self.flush_timed(batch, backoff).await {
                 Ok(()) => backoff = Duration::ZERO,
                 #[cfg(feature = "test-hooks")]
                 Err(BatcherError::SimulatedCrash) => return Err(BatcherError::SimulatedCrash),
@@ -300,8 +302,56 @@ impl Batcher {
                 }
             }
         }
-        // Messages the pull stream fetched ahead but no batch took: hand them back now
-        // instead of letting them wait out the ack wait. Bounded in count and time.
+        self.hand_back(&mut messages).await;
+        Ok(())
+    }
+
+    /// Fills a batch begun with its first message: up to `batch_max` messages, or until
+    /// `batch_wait` after the first (never reset by later ones), or the shutdown.
+    async fn gather(
+        &self,
+        mut batch: Vec<jetstream::Message>,
+        messages: &mut pull::Stream,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+        stopping: &mut bool,
+    ) -> Vec<jetstream::Message> {
+        let deadline = Instant::now() + self.settings.batch_wait;
+        while batch.len() < self.settings.batch_max {
+            tokio::select! {
+                m = messages.next() => match m {
+                    Some(Ok(m)) => batch.push(m),
+                    Some(Err(e)) => tracing::warn!(error = %e, "pull consumer error"),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.as_mut() => { *stopping = true; break; }
+            }
+        }
+        batch
+    }
+
+    /// [`Batcher::flush`], measured.
+    async fn flush_timed(
+        &self,
+        batch: Vec<jetstream::Message>,
+        backoff: Duration,
+    ) -> Result<(), BatcherError> {
+        let size = batch.len();
+        let started = std::time::Instant::now();
+        let span = tracing::info_span!("batcher.flush", size);
+        let result = tracing::Instrument::instrument(self.flush(batch, backoff), span).await;
+        self.metrics.batch_size.observe(size as f64);
+        self.metrics
+            .flush_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = if result.is_ok() { "stored" } else { "retried" };
+        self.metrics.batches.with_label_values(&[outcome]).inc();
+        result
+    }
+
+    /// Messages the pull stream fetched ahead but no batch took: handed back now instead of
+    /// waiting out the ack wait. Bounded in count and time.
+    async fn hand_back(&self, messages: &mut pull::Stream) {
         let drain_until = Instant::now() + Duration::from_secs(2);
         let mut naked = 0usize;
         while naked < self.settings.batch_max * 2 && Instant::now() < drain_until {
@@ -314,21 +364,11 @@ impl Batcher {
             }
         }
         tracing::info!(naked, "batcher stopped");
-        Ok(())
     }
 
-    /// Stores, matches and publishes one batch, then acks it. A batch that fails for a
-    /// reason that may be one message's data is split and retried in halves, down to the one
-    /// message that fails, which goes to `DEAD_LETTERS` alone; the rest are stored and acked.
-    /// On an outage (database or NATS away) every message not yet done is naked with the
-    /// backoff as delay, and nothing of it is acked.
-    async fn flush(
-        &self,
-        batch: Vec<jetstream::Message>,
-        backoff: Duration,
-    ) -> Result<(), BatcherError> {
-        // Per message: must it come back (nak) rather than be acked? A message is acked only
-        // once every member is stored or dead-lettered.
+    /// Decodes every member of every message; an undecodable member goes to `DEAD_LETTERS`
+    /// alone. Per message: must it come back (nak) rather than be acked?
+    async fn decode_batch(&self, batch: &[jetstream::Message]) -> (Vec<Decoded>, Vec<bool>) {
         let mut redeliver = vec![false; batch.len()];
         let mut good: Vec<Decoded> = Vec::with_capacity(batch.len());
         for (i, msg) in batch.iter().enumerate() {
@@ -354,6 +394,21 @@ impl Batcher {
                 }
             }
         }
+        (good, redeliver)
+    }
+
+    /// Stores, matches and publishes one batch, then acks it. A batch that fails for a
+    /// reason that may be one message's data is split and retried in halves, down to the one
+    /// message that fails, which goes to `DEAD_LETTERS` alone; the rest are stored and acked.
+    /// On an outage (database or NATS away) every message not yet done is naked with the
+    /// backoff as delay, and nothing of it is acked. A message is acked only once every
+    /// member is stored or dead-lettered.
+    async fn flush(
+        &self,
+        batch: Vec<jetstream::Message>,
+        backoff: Duration,
+    ) -> Result<(), BatcherError> {
+        let (good, mut redeliver) = self.decode_batch(&batch).await;
         let delay = backoff.max(Duration::from_millis(500));
         let mut pending: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
         pending.push(0..good.len());
@@ -367,46 +422,34 @@ impl Batcher {
                 part.iter().for_each(|d| redeliver[d.msg] = true);
                 continue;
             }
-            match self.store_and_publish(&batch, part).await {
-                Ok(()) => {}
+            let Err(e) = self.store_and_publish(&batch, part).await else {
+                continue;
+            };
+            match e.retry() {
                 #[cfg(feature = "test-hooks")]
-                Err(BatcherError::SimulatedCrash) => return Err(BatcherError::SimulatedCrash),
-                Err(e) => match e.retry() {
-                    Retry::Later => {
-                        part.iter().for_each(|d| redeliver[d.msg] = true);
-                        outage = Some(e);
-                    }
-                    Retry::Isolate if part.len() > 1 => {
-                        self.metrics.batches.with_label_values(&["isolated"]).inc();
-                        let mid = range.start + part.len() / 2;
-                        tracing::warn!(error = %e, size = part.len(), "batch rejected for its data; isolating the failing submission");
-                        pending.push(mid..range.end);
-                        pending.push(range.start..mid);
-                    }
-                    Retry::Isolate => {
-                        let d = &part[0];
-                        // Refused alone, for its data: unstorable only if the server takes
-                        // another write of the same shape right now (contract §4).
-                        if let Err(probe) =
-                            store::write_probe(&self.pool, d.envelope.received_at).await
-                        {
-                            tracing::warn!(error = %probe, "write probe failed: the server's trouble, not the submission's");
+                _ if matches!(e, BatcherError::SimulatedCrash) => return Err(e),
+                Retry::Later => {
+                    part.iter().for_each(|d| redeliver[d.msg] = true);
+                    outage = Some(e);
+                }
+                Retry::Isolate if part.len() > 1 => {
+                    self.metrics.batches.with_label_values(&["isolated"]).inc();
+                    let mid = range.start + part.len() / 2;
+                    tracing::warn!(error = %e, size = part.len(), "batch rejected for its data; isolating the failing submission");
+                    pending.push(mid..range.end);
+                    pending.push(range.start..mid);
+                }
+                Retry::Isolate => {
+                    let d = &part[0];
+                    match self.refused_alone(&batch, d, &e).await {
+                        Ok(true) => {}
+                        Ok(false) => redeliver[d.msg] = true,
+                        Err(probe) => {
                             redeliver[d.msg] = true;
-                            outage = Some(BatcherError::Db(probe));
-                            continue;
-                        }
-                        let reason = match &e {
-                            BatcherError::Db(db) => format!("cannot be stored: {}", db.public()),
-                            other => format!("cannot be stored: {other}"),
-                        };
-                        if !self
-                            .poison(&batch[d.msg], d.seq, d.member, &reason, "unstorable")
-                            .await
-                        {
-                            redeliver[d.msg] = true;
+                            outage = Some(probe);
                         }
                     }
-                },
+                }
             }
         }
         futures::future::join_all(batch.iter().zip(&redeliver).map(|(m, &again)| async move {
@@ -423,23 +466,70 @@ impl Batcher {
         }
     }
 
+    /// A submission refused alone, for its data: unstorable only if the server takes another
+    /// write of the same shape right now (contract §4); then it goes to `DEAD_LETTERS`.
+    /// `Ok(false)`: the letter was not recorded (it comes back); `Err`: the probe failed, the
+    /// server's trouble.
+    async fn refused_alone(
+        &self,
+        batch: &[jetstream::Message],
+        d: &Decoded,
+        e: &BatcherError,
+    ) -> Result<bool, BatcherError> {
+        if let Err(probe) = store::write_probe(&self.pool, d.envelope.received_at).await {
+            tracing::warn!(error = %probe, "write probe failed: the server's trouble, not the submission's");
+            return Err(BatcherError::Db(probe));
+        }
+        let reason = match e {
+            BatcherError::Db(db) => format!("cannot be stored: {}", db.public()),
+            other => format!("cannot be stored: {other}"),
+        };
+        Ok(self
+            .poison(&batch[d.msg], d.seq, d.member, &reason, "unstorable")
+            .await)
+    }
+
+    /// Matches a part of a batch on rayon (CPU work, off the async runtime).
+    async fn match_part(
+        &self,
+        part: &[Decoded],
+    ) -> Result<(Vec<SubmissionEnvelope>, Arc<Matcher>, Vec<crate::Match>), BatcherError> {
+        let matcher = self.snapshot();
+        let span = tracing::Span::current();
+        let envelopes: Vec<SubmissionEnvelope> = part.iter().map(|d| d.envelope.clone()).collect();
+        Ok(tokio::task::spawn_blocking(move || {
+            let _g = span.enter();
+            let m = matcher.match_batch(&envelopes);
+            (envelopes, matcher, m)
+        })
+        .await?)
+    }
+
+    /// The monthly partitions the batch's receipt times need, created once per process.
+    async fn ensure_partitions(&self, envelopes: &[SubmissionEnvelope]) -> Result<(), StoreError> {
+        let mut known = self
+            .partitions
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default();
+        store::ensure_partitions(
+            &self.pool,
+            &mut known,
+            envelopes.iter().map(|e| e.received_at),
+        )
+        .await?;
+        if let Ok(mut k) = self.partitions.lock() {
+            *k = known;
+        }
+        Ok(())
+    }
+
     async fn store_and_publish(
         &self,
         batch: &[jetstream::Message],
         part: &[Decoded],
     ) -> Result<(), BatcherError> {
-        // Matching is CPU work: off the async runtime, on rayon.
-        let matcher = self.snapshot();
-        let span = tracing::Span::current();
-        let envelopes: Vec<SubmissionEnvelope> = part.iter().map(|d| d.envelope.clone()).collect();
-        let (envelopes, matches) = tokio::task::spawn_blocking(move || {
-            let _g = span.enter();
-            let m = matcher.match_batch(&envelopes);
-            (envelopes, (matcher, m))
-        })
-        .await
-        .map_err(|e| BatcherError::Matcher(e.to_string()))?;
-        let (matcher, matches) = matches;
+        let (envelopes, matcher, matches) = self.match_part(part).await?;
         let rows: Vec<Row<'_>> = envelopes
             .iter()
             .zip(part)
@@ -451,22 +541,7 @@ impl Batcher {
         let now = chrono::Utc::now();
         let jobs_for =
             |new_rows: &HashSet<usize>| matcher.jobs(&matches, &envelopes, new_rows, now);
-        {
-            let mut known = self
-                .partitions
-                .lock()
-                .map(|k| k.clone())
-                .unwrap_or_default();
-            store::ensure_partitions(
-                &self.pool,
-                &mut known,
-                envelopes.iter().map(|e| e.received_at),
-            )
-            .await?;
-            if let Ok(mut k) = self.partitions.lock() {
-                *k = known;
-            }
-        }
+        self.ensure_partitions(&envelopes).await?;
         let (new_rows, mut jobs) = store::store_batch(&self.pool, &rows, jobs_for).await?;
         #[cfg(feature = "test-hooks")]
         if self.crash_after_commit.swap(false, Ordering::SeqCst) {
@@ -490,45 +565,21 @@ impl Batcher {
         }
         // Scheduled jobs wait in the ledger (`scheduled`); the workers publish them when due.
         let scheduled = jobs.iter().filter(|j| j.due_at.is_some()).count();
-        if scheduled > 0 {
-            jobs.retain(|j| j.due_at.is_none());
-        }
-        // One span per submission, child of the request that published it, so a lead's trace
-        // runs from the API through here to each delivery attempt. Only when tracing is on.
-        let traces: std::collections::HashMap<SubmissionId, async_nats::HeaderMap> =
-            if quizflow_telemetry::enabled() {
-                part.iter()
-                    .filter_map(|d| {
-                        let span = tracing::info_span!(
-                            "batcher.store",
-                            submission_id = %d.envelope.submission_id,
-                            stream_seq = d.seq
-                        );
-                        let parent =
-                            quizflow_nats::member_trace(batch[d.msg].headers.as_ref(), d.member);
-                        quizflow_telemetry::set_parent_from_nats(&span, parent.as_ref());
-                        quizflow_telemetry::headers_for(&span)
-                            .map(|h| (d.envelope.submission_id, h))
-                    })
-                    .collect()
-            } else {
-                Default::default()
-            };
+        jobs.retain(|j| j.due_at.is_none());
+        let traces = traces(batch, part);
         quizflow_nats::publish_jobs(&self.js, &jobs, |job| {
             traces.get(&job.submission_id).cloned()
         })
-        .await
-        .map_err(|e| BatcherError::Nats(e.to_string()))?;
+        .await?;
+        let already = envelopes.len() - new_rows.len();
         self.metrics.stored.inc_by(new_rows.len() as u64);
-        self.metrics
-            .already_stored
-            .inc_by((envelopes.len() - new_rows.len()) as u64);
+        self.metrics.already_stored.inc_by(already as u64);
         self.metrics.jobs_per_batch.observe(jobs.len() as f64);
         self.metrics.jobs_published.inc_by(jobs.len() as u64);
         tracing::info!(
             size = part.len(),
             stored = new_rows.len(),
-            already_stored = envelopes.len() - new_rows.len(),
+            already_stored = already,
             jobs = jobs.len(),
             scheduled,
             "batch stored"
