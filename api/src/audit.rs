@@ -52,19 +52,10 @@ impl AuditKey {
     }
 }
 
-/// The action a request on `route` is, if it is one the log keeps when it succeeds.
+/// The action a request on `route` is, if it is one the log keeps when it succeeds (named in
+/// the route table).
 fn action(method: &Method, route: &str) -> Option<&'static str> {
-    Some(match (method.as_str(), route) {
-        ("POST", "/v1/campaigns") => "campaign.create",
-        ("PUT", "/v1/campaigns/{id}") => "campaign.replace",
-        ("DELETE", "/v1/campaigns/{id}") => "campaign.delete",
-        ("POST", "/v1/dead-letters/{id}/redrive") => "dead_letter.redrive",
-        ("POST", "/v1/dead-letters/redrive") => "dead_letters.redrive",
-        ("POST", "/v1/respondents/erase") => "respondent.erase",
-        ("GET", "/v1/submissions/{id}") => "submission.read",
-        ("GET", "/v1/dead-letters") => "dead_letters.read",
-        _ => return None,
-    })
+    crate::routes::audit_action(method.as_str(), route)
 }
 
 /// The id in a templated route's path (a campaign, a dead letter, a submission): uuids, never
@@ -88,7 +79,7 @@ pub(crate) async fn record<E: Endpoint>(
     req: Request,
 ) -> poem::Result<Response> {
     let method = req.method().clone();
-    let route = crate::metrics::route_label(req.uri().path());
+    let route = crate::routes::label(req.uri().path());
     let target = path_target(route, req.uri().path());
     let presented_token = req
         .headers()

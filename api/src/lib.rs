@@ -17,6 +17,7 @@ mod limits;
 mod metrics;
 mod ops;
 mod receipts;
+mod routes;
 mod stats;
 
 pub use callbacks::CallbackSettings;
@@ -27,7 +28,7 @@ pub use limits::LimitScope;
 use async_nats::jetstream;
 use metrics::Metrics;
 use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::{get, post, Endpoint, EndpointExt, IntoResponse, Response, Route, Server};
+use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route, Server};
 use quizflow_store::Pool;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -212,45 +213,19 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
                 .around(move |ep, req| audit::record(audit.clone(), ep, req))
         }
     };
-    Route::new()
-        .at("/v1/quizzes/:quiz_id/submissions", post(intake::submit_one))
-        .at("/v1/submissions/batch", post(intake::submit_batch))
-        .at(
-            "/v1/campaigns",
-            guard(post(admin::create_campaign).get(admin::list_campaigns)),
-        )
-        .at(
-            "/v1/campaigns/:id",
-            guard(
-                get(admin::get_campaign)
-                    .put(admin::replace_campaign)
-                    .delete(admin::delete_campaign),
-            ),
-        )
-        .at("/v1/submissions/:id", guard(get(admin::get_submission)))
-        .at("/v1/stats", guard(get(stats::stats)))
-        .at("/v1/audit", guard(get(audit::list)))
-        .at("/v1/respondents/erase", guard(post(erase::erase)))
-        .at("/v1/erasures/:id", guard(get(erase::status)))
-        .at("/v1/callbacks/twilio", post(callbacks::twilio))
-        .at(
-            "/v1/callbacks/whatsapp",
-            get(callbacks::whatsapp_verify).post(callbacks::whatsapp),
-        )
-        .at("/v1/callbacks/email", post(callbacks::email))
-        .at("/v1/qr/:file", get(ops::qr_image))
-        .at("/", get(ops::dashboard))
-        .at("/v1/dead-letters", guard(get(admin::list_dead_letters)))
-        .at("/v1/dead-letters/redrive", guard(post(admin::redrive_bulk)))
-        .at(
-            "/v1/dead-letters/:id/redrive",
-            guard(post(admin::redrive_one)),
-        )
-        .at("/healthz", get(ops::healthz))
-        .at("/readyz", get(ops::readyz))
-        .at("/metrics", get(ops::metrics))
-        .at("/openapi.json", get(ops::openapi))
-        .at("/docs", get(ops::docs))
+    let mut router = Route::new();
+    for r in routes::ROUTES {
+        let mut methods = poem::RouteMethod::new();
+        for op in r.ops {
+            methods = methods.method(op.method.http(), (op.handler)());
+        }
+        router = if r.admin {
+            router.at(r.path, guard(methods))
+        } else {
+            router.at(r.path, methods)
+        };
+    }
+    router
         .data(state)
         .catch_all_error(
             |err: poem::Error| async move { ApiError::from_poem(&err).into_response() },
@@ -258,7 +233,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         .around(move |ep, req| {
             let state = metrics_state.clone();
             async move {
-                let route = metrics::route_label(req.uri().path());
+                let route = routes::label(req.uri().path());
                 let started = Instant::now();
                 // Bounded: past `max_inflight` a request is refused at once (the client
                 // retries, a load balancer tries another instance); operations routes are
@@ -301,11 +276,10 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
                 };
                 let status = resp.status();
                 if status == poem::http::StatusCode::METHOD_NOT_ALLOWED {
-                    if let Some(allow) = metrics::allowed_methods(route) {
-                        resp.headers_mut().insert(
-                            poem::http::header::ALLOW,
-                            poem::http::HeaderValue::from_static(allow),
-                        );
+                    let allow = routes::allowed_methods(route)
+                        .and_then(|a| poem::http::HeaderValue::from_str(&a).ok());
+                    if let Some(allow) = allow {
+                        resp.headers_mut().insert(poem::http::header::ALLOW, allow);
                     }
                 }
                 state
