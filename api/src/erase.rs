@@ -62,6 +62,13 @@ fn parse(body: &serde_json::Value) -> Result<(Option<String>, Option<String>), A
     }
 }
 
+/// Who is being erased: the contacts, and their keyed hashes for the audit log.
+struct Person {
+    phone: Option<String>,
+    email: Option<String>,
+    hashes: serde_json::Value,
+}
+
 #[handler]
 pub async fn erase(
     state: Data<&Arc<AppState>>,
@@ -75,27 +82,56 @@ pub async fn erase(
         "phone": phone.as_deref().map(|p| state.audit_key.hash("phone", p)),
         "email": email.as_deref().map(|e| state.audit_key.hash("email", &e.to_lowercase())),
     });
-    let started = std::time::Instant::now();
+    let person = Person {
+        phone,
+        email,
+        hashes,
+    };
     // The barrier first: from its commit on, no lead received before now stores or matches
     // the person, and no message of theirs is sent unless its call had already begun.
     let barrier_cancelled = {
         let mut conn = state.db.get().await.map_err(db_error)?;
-        quizflow_store::erase::barrier(&mut conn, phone.as_deref(), email.as_deref())
+        let (phone, email) = (person.phone.as_deref(), person.email.as_deref());
+        quizflow_store::erase::barrier(&mut conn, phone, email)
             .await
             .map_err(db_error)?
     };
-    // Calls that had begun finish and are recorded before anything is scrubbed, so no
-    // outcome written later puts the contact back.
+    wait_for_calls(&state, &person).await?;
+    // The sweep: the stream scan grows with the streams, so it runs as a job, one at a time
+    // per cluster. Answered 200 with the counts when it finishes within `erase_wait`, else
+    // 202 with the job's status resource: the barrier above already holds either way.
+    let job = uuid::Uuid::new_v4();
+    {
+        let mut conn = state.db.get().await.map_err(db_error)?;
+        quizflow_store::erase::job_started(&mut conn, job)
+            .await
+            .map_err(db_error)?;
+    }
+    let sweep = tokio::spawn(run_job(
+        (*state).clone(),
+        job,
+        person.phone.clone(),
+        person.email.clone(),
+        barrier_cancelled,
+    ));
+    let outcome = tokio::time::timeout(state.settings.erase_wait, sweep).await;
+    answer(outcome, &person, job, barrier_cancelled)
+}
+
+/// Calls that had begun finish and are recorded before anything is scrubbed, so no outcome
+/// written later puts the contact back; past [`CALLS_WAIT`], 503 "call again".
+async fn wait_for_calls(state: &AppState, person: &Person) -> Result<(), ApiError> {
     let deadline = std::time::Instant::now() + CALLS_WAIT;
+    let (phone, email) = (person.phone.as_deref(), person.email.as_deref());
     loop {
         let in_flight = {
             let mut conn = state.db.get().await.map_err(db_error)?;
-            quizflow_store::erase::calls_in_flight(&mut conn, phone.as_deref(), email.as_deref())
+            quizflow_store::erase::calls_in_flight(&mut conn, phone, email)
                 .await
                 .map_err(db_error)?
         };
         if in_flight == 0 {
-            break;
+            return Ok(());
         }
         if std::time::Instant::now() > deadline {
             tracing::warn!(
@@ -108,85 +144,83 @@ pub async fn erase(
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    // The sweep: the stream scan grows with the streams, so it runs as a job, one at a time
-    // per cluster. Answered 200 with the counts when it finishes within `erase_wait`, else
-    // 202 with the job's status resource: the barrier above already holds either way.
-    let job = uuid::Uuid::new_v4();
-    {
-        let mut conn = state.db.get().await.map_err(db_error)?;
-        quizflow_store::erase::job_started(&mut conn, job)
-            .await
-            .map_err(db_error)?;
-    }
-    let sweep = tokio::spawn({
-        let state = (*state).clone();
-        let (phone, email) = (phone.clone(), email.clone());
-        async move {
-            let outcome = sweep(
-                &state,
-                phone.as_deref(),
-                email.as_deref(),
-                barrier_cancelled,
-            )
-            .await;
-            let (ended, counts, error) = match &outcome {
-                Ok(c) => ("done", c.clone(), None),
-                Err(e) => ("failed", serde_json::Value::Null, Some(e.message.clone())),
-            };
-            let recorded = match state.db.get().await {
-                Ok(mut conn) => quizflow_store::erase::job_finished(
-                    &mut conn,
-                    job,
-                    ended,
-                    &counts,
-                    error.as_deref(),
-                )
+}
+
+/// The erasure job: the sweep, then its end recorded for `GET /v1/erasures/{id}`.
+async fn run_job(
+    state: Arc<AppState>,
+    job: uuid::Uuid,
+    phone: Option<String>,
+    email: Option<String>,
+    barrier_cancelled: i64,
+) -> Result<serde_json::Value, ApiError> {
+    let started = std::time::Instant::now();
+    let outcome = sweep(
+        &state,
+        phone.as_deref(),
+        email.as_deref(),
+        barrier_cancelled,
+    )
+    .await;
+    let (ended, counts, error) = match &outcome {
+        Ok(c) => ("done", c.clone(), None),
+        Err(e) => ("failed", serde_json::Value::Null, Some(e.message.clone())),
+    };
+    let recorded = match state.db.get().await {
+        Ok(mut conn) => {
+            quizflow_store::erase::job_finished(&mut conn, job, ended, &counts, error.as_deref())
                 .await
-                .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = recorded {
-                tracing::warn!(error = %e, %job, "erasure job's end not recorded");
-            }
-            tracing::info!(%job, status = ended, seconds = started.elapsed().as_secs_f64(), "erasure job ended");
-            outcome
+                .map_err(|e| e.to_string())
         }
-    });
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, %job, "erasure job's end not recorded");
+    }
+    tracing::info!(%job, status = ended, seconds = started.elapsed().as_secs_f64(), "erasure job ended");
+    outcome
+}
+
+type JobOutcome = Result<
+    Result<Result<serde_json::Value, ApiError>, tokio::task::JoinError>,
+    tokio::time::error::Elapsed,
+>;
+
+/// 200 with the counts when the job ended within the wait, else 202 with its status resource.
+fn answer(
+    outcome: JobOutcome,
+    person: &Person,
+    job: uuid::Uuid,
+    barrier_cancelled: i64,
+) -> Result<Response, ApiError> {
+    let hashes = &person.hashes;
     let target = hashes["phone"]
         .as_str()
         .or(hashes["email"].as_str())
         .map(str::to_owned);
-    match tokio::time::timeout(state.settings.erase_wait, sweep).await {
+    let (body, code, detail) = match outcome {
         Ok(Ok(Ok(counts))) => {
-            let note = AuditNote::new(
-                target,
-                serde_json::json!({ "respondent": hashes, "erased": counts["erased"], "scanned": counts["scanned"], "job": job }),
-            );
+            let detail = serde_json::json!({ "respondent": hashes, "erased": counts["erased"], "scanned": counts["scanned"], "job": job });
             let mut body = counts;
             body["id"] = job.to_string().into();
             body["status"] = "done".into();
-            let mut resp = Json(body).into_response();
-            resp.extensions_mut().insert(note);
-            Ok(resp)
+            (body, poem::http::StatusCode::OK, detail)
         }
-        Ok(Ok(Err(e))) => Err(e),
-        Ok(Err(_)) => Err(ApiError::unavailable("the erasure failed; call again")),
+        Ok(Ok(Err(e))) => return Err(e),
+        Ok(Err(_)) => return Err(ApiError::unavailable("the erasure failed; call again")),
         Err(_) => {
-            let note = AuditNote::new(
-                target,
-                serde_json::json!({ "respondent": hashes, "job": job, "status": "running" }),
-            );
+            let detail =
+                serde_json::json!({ "respondent": hashes, "job": job, "status": "running" });
             let body = serde_json::json!({
                 "id": job, "status": "running", "status_url": format!("/v1/erasures/{job}"),
                 "erased": {"deliveries_cancelled": barrier_cancelled},
             });
-            let mut resp = Json(body)
-                .with_status(poem::http::StatusCode::ACCEPTED)
-                .into_response();
-            resp.extensions_mut().insert(note);
-            Ok(resp)
+            (body, poem::http::StatusCode::ACCEPTED, detail)
         }
-    }
+    };
+    let mut resp = Json(body).with_status(code).into_response();
+    resp.extensions_mut().insert(AuditNote::new(target, detail));
+    Ok(resp)
 }
 
 /// The sweep of an erasure, after its barrier: the person's stream copies, then every table.
