@@ -151,6 +151,24 @@ async fn select_campaigns(
     Ok(chosen.into_iter().map(Arc::new).collect())
 }
 
+/// Where a stream read ends, and the receipt times it keeps.
+struct Window {
+    end_seq: u64,
+    from_time: Option<chrono::DateTime<Utc>>,
+    to_time: Option<chrono::DateTime<Utc>>,
+}
+
+/// One batch read from the stream.
+struct ReadBatch {
+    batch: Vec<SubmissionEnvelope>,
+    messages: usize,
+    last_seq: Option<u64>,
+    /// The range's end was reached.
+    end: bool,
+    /// The stop came while waiting for the batch's first message.
+    stopped: bool,
+}
+
 struct Replayer<'a> {
     spec: &'a ReplaySpec,
     js: &'a jetstream::Context,
@@ -235,6 +253,25 @@ impl Replayer<'_> {
         }
     }
 
+    /// What the stream no longer holds: only when something was removed (first_seq > 1).
+    fn check_not_aged_out(&self, history: &quizflow_nats::History) -> Result<(), ReplayError> {
+        let aged_out = history.first_seq > 1
+            && match self.spec.from {
+                Bound::Seq(s) => s < history.first_seq,
+                Bound::Time(t) => history.first_time.is_none_or(|f| t < f),
+            };
+        if !aged_out {
+            return Ok(());
+        }
+        Err(ReplayError::AgedOut {
+            first_seq: history.first_seq,
+            since: history
+                .first_time
+                .map(|t| format!(" (received {})", Bound::Time(t)))
+                .unwrap_or_default(),
+        })
+    }
+
     /// The stream source. Returns whether the whole range was read.
     async fn read_stream<S>(
         &mut self,
@@ -245,21 +282,7 @@ impl Replayer<'_> {
         S: Future<Output = ()>,
     {
         let history = quizflow_nats::submissions_history(self.js).await?;
-        // What the stream no longer holds: only when something was removed (first_seq > 1).
-        let aged_out = history.first_seq > 1
-            && match self.spec.from {
-                Bound::Seq(s) => s < history.first_seq,
-                Bound::Time(t) => history.first_time.is_none_or(|f| t < f),
-            };
-        if aged_out {
-            return Err(ReplayError::AgedOut {
-                first_seq: history.first_seq,
-                since: history
-                    .first_time
-                    .map(|t| format!(" (received {})", Bound::Time(t)))
-                    .unwrap_or_default(),
-            });
-        }
+        self.check_not_aged_out(&history)?;
         let (start, from_time) = match self.spec.from {
             Bound::Seq(s) => (StartAt::Seq(s), None),
             Bound::Time(t) => (StartAt::Time(t - SLACK), Some(t)),
@@ -287,80 +310,94 @@ impl Replayer<'_> {
             self.report(&mut on_progress, self.spec.from);
             return Ok(true);
         }
-        let mut last_seq = None;
+        let window = Window {
+            end_seq,
+            from_time,
+            to_time,
+        };
         loop {
-            let mut batch: Vec<SubmissionEnvelope> = Vec::with_capacity(self.batch);
-            let mut read = 0usize;
-            let mut end = false;
-            let mut stopped = false;
-            while read < self.batch && !end {
-                let next = if read == 0 {
-                    tokio::select! {
-                        m = messages.next() => m,
-                        _ = &mut *stop => { stopped = true; break; }
-                    }
-                } else {
-                    // The consumer pulls 500 at a time: a pause means the pull is refilling.
-                    match tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
-                        Ok(m) => m,
-                        Err(_) => break,
-                    }
-                };
-                let msg: HistoryMessage = match next {
-                    Some(m) => m?,
-                    None => {
-                        return Err(ReplayError::Nats(quizflow_nats::NatsError::Api(
-                            "the replay consumer's message stream ended".into(),
-                        )))
-                    }
-                };
-                if msg.seq > end_seq || to_time.is_some_and(|t| msg.stored_at >= t + SLACK) {
-                    end = true;
-                    break;
-                }
-                read += 1;
-                last_seq = Some(msg.seq);
-                end = msg.pending == 0 || msg.seq >= end_seq;
-                self.summary.messages += 1;
-                // A message holds one or more submissions (the API packs them).
-                for member in quizflow_batcher::decode_members(&msg.payload) {
-                    self.summary.read += 1;
-                    let Ok(envelope) = member else {
-                        self.summary.undecodable += 1;
-                        continue;
-                    };
-                    let in_range = from_time.is_none_or(|t| envelope.received_at >= t)
-                        && to_time.is_none_or(|t| envelope.received_at < t);
-                    if in_range {
-                        batch.push(envelope);
-                    }
-                }
-            }
-            self.pace(read).await;
-            self.summary.scanned += batch.len() as u64;
-            self.process(batch, true).await?;
-            if let Some(s) = last_seq {
+            let read = self.read_batch(&mut messages, stop, &window).await?;
+            self.pace(read.messages).await;
+            self.summary.scanned += read.batch.len() as u64;
+            self.process(read.batch, true).await?;
+            if let Some(s) = read.last_seq {
                 self.report(&mut on_progress, Bound::Seq(s + 1));
             }
-            if end {
+            if read.end {
                 return Ok(true);
             }
-            if stopped || stop.is_terminated() || stop.as_mut().now_or_never().is_some() {
+            if read.stopped || stop.is_terminated() || stop.as_mut().now_or_never().is_some() {
                 return Ok(false);
             }
         }
     }
 
-    /// The PostgreSQL source: `submissions` in (receipt time, id) order, paged by time
-    /// windows that halve when a page is full and double when it is not.
-    async fn read_postgres<S>(
+    /// Up to a batch of the stream's messages, their submissions in the time range decoded.
+    async fn read_batch<S>(
         &mut self,
+        messages: &mut (impl futures::Stream<Item = Result<HistoryMessage, quizflow_nats::NatsError>>
+                  + Unpin),
         stop: &mut std::pin::Pin<&mut futures::future::Fuse<S>>,
-        mut on_progress: impl FnMut(&Progress<'_>),
-    ) -> Result<bool, ReplayError>
+        w: &Window,
+    ) -> Result<ReadBatch, ReplayError>
     where
         S: Future<Output = ()>,
     {
+        let mut r = ReadBatch {
+            batch: Vec::with_capacity(self.batch),
+            messages: 0,
+            last_seq: None,
+            end: false,
+            stopped: false,
+        };
+        while r.messages < self.batch && !r.end {
+            let next = if r.messages == 0 {
+                tokio::select! {
+                    m = messages.next() => m,
+                    _ = &mut *stop => { r.stopped = true; break; }
+                }
+            } else {
+                // The consumer pulls 500 at a time: a pause means the pull is refilling.
+                match tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
+                    Ok(m) => m,
+                    Err(_) => break,
+                }
+            };
+            let msg: HistoryMessage = match next {
+                Some(m) => m?,
+                None => {
+                    return Err(ReplayError::Nats(quizflow_nats::NatsError::Api(
+                        "the replay consumer's message stream ended".into(),
+                    )))
+                }
+            };
+            if msg.seq > w.end_seq || w.to_time.is_some_and(|t| msg.stored_at >= t + SLACK) {
+                r.end = true;
+                break;
+            }
+            r.messages += 1;
+            r.last_seq = Some(msg.seq);
+            r.end = msg.pending == 0 || msg.seq >= w.end_seq;
+            self.summary.messages += 1;
+            // A message holds one or more submissions (the API packs them).
+            for member in quizflow_batcher::decode_members(&msg.payload) {
+                self.summary.read += 1;
+                let Ok(envelope) = member else {
+                    self.summary.undecodable += 1;
+                    continue;
+                };
+                let in_range = w.from_time.is_none_or(|t| envelope.received_at >= t)
+                    && w.to_time.is_none_or(|t| envelope.received_at < t);
+                if in_range {
+                    r.batch.push(envelope);
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// The range in the table: `--from`/`--to` must be times there.
+    fn postgres_range(&self) -> Result<ledger::Range, ReplayError> {
         let times_only = || {
             ReplayError::Range(
                 "--source postgres takes RFC 3339 times for --from and --to (sequences belong to the stream)"
@@ -376,16 +413,26 @@ impl Replayer<'_> {
             Some(Bound::Time(t)) => t,
             Some(Bound::Seq(_)) => return Err(times_only()),
         };
-        let range = ledger::Range {
+        let quizzes = self.spec.quizzes.iter().map(|q| q.as_str().to_owned());
+        Ok(ledger::Range {
             from,
             to,
-            quizzes: self
-                .spec
-                .quizzes
-                .iter()
-                .map(|q| q.as_str().to_owned())
-                .collect(),
-        };
+            quizzes: quizzes.collect(),
+        })
+    }
+
+    /// The PostgreSQL source: `submissions` in (receipt time, id) order, paged by time
+    /// windows that halve when a page is full and double when it is not.
+    async fn read_postgres<S>(
+        &mut self,
+        stop: &mut std::pin::Pin<&mut futures::future::Fuse<S>>,
+        mut on_progress: impl FnMut(&Progress<'_>),
+    ) -> Result<bool, ReplayError>
+    where
+        S: Future<Output = ()>,
+    {
+        let range = self.postgres_range()?;
+        let (from, to) = (range.from, range.to);
         self.total = with_retry("count", || async {
             let mut c = self.pool.get().await.map_err(StoreError::from)?;
             Ok(ledger::count(&mut c, &range).await?)
@@ -452,19 +499,7 @@ impl Replayer<'_> {
             return Ok(());
         }
         let batch = if check_stored {
-            let ids: Vec<Uuid> = batch.iter().map(|e| e.submission_id.0).collect();
-            let stored = with_retry("read", || async {
-                let mut c = self.pool.get().await.map_err(StoreError::from)?;
-                Ok(ledger::stored_ids(&mut c, &ids).await?)
-            })
-            .await?;
-            let before = batch.len();
-            let kept: Vec<SubmissionEnvelope> = batch
-                .into_iter()
-                .filter(|e| stored.contains(&e.submission_id.0))
-                .collect();
-            self.summary.not_stored += (before - kept.len()) as u64;
-            kept
+            self.only_stored(batch).await?
         } else {
             batch
         };
@@ -478,64 +513,16 @@ impl Replayer<'_> {
         if batch.is_empty() {
             return Ok(());
         }
-        // The batcher's matcher, on rayon, off the async runtime.
-        let matcher = self.matcher.clone();
-        let (batch, matches, matcher) = tokio::task::spawn_blocking(move || {
-            let m = matcher.match_batch(&batch);
-            (batch, m, matcher)
-        })
-        .await
-        .map_err(|e| ReplayError::Matcher(e.to_string()))?;
-        let rows: HashSet<usize> = (0..batch.len()).collect();
-        let mut jobs = matcher.jobs(&matches, &batch, &rows, Utc::now());
-        for job in &mut jobs {
-            job.priority = self.spec.priority;
-        }
-        self.summary.matched += matches.iter().map(|m| m.row).collect::<HashSet<_>>().len() as u64;
+        let jobs = self.jobs_of(batch).await?;
         if jobs.is_empty() {
             return Ok(());
         }
-        let (created, existing): (HashSet<LedgerKey>, Vec<ledger::Existing>) = if self.spec.dry_run
-        {
-            let existing = with_retry("read", || async {
-                let mut c = self.pool.get().await.map_err(StoreError::from)?;
-                Ok(ledger::existing(&mut c, &jobs).await?)
-            })
-            .await?;
-            let found: HashSet<LedgerKey> = existing.iter().map(|e| e.key).collect();
-            let created = jobs
-                .iter()
-                .map(ledger::key_of)
-                .filter(|k| !found.contains(k))
-                .collect();
-            (created, existing)
-        } else {
-            let created = with_retry("ledger write", || async {
-                let mut c = self.pool.get().await.map_err(StoreError::from)?;
-                Ok(ledger::insert_missing(&mut c, &jobs).await?)
-            })
-            .await?;
-            let rest: Vec<DeliveryJob> = jobs
-                .iter()
-                .filter(|j| !created.contains(&ledger::key_of(j)))
-                .cloned()
-                .collect();
-            let existing = if rest.is_empty() {
-                Vec::new()
-            } else {
-                with_retry("read", || async {
-                    let mut c = self.pool.get().await.map_err(StoreError::from)?;
-                    Ok(ledger::existing(&mut c, &rest).await?)
-                })
-                .await?
-            };
-            (created, existing)
-        };
+        let (created, existing) = self.ledger(&jobs).await?;
         // A `queued` row may have lost its job (a replay that died between its commit and
         // its publishes): publish it again. The worker's claim makes a copy harmless.
         let republish: Vec<DeliveryJob> = existing
             .into_iter()
-            .filter(|e| e.status == "queued")
+            .filter(|e| e.status == quizflow_core::DeliveryStatus::Queued.as_str())
             .map(|e| e.job)
             .collect();
         let out: Vec<DeliveryJob> = jobs
@@ -568,5 +555,88 @@ impl Replayer<'_> {
             .await?;
         }
         Ok(())
+    }
+
+    /// The stream's copies of submissions the batcher stored (the others are counted).
+    async fn only_stored(
+        &mut self,
+        batch: Vec<SubmissionEnvelope>,
+    ) -> Result<Vec<SubmissionEnvelope>, ReplayError> {
+        let ids: Vec<Uuid> = batch.iter().map(|e| e.submission_id.0).collect();
+        let stored = with_retry("read", || async {
+            let mut c = self.pool.get().await.map_err(StoreError::from)?;
+            Ok(ledger::stored_ids(&mut c, &ids).await?)
+        })
+        .await?;
+        let before = batch.len();
+        let kept: Vec<SubmissionEnvelope> = batch
+            .into_iter()
+            .filter(|e| stored.contains(&e.submission_id.0))
+            .collect();
+        self.summary.not_stored += (before - kept.len()) as u64;
+        Ok(kept)
+    }
+
+    /// The batch's jobs: the batcher's matcher, on rayon, off the async runtime.
+    async fn jobs_of(
+        &mut self,
+        batch: Vec<SubmissionEnvelope>,
+    ) -> Result<Vec<DeliveryJob>, ReplayError> {
+        let matcher = self.matcher.clone();
+        let (batch, matches, matcher) = tokio::task::spawn_blocking(move || {
+            let m = matcher.match_batch(&batch);
+            (batch, m, matcher)
+        })
+        .await
+        .map_err(|e| ReplayError::Matcher(e.to_string()))?;
+        let rows: HashSet<usize> = (0..batch.len()).collect();
+        let mut jobs = matcher.jobs(&matches, &batch, &rows, Utc::now());
+        for job in &mut jobs {
+            job.priority = self.spec.priority;
+        }
+        self.summary.matched += matches.iter().map(|m| m.row).collect::<HashSet<_>>().len() as u64;
+        Ok(jobs)
+    }
+
+    /// The ledger rows the jobs lacked, created (or, dry, found missing), and the rows that
+    /// existed already.
+    async fn ledger(
+        &self,
+        jobs: &[DeliveryJob],
+    ) -> Result<(HashSet<LedgerKey>, Vec<ledger::Existing>), ReplayError> {
+        if self.spec.dry_run {
+            let existing = with_retry("read", || async {
+                let mut c = self.pool.get().await.map_err(StoreError::from)?;
+                Ok(ledger::existing(&mut c, jobs).await?)
+            })
+            .await?;
+            let found: HashSet<LedgerKey> = existing.iter().map(|e| e.key).collect();
+            let created = jobs
+                .iter()
+                .map(ledger::key_of)
+                .filter(|k| !found.contains(k))
+                .collect();
+            return Ok((created, existing));
+        }
+        let created = with_retry("ledger write", || async {
+            let mut c = self.pool.get().await.map_err(StoreError::from)?;
+            Ok(ledger::insert_missing(&mut c, jobs).await?)
+        })
+        .await?;
+        let rest: Vec<DeliveryJob> = jobs
+            .iter()
+            .filter(|j| !created.contains(&ledger::key_of(j)))
+            .cloned()
+            .collect();
+        let existing = if rest.is_empty() {
+            Vec::new()
+        } else {
+            with_retry("read", || async {
+                let mut c = self.pool.get().await.map_err(StoreError::from)?;
+                Ok(ledger::existing(&mut c, &rest).await?)
+            })
+            .await?
+        };
+        Ok((created, existing))
     }
 }
