@@ -230,71 +230,76 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         .catch_all_error(
             |err: poem::Error| async move { ApiError::from_poem(&err).into_response() },
         )
-        .around(move |ep, req| {
-            let state = metrics_state.clone();
-            async move {
-                let route = routes::label(req.uri().path());
-                let started = Instant::now();
-                // Bounded: past `max_inflight` a request is refused at once (the client
-                // retries, a load balancer tries another instance); operations routes are
-                // always answered, so a busy instance is not taken for a dead one.
-                let _permit = match route {
-                    "/healthz" | "/readyz" | "/metrics" => None,
-                    _ => match state.inflight.clone().try_acquire_owned() {
-                        Ok(p) => Some(p),
-                        Err(_) => {
-                            state
-                                .metrics
-                                .requests
-                                .with_label_values(&[route, "503"])
-                                .inc();
-                            let mut e = ApiError::new(
-                                poem::http::StatusCode::SERVICE_UNAVAILABLE,
-                                "overloaded",
-                                "too many requests in flight on this instance; retry shortly",
-                            );
-                            e.retry_after = Some(1);
-                            return Ok(e.into_response());
-                        }
-                    },
-                };
-                let mut resp = if quizflow_telemetry::enabled() {
-                    // The caller's `traceparent` (if any) is this request's parent; the
-                    // publish inside carries the trace on to the batcher.
-                    let span = tracing::info_span!(
-                        "http.request",
-                        http.method = %req.method(),
-                        http.route = route,
-                        http.status_code = tracing::field::Empty,
-                    );
-                    quizflow_telemetry::set_parent_from_http(&span, req.headers());
-                    let resp = tracing::Instrument::instrument(ep.call(req), span.clone()).await?;
-                    span.record("http.status_code", resp.status().as_u16());
-                    resp
-                } else {
-                    ep.call(req).await?
-                };
-                let status = resp.status();
-                if status == poem::http::StatusCode::METHOD_NOT_ALLOWED {
-                    let allow = routes::allowed_methods(route)
-                        .and_then(|a| poem::http::HeaderValue::from_str(&a).ok());
-                    if let Some(allow) = allow {
-                        resp.headers_mut().insert(poem::http::header::ALLOW, allow);
-                    }
-                }
+        .around(move |ep, req| metered(metrics_state.clone(), ep, req))
+}
+
+/// Around every request: the in-flight cap (past it, 503 `overloaded` at once; operations
+/// routes are always answered), the trace span, the `Allow` header of a 405, and the
+/// per-route metrics.
+async fn metered<E>(state: Arc<AppState>, ep: Arc<E>, req: poem::Request) -> poem::Result<Response>
+where
+    E: Endpoint<Output = Response>,
+{
+    let route = routes::label(req.uri().path());
+    let started = Instant::now();
+    // Bounded: past `max_inflight` a request is refused at once (the client
+    // retries, a load balancer tries another instance); operations routes are
+    // always answered, so a busy instance is not taken for a dead one.
+    let _permit = match route {
+        "/healthz" | "/readyz" | "/metrics" => None,
+        _ => match state.inflight.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
                 state
                     .metrics
                     .requests
-                    .with_label_values(&[route, status.as_str()])
+                    .with_label_values(&[route, "503"])
                     .inc();
-                state
-                    .metrics
-                    .request_seconds
-                    .with_label_values(&[route, status.as_str()])
-                    .observe(started.elapsed().as_secs_f64());
-                Ok(resp)
+                let mut e = ApiError::new(
+                    poem::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "too many requests in flight on this instance; retry shortly",
+                );
+                e.retry_after = Some(1);
+                return Ok(e.into_response());
             }
-        })
+        },
+    };
+    let mut resp = if quizflow_telemetry::enabled() {
+        // The caller's `traceparent` (if any) is this request's parent; the
+        // publish inside carries the trace on to the batcher.
+        let span = tracing::info_span!(
+            "http.request",
+            http.method = %req.method(),
+            http.route = route,
+            http.status_code = tracing::field::Empty,
+        );
+        quizflow_telemetry::set_parent_from_http(&span, req.headers());
+        let resp = tracing::Instrument::instrument(ep.call(req), span.clone()).await?;
+        span.record("http.status_code", resp.status().as_u16());
+        resp
+    } else {
+        ep.call(req).await?
+    };
+    let status = resp.status();
+    if status == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+        let allow =
+            routes::allowed_methods(route).and_then(|a| poem::http::HeaderValue::from_str(&a).ok());
+        if let Some(allow) = allow {
+            resp.headers_mut().insert(poem::http::header::ALLOW, allow);
+        }
+    }
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route, status.as_str()])
+        .inc();
+    state
+        .metrics
+        .request_seconds
+        .with_label_values(&[route, status.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(resp)
 }
 
 /// A bound, not yet running, API server.
