@@ -361,11 +361,10 @@ async fn stop_stale(pid_file: &Path, signal: Signal, what: &str) {
 }
 
 async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    use diesel_async::{AsyncConnection, AsyncPgConnection};
     let deadline = Instant::now() + Duration::from_secs(30);
     // The port opens a moment before PostgreSQL accepts logins.
     let mut conn = loop {
-        match AsyncPgConnection::establish(admin_url).await {
+        match quizflow_store::connect(admin_url).await {
             Ok(c) => break c,
             Err(e) if Instant::now() < deadline => {
                 tracing::debug!(error = %e, "waiting for PostgreSQL");

@@ -293,6 +293,18 @@ pub async fn maintain_partitions(
 
 /// Creates database `name` if the server has none by that name (`quizflow up`'s private
 /// server). `name` must be a plain identifier.
+/// A connection of its own to `url` (an administrative one: creating a database).
+pub async fn connect(url: &str) -> Result<AsyncPgConnection, StoreError> {
+    use diesel_async::AsyncConnection;
+    AsyncPgConnection::establish(url)
+        .await
+        .map_err(|e| StoreError {
+            kind: ErrorKind::Unavailable,
+            sqlstate: None,
+            message: e.to_string(),
+        })
+}
+
 pub async fn create_database_if_missing(
     conn: &mut AsyncPgConnection,
     name: &str,
