@@ -19,7 +19,6 @@ const MAX_FN_LINES: usize = 80;
 /// Files and functions over the limits, with the size they may not exceed: the debts. Paying
 /// one off means removing its line (an entry that is no longer over the limit fails too).
 const DEBTS: &[(&str, usize)] = &[
-    ("api/src/lib.rs fn app", 121),
     ("benchmarks/src/deliveries.rs fn run_deliveries", 111),
     ("benchmarks/src/e2e/mod.rs", 980),
     ("benchmarks/src/e2e/mod.rs fn run_once", 291),
