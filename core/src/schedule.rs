@@ -74,9 +74,7 @@ pub fn parse_send_at(raw: &str) -> Result<SendAt, String> {
     if !raw.contains("{{") {
         return Err("must be an RFC 3339 time or a template rendering to one".into());
     }
-    minijinja::Environment::new()
-        .template_from_str(raw)
-        .map_err(|e| format!("template does not compile: {e}"))?;
+    crate::template::check(raw).map_err(|e| format!("template does not compile: {e}"))?;
     Ok(SendAt::Template(raw.to_owned()))
 }
 
@@ -140,7 +138,7 @@ impl SendAtCompiled {
         match parse_send_at(raw).ok()? {
             SendAt::At(t) => Some(Self::At(t)),
             SendAt::Template(src) => {
-                let mut env = minijinja::Environment::new();
+                let mut env = crate::template::environment();
                 env.add_template_owned("send_at", src).ok()?;
                 Some(Self::Template(Box::new(env)))
             }

@@ -31,6 +31,18 @@ struct CampaignRef<'a> {
     name: &'a str,
 }
 
+/// The one minijinja environment every template is compiled and rendered in: message bodies,
+/// subjects and images, `send_at` and `until`, and the compile check of a campaign. Callers
+/// add only what is theirs (the workers' `qr_url`, HTML escaping of e-mail bodies).
+pub fn environment() -> minijinja::Environment<'static> {
+    minijinja::Environment::new()
+}
+
+/// Whether `src` compiles in [`environment`].
+pub fn check(src: &str) -> Result<(), minijinja::Error> {
+    environment().template_from_str(src).map(|_| ())
+}
+
 /// The context of a submission in its stored shape (`GET /v1/submissions/{id}`, what the
 /// workers load) for a campaign.
 pub fn context(stored: &Value, campaign_id: &str, campaign_name: &str) -> minijinja::Value {

@@ -40,11 +40,8 @@ pub async fn depths(js: &jetstream::Context) -> Result<Depths, NatsError> {
         let mut stream = js
             .get_stream(name)
             .await
-            .map_err(|e| NatsError::Api(e.to_string()))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| NatsError::Api(e.to_string()))?;
+            .map_err(|e| NatsError::Api(e.into()))?;
+        let info = stream.info().await.map_err(|e| NatsError::Api(e.into()))?;
         out.streams.push(StreamDepth {
             stream: name.to_owned(),
             messages: info.state.messages,
@@ -55,7 +52,7 @@ pub async fn depths(js: &jetstream::Context) -> Result<Depths, NatsError> {
             .consumers()
             .try_collect()
             .await
-            .map_err(|e| NatsError::Api(e.to_string()))?;
+            .map_err(|e| NatsError::Api(e.into()))?;
         for c in consumers {
             out.consumers.push(ConsumerDepth {
                 stream: name.to_owned(),

@@ -119,7 +119,7 @@ async fn stream(
 ) -> Result<jetstream::stream::Stream, NatsError> {
     js.get_stream(name)
         .await
-        .map_err(|e| NatsError::Api(e.to_string()))
+        .map_err(|e| NatsError::Api(e.into()))
 }
 
 /// The messages the stream holds now that `keep` accepts, read once on an ordered consumer:
@@ -129,7 +129,7 @@ async fn scan(
     scanned: &mut u64,
     keep: impl Fn(&[u8]) -> bool,
 ) -> Result<Vec<Held>, NatsError> {
-    let api = |e: String| NatsError::Api(e);
+    let api = |e: String| NatsError::Api(e.into());
     let state = stream
         .info()
         .await
@@ -210,9 +210,9 @@ async fn republish_rest(
         .expected_stream(subjects::SUBMISSIONS_STREAM);
     js.send_publish(m.subject.clone(), msg)
         .await
-        .map_err(|e| NatsError::Api(e.to_string()))?
+        .map_err(|e| NatsError::Api(e.into()))?
         .await
-        .map_err(|e| NatsError::Api(e.to_string()))?;
+        .map_err(|e| NatsError::Api(e.into()))?;
     Ok(())
 }
 
@@ -221,7 +221,7 @@ async fn delete(stream: &jetstream::stream::Stream, seq: u64) -> Result<(), Nats
     match stream.delete_message(seq).await {
         Ok(_) => Ok(()),
         Err(e) if e.to_string().contains("no message found") => Ok(()),
-        Err(e) => Err(NatsError::Api(e.to_string())),
+        Err(e) => Err(NatsError::Api(e.into())),
     }
 }
 

@@ -29,11 +29,11 @@ pub async fn submissions_history(js: &jetstream::Context) -> Result<History, Nat
     let mut stream = js
         .get_stream(subjects::SUBMISSIONS_STREAM)
         .await
-        .map_err(|e| NatsError::Api(e.to_string()))?;
+        .map_err(|e| NatsError::Api(e.into()))?;
     let state = &stream
         .info()
         .await
-        .map_err(|e| NatsError::Api(e.to_string()))?
+        .map_err(|e| NatsError::Api(e.into()))?
         .state;
     Ok(History {
         first_seq: state.first_sequence,
@@ -87,7 +87,7 @@ pub async fn read_submissions(
     let stream = js
         .get_stream(subjects::SUBMISSIONS_STREAM)
         .await
-        .map_err(|e| NatsError::Api(e.to_string()))?;
+        .map_err(|e| NatsError::Api(e.into()))?;
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             deliver_policy,
@@ -96,15 +96,15 @@ pub async fn read_submissions(
             ..Default::default()
         })
         .await
-        .map_err(|e| NatsError::Api(e.to_string()))?;
+        .map_err(|e| NatsError::Api(e.into()))?;
     let pending = consumer.cached_info().num_pending;
     let messages = consumer
         .messages()
         .await
-        .map_err(|e| NatsError::Api(e.to_string()))?;
+        .map_err(|e| NatsError::Api(e.into()))?;
     let mapped = messages.map(|m| {
-        let m = m.map_err(|e| NatsError::Api(e.to_string()))?;
-        let info = m.info().map_err(|e| NatsError::Api(e.to_string()))?;
+        let m = m.map_err(|e| NatsError::Api(e.into()))?;
+        let info = m.info().map_err(NatsError::Api)?;
         Ok(HistoryMessage {
             seq: info.stream_sequence,
             stored_at: info.published,

@@ -68,7 +68,7 @@ pub enum NatsError {
     #[error("cannot encode message: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("JetStream API request failed: {0}")]
-    Api(String),
+    Api(#[source] async_nats::Error),
     #[error("submission not published: {0}")]
     Pack(String),
     #[error("server {found} is too old: quizflow needs nats-server >= 2.10")]

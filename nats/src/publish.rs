@@ -289,11 +289,11 @@ pub async fn delete_dead_letter(js: &jetstream::Context, sequence: u64) -> Resul
     let stream = js
         .get_stream(subjects::DEAD_LETTERS_STREAM)
         .await
-        .map_err(|e| NatsError::Api(e.to_string()))?;
+        .map_err(|e| NatsError::Api(e.into()))?;
     stream
         .delete_message(sequence)
         .await
-        .map_err(|e| NatsError::Api(e.to_string()))?;
+        .map_err(|e| NatsError::Api(e.into()))?;
     Ok(())
 }
 

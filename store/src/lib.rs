@@ -61,6 +61,7 @@ impl Pool {
                 kind: ErrorKind::Timeout,
                 sqlstate: None,
                 message: "no database connection within the pool timeout".into(),
+                source: None,
             },
         })
     }
@@ -104,6 +105,9 @@ pub struct StoreError {
     /// The server's SQLSTATE, where the driver kept it.
     sqlstate: Option<[u8; 5]>,
     message: String,
+    /// The driver's error, when there is one.
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl StoreError {
@@ -148,6 +152,7 @@ impl StoreError {
             kind: ErrorKind::Data,
             sqlstate: None,
             message: message.into(),
+            source: None,
         }
     }
 }
@@ -170,25 +175,23 @@ fn classify_sqlstate(code: &str, table: Option<&str>) -> ErrorKind {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        match e.as_db_error() {
+        let (kind, sqlstate) = match e.as_db_error() {
             Some(db) => {
                 let code = db.code().code();
                 let mut sqlstate = [b'?'; 5];
                 for (slot, b) in sqlstate.iter_mut().zip(code.bytes()) {
                     *slot = b;
                 }
-                Self {
-                    kind: classify_sqlstate(code, db.table()),
-                    sqlstate: Some(sqlstate),
-                    message: e.to_string(),
-                }
+                (classify_sqlstate(code, db.table()), Some(sqlstate))
             }
             // No server error: the connection failed or closed.
-            None => Self {
-                kind: ErrorKind::Unavailable,
-                sqlstate: None,
-                message: e.to_string(),
-            },
+            None => (ErrorKind::Unavailable, None),
+        };
+        Self {
+            kind,
+            sqlstate,
+            message: e.to_string(),
+            source: Some(Box::new(e)),
         }
     }
 }
@@ -226,6 +229,7 @@ impl From<diesel::result::Error> for StoreError {
             kind,
             sqlstate: None,
             message: e.to_string(),
+            source: Some(Box::new(e)),
         }
     }
 }
@@ -240,6 +244,7 @@ impl From<dbb8::RunError> for StoreError {
             kind,
             sqlstate: None,
             message: e.to_string(),
+            source: Some(Box::new(e)),
         }
     }
 }
@@ -302,6 +307,7 @@ pub async fn connect(url: &str) -> Result<AsyncPgConnection, StoreError> {
             kind: ErrorKind::Unavailable,
             sqlstate: None,
             message: e.to_string(),
+            source: Some(Box::new(e)),
         })
 }
 
@@ -366,6 +372,7 @@ mod tests {
                 kind,
                 sqlstate: None,
                 message: String::new(),
+                source: None,
             };
             let want = if kind == ErrorKind::Data {
                 Retry::Isolate

@@ -109,7 +109,7 @@ impl TemplateCache {
         if let Some(env) = map.get(&key) {
             return Ok(env.clone());
         }
-        let mut env = Environment::new();
+        let mut env = quizflow_core::template::environment();
         add_qr_functions(&mut env, self.links.clone());
         // E-mail bodies are HTML: submission data is escaped in them (contract §4), so a name
         // such as `<script>` arrives as text. Subjects and other channels are plain text.
@@ -160,7 +160,7 @@ pub use quizflow_core::template::context;
 
 /// Renders one template; an error is a permanent failure (the template will not change by retrying).
 pub fn render(template: &str, ctx: &minijinja::Value) -> Result<String, String> {
-    let env = Environment::new();
+    let env = quizflow_core::template::environment();
     env.render_str(template, ctx)
         .map_err(|e| format!("template: {e}"))
 }

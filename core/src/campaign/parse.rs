@@ -395,11 +395,7 @@ fn check_content(a: &Action, at: &str, p: &mut Vec<FieldProblem>) {
         ("subject", &a.subject),
         ("image", &a.image),
     ] {
-        if let Some(Err(e)) = t.as_ref().map(|t| {
-            minijinja::Environment::new()
-                .template_from_str(t)
-                .map(|_| ())
-        }) {
+        if let Some(Err(e)) = t.as_deref().map(crate::template::check) {
             problem(
                 p,
                 format!("{at}.{key}"),
