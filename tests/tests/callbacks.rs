@@ -134,14 +134,7 @@ async fn given_the_mock_reports_delivery_then_rows_move_forward_only_and_forgeri
         },
     )
     .await;
-    let dead: Value = api
-        .admin(Method::GET, "/v1/dead-letters")
-        .send()
-        .await
-        .expect("dead")
-        .json()
-        .await
-        .expect("json");
+    let dead: Value = api.admin_get("/v1/dead-letters").await;
     let reasons: Vec<&str> = dead["items"]
         .as_array()
         .expect("items")

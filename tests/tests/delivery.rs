@@ -592,24 +592,7 @@ async fn given_a_job_redelivered_after_it_was_sent_then_it_is_acked_without_send
         .get_result(&mut conn)
         .await
         .expect("ledger");
-    let job = quizflow_core::DeliveryJob {
-        v: quizflow_core::DeliveryJob::VERSION,
-        job_id: quizflow_core::DeliveryJob::job_id(
-            id,
-            c.campaign_id,
-            quizflow_core::Channel::Sms,
-            0,
-        ),
-        submission_id: id,
-        campaign_id: c.campaign_id,
-        campaign_version: 1,
-        channel: quizflow_core::Channel::Sms,
-        priority: quizflow_core::Priority::Normal,
-        created_at: chrono::Utc::now(),
-        step: 0,
-        due_at: None,
-        repeat_until: None,
-    };
+    let job = common::sms_job(id, c.campaign_id);
     let payload = serde_json::to_vec(&job).expect("job");
     let letter = quizflow_nats::Redrive {
         letter_id: "again".into(),

@@ -158,14 +158,7 @@ async fn given_a_person_in_every_store_when_erased_then_no_read_returns_them_and
     }
     // Their submissions keep id, quiz and score; their e-mails are cancelled, not sent.
     for id in &theirs {
-        let got: Value = api
-            .admin(Method::GET, &format!("/v1/submissions/{id}"))
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let got: Value = api.admin_get(&format!("/v1/submissions/{id}")).await;
         assert_eq!(got["score"], 72.0);
         let text = got.to_string().to_lowercase();
         assert!(
@@ -197,14 +190,7 @@ async fn given_a_person_in_every_store_when_erased_then_no_read_returns_them_and
         assert!(!text.contains(&phone_l) && !text.contains(&email_l));
     }
     // The API's lists: not in the dead letters.
-    let dead: Value = api
-        .admin(Method::GET, "/v1/dead-letters")
-        .send()
-        .await
-        .expect("dead")
-        .json()
-        .await
-        .expect("json");
+    let dead: Value = api.admin_get("/v1/dead-letters").await;
     assert!(!dead.to_string().to_lowercase().contains(&phone_l));
 
     // E-mail comes back: everyone else's e-mail is sent, theirs never is.
@@ -259,14 +245,7 @@ async fn given_a_person_in_every_store_when_erased_then_no_read_returns_them_and
         assert_eq!(v, 0, "{k} on the second call");
     }
     // Both calls are in the audit log, the person only as keyed hashes.
-    let audit: Value = api
-        .admin(Method::GET, "/v1/audit")
-        .send()
-        .await
-        .expect("audit")
-        .json()
-        .await
-        .expect("json");
+    let audit: Value = api.admin_get("/v1/audit").await;
     let erasures: Vec<&Value> = audit["items"]
         .as_array()
         .expect("items")

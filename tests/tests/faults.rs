@@ -301,24 +301,7 @@ async fn given_two_workers_processes_on_one_consumer_then_each_job_is_sent_once(
         .map(|k| {
             let id = SubmissionId(k.submission_id);
             (
-                quizflow_core::DeliveryJob {
-                    v: quizflow_core::DeliveryJob::VERSION,
-                    job_id: quizflow_core::DeliveryJob::job_id(
-                        id,
-                        k.campaign_id,
-                        quizflow_core::Channel::Sms,
-                        0,
-                    ),
-                    submission_id: id,
-                    campaign_id: k.campaign_id,
-                    campaign_version: 1,
-                    channel: quizflow_core::Channel::Sms,
-                    priority: quizflow_core::Priority::Normal,
-                    created_at: chrono::Utc::now(),
-                    step: 0,
-                    due_at: None,
-                    repeat_until: None,
-                },
+                common::sms_job(id, k.campaign_id),
                 format!("copy-{}", k.submission_id),
             )
         })

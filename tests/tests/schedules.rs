@@ -47,13 +47,7 @@ async fn messages(mock: &str) -> Vec<Value> {
 }
 
 async fn submission(api: &Api, id: &str) -> Value {
-    api.admin(Method::GET, &format!("/v1/submissions/{id}"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json")
+    api.admin_get(&format!("/v1/submissions/{id}")).await
 }
 
 fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {

@@ -88,6 +88,17 @@ impl Api {
             .bearer_auth(ADMIN_TOKEN)
     }
 
+    /// An admin GET's JSON body (the status is the caller's to check when it matters).
+    pub async fn admin_get(&self, path: &str) -> serde_json::Value {
+        self.admin(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+    }
+
     pub async fn post_owned(&self, path: String, body: serde_json::Value) -> reqwest::Response {
         self.post_json(&path, &body).await
     }

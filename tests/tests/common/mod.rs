@@ -369,6 +369,24 @@ pub async fn count(db_url: &str, sql: &str) -> i64 {
     n.n
 }
 
+/// The first SMS step of `campaign` for `submission`, as a batcher makes it.
+pub fn sms_job(submission: SubmissionId, campaign: uuid::Uuid) -> quizflow_core::DeliveryJob {
+    use quizflow_core::{Channel, DeliveryJob, Priority};
+    DeliveryJob {
+        v: DeliveryJob::VERSION,
+        job_id: DeliveryJob::job_id(submission, campaign, Channel::Sms, 0),
+        submission_id: submission,
+        campaign_id: campaign,
+        campaign_version: 1,
+        channel: Channel::Sms,
+        priority: Priority::Normal,
+        created_at: chrono::Utc::now(),
+        step: 0,
+        due_at: None,
+        repeat_until: None,
+    }
+}
+
 /// Publishes copies of jobs as redrives would (`redrive:<name>` message ids).
 pub async fn publish_job_copies(
     js: &async_nats::jetstream::Context,
