@@ -1,7 +1,7 @@
 //! The batcher against a real nats-server and PostgreSQL: storage exactly once, matching,
 //! job fan-out, crashes, poison messages, database outages and campaign changes.
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use quizflow_batcher::{matcher::reference, Batcher, BatcherError, BatcherSettings};
 use quizflow_core::{
     parse_campaign, parse_submission, Campaign, DeliveryJob, IdempotencyKey, QuizId,
@@ -70,16 +70,7 @@ impl Env {
     }
 
     async fn count(&self, sql: &str) -> i64 {
-        #[derive(diesel::QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let n: N = diesel::sql_query(sql)
-            .get_result(&mut self.conn().await)
-            .await
-            .expect("count");
-        n.n
+        quizflow_testkit::count(&self.db.url, sql).await
     }
 
     async fn stream_messages(&self, stream: &str) -> u64 {

@@ -153,20 +153,7 @@ async fn wait_ready(http: &reqwest::Client, api: &str) {
     }
 }
 
-async fn count(db: &str, sql: &str) -> i64 {
-    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut conn = AsyncPgConnection::establish(db).await.expect("db");
-    let n: N = diesel::sql_query(sql)
-        .get_result(&mut conn)
-        .await
-        .expect("count");
-    n.n
-}
+use quizflow_testkit::count;
 
 /// 200 answers of the mock per idempotency key (the job id).
 async fn sent_per_job(http: &reqwest::Client, mock: &str) -> HashMap<String, usize> {

@@ -89,16 +89,7 @@ impl Env {
     }
 
     async fn count(&self, sql: &str) -> i64 {
-        #[derive(diesel::QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let n: N = diesel::sql_query(sql)
-            .get_result(&mut self.conn().await)
-            .await
-            .expect("count");
-        n.n
+        quizflow_testkit::count(&self.db.url, sql).await
     }
 
     /// Publishes submissions `range` of `quiz` (received now) and returns their envelopes.

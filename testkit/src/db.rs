@@ -92,6 +92,22 @@ impl Drop for TestDb {
     }
 }
 
+/// The `n` of one `SELECT count(*) AS n …` on the database at `url`: what tests read the
+/// ledger and tables with.
+pub async fn count(url: &str, sql: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(url).await.expect("db");
+    let n: N = diesel::sql_query(sql)
+        .get_result(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    n.n
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

@@ -14,7 +14,7 @@ mod db;
 mod nats;
 mod proxy;
 
-pub use db::TestDb;
+pub use db::{count, TestDb};
 pub use nats::{nats_server_binary, NatsCluster, NatsServer};
 pub use proxy::CutProxy;
 

@@ -26,20 +26,6 @@ fn phone(i: usize) -> String {
     format!("+55119{:08}", i)
 }
 
-async fn count(env: &Env, sql: &str) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut conn = AsyncPgConnection::establish(&env.db.url).await.expect("db");
-    let n: N = diesel::sql_query(sql)
-        .get_result(&mut conn)
-        .await
-        .expect("count");
-    n.n
-}
-
 /// Requests the mock received, per idempotency key (every status, faulted ones included).
 async fn requests_per_key(env: &Env) -> HashMap<String, Vec<u16>> {
     let r = env.mock_get("/_mock/requests").await;
@@ -68,7 +54,7 @@ async fn assert_sent_once_each(env: &Env, n: usize) {
 
 async fn status_count(env: &Env, status: &str) -> i64 {
     count(
-        env,
+        &env.db.url,
         &format!("SELECT count(*) AS n FROM deliveries WHERE status = '{status}'"),
     )
     .await
@@ -103,7 +89,7 @@ async fn given_a_lead_that_cannot_be_stored_then_it_alone_is_dead_lettered_and_t
     wait_until(
         "the 20 clean leads are stored",
         Duration::from_secs(20),
-        || async { count(&env, "SELECT count(*) AS n FROM submissions").await == 20 },
+        || async { count(&env.db.url, "SELECT count(*) AS n FROM submissions").await == 20 },
     )
     .await;
     wait_until(
@@ -111,7 +97,7 @@ async fn given_a_lead_that_cannot_be_stored_then_it_alone_is_dead_lettered_and_t
         Duration::from_secs(20),
         || async {
             count(
-            &env,
+            &env.db.url,
             "SELECT count(*) AS n FROM dead_letters WHERE kind = 'submission' AND class = 'poison'",
         )
         .await
@@ -189,7 +175,7 @@ async fn given_a_provider_throttling_longer_than_any_delivery_limit_then_every_j
     assert_eq!(env.dead_letters().await, 0, "nothing dead-lettered");
     assert_eq!(
         count(
-            &env,
+            &env.db.url,
             "SELECT count(*) AS n FROM deliveries WHERE attempts <> 1"
         )
         .await,
@@ -388,7 +374,7 @@ async fn given_a_redrive_interrupted_between_commit_and_publish_then_the_relay_d
     .await;
     wait_until("the outbox is empty", Duration::from_secs(10), || async {
         count(
-            &env,
+            &env.db.url,
             "SELECT count(*) AS n FROM dead_letters WHERE redriven_at IS NOT NULL AND redrive_published_at IS NULL",
         )
         .await
@@ -493,7 +479,7 @@ async fn given_webhooks_to_internal_addresses_or_redirects_then_they_are_refused
     .await;
     assert_eq!(
         count(
-            &env,
+            &env.db.url,
             "SELECT count(*) AS n FROM dead_letters WHERE class = 'permanent' AND attempts = 1"
         )
         .await,

@@ -354,20 +354,8 @@ pub async fn pipeline_behind(
     base
 }
 
-/// One `count(*) AS n` query.
-pub async fn count(db_url: &str, sql: &str) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut conn = AsyncPgConnection::establish(db_url).await.expect("db");
-    let n: N = diesel::sql_query(sql)
-        .get_result(&mut conn)
-        .await
-        .expect(sql);
-    n.n
-}
+#[allow(unused_imports)] // not every test binary counts rows
+pub use quizflow_testkit::count;
 
 /// The first SMS step of `campaign` for `submission`, as a batcher makes it.
 pub fn sms_job(submission: SubmissionId, campaign: uuid::Uuid) -> quizflow_core::DeliveryJob {
