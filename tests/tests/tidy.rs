@@ -68,12 +68,23 @@ fn is_production(path: &str) -> bool {
     path.contains("/src/") && !path.starts_with("testkit/") && !path.starts_with("tests/")
 }
 
-/// The part of a file before its `#[cfg(test)]` module.
+/// The part of a file before its `#[cfg(test)]` module (a `#[cfg(test)]` import does not
+/// end it).
 fn production_part(text: &str) -> &str {
-    match text.find("\n#[cfg(test)]") {
-        Some(i) => &text[..i],
-        None => text,
+    let mut at = 0;
+    while let Some(i) = text[at..].find("\n#[cfg(test)]\n") {
+        let start = at + i;
+        let rest = text[start + 14..].trim_start_matches(|c: char| c != '\n' && c.is_whitespace());
+        let next = rest
+            .lines()
+            .find(|l| !l.starts_with("#["))
+            .unwrap_or_default();
+        if next.starts_with("mod ") {
+            return &text[..start];
+        }
+        at = start + 1;
     }
+    text
 }
 
 /// Rust source with comments blanked and string and char literals kept as their delimiters
@@ -407,6 +418,15 @@ fn files_and_functions_stay_small() {
     assert_none(
         &format!("over {MAX_FILE_LINES} lines a file or {MAX_FN_LINES} a function"),
         found,
+    );
+}
+
+#[test]
+fn a_test_import_does_not_end_the_production_part() {
+    let text = "use a;\n#[cfg(test)]\nuse b;\nfn c() {}\n#[cfg(test)]\n#[allow(x)]\nmod tests {}\n";
+    assert_eq!(
+        production_part(text),
+        "use a;\n#[cfg(test)]\nuse b;\nfn c() {}"
     );
 }
 

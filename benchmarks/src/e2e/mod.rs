@@ -10,10 +10,12 @@
 //! PostgreSQL, api, batcher and workers as processes of their own) and hands it over as a
 //! [`Deployment`].
 
+mod campaigns;
 mod charts;
 mod driver;
 mod plan;
 pub(crate) mod procs;
+mod run;
 mod sink;
 
 pub use driver::{batch_body, due, Load, Pacing, Sent};
@@ -21,13 +23,16 @@ pub use plan::{parse_rate, plan, Plan, RoleCost};
 pub use procs::Usage;
 pub use sink::{NullTarget, Sink, BODY_PREFIX};
 
+use campaigns::create_campaign;
+#[cfg(test)]
+use campaigns::idle_campaign;
+use run::run_once;
+
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -134,6 +139,18 @@ pub struct Deployment {
     pub database_url: String,
     /// Processes to account CPU and memory to, by role.
     pub processes: Vec<(String, u32)>,
+}
+
+impl Deployment {
+    /// The same deployment without its processes (what the sampler needs).
+    fn without_processes(&self) -> Deployment {
+        Deployment {
+            api: self.api.clone(),
+            admin_token: self.admin_token.clone(),
+            database_url: self.database_url.clone(),
+            processes: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -342,411 +359,6 @@ pub fn account(
     a
 }
 
-async fn stats(http: &reqwest::Client, d: &Deployment) -> Option<serde_json::Value> {
-    http.get(format!("{}/v1/stats", d.api))
-        .bearer_auth(&d.admin_token)
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
-
-/// The `n`-th campaign that matches none of the benchmark's leads (scores stay within 0..=100).
-fn idle_campaign(n: usize, quizzes: usize) -> serde_json::Value {
-    let quiz = if n % 10 < 7 {
-        serde_json::json!(format!("e2e{}", n % quizzes.max(1)))
-    } else {
-        serde_json::Value::Null
-    };
-    serde_json::json!({
-        "name": format!("bench idle {n}"), "quiz_id": quiz,
-        "match": {
-            "all": [{"field": "score", "op": "gt", "value": 1000 + n}],
-            "any": [{"field": "answers.q1", "op": "in", "value": ["a", "b"]}, {"field": "tags", "op": "contains", "value": "event"}]
-        },
-        "actions": [{"channel": "sms", "template": "never"}]
-    })
-}
-
-/// `POST /v1/campaigns`; anything but 201 is a set-up error.
-async fn post_campaign(
-    http: &reqwest::Client,
-    d: &Deployment,
-    body: &serde_json::Value,
-) -> Result<(), E2eError> {
-    let r = http
-        .post(format!("{}/v1/campaigns", d.api))
-        .bearer_auth(&d.admin_token)
-        .json(body)
-        .send()
-        .await?;
-    if r.status().as_u16() != 201 {
-        return Err(E2eError::Setup(format!(
-            "campaign not created: {}",
-            r.text().await.unwrap_or_default()
-        )));
-    }
-    Ok(())
-}
-
-/// The benchmark's SMS campaign, and `--campaigns - 1` idle ones beside it.
-async fn create_campaign(
-    http: &reqwest::Client,
-    d: &Deployment,
-    args: &E2eArgs,
-) -> Result<(), E2eError> {
-    for n in 1..args.campaigns.max(1) {
-        post_campaign(http, d, &idle_campaign(n, args.quizzes)).await?;
-    }
-    post_campaign(
-        http,
-        d,
-        &serde_json::json!({
-            "name": "bench e2e", "priority": "normal",
-            "match": {"all": [{"field": "answers.q1", "op": "eq", "value": "b"}]},
-            "actions": [{"channel": "sms", "template": format!("{BODY_PREFIX}{{{{ submission_id }}}}")}]
-        }),
-    )
-    .await
-}
-
-/// Copies per submission among `ids`, at the sink now.
-fn copies(sink: &Sink, ids: &[Uuid]) -> HashMap<Uuid, usize> {
-    let Ok(r) = sink.received.lock() else {
-        return HashMap::new();
-    };
-    ids.iter()
-        .filter_map(|id| r.by_submission.get(id).map(|v| (*id, v.len())))
-        .collect()
-}
-
-fn delivered_among(sink: &Sink, ids: &HashSet<Uuid>) -> u64 {
-    sink.received
-        .lock()
-        .map(|r| r.by_submission.keys().filter(|k| ids.contains(k)).count() as u64)
-        .unwrap_or(0)
-}
-
-/// Waits until every expected message of `ids` arrived, or nothing arrived for a while, or
-/// `limit` passed.
-async fn drain(sink: &Sink, expected: &HashSet<Uuid>, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    let mut last = (0u64, Instant::now());
-    loop {
-        let got = delivered_among(sink, expected);
-        if got >= expected.len() as u64 || Instant::now() > deadline {
-            return;
-        }
-        if got > last.0 {
-            last = (got, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(60) {
-            tracing::warn!(
-                got,
-                expected = expected.len(),
-                "deliveries stopped arriving"
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// One measured run: warm-up, the load, the drain, the accounting.
-#[allow(clippy::too_many_arguments)]
-async fn run_once(
-    name: &str,
-    base: &str,
-    deployment: Option<&Deployment>,
-    sink: &Sink,
-    args: &E2eArgs,
-    n: usize,
-    pacing: Pacing,
-    progress: &indicatif::ProgressBar,
-) -> Result<RunResult, E2eError> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .timeout(Duration::from_secs(60))
-        .build()?;
-    let run = Uuid::new_v4().simple().to_string();
-    // Warm-up: the campaign is in every batcher, connections are open, and the path works.
-    let warm = Load::generate(
-        args.warmup,
-        args.quizzes,
-        args.match_share,
-        &format!("w{run}"),
-    );
-    progress.set_message(format!("{name}: warm-up"));
-    driver::drive(
-        &http,
-        base,
-        &warm,
-        0..warm.len(),
-        Pacing::Closed { concurrency: 64 },
-        args.batch,
-        &|_| {},
-    )
-    .await;
-    let warm_expected = warm.matching();
-    drain(sink, &warm_expected, Duration::from_secs(120)).await;
-    if delivered_among(sink, &warm_expected) < warm_expected.len() as u64 {
-        return Err(E2eError::Setup(format!(
-            "{name}: the warm-up's messages did not all arrive; is the pipeline working?"
-        )));
-    }
-
-    let load = Load::generate(n, args.quizzes, args.match_share, &format!("m{run}"));
-    let matching = load.matching();
-    let procs: Vec<(String, u32)> = deployment.map(|d| d.processes.clone()).unwrap_or_default();
-    let cpu_before: Vec<Usage> = procs.iter().map(|(_, p)| procs::tree(*p)).collect();
-    let mut peak: Vec<u64> = vec![0; procs.len()];
-
-    // Sampler: stored, queued and delivered twice a second.
-    let answered = Arc::new(AtomicUsize::new(0));
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let sampler = {
-        let (http, sink, matching, answered) = (
-            http.clone(),
-            sink.clone(),
-            matching.clone(),
-            answered.clone(),
-        );
-        let d = deployment.map(|d| Deployment {
-            api: d.api.clone(),
-            admin_token: d.admin_token.clone(),
-            database_url: d.database_url.clone(),
-            processes: Vec::new(),
-        });
-        let procs = procs.clone();
-        tokio::spawn(async move {
-            let t0 = Instant::now();
-            let (stored0, enqueued0, _) = match &d {
-                Some(d) => stats(&http, d)
-                    .await
-                    .map(|s| counts(&s))
-                    .unwrap_or_default(),
-                None => (0, 0, 0),
-            };
-            let mut series = vec![Point {
-                t_s: 0.0,
-                accepted: 0,
-                stored: 0,
-                enqueued: 0,
-                delivered: 0,
-                queued: 0,
-            }];
-            let mut peak = vec![0u64; procs.len()];
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            tick.tick().await;
-            let mut n = 0u64;
-            loop {
-                n += 1;
-                // The stop takes one last sample: the run's end is in the series.
-                let last = tokio::select! {
-                    _ = tick.tick() => false,
-                    _ = stop_rx.changed() => true,
-                };
-                let delivered = delivered_among(&sink, &matching);
-                let (stored, enqueued, queued) = match &d {
-                    Some(d) => match stats(&http, d).await {
-                        Some(s) => {
-                            let (stored, enqueued, queued) = counts(&s);
-                            (
-                                stored.saturating_sub(stored0),
-                                enqueued.saturating_sub(enqueued0),
-                                queued,
-                            )
-                        }
-                        None => series
-                            .last()
-                            .map_or((0, 0, 0), |p: &Point| (p.stored, p.enqueued, p.queued)),
-                    },
-                    // The null target stores nothing and queues nothing.
-                    None => (answered.load(Ordering::Relaxed) as u64, delivered, 0),
-                };
-                // Reading `smaps_rollup` walks a process's page tables: every 2 s is enough
-                // for a peak and keeps the harness's own CPU off the machine under test.
-                if last || n % 4 == 1 {
-                    for (i, (_, pid)) in procs.iter().enumerate() {
-                        peak[i] = peak[i].max(procs::tree(*pid).pss_bytes);
-                    }
-                }
-                series.push(Point {
-                    t_s: t0.elapsed().as_secs_f64(),
-                    accepted: answered.load(Ordering::Relaxed) as u64,
-                    stored,
-                    enqueued,
-                    delivered,
-                    queued,
-                });
-                if last {
-                    break;
-                }
-            }
-            (series, peak)
-        })
-    };
-
-    progress.set_length(n as u64);
-    progress.set_position(0);
-    progress.set_message(name.to_owned());
-    let started = Instant::now();
-    let tick = |k: usize| {
-        answered.store(k, Ordering::Relaxed);
-        progress.set_position(k as u64);
-    };
-    let sent = driver::drive(&http, base, &load, 0..n, pacing, args.batch, &tick).await;
-    let accepted: Vec<bool> = sent.iter().map(|s| s.status == 202).collect();
-    let accepted_ids: HashSet<Uuid> = load
-        .ids
-        .iter()
-        .zip(&accepted)
-        .filter(|(_, a)| **a)
-        .map(|(id, _)| *id)
-        .collect();
-    let expected: HashSet<Uuid> = matching.intersection(&accepted_ids).copied().collect();
-    progress.set_message(format!("{name}: waiting for the last deliveries"));
-    drain(sink, &expected, *args.drain_timeout).await;
-    let _ = stop_tx.send(true);
-    let (series, sampled_peak) = sampler.await.map_err(|e| E2eError::Setup(e.to_string()))?;
-    for (i, p) in sampled_peak.into_iter().enumerate() {
-        peak[i] = peak[i].max(p);
-    }
-
-    // Accounting.
-    let stored = match deployment {
-        Some(d) => {
-            let pool = quizflow_store::pool(&d.database_url, 2);
-            let mut conn = pool.get().await.map_err(quizflow_store::StoreError::from)?;
-            let ids: Vec<Uuid> = accepted_ids.iter().copied().collect();
-            let mut found = HashSet::new();
-            for chunk in ids.chunks(10_000) {
-                found.extend(quizflow_store::replay::stored_ids(&mut conn, chunk).await?);
-            }
-            Some(found)
-        }
-        None => None,
-    };
-    let received = copies(sink, &load.ids);
-    let acc = account(
-        &load.ids,
-        &load.matches,
-        &accepted,
-        stored.as_ref(),
-        &received,
-    );
-
-    // Latencies.
-    let mut http_h = histogram();
-    let mut errors_by_status: BTreeMap<String, u64> = BTreeMap::new();
-    let mut accepted_at: HashMap<Uuid, Instant> = HashMap::with_capacity(n);
-    let mut last_accept = started;
-    let mut per_second: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
-    for (i, s) in sent.iter().enumerate() {
-        let us = s.latency().as_micros().min(600_000_000) as u64;
-        let _ = http_h.record(us.max(1));
-        let second = s.due.saturating_duration_since(started).as_secs();
-        let _ = per_second
-            .entry(second)
-            .or_insert_with(histogram)
-            .record(us.max(1));
-        if s.status == 202 {
-            accepted_at.insert(load.ids[i], s.done);
-            last_accept = last_accept.max(s.done);
-        } else {
-            *errors_by_status
-                .entry(if s.status == 0 {
-                    "transport".into()
-                } else {
-                    s.status.to_string()
-                })
-                .or_default() += 1;
-        }
-    }
-    let mut e2e_h = histogram();
-    let mut last_delivery = started;
-    if let Ok(r) = sink.received.lock() {
-        for id in &expected {
-            if let (Some(copies), Some(at)) = (r.by_submission.get(id), accepted_at.get(id)) {
-                if let Some(first) = copies.iter().min() {
-                    let us = first
-                        .saturating_duration_since(*at)
-                        .as_micros()
-                        .min(600_000_000) as u64;
-                    let _ = e2e_h.record(us.max(1));
-                    last_delivery = last_delivery.max(*first);
-                }
-            }
-        }
-    }
-    let secs = |until: Instant| {
-        until
-            .saturating_duration_since(started)
-            .as_secs_f64()
-            .max(1e-3)
-    };
-    let stored_per_s = deployment.and_then(|_| {
-        let total = accepted_ids.len() as u64;
-        series
-            .iter()
-            .find(|p| p.stored >= total)
-            .map(|p| total as f64 / p.t_s.max(1e-3))
-    });
-    let enqueued_per_s = deployment.and_then(|_| {
-        let total = acc.expected_messages;
-        series
-            .iter()
-            .find(|p| p.enqueued >= total)
-            .map(|p| total as f64 / p.t_s.max(1e-3))
-    });
-    let mut cpu_s = BTreeMap::new();
-    let mut peak_pss_mb = BTreeMap::new();
-    for (i, (role, pid)) in procs.iter().enumerate() {
-        let after = procs::tree(*pid);
-        cpu_s.insert(role.clone(), (after.cpu_s - cpu_before[i].cpu_s).max(0.0));
-        peak_pss_mb.insert(role.clone(), peak[i] as f64 / (1024.0 * 1024.0));
-    }
-    Ok(RunResult {
-        target: name.to_owned(),
-        submissions: n,
-        accepted: accepted_ids.len() as u64,
-        accepted_per_s: accepted_ids.len() as f64 / secs(last_accept),
-        expected_messages: acc.expected_messages,
-        delivered_messages: acc.delivered_messages,
-        delivered_per_s: acc.delivered_messages as f64 / secs(last_delivery),
-        stored_per_s,
-        enqueued_per_s,
-        http_p50_ms: ms(&http_h, 0.50),
-        http_p95_ms: ms(&http_h, 0.95),
-        http_p99_ms: ms(&http_h, 0.99),
-        http_max_ms: if http_h.is_empty() {
-            0.0
-        } else {
-            http_h.max() as f64 / 1000.0
-        },
-        e2e_p50_ms: ms(&e2e_h, 0.50),
-        e2e_p99_ms: ms(&e2e_h, 0.99),
-        e2e_max_ms: if e2e_h.is_empty() {
-            0.0
-        } else {
-            e2e_h.max() as f64 / 1000.0
-        },
-        lost_submissions: acc.lost_submissions,
-        lost_messages: acc.lost_messages,
-        duplicates: acc.duplicates,
-        errors: errors_by_status.values().sum(),
-        errors_by_status,
-        cpu_s,
-        peak_pss_mb,
-        series,
-        latency_series: per_second
-            .iter()
-            .map(|(s, h)| (*s as f64, ms(h, 0.50), ms(h, 0.99)))
-            .collect(),
-    })
-}
-
 fn progress_bar() -> indicatif::ProgressBar {
     use std::io::IsTerminal;
     if !std::io::stderr().is_terminal() {
@@ -763,6 +375,37 @@ fn progress_bar() -> indicatif::ProgressBar {
     bar
 }
 
+/// `--verify-plan`: a run at the rate the plan says fits the cores, and how far each role's
+/// CPU came from the plan's.
+async fn check_plan(
+    args: &E2eArgs,
+    d: &Deployment,
+    q: &RunResult,
+    costs: &[RoleCost],
+    sink: &Sink,
+    bar: &indicatif::ProgressBar,
+) -> Result<Verification, E2eError> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    let rate = fitting_rate(costs, cores, 0.7, 0.8 * q.accepted_per_s);
+    let leads = ((rate * 20.0) as usize).max(2_000);
+    let t = run::Target {
+        name: "plan check",
+        base: &d.api,
+        deployment: Some(d),
+        sink,
+    };
+    let r = run_once(t, args, leads, Pacing::Open { rate }, bar).await?;
+    let (lines, total_error_pct) = verify(costs, r.accepted, &r.cpu_s);
+    Ok(Verification {
+        rate_per_s: rate,
+        achieved_accepted_per_s: r.accepted_per_s,
+        achieved_delivered_per_s: r.delivered_per_s,
+        e2e_p99_ms: r.e2e_p99_ms,
+        lines,
+        total_error_pct,
+    })
+}
+
 /// Runs the ceiling (unless `--no-ceiling`) and then `deployment` (None with `--target null`).
 pub async fn run_e2e(
     args: &E2eArgs,
@@ -773,19 +416,13 @@ pub async fn run_e2e(
     let bar = progress_bar();
     let ceiling = if deployment.is_none() || !args.no_ceiling {
         let null = NullTarget::start(sink, 64).await?;
-        Some(
-            run_once(
-                "ceiling (null target)",
-                &null.url,
-                None,
-                sink,
-                args,
-                n,
-                pacing,
-                &bar,
-            )
-            .await?,
-        )
+        let t = run::Target {
+            name: "ceiling (null target)",
+            base: &null.url,
+            deployment: None,
+            sink,
+        };
+        Some(run_once(t, args, n, pacing, &bar).await?)
     } else {
         None
     };
@@ -793,7 +430,13 @@ pub async fn run_e2e(
         Some(d) => {
             let http = reqwest::Client::new();
             create_campaign(&http, d, args).await?;
-            Some(run_once("quizflow", &d.api, Some(d), sink, args, n, pacing, &bar).await?)
+            let t = run::Target {
+                name: "quizflow",
+                base: &d.api,
+                deployment: Some(d),
+                sink,
+            };
+            Some(run_once(t, args, n, pacing, &bar).await?)
         }
         None => None,
     };
@@ -815,29 +458,7 @@ pub async fn run_e2e(
         .collect();
     let verify_plan = match (deployment, &quizflow) {
         (Some(d), Some(q)) if args.verify_plan => {
-            let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
-            let rate = fitting_rate(&costs, cores, 0.7, 0.8 * q.accepted_per_s);
-            let leads = ((rate * 20.0) as usize).max(2_000);
-            let r = run_once(
-                "plan check",
-                &d.api,
-                Some(d),
-                sink,
-                args,
-                leads,
-                Pacing::Open { rate },
-                &bar,
-            )
-            .await?;
-            let (lines, total_error_pct) = verify(&costs, r.accepted, &r.cpu_s);
-            Some(Verification {
-                rate_per_s: rate,
-                achieved_accepted_per_s: r.accepted_per_s,
-                achieved_delivered_per_s: r.delivered_per_s,
-                e2e_p99_ms: r.e2e_p99_ms,
-                lines,
-                total_error_pct,
-            })
+            Some(check_plan(args, d, q, &costs, sink, &bar).await?)
         }
         _ => None,
     };
@@ -982,6 +603,7 @@ impl E2eReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn accounting_counts_lost_submissions_lost_messages_and_duplicates() {
