@@ -21,7 +21,6 @@ const MAX_FN_LINES: usize = 80;
 const DEBTS: &[(&str, usize)] = &[
     ("benchmarks/src/deliveries.rs fn run_deliveries", 111),
     ("benchmarks/src/e2e/mod.rs", 980),
-    ("benchmarks/src/e2e/mod.rs fn run_once", 291),
     ("benchmarks/src/e2e/mod.rs fn run_e2e", 107),
     ("benchmarks/src/ingest.rs fn run_ingest", 148),
     ("benchmarks/src/replay.rs fn run_replay", 139),

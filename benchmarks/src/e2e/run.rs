@@ -86,6 +86,7 @@ pub(super) async fn run_once(
         .pool_max_idle_per_host(1024)
         .timeout(Duration::from_secs(60))
         .build()?;
+    // Each run's leads are its own (ids and idempotency keys never meet an earlier run's).
     let run = Uuid::new_v4().simple().to_string();
     warm_up(&http, &t, args, &run, progress).await?;
 
@@ -119,13 +120,7 @@ pub(super) async fn run_once(
     };
     let sent = driver::drive(&http, t.base, &load, 0..n, pacing, args.batch, &tick).await;
     let accepted: Vec<bool> = sent.iter().map(|s| s.status == 202).collect();
-    let accepted_ids: HashSet<Uuid> = load
-        .ids
-        .iter()
-        .zip(&accepted)
-        .filter(|(_, a)| **a)
-        .map(|(id, _)| *id)
-        .collect();
+    let accepted_ids = accepted_ids(&load, &accepted);
     let expected: HashSet<Uuid> = matching.intersection(&accepted_ids).copied().collect();
     progress.set_message(format!("{}: waiting for the last deliveries", t.name));
     drain(t.sink, &expected, *args.drain_timeout).await;
@@ -159,6 +154,16 @@ pub(super) async fn run_once(
         peak_pss_mb,
     }
     .result())
+}
+
+/// The ids of the submissions answered 202.
+fn accepted_ids(load: &Load, accepted: &[bool]) -> HashSet<Uuid> {
+    load.ids
+        .iter()
+        .zip(accepted)
+        .filter(|(_, a)| **a)
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 /// CPU seconds each process spent in the run, and its peak memory (MiB).
