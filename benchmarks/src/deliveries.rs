@@ -84,6 +84,72 @@ async fn queued_jobs(js: &async_nats::jetstream::Context) -> Result<u64, Deliver
 
 /// `mock` is the base URL of a running mock provider; `nats_url`/`database_url` a migrated,
 /// topology-ready deployment with no other workers.
+/// Queues `n` SMS jobs of quiz `tag` (a batcher in this process, stopped before measuring).
+async fn queue_jobs(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    pool: &quizflow_store::Pool,
+    tag: &str,
+    n: usize,
+) -> Result<(), DeliveriesError> {
+    let settings = BatcherSettings::default();
+    let batcher = Batcher::new(settings, client.clone(), js.clone(), pool.clone());
+    let (stop_b, rx) = tokio::sync::oneshot::channel::<()>();
+    let b = tokio::spawn(batcher.run(async move {
+        let _ = rx.await;
+    }));
+    publish_leads(js, tag, n).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while queued_jobs(js).await? < n as u64 {
+        if Instant::now() > deadline {
+            return Err(setup("jobs were not queued in time"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_b.send(());
+    let _ = b.await;
+    Ok(())
+}
+
+/// `n` SMS leads of quiz `tag`, published to `SUBMISSIONS` and acknowledged.
+async fn publish_leads(
+    js: &async_nats::jetstream::Context,
+    tag: &str,
+    n: usize,
+) -> Result<(), DeliveriesError> {
+    let quiz = QuizId::parse(tag).map_err(setup)?;
+    let mut acks = Vec::with_capacity(n);
+    for n in 0..n {
+        let key = IdempotencyKey::parse(&format!("{tag}-{n}")).map_err(setup)?;
+        let sub = parse_submission(
+            &serde_json::json!({"respondent": {"phone": format!("+55119{n:08}"), "name": "Ana"}}),
+        )
+        .map_err(|e| setup(format!("{e:?}")))?;
+        let env = SubmissionEnvelope::new(
+            SubmissionId::from_key(&quiz, &key),
+            quiz.clone(),
+            chrono::Utc::now(),
+            Some(key),
+            sub,
+        );
+        let payload = serde_json::to_vec(&env).map_err(setup)?;
+        let msg = async_nats::jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .message_id(env.submission_id.to_string());
+        acks.push(
+            js.send_publish(quizflow_nats::subjects::submission(&quiz), msg)
+                .await
+                .map_err(setup)?,
+        );
+    }
+    for a in acks {
+        std::future::IntoFuture::into_future(a)
+            .await
+            .map_err(setup)?;
+    }
+    Ok(())
+}
+
 pub async fn run_deliveries(
     args: &DeliveriesArgs,
     mock: &str,
@@ -105,54 +171,7 @@ pub async fn run_deliveries(
     let mut phases = Vec::new();
     for (i, &latency) in args.latency_ms.iter().enumerate() {
         let tag = format!("bench{i}");
-        // Queue the jobs first (batcher in this process, stopped before measuring).
-        let batcher = Batcher::new(
-            BatcherSettings::default(),
-            client.clone(),
-            js.clone(),
-            pool.clone(),
-        );
-        let (stop_b, rx) = tokio::sync::oneshot::channel::<()>();
-        let b = tokio::spawn(batcher.run(async move {
-            let _ = rx.await;
-        }));
-        let quiz = QuizId::parse(&tag).map_err(setup)?;
-        let mut acks = Vec::with_capacity(args.jobs);
-        for n in 0..args.jobs {
-            let key = IdempotencyKey::parse(&format!("{tag}-{n}")).map_err(setup)?;
-            let sub = parse_submission(&serde_json::json!({"respondent": {"phone": format!("+55119{n:08}"), "name": "Ana"}}))
-                .map_err(|e| setup(format!("{e:?}")))?;
-            let env = SubmissionEnvelope::new(
-                SubmissionId::from_key(&quiz, &key),
-                quiz.clone(),
-                chrono::Utc::now(),
-                Some(key),
-                sub,
-            );
-            let payload = serde_json::to_vec(&env).map_err(setup)?;
-            let msg = async_nats::jetstream::message::PublishMessage::build()
-                .payload(payload.into())
-                .message_id(env.submission_id.to_string());
-            acks.push(
-                js.send_publish(quizflow_nats::subjects::submission(&quiz), msg)
-                    .await
-                    .map_err(setup)?,
-            );
-        }
-        for a in acks {
-            std::future::IntoFuture::into_future(a)
-                .await
-                .map_err(setup)?;
-        }
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while queued_jobs(&js).await? < args.jobs as u64 {
-            if Instant::now() > deadline {
-                return Err(setup("jobs were not queued in time"));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = stop_b.send(());
-        let _ = b.await;
+        queue_jobs(&client, &js, &pool, &tag, args.jobs).await?;
         http.put(format!("{mock}/_mock/faults"))
             .json(&serde_json::json!({"channel": "sms", "latency_ms": latency, "rate": 0}))
             .send()

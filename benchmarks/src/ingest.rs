@@ -372,96 +372,19 @@ pub async fn run_ingest(
         "API at saturation"
     );
     let url = format!("{api}/v1/quizzes/bench/submissions");
-    let tally = Arc::new(Mutex::new(Tally {
-        hist: histogram(),
-        statuses: BTreeMap::new(),
-        accepted: 0,
-    }));
-    let sat_bodies = bodies(args.messages);
-    let started = Instant::now();
-    futures::stream::iter(sat_bodies.into_iter().enumerate())
-        .map(|(n, body)| {
-            let (client, url, tally) = (&client, &url, tally.clone());
-            async move {
-                let t = Instant::now();
-                let status = post(client, url, n as u64, "sat", body).await;
-                let mut g = tally.lock().unwrap_or_else(|p| p.into_inner());
-                let _ = g.hist.record(t.elapsed().as_micros() as u64);
-                if status == "202" {
-                    g.accepted += 1;
-                }
-                *g.statuses.entry(status).or_default() += 1;
-            }
-        })
-        .buffer_unordered(args.concurrency.max(1))
-        .collect::<()>()
-        .await;
-    let sat_elapsed = started.elapsed().as_secs_f64();
-    let (sat_rate, sat_latency, mut statuses) = {
-        let g = tally.lock().unwrap_or_else(|p| p.into_inner());
-        (
-            g.accepted as f64 / sat_elapsed,
-            Latency::of(&g.hist),
-            g.statuses.clone(),
-        )
-    };
+    let (sat_rate, sat_latency, mut statuses) = saturation(&client, &url, args).await;
 
     tracing::info!(
         messages = args.messages,
         batch = args.batch_size,
         "API batch endpoint"
     );
-    let batch_rate = batch_phase(
-        &client,
-        api,
-        args.messages,
-        args.batch_size.clamp(1, 1000),
-        &mut statuses,
-    )
-    .await?;
+    let batch = args.batch_size.clamp(1, 1000);
+    let batch_rate = batch_phase(&client, api, args.messages, batch, &mut statuses).await?;
 
     tracing::info!(rate = args.rate, duration = %args.duration, "API at constant rate");
-    let rate_tally = Arc::new(Mutex::new(Tally {
-        hist: histogram(),
-        statuses: BTreeMap::new(),
-        accepted: 0,
-    }));
-    let total = (args.rate * args.duration.as_secs_f64()).round() as u64;
-    let rate_bodies = bodies(total);
-    let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
-    // Bounded: past this many requests in flight the generator counts a drop instead.
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(20_000));
-    let begin = tokio::time::Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (n, body) in rate_bodies.into_iter().enumerate() {
-        let scheduled = begin + interval.mul_f64(n as f64);
-        tokio::time::sleep_until(scheduled).await;
-        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            *rate_tally
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .statuses
-                .entry("generator_overflow".into())
-                .or_default() += 1;
-            continue;
-        };
-        let (client, url, tally) = (client.clone(), url.clone(), rate_tally.clone());
-        tasks.spawn(async move {
-            let status = post(&client, &url, n as u64, "rate", body).await;
-            let latency = scheduled.elapsed();
-            let mut g = tally.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = g.hist.record(latency.as_micros() as u64);
-            if status == "202" {
-                g.accepted += 1;
-            }
-            *g.statuses.entry(status).or_default() += 1;
-            drop(permit);
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    let rate_elapsed = begin.elapsed().as_secs_f64();
-    let g = rate_tally.lock().unwrap_or_else(|p| p.into_inner());
-    for (k, v) in &g.statuses {
+    let (rate_achieved, rate_latency, rate_statuses) = constant_rate(&client, &url, args).await;
+    for (k, v) in &rate_statuses {
         *statuses.entry(format!("rate:{k}")).or_default() += v;
     }
     let report = IngestReport {
@@ -477,8 +400,8 @@ pub async fn run_ingest(
         http_batch_size: args.batch_size,
         ratio_batch_to_raw: batch_rate / raw_rate,
         rate_target_per_s: args.rate,
-        rate_achieved_per_s: g.accepted as f64 / rate_elapsed,
-        rate_latency: Latency::of(&g.hist),
+        rate_achieved_per_s: rate_achieved,
+        rate_latency,
         statuses,
     };
     std::fs::create_dir_all(&args.out)?;
@@ -488,4 +411,92 @@ pub async fn run_ingest(
     )?;
     std::fs::write(args.out.join("ingest.md"), report.markdown())?;
     Ok(report)
+}
+
+fn tally() -> Arc<Mutex<Tally>> {
+    Arc::new(Mutex::new(Tally {
+        hist: histogram(),
+        statuses: BTreeMap::new(),
+        accepted: 0,
+    }))
+}
+
+/// The API at saturation: `concurrency` posts in flight until `messages` are sent. Accepted
+/// per second, the latencies, and the statuses.
+async fn saturation(
+    client: &reqwest::Client,
+    url: &str,
+    args: &IngestArgs,
+) -> (f64, Latency, BTreeMap<String, u64>) {
+    let tally = tally();
+    let started = Instant::now();
+    futures::stream::iter(bodies(args.messages).into_iter().enumerate())
+        .map(|(n, body)| {
+            let tally = tally.clone();
+            async move {
+                let t = Instant::now();
+                let status = post(client, url, n as u64, "sat", body).await;
+                let mut g = tally.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = g.hist.record(t.elapsed().as_micros() as u64);
+                if status == "202" {
+                    g.accepted += 1;
+                }
+                *g.statuses.entry(status).or_default() += 1;
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .collect::<()>()
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let g = tally.lock().unwrap_or_else(|p| p.into_inner());
+    (
+        g.accepted as f64 / elapsed,
+        Latency::of(&g.hist),
+        g.statuses.clone(),
+    )
+}
+
+/// The API at a constant rate (open loop: latency from each request's scheduled time).
+/// Achieved accepted per second, the latencies, and the statuses.
+async fn constant_rate(
+    client: &reqwest::Client,
+    url: &str,
+    args: &IngestArgs,
+) -> (f64, Latency, BTreeMap<String, u64>) {
+    let tally = tally();
+    let total = (args.rate * args.duration.as_secs_f64()).round() as u64;
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
+    // Bounded: past this many requests in flight the generator counts a drop instead.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(20_000));
+    let begin = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, body) in bodies(total).into_iter().enumerate() {
+        let scheduled = begin + interval.mul_f64(n as f64);
+        tokio::time::sleep_until(scheduled).await;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            let mut g = tally.lock().unwrap_or_else(|p| p.into_inner());
+            *g.statuses.entry("generator_overflow".into()).or_default() += 1;
+            continue;
+        };
+        let (client, url, tally) = (client.clone(), url.to_owned(), tally.clone());
+        tasks.spawn(async move {
+            let status = post(&client, &url, n as u64, "rate", body).await;
+            let latency = scheduled.elapsed();
+            let mut g = tally.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = g.hist.record(latency.as_micros() as u64);
+            if status == "202" {
+                g.accepted += 1;
+            }
+            *g.statuses.entry(status).or_default() += 1;
+            drop(permit);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = begin.elapsed().as_secs_f64();
+    let g = tally.lock().unwrap_or_else(|p| p.into_inner());
+    (
+        g.accepted as f64 / elapsed,
+        Latency::of(&g.hist),
+        g.statuses.clone(),
+    )
 }

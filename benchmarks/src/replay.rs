@@ -215,6 +215,140 @@ async fn create_campaigns(
     Ok(out)
 }
 
+/// The stream's submissions from `first` to `last`, decoded (the read ceiling's work).
+async fn read_back(
+    js: &async_nats::jetstream::Context,
+    first: u64,
+    last: u64,
+    expected: usize,
+) -> Result<Vec<SubmissionEnvelope>, ReplayBenchError> {
+    let (mut messages, _) =
+        quizflow_nats::read_submissions(js, quizflow_nats::StartAt::Seq(first), &[]).await?;
+    let mut decoded: Vec<SubmissionEnvelope> = Vec::with_capacity(expected);
+    while let Some(m) = messages.next().await {
+        let m = m?;
+        decoded.extend(
+            quizflow_batcher::decode_members(&m.payload)
+                .into_iter()
+                .flatten(),
+        );
+        if m.seq >= last {
+            break;
+        }
+    }
+    Ok(decoded)
+}
+
+/// Submissions matched by at least one campaign, in batches of `batch` (rayon).
+fn match_only(matcher: &Matcher, decoded: &[SubmissionEnvelope], batch: usize) -> u64 {
+    decoded
+        .chunks(batch.max(1))
+        .map(|chunk| {
+            let m = matcher.match_batch(chunk);
+            m.iter()
+                .map(|m| m.row)
+                .collect::<std::collections::HashSet<_>>()
+                .len() as u64
+        })
+        .sum()
+}
+
+/// The replays measured: (phase, dry run, source).
+const REPLAYS: [(&str, bool, Source); 4] = [
+    (
+        "dry run (read, stored check, match, ledger lookup)",
+        true,
+        Source::Stream,
+    ),
+    (
+        "replay (+ ledger insert, job publishes)",
+        false,
+        Source::Stream,
+    ),
+    ("second replay (everything exists)", false, Source::Stream),
+    ("dry run from PostgreSQL", true, Source::Postgres),
+];
+
+/// The benchmark's range, replayed as `quizflow replay` would.
+struct Range<'a> {
+    js: &'a async_nats::jetstream::Context,
+    pool: &'a quizflow_store::Pool,
+    first_seq: u64,
+    last_seq: u64,
+    first_time: chrono::DateTime<chrono::Utc>,
+    batch: usize,
+}
+
+impl Range<'_> {
+    async fn replay(
+        &self,
+        dry_run: bool,
+        source: Source,
+    ) -> Result<quizflow_replay::Summary, ReplayBenchError> {
+        let mut s = ReplaySpec::new(match source {
+            Source::Stream => Bound::Seq(self.first_seq),
+            Source::Postgres => Bound::Time(self.first_time),
+        });
+        s.to = Some(match source {
+            Source::Stream => Bound::Seq(self.last_seq),
+            Source::Postgres => Bound::Time(chrono::Utc::now()),
+        });
+        s.dry_run = dry_run;
+        s.rate = None;
+        s.batch = self.batch;
+        s.source = source;
+        let never = futures::future::pending();
+        Ok(quizflow_replay::replay(&s, self.js, self.pool, |_| {}, never).await?)
+    }
+}
+
+/// Live intake beside a replay of the range `from..=to`.
+struct Beside<'a> {
+    client: &'a async_nats::Client,
+    js: &'a async_nats::jetstream::Context,
+    pool: &'a quizflow_store::Pool,
+    from: u64,
+    to: u64,
+}
+
+impl Beside<'_> {
+    /// Live submissions per second alone, then beside the replay, and what the replay
+    /// scanned meanwhile.
+    async fn measure(
+        &self,
+        live: usize,
+        batch: usize,
+    ) -> Result<(f64, f64, u64), ReplayBenchError> {
+        let (client, js, pool) = (self.client, self.js, self.pool);
+        let alone = publish_and_store(&envelopes(live), client, js, pool).await?;
+        let fresh = create_campaigns(pool, 100, 2).await?;
+        let mut spec = ReplaySpec::new(Bound::Seq(self.from));
+        spec.to = Some(Bound::Seq(self.to));
+        spec.campaigns = fresh.iter().map(|c| c.id).collect();
+        spec.batch = batch;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let replay_task = {
+            let (js, pool) = (js.clone(), pool.clone());
+            tokio::spawn(async move {
+                quizflow_replay::replay(&spec, &js, &pool, |_| {}, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+            })
+        };
+        let beside = publish_and_store(&envelopes(live), client, js, pool).await?;
+        let _ = stop_tx.send(());
+        let replayed = replay_task
+            .await
+            .map_err(|e| ReplayBenchError::Setup(e.to_string()))??;
+        Ok((
+            live as f64 / alone.as_secs_f64(),
+            live as f64 / beside.as_secs_f64(),
+            replayed.scanned,
+        ))
+    }
+}
+
 pub async fn run_replay(
     args: &ReplayArgs,
     client: async_nats::Client,
@@ -233,21 +367,7 @@ pub async fn run_replay(
     let mut phases = Vec::new();
     // 1. Read ceiling: the ordered consumer, decode only.
     let started = Instant::now();
-    let (mut messages, _) =
-        quizflow_nats::read_submissions(&js, quizflow_nats::StartAt::Seq(first_seq), &[]).await?;
-    let mut decoded: Vec<SubmissionEnvelope> = Vec::with_capacity(args.submissions);
-    while let Some(m) = messages.next().await {
-        let m = m?;
-        decoded.extend(
-            quizflow_batcher::decode_members(&m.payload)
-                .into_iter()
-                .flatten(),
-        );
-        if m.seq >= last_seq {
-            break;
-        }
-    }
-    drop(messages);
+    let decoded = read_back(&js, first_seq, last_seq, args.submissions).await?;
     let read_s = started.elapsed().as_secs_f64();
     let ceiling = n / read_s;
     let mut phase = |name, count: f64, seconds: f64, jobs| {
@@ -264,82 +384,32 @@ pub async fn run_replay(
     // 2. Matcher only (rayon, in batches).
     let matcher = Matcher::for_replay(campaigns.iter().cloned());
     let started = Instant::now();
-    let mut matched = 0u64;
-    for chunk in decoded.chunks(args.batch.max(1)) {
-        let m = matcher.match_batch(chunk);
-        matched += m
-            .iter()
-            .map(|m| m.row)
-            .collect::<std::collections::HashSet<_>>()
-            .len() as u64;
-    }
+    let matched = match_only(&matcher, &decoded, args.batch);
     phase("matcher only", n, started.elapsed().as_secs_f64(), 0);
 
-    let spec = |dry_run: bool, source: Source| {
-        let mut s = ReplaySpec::new(match source {
-            Source::Stream => Bound::Seq(first_seq),
-            Source::Postgres => Bound::Time(data[0].received_at),
-        });
-        s.to = Some(match source {
-            Source::Stream => Bound::Seq(last_seq),
-            Source::Postgres => Bound::Time(chrono::Utc::now()),
-        });
-        s.dry_run = dry_run;
-        s.rate = None;
-        s.batch = args.batch;
-        s.source = source;
-        s
+    let range = Range {
+        js: &js,
+        pool: &pool,
+        first_seq,
+        last_seq,
+        first_time: data[0].received_at,
+        batch: args.batch,
     };
-    for (name, dry, source) in [
-        (
-            "dry run (read, stored check, match, ledger lookup)",
-            true,
-            Source::Stream,
-        ),
-        (
-            "replay (+ ledger insert, job publishes)",
-            false,
-            Source::Stream,
-        ),
-        ("second replay (everything exists)", false, Source::Stream),
-        ("dry run from PostgreSQL", true, Source::Postgres),
-    ] {
-        let s = quizflow_replay::replay(
-            &spec(dry, source),
-            &js,
-            &pool,
-            |_| {},
-            futures::future::pending(),
-        )
-        .await?;
+    for (name, dry, source) in REPLAYS {
+        let s = range.replay(dry, source).await?;
         phase(name, s.scanned as f64, s.elapsed_s, s.jobs_created);
     }
     // 7. The live batcher alone, then beside a replay at the defaults (2,000/s, low
     //    priority) of 100 campaigns created for it: how much a replay slows live intake.
     let live = (args.submissions / 2).max(1);
-    let alone = publish_and_store(&envelopes(live), &client, &js, &pool).await?;
-    let fresh = create_campaigns(&pool, 100, 2).await?;
-    let mut beside_spec = ReplaySpec::new(Bound::Seq(first_seq));
-    beside_spec.to = Some(Bound::Seq(last_seq));
-    beside_spec.campaigns = fresh.iter().map(|c| c.id).collect();
-    beside_spec.batch = args.batch;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let replay_task = {
-        let (js, pool) = (js.clone(), pool.clone());
-        tokio::spawn(async move {
-            quizflow_replay::replay(&beside_spec, &js, &pool, |_| {}, async {
-                let _ = stop_rx.await;
-            })
-            .await
-        })
+    let beside = Beside {
+        client: &client,
+        js: &js,
+        pool: &pool,
+        from: first_seq,
+        to: last_seq,
     };
-    let beside = publish_and_store(&envelopes(live), &client, &js, &pool).await?;
-    let _ = stop_tx.send(());
-    let replayed = replay_task
-        .await
-        .map_err(|e| ReplayBenchError::Setup(e.to_string()))??;
-    let live_alone = live as f64 / alone.as_secs_f64();
-    let live_beside = live as f64 / beside.as_secs_f64();
+    let (live_alone, live_beside, replayed) = beside.measure(live, args.batch).await?;
 
     Ok(ReplayReport {
         submissions: args.submissions,
@@ -351,6 +421,6 @@ pub async fn run_replay(
         live_submissions: live,
         live_alone_per_s: live_alone,
         live_beside_replay_per_s: live_beside,
-        replayed_beside: replayed.scanned,
+        replayed_beside: replayed,
     })
 }

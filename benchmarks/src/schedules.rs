@@ -137,14 +137,13 @@ struct Tally {
     per_second: BTreeMap<u64, u64>,
 }
 
-pub async fn run_schedules(
+/// The benchmark's campaign and its `--pending` reminders, due over `--spread` from
+/// `--lead` on: the first due time, and how long writing them took.
+async fn seed_reminders(
+    conn: &mut quizflow_store::Conn<'_>,
     args: &SchedulesArgs,
-    js: async_nats::jetstream::Context,
-    database_url: &str,
-) -> Result<SchedulesReport, ReplayBenchError> {
+) -> Result<(chrono::DateTime<chrono::Utc>, f64), ReplayBenchError> {
     let setup = |e: String| ReplayBenchError::Setup(e);
-    let pool = quizflow_store::pool(database_url, args.firers as u32 + 2);
-    let mut conn = pool.get().await.map_err(quizflow_store::StoreError::from)?;
     let spec = parse_campaign(&serde_json::json!({
         "name": "bench reminders",
         "match": {"all": [{"field": "score", "op": "gte", "value": 0}]},
@@ -152,21 +151,13 @@ pub async fn run_schedules(
                     {"channel": "sms", "template": "Amanhã é o dia!", "delay": "1d"}]
     }))
     .map_err(|e| setup(format!("campaign: {e:?}")))?;
-    let campaign = quizflow_store::campaigns::insert(&mut conn, &spec).await?;
-    let before = memory();
-
+    let campaign = quizflow_store::campaigns::insert(conn, &spec).await?;
     let started = Instant::now();
     let first_due = chrono::Utc::now()
         + chrono::Duration::from_std(args.lead).map_err(|e| setup(e.to_string()))?;
-    quizflow_store::schedules::seed(
-        &mut conn,
-        campaign.id,
-        campaign.version,
-        args.pending,
-        first_due,
-        args.spread,
-    )
-    .await?;
+    let (id, version) = (campaign.id, campaign.version);
+    quizflow_store::schedules::seed(conn, id, version, args.pending, first_due, args.spread)
+        .await?;
     let write_s = started.elapsed().as_secs_f64();
     if chrono::Utc::now() >= first_due {
         return Err(setup(format!(
@@ -174,17 +165,20 @@ pub async fn run_schedules(
             args.lead
         )));
     }
-    let backlog = quizflow_store::schedules::backlog(&mut conn).await?;
-    drop(conn);
-    let pending_mem = memory();
+    Ok((first_due, write_s))
+}
 
-    let tally = Arc::new(Mutex::new(Tally {
-        late: Some(Histogram::new_with_bounds(1, 3_600_000, 3).map_err(|e| setup(e.to_string()))?),
-        ..Tally::default()
-    }));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+/// `n` firers, as every workers process runs one, counting what they fire into `tally`.
+fn start_firers(
+    n: usize,
+    js: &async_nats::jetstream::Context,
+    pool: &quizflow_store::Pool,
+    tally: &Arc<Mutex<Tally>>,
+    started: Instant,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinSet<()> {
     let mut firers = tokio::task::JoinSet::new();
-    for _ in 0..args.firers {
+    for _ in 0..n {
         let tally = tally.clone();
         firers.spawn(quizflow_workers::schedule::run(
             js.clone(),
@@ -202,15 +196,20 @@ pub async fn run_schedules(
                     }
                 }
             },
-            stop_rx.clone(),
+            stop.clone(),
         ));
     }
+    firers
+}
 
-    // Until every row fired (or well past the last due time), sampling memory each second.
-    let give_up = first_due
-        + chrono::Duration::from_std(args.spread + Duration::from_secs(120))
-            .map_err(|e| setup(e.to_string()))?;
-    let (mut firer_peak, mut nats_peak) = pending_mem;
+/// Until every row fired (or `give_up`), the firers' and nats-server's peak memory, sampled
+/// each second.
+async fn watch_memory(
+    tally: &Arc<Mutex<Tally>>,
+    pending: i64,
+    give_up: chrono::DateTime<chrono::Utc>,
+    (mut firer_peak, mut nats_peak): (f64, f64),
+) -> (f64, f64) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (f, n) = memory();
@@ -218,12 +217,41 @@ pub async fn run_schedules(
         nats_peak = nats_peak.max(n);
         let done = tally
             .lock()
-            .map(|t| (t.published + t.cancelled) as i64 >= args.pending)
+            .map(|t| (t.published + t.cancelled) as i64 >= pending)
             .unwrap_or(true);
         if done || chrono::Utc::now() > give_up {
-            break;
+            return (firer_peak, nats_peak);
         }
     }
+}
+
+pub async fn run_schedules(
+    args: &SchedulesArgs,
+    js: async_nats::jetstream::Context,
+    database_url: &str,
+) -> Result<SchedulesReport, ReplayBenchError> {
+    let setup = |e: String| ReplayBenchError::Setup(e);
+    let pool = quizflow_store::pool(database_url, args.firers as u32 + 2);
+    let mut conn = pool.get().await.map_err(quizflow_store::StoreError::from)?;
+    let before = memory();
+    let started = Instant::now();
+    let (first_due, write_s) = seed_reminders(&mut conn, args).await?;
+    let backlog = quizflow_store::schedules::backlog(&mut conn).await?;
+    drop(conn);
+    let pending_mem = memory();
+
+    let tally = Arc::new(Mutex::new(Tally {
+        late: Some(Histogram::new_with_bounds(1, 3_600_000, 3).map_err(|e| setup(e.to_string()))?),
+        ..Tally::default()
+    }));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut firers = start_firers(args.firers, &js, &pool, &tally, started, stop_rx);
+
+    // Until every row fired (or well past the last due time), sampling memory each second.
+    let give_up = first_due
+        + chrono::Duration::from_std(args.spread + Duration::from_secs(120))
+            .map_err(|e| setup(e.to_string()))?;
+    let (firer_peak, nats_peak) = watch_memory(&tally, args.pending, give_up, pending_mem).await;
     let _ = stop_tx.send(true);
     while firers.join_next().await.is_some() {}
     let mut conn = pool.get().await.map_err(quizflow_store::StoreError::from)?;

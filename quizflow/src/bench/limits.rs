@@ -16,6 +16,100 @@ const SETTLE: u64 = 4;
 /// How long the survivors are watched after the kill.
 const WATCH_AFTER_KILL: Duration = Duration::from_secs(12);
 
+/// The benchmark's SMS campaign: every lead of the load matches it.
+async fn create_campaign(http: &reqwest::Client, api: &str, token: &str) -> anyhow::Result<()> {
+    let r = http
+        .post(format!("{api}/v1/campaigns"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({
+            "name": "bench limits",
+            "match": {"all": [{"field": "answers.q1", "op": "eq", "value": "b"}]},
+            "actions": [{"channel": "sms", "template": format!("{BODY_PREFIX}{{{{ submission_id }}}}")}]
+        }))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().as_u16() == 201, "campaign: {}", r.text().await?);
+    Ok(())
+}
+
+/// `backlog` leads posted in batches of 500 and stored before any worker starts.
+async fn store_backlog(
+    http: &reqwest::Client,
+    api: &str,
+    token: &str,
+    backlog: usize,
+) -> anyhow::Result<()> {
+    let run = uuid::Uuid::new_v4().simple();
+    let load = Load::generate(backlog, 20, 1.0, &format!("lim{run}"));
+    let idx: Vec<usize> = (0..backlog).collect();
+    for chunk in idx.chunks(500) {
+        let r = http
+            .post(format!("{api}/v1/submissions/batch"))
+            .header("content-type", "application/json")
+            .body(batch_body(&load, chunk))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "batch: {}", r.status());
+    }
+    wait_stored(http, api, token, backlog as u64).await
+}
+
+/// One phase: `n` workers processes settle, then the sink's arrivals over `window` seconds.
+async fn measure(sink: &Sink, n: usize, window: u64, limit: f64) -> anyhow::Result<Phase> {
+    tokio::time::sleep(Duration::from_secs(SETTLE)).await;
+    let _ = sink.received.lock().map(|mut r| r.take_max_inflight());
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(window)).await;
+    let (arrivals, max_inflight) = match sink.received.lock() {
+        Ok(mut r) => (r.arrivals(), r.take_max_inflight()),
+        Err(_) => anyhow::bail!("sink poisoned"),
+    };
+    let sent = limits::rate_in(&arrivals, t0, Duration::from_secs(window));
+    println!("{n} workers processes: {sent:.1} sent/s ({:.0} % of {limit:.0}/s), at most {max_inflight} in flight", sent / limit * 100.0);
+    Ok(Phase {
+        processes: n,
+        sent_per_s: sent,
+        of_limit: sent / limit,
+        max_inflight,
+    })
+}
+
+/// Kill -9 one workers process: its share must come back to the others. The report, with
+/// the rate just after the kill and how long the rest took to reach 90 % of the limit.
+async fn after_kill(
+    sink: &Sink,
+    workers: &mut [Child],
+    args: &LimitsArgs,
+    limit: f64,
+    phases: Vec<Phase>,
+) -> anyhow::Result<LimitsReport> {
+    let killed_at = Instant::now();
+    if let Some(w) = workers.last_mut() {
+        w.start_kill()?;
+    }
+    tokio::time::sleep(WATCH_AFTER_KILL).await;
+    let (arrivals, duplicates) = match sink.received.lock() {
+        Ok(r) => (r.arrivals(), r.duplicates()),
+        Err(_) => anyhow::bail!("sink poisoned"),
+    };
+    let second = Duration::from_secs(1);
+    Ok(LimitsReport {
+        rate_limit: args.rate,
+        concurrency: args.concurrency,
+        sink_latency_ms: args.sink_latency_ms,
+        phases,
+        after_kill_per_s: limits::rate_in(&arrivals, killed_at, second),
+        recovery_s: limits::recovered_after(
+            &arrivals,
+            killed_at,
+            second,
+            0.9 * limit,
+            WATCH_AFTER_KILL,
+        ),
+        duplicates,
+    })
+}
+
 pub async fn run(cfg: Config, args: LimitsArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         !args.processes.is_empty() && args.processes.iter().all(|p| *p > 0),
@@ -40,17 +134,7 @@ pub async fn run(cfg: Config, args: LimitsArgs) -> anyhow::Result<()> {
         let api = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         wait_ready(&http, &api).await?;
-        let r = http
-            .post(format!("{api}/v1/campaigns"))
-            .bearer_auth(&token)
-            .json(&serde_json::json!({
-                "name": "bench limits",
-                "match": {"all": [{"field": "answers.q1", "op": "eq", "value": "b"}]},
-                "actions": [{"channel": "sms", "template": format!("{BODY_PREFIX}{{{{ submission_id }}}}")}]
-            }))
-            .send()
-            .await?;
-        anyhow::ensure!(r.status().as_u16() == 201, "campaign: {}", r.text().await?);
+        create_campaign(&http, &api, &token).await?;
 
         // What can be reached: the rate, or the concurrency over the sink's latency.
         let limit = if latency.is_zero() {
@@ -62,18 +146,7 @@ pub async fn run(cfg: Config, args: LimitsArgs) -> anyhow::Result<()> {
         let phases = args.processes.len() as u64;
         let run_s = phases * (SETTLE + args.window) + WATCH_AFTER_KILL.as_secs() + 10;
         let backlog = (limit * run_s as f64 * 1.2) as usize + 500;
-        let load = Load::generate(backlog, 20, 1.0, &format!("lim{}", uuid::Uuid::new_v4().simple()));
-        let idx: Vec<usize> = (0..backlog).collect();
-        for chunk in idx.chunks(500) {
-            let r = http
-                .post(format!("{api}/v1/submissions/batch"))
-                .header("content-type", "application/json")
-                .body(batch_body(&load, chunk))
-                .send()
-                .await?;
-            anyhow::ensure!(r.status().is_success(), "batch: {}", r.status());
-        }
-        wait_stored(&http, &api, &token, backlog as u64).await?;
+        store_backlog(&http, &api, &token, backlog).await?;
         println!("backlog: {backlog} SMS jobs stored and queued");
 
         let mut workers_env = private.sms_workers_env(&sink.url, &args.rate.to_string());
@@ -89,49 +162,9 @@ pub async fn run(cfg: Config, args: LimitsArgs) -> anyhow::Result<()> {
                     terminate(&mut w).await;
                 }
             }
-            tokio::time::sleep(Duration::from_secs(SETTLE)).await;
-            let _ = sink.received.lock().map(|mut r| r.take_max_inflight());
-            let t0 = Instant::now();
-            tokio::time::sleep(Duration::from_secs(args.window)).await;
-            let (arrivals, max_inflight) = match sink.received.lock() {
-                Ok(mut r) => (r.arrivals(), r.take_max_inflight()),
-                Err(_) => anyhow::bail!("sink poisoned"),
-            };
-            let sent = limits::rate_in(&arrivals, t0, Duration::from_secs(args.window));
-            println!("{n} workers processes: {sent:.1} sent/s ({:.0} % of {limit:.0}/s), at most {max_inflight} in flight", sent / limit * 100.0);
-            out.push(Phase {
-                processes: n,
-                sent_per_s: sent,
-                of_limit: sent / limit,
-                max_inflight,
-            });
+            out.push(measure(&sink, n, args.window, limit).await?);
         }
-        // Kill -9 one process: its share must come back to the others.
-        let killed_at = Instant::now();
-        if let Some(w) = workers.last_mut() {
-            w.start_kill()?;
-        }
-        tokio::time::sleep(WATCH_AFTER_KILL).await;
-        let (arrivals, duplicates) = match sink.received.lock() {
-            Ok(r) => (r.arrivals(), r.duplicates()),
-            Err(_) => anyhow::bail!("sink poisoned"),
-        };
-        let second = Duration::from_secs(1);
-        let report = LimitsReport {
-            rate_limit: args.rate,
-            concurrency: args.concurrency,
-            sink_latency_ms: args.sink_latency_ms,
-            phases: out,
-            after_kill_per_s: limits::rate_in(&arrivals, killed_at, second),
-            recovery_s: limits::recovered_after(
-                &arrivals,
-                killed_at,
-                second,
-                0.9 * limit,
-                WATCH_AFTER_KILL,
-            ),
-            duplicates,
-        };
+        let report = after_kill(&sink, &mut workers, &args, limit, out).await?;
         children.extend(workers);
         anyhow::Ok(report)
     }
