@@ -82,7 +82,10 @@ fn find_nats_server(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
             "{} is {}; quizflow needs nats-server >= {}.{}: run scripts/dev.sh up (installs one into .tools/) \
              or set QUIZFLOW_NATS_SERVER_BIN",
             bin.display(),
-            found.map_or_else(|| format!("of an unknown version ({text:?})"), |(a, b)| format!("v{a}.{b}")),
+            found.map_or_else(
+                || format!("of an unknown version ({text:?})"),
+                |_| text.rsplit(' ').next().unwrap_or(&text).to_owned()
+            ),
             NATS_SERVER_MIN.0,
             NATS_SERVER_MIN.1
         ),
@@ -400,7 +403,10 @@ mod tests {
         let err = find_nats_server(Some(&fake)).expect_err("too old");
         let text = format!("{err:#}");
         assert!(text.contains(&fake.display().to_string()), "{text}");
-        assert!(text.contains("v2.9") && text.contains(">= 2.10"), "{text}");
+        assert!(
+            text.contains("v2.9.10") && text.contains(">= 2.10"),
+            "{text}"
+        );
         let missing = dir.path().join("absent");
         let err = find_nats_server(Some(&missing)).expect_err("missing");
         assert!(format!("{err:#}").contains("absent"), "{err:#}");
