@@ -24,3 +24,46 @@ impl Default for BatcherSettings {
         }
     }
 }
+
+/// The batcher's section of the configuration (`QUIZFLOW_BATCH_MAX`, `QUIZFLOW_BATCH_WAIT_MS`,
+/// `QUIZFLOW_SUBMISSIONS_RETENTION_MONTHS`, `QUIZFLOW_BATCHER_ACK_WAIT`): its keys and
+/// defaults written here once, checked by [`BatcherConfig::validate`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct BatcherConfig {
+    pub batch_max: usize,
+    pub batch_wait_ms: u64,
+    pub submissions_retention_months: u32,
+    /// How long a batcher may hold a message before JetStream redelivers it.
+    pub batcher_ack_wait: quizflow_core::settings::HumanDuration,
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        let s = BatcherSettings::default();
+        Self {
+            batch_max: s.batch_max,
+            batch_wait_ms: s.batch_wait.as_millis() as u64,
+            submissions_retention_months: s.retention_months,
+            batcher_ack_wait: quizflow_core::settings::HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+impl BatcherConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=10_000).contains(&self.batch_max) || self.batch_wait_ms == 0 {
+            return Err("batch_max must be 1 to 10000 and batch_wait_ms positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn settings(&self) -> BatcherSettings {
+        BatcherSettings {
+            batch_max: self.batch_max,
+            batch_wait: Duration::from_millis(self.batch_wait_ms),
+            retention_months: self.submissions_retention_months,
+            ..Default::default()
+        }
+    }
+}

@@ -12,7 +12,7 @@ mod metrics;
 mod run;
 
 pub use bitmap::Bitmap;
-pub use config::BatcherSettings;
+pub use config::{BatcherConfig, BatcherSettings};
 pub use matcher::{Match, Matcher};
 pub use metrics::BatcherMetrics;
 pub use run::{decode, decode_members, Batcher, BatcherError};

@@ -12,6 +12,7 @@ mod ids;
 mod job;
 pub mod qr;
 pub mod schedule;
+pub mod settings;
 pub mod signatures;
 mod status;
 mod submission;

@@ -17,10 +17,13 @@ use std::time::Duration;
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
-    /// The workers' provider section (`quizflow_workers::ProviderConfig`), flat in the file
+    /// The batcher's section (`quizflow_batcher::BatcherConfig`) and the workers' (pools and
+    /// providers, `quizflow_workers::WorkersConfig`): owned by their crates, flat in the file
     /// and the environment like every other key.
     #[serde(flatten)]
-    pub providers: quizflow_workers::ProviderConfig,
+    pub batcher: quizflow_batcher::BatcherConfig,
+    #[serde(flatten)]
+    pub workers: quizflow_workers::WorkersConfig,
     pub http_addr: String,
     pub mock_addr: String,
     pub admin_token: Option<String>,
@@ -60,15 +63,6 @@ pub struct Config {
     /// `instance` (counters per API process) or `cluster` (shared through JetStream).
     pub rate_limit_scope: String,
     pub log_format: String,
-    pub batch_max: usize,
-    pub batch_wait_ms: u64,
-    pub submissions_retention_months: u32,
-    pub batcher_ack_wait: String,
-    pub retry_schedule: String,
-    pub breaker_failures: u32,
-    pub breaker_cooldown: String,
-    pub worker_concurrency: usize,
-    pub provider_rate_per_sec: u32,
     pub shutdown_timeout: String,
     pub deliveries_max_msgs: i64,
     pub deliveries_max_bytes: i64,
@@ -97,7 +91,8 @@ impl Default for Config {
             whatsapp_verify_token: None,
             email_webhook_secret: None,
             mock_callbacks: false,
-            providers: quizflow_workers::ProviderConfig::default(),
+            batcher: quizflow_batcher::BatcherConfig::default(),
+            workers: quizflow_workers::WorkersConfig::default(),
             nats_url: None,
             nats_creds: None,
             nats_tls_ca: None,
@@ -116,15 +111,6 @@ impl Default for Config {
             http_max_inflight: 4096,
             rate_limit_scope: "instance".into(),
             log_format: "text".into(),
-            batch_max: 1000,
-            batch_wait_ms: 100,
-            submissions_retention_months: 12,
-            batcher_ack_wait: "60s".into(),
-            retry_schedule: "5s,25s,2m,10m,1h".into(),
-            breaker_failures: 5,
-            breaker_cooldown: "10s".into(),
-            worker_concurrency: 64,
-            provider_rate_per_sec: 50,
             shutdown_timeout: "30s".into(),
             deliveries_max_msgs: 10_000_000,
             deliveries_max_bytes: 8 * 1024 * 1024 * 1024,
@@ -158,6 +144,21 @@ pub fn prefixed_keys() -> Vec<String> {
         .into_iter()
         .filter(|k| !UNPREFIXED.iter().any(|(_, u)| u == k))
         .collect()
+}
+
+/// The first key whose value alone makes the configuration invalid: the file's, then the
+/// environment's.
+fn culprit(file: Option<&Path>, env: &figment::value::Dict) -> Option<String> {
+    let from_file: figment::value::Dict = file
+        .and_then(|f| Figment::from(Toml::file(f)).extract().ok())
+        .unwrap_or_default();
+    from_file.iter().chain(env.iter()).find_map(|(key, value)| {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::default(key, value))
+            .extract::<Config>()
+            .is_err()
+            .then(|| key.clone())
+    })
 }
 
 /// A key in the file that no section has is an error (a typo would be silently ignored).
@@ -194,10 +195,17 @@ impl Config {
             check_file_keys(file)?;
             fig = fig.merge(Toml::file(file));
         }
-        fig = fig.merge(Serialized::defaults(env_values()?));
+        let env = env_values()?;
+        fig = fig.merge(Serialized::defaults(env.clone()));
         let cfg: Config = fig.extract().map_err(|e| {
-            // One line naming the key, not figment's nested report.
-            let key = e.path.join(".");
+            // One line naming the key, not figment's nested report. A key of a flattened
+            // section (`ProviderConfig`) comes back without its path: the key is found by
+            // trying each given value alone.
+            let key = if e.path.is_empty() {
+                culprit(file, &env).unwrap_or_default()
+            } else {
+                e.path.join(".")
+            };
             anyhow::anyhow!(
                 "invalid configuration: {}{}",
                 if key.is_empty() {
@@ -243,24 +251,10 @@ impl Config {
                 bail!("QUIZFLOW_ADMIN_TOKEN must be at least 16 characters");
             }
         }
-        if !(1..=10_000).contains(&self.batch_max) || self.batch_wait_ms == 0 {
-            bail!("batch_max must be 1 to 10000 and batch_wait_ms positive");
-        }
+        self.batcher.validate().map_err(anyhow::Error::msg)?;
+        self.workers.validate()?;
         humantime::parse_duration(&self.shutdown_timeout)
             .with_context(|| format!("shutdown_timeout {:?}", self.shutdown_timeout))?;
-        humantime::parse_duration(&self.batcher_ack_wait)
-            .with_context(|| format!("batcher_ack_wait {:?}", self.batcher_ack_wait))?;
-        quizflow_workers::parse_schedule(&self.retry_schedule).map_err(anyhow::Error::msg)?;
-        humantime::parse_duration(&self.breaker_cooldown)
-            .with_context(|| format!("breaker_cooldown {:?}", self.breaker_cooldown))?;
-        if self.worker_concurrency == 0
-            || self.provider_rate_per_sec == 0
-            || self.breaker_failures == 0
-        {
-            bail!(
-                "worker_concurrency, provider_rate_per_sec and breaker_failures must be positive"
-            );
-        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be text or json");
         }
@@ -305,8 +299,7 @@ impl Config {
     pub fn topology(&self) -> quizflow_nats::TopologyConfig {
         quizflow_nats::TopologyConfig {
             replicas: self.stream_replicas,
-            batcher_ack_wait: humantime::parse_duration(&self.batcher_ack_wait)
-                .unwrap_or(Duration::from_secs(60)),
+            batcher_ack_wait: self.batcher.batcher_ack_wait.0,
             deliveries_max_msgs: self.deliveries_max_msgs,
             deliveries_max_bytes: self.deliveries_max_bytes,
             ..Default::default()
@@ -314,12 +307,7 @@ impl Config {
     }
 
     pub fn batcher_settings(&self) -> quizflow_batcher::BatcherSettings {
-        quizflow_batcher::BatcherSettings {
-            batch_max: self.batch_max,
-            batch_wait: Duration::from_millis(self.batch_wait_ms),
-            retention_months: self.submissions_retention_months,
-            ..Default::default()
-        }
+        self.batcher.settings()
     }
 
     /// `mock`: where channels without a provider go — `up`'s mock, or `--mock-provider URL`.
@@ -331,7 +319,7 @@ impl Config {
         mock: Option<&str>,
     ) -> anyhow::Result<quizflow_workers::WorkerSettings> {
         let mock_base = mock.map_or_else(|| format!("http://{}", self.mock_addr), str::to_owned);
-        let (mut providers, mocked) = self.providers.resolve(&mock_base)?;
+        let (mut providers, mocked) = self.workers.providers.resolve(&mock_base)?;
         let unserved: Vec<&str> = mocked
             .iter()
             .filter(|c| channels.contains(c))
@@ -350,17 +338,9 @@ impl Config {
         if let Some(public) = &self.public_url {
             providers = providers.with_status_callbacks(public);
         }
-        let mut s = quizflow_workers::WorkerSettings::new(providers);
-        s.channels = channels;
-        s.concurrency = self.worker_concurrency;
-        s.rate_per_sec = self.provider_rate_per_sec;
-        s.retry_schedule =
-            quizflow_workers::parse_schedule(&self.retry_schedule).map_err(anyhow::Error::msg)?;
-        s.breaker_failures = self.breaker_failures;
-        s.breaker_cooldown = humantime::parse_duration(&self.breaker_cooldown)?;
+        let mut s = self.workers.settings(channels, providers);
         s.ack_wait = self.topology().worker_ack_wait;
         s.shutdown_timeout = self.shutdown_timeout();
-        s.webhook_allow_private = self.providers.webhook_allow_private;
         s.costs = self.costs();
         // The API serves what `qr_url` links to, and checks the same key.
         s.qr_links = self
@@ -432,6 +412,7 @@ impl Config {
                 public_url: self.public_url.clone(),
                 // `up`'s mock signs as Twilio would with the mock account's token.
                 twilio_auth_token: self
+                    .workers
                     .providers
                     .twilio_auth_token
                     .clone()
@@ -552,10 +533,16 @@ mod tests {
             jail.set_env("QUIZFLOW_WEBHOOK_ALLOW_PRIVATE", "true");
             jail.set_env("QUIZFLOW_RETRY_SCHEDULE", "1m30s,2h");
             let cfg = Config::load(None).map_err(|e| e.to_string())?;
-            assert_eq!(cfg.providers.twilio_from.as_deref(), Some("+15550001111"));
-            assert_eq!(cfg.providers.twilio_auth_token.as_deref(), Some("12345"));
-            assert_eq!(cfg.batch_max, 250);
-            assert!(cfg.providers.webhook_allow_private);
+            assert_eq!(
+                cfg.workers.providers.twilio_from.as_deref(),
+                Some("+15550001111")
+            );
+            assert_eq!(
+                cfg.workers.providers.twilio_auth_token.as_deref(),
+                Some("12345")
+            );
+            assert_eq!(cfg.batcher.batch_max, 250);
+            assert!(cfg.workers.providers.webhook_allow_private);
             Ok(())
         });
     }
@@ -567,9 +554,9 @@ mod tests {
             database_url: Some("postgres://u:pg-secret@h/db".into()),
             ..Config::default()
         };
-        cfg.providers.twilio_auth_token = Some("twilio-secret".into());
-        cfg.providers.email_smtp_password = Some("smtp-secret".into());
-        cfg.providers.webhook_secret = Some("hook-secret".into());
+        cfg.workers.providers.twilio_auth_token = Some("twilio-secret".into());
+        cfg.workers.providers.email_smtp_password = Some("smtp-secret".into());
+        cfg.workers.providers.webhook_secret = Some("hook-secret".into());
         let shown = format!("{cfg:?}");
         for secret in [
             "admin-secret",
@@ -614,7 +601,7 @@ mod tests {
             jail.set_env("QUIZFLOW_EMAIL_SMTP_TLS", "tls");
             let cfg = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(
-                cfg.providers.email_smtp_tls,
+                cfg.workers.providers.email_smtp_tls,
                 quizflow_workers::provider::SmtpTls::Tls
             );
             jail.set_env("QUIZFLOW_WHATSAPP_PROVIDER", "carrier-pigeon");

@@ -56,7 +56,7 @@ pub async fn up(cfg: Config, registry: Registry) -> anyhow::Result<()> {
 /// secrets the mock signs its delivery reports with, derived from the token.
 fn for_up(mut cfg: Config, token: &str) -> Config {
     cfg.admin_token = Some(token.to_owned());
-    cfg.providers.webhook_allow_private = true;
+    cfg.workers.providers.webhook_allow_private = true;
     cfg.public_url
         .get_or_insert_with(|| format!("http://{}", cfg.http_addr));
     derive_secret(&mut cfg.whatsapp_app_secret, token, "whatsapp-app-secret");

@@ -69,6 +69,67 @@ impl Providers {
     }
 }
 
+/// The workers' section of the configuration: the pools' limits, retries and breaker
+/// (`QUIZFLOW_WORKER_CONCURRENCY`, `QUIZFLOW_PROVIDER_RATE_PER_SEC`, `QUIZFLOW_RETRY_SCHEDULE`,
+/// `QUIZFLOW_BREAKER_*`) and the providers ([`ProviderConfig`]); keys and defaults written here
+/// once, durations parsed when the configuration is loaded.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct WorkersConfig {
+    /// Provider calls in flight per channel, for all workers processes together.
+    pub worker_concurrency: usize,
+    /// Messages per second per channel's provider, for all workers processes together.
+    pub provider_rate_per_sec: u32,
+    /// Waits between delivery attempts; attempts = entries + 1.
+    pub retry_schedule: quizflow_core::settings::Durations,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: quizflow_core::settings::HumanDuration,
+    #[serde(flatten)]
+    pub providers: ProviderConfig,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        let s = WorkerSettings::new(Providers::mock(""));
+        Self {
+            worker_concurrency: s.concurrency,
+            provider_rate_per_sec: s.rate_per_sec,
+            retry_schedule: quizflow_core::settings::Durations(s.retry_schedule),
+            breaker_failures: s.breaker_failures,
+            breaker_cooldown: quizflow_core::settings::HumanDuration(s.breaker_cooldown),
+            providers: ProviderConfig::default(),
+        }
+    }
+}
+
+impl WorkersConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.worker_concurrency == 0
+            || self.provider_rate_per_sec == 0
+            || self.breaker_failures == 0
+        {
+            return invalid(
+                "worker_concurrency, provider_rate_per_sec and breaker_failures must be positive",
+            );
+        }
+        Ok(())
+    }
+
+    /// The pools' settings for `channels` with these `providers`; the caller adds what is not
+    /// this section's (ack wait, shutdown timeout, costs, QR links).
+    pub fn settings(&self, channels: Vec<Channel>, providers: Providers) -> WorkerSettings {
+        let mut s = WorkerSettings::new(providers);
+        s.channels = channels;
+        s.concurrency = self.worker_concurrency;
+        s.rate_per_sec = self.provider_rate_per_sec;
+        s.retry_schedule = self.retry_schedule.0.clone();
+        s.breaker_failures = self.breaker_failures;
+        s.breaker_cooldown = self.breaker_cooldown.0;
+        s.webhook_allow_private = self.providers.webhook_allow_private;
+        s
+    }
+}
+
 /// How the workers' providers are configured (`QUIZFLOW_TWILIO_*`, `QUIZFLOW_WHATSAPP_*`,
 /// `QUIZFLOW_EMAIL_*`, `QUIZFLOW_WEBHOOK_*`): this crate's section of the configuration, its
 /// keys and defaults written here once. [`ProviderConfig::resolve`] turns it into
@@ -289,16 +350,7 @@ impl WorkerSettings {
 
 /// Parses `5s,25s,2m,10m,1h`.
 pub fn parse_schedule(raw: &str) -> Result<Vec<Duration>, String> {
-    raw.split(',')
-        .map(|p| humantime_like(p.trim()))
-        .collect::<Option<Vec<_>>>()
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| format!("invalid retry schedule {raw:?}: expected e.g. 5s,25s,2m,10m,1h"))
-}
-
-/// The same duration syntax as every other key (`300ms`, `1m30s`, `2h`).
-fn humantime_like(p: &str) -> Option<Duration> {
-    humantime::parse_duration(p).ok()
+    quizflow_core::settings::Durations::parse(raw).map(|d| d.0)
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ mod triage;
 
 pub use config::{
     parse_schedule, ConfigError, ProviderConfig, Providers, WhatsappProvider, WorkerSettings,
+    WorkersConfig,
 };
 pub use metrics::WorkerMetrics;
 pub use pool::{run, WorkerError};
