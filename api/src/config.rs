@@ -94,3 +94,114 @@ impl std::fmt::Debug for ApiSettings {
             .finish()
     }
 }
+
+/// The API's section of the configuration: its keys and defaults written here once (the
+/// defaults are [`ApiSettings::default`]'s). The binary adds what other sections own
+/// (publish timeout, replicas, shutdown timeout, costs, Twilio's auth token).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    pub http_addr: String,
+    pub admin_token: Option<String>,
+    /// Key of the audit log's keyed hashes; the admin token when unset.
+    pub audit_key: Option<String>,
+    /// Key of the QR image links (`qr_url`); the workers need the same one.
+    pub link_key: Option<String>,
+    /// Scheme and host providers reach the API at (status callbacks).
+    pub public_url: Option<String>,
+    /// Meta app secret (WhatsApp webhooks' `X-Hub-Signature-256`).
+    pub whatsapp_app_secret: Option<String>,
+    /// Token answered back in WhatsApp's webhook subscription handshake.
+    pub whatsapp_verify_token: Option<String>,
+    /// Svix signing secret of the e-mail API's webhooks (`whsec_…`).
+    pub email_webhook_secret: Option<String>,
+    pub rate_limit_respondent_per_min: u32,
+    pub rate_limit_ip_per_min: u32,
+    pub rate_limit_scope: crate::LimitScope,
+    /// CIDRs (comma-separated) of proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: String,
+    /// Requests one API instance handles at once; past it, 503 `overloaded`.
+    pub http_max_inflight: usize,
+    /// Submission packs awaiting PubAcks at once.
+    pub publish_flights: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        let s = ApiSettings::default();
+        Self {
+            http_addr: s.http_addr,
+            admin_token: None,
+            audit_key: None,
+            link_key: None,
+            public_url: None,
+            whatsapp_app_secret: None,
+            whatsapp_verify_token: None,
+            email_webhook_secret: None,
+            rate_limit_respondent_per_min: s.respondent_limit_per_min,
+            rate_limit_ip_per_min: s.ip_limit_per_min,
+            rate_limit_scope: s.respondent_limit_scope,
+            trusted_proxies: String::new(),
+            http_max_inflight: s.max_inflight,
+            publish_flights: s.packer.flights,
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err("QUIZFLOW_ADMIN_TOKEN must be at least 16 characters".into());
+        }
+        if self.publish_flights == 0 {
+            return Err("publish_flights must be positive".into());
+        }
+        self.proxies().map(|_| ())
+    }
+
+    /// `QUIZFLOW_TRUSTED_PROXIES`: CIDRs, or plain addresses (one host).
+    fn proxies(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!(
+                            "trusted_proxies (QUIZFLOW_TRUSTED_PROXIES): {s:?} is not a CIDR or an address"
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// This section's part of the API's settings.
+    pub fn settings(&self) -> Result<ApiSettings, String> {
+        let d = ApiSettings::default();
+        Ok(ApiSettings {
+            http_addr: self.http_addr.clone(),
+            respondent_limit_per_min: self.rate_limit_respondent_per_min,
+            ip_limit_per_min: self.rate_limit_ip_per_min,
+            trusted_proxies: self.proxies()?,
+            max_inflight: self.http_max_inflight.max(1),
+            respondent_limit_scope: self.rate_limit_scope,
+            admin_token: self.admin_token.clone(),
+            audit_key: self.audit_key.clone(),
+            link_key: self.link_key.clone(),
+            callbacks: crate::CallbackSettings {
+                public_url: self.public_url.clone(),
+                twilio_auth_token: None,
+                whatsapp_app_secret: self.whatsapp_app_secret.clone(),
+                whatsapp_verify_token: self.whatsapp_verify_token.clone(),
+                email_webhook_secret: self.email_webhook_secret.clone(),
+            },
+            packer: quizflow_nats::PackerConfig {
+                flights: self.publish_flights,
+                ..d.packer
+            },
+            ..d
+        })
+    }
+}

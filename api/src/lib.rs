@@ -21,7 +21,7 @@ mod routes;
 mod stats;
 
 pub use callbacks::CallbackSettings;
-pub use config::{ApiSettings, MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_BODY_BYTES};
+pub use config::{ApiConfig, ApiSettings, MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_BODY_BYTES};
 pub use error::ApiError;
 pub use limits::LimitScope;
 

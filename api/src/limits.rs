@@ -199,8 +199,9 @@ impl WindowLimiter {
     }
 }
 
-/// `QUIZFLOW_RATE_LIMIT_SCOPE`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// `QUIZFLOW_RATE_LIMIT_SCOPE`: `instance` or `cluster`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LimitScope {
     #[default]
     Instance,

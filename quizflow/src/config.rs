@@ -21,24 +21,12 @@ pub struct Config {
     /// providers, `quizflow_workers::WorkersConfig`): owned by their crates, flat in the file
     /// and the environment like every other key.
     #[serde(flatten)]
+    pub api: quizflow_api::ApiConfig,
+    #[serde(flatten)]
     pub batcher: quizflow_batcher::BatcherConfig,
     #[serde(flatten)]
     pub workers: quizflow_workers::WorkersConfig,
-    pub http_addr: String,
     pub mock_addr: String,
-    pub admin_token: Option<String>,
-    /// Key of the audit log's keyed hashes; the admin token when unset.
-    pub audit_key: Option<String>,
-    /// Key of the QR image links (`qr_url`); the admin token when unset.
-    pub link_key: Option<String>,
-    /// Scheme and host providers reach the API at (status callbacks); `up`: the API's address.
-    pub public_url: Option<String>,
-    /// Meta app secret (WhatsApp webhooks' `X-Hub-Signature-256`).
-    pub whatsapp_app_secret: Option<String>,
-    /// Token answered back in WhatsApp's webhook subscription handshake.
-    pub whatsapp_verify_token: Option<String>,
-    /// Svix signing secret of the e-mail API's webhooks (`whsec_…`).
-    pub email_webhook_secret: Option<String>,
     /// Set by `up`: the mock provider sends signed status callbacks, and the API takes them.
     #[serde(skip)]
     pub mock_callbacks: bool,
@@ -53,15 +41,6 @@ pub struct Config {
     pub stream_replicas: usize,
     pub publish_timeout: String,
     pub max_ack_inflight: usize,
-    pub publish_flights: usize,
-    pub rate_limit_respondent_per_min: u32,
-    pub rate_limit_ip_per_min: u32,
-    /// CIDRs (comma-separated) of proxies whose `X-Forwarded-For` names the client.
-    pub trusted_proxies: String,
-    /// Requests one API instance handles at once; past it, 503 `overloaded`.
-    pub http_max_inflight: usize,
-    /// `instance` (counters per API process) or `cluster` (shared through JetStream).
-    pub rate_limit_scope: String,
     pub log_format: String,
     pub shutdown_timeout: String,
     pub deliveries_max_msgs: i64,
@@ -81,16 +60,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            http_addr: "127.0.0.1:8080".into(),
             mock_addr: "127.0.0.1:4010".into(),
-            admin_token: None,
-            audit_key: None,
-            link_key: None,
-            public_url: None,
-            whatsapp_app_secret: None,
-            whatsapp_verify_token: None,
-            email_webhook_secret: None,
             mock_callbacks: false,
+            api: quizflow_api::ApiConfig::default(),
             batcher: quizflow_batcher::BatcherConfig::default(),
             workers: quizflow_workers::WorkersConfig::default(),
             nats_url: None,
@@ -104,12 +76,6 @@ impl Default for Config {
             stream_replicas: 1,
             publish_timeout: "5s".into(),
             max_ack_inflight: 4096,
-            publish_flights: 2,
-            rate_limit_respondent_per_min: 10,
-            rate_limit_ip_per_min: 0,
-            trusted_proxies: String::new(),
-            http_max_inflight: 4096,
-            rate_limit_scope: "instance".into(),
             log_format: "text".into(),
             shutdown_timeout: "30s".into(),
             deliveries_max_msgs: 10_000_000,
@@ -243,14 +209,10 @@ impl Config {
                 self.stream_replicas
             );
         }
-        if self.max_ack_inflight == 0 || self.db_pool_size == 0 || self.publish_flights == 0 {
-            bail!("max_ack_inflight, db_pool_size and publish_flights must be positive");
+        if self.max_ack_inflight == 0 || self.db_pool_size == 0 {
+            bail!("max_ack_inflight and db_pool_size must be positive");
         }
-        if let Some(t) = &self.admin_token {
-            if t.len() < 16 {
-                bail!("QUIZFLOW_ADMIN_TOKEN must be at least 16 characters");
-            }
-        }
+        self.api.validate().map_err(anyhow::Error::msg)?;
         self.batcher.validate().map_err(anyhow::Error::msg)?;
         self.workers.validate()?;
         humantime::parse_duration(&self.shutdown_timeout)
@@ -335,7 +297,7 @@ impl Config {
                 unserved.join(", ")
             ),
         }
-        if let Some(public) = &self.public_url {
+        if let Some(public) = &self.api.public_url {
             providers = providers.with_status_callbacks(public);
         }
         let mut s = self.workers.settings(channels, providers);
@@ -343,13 +305,14 @@ impl Config {
         s.shutdown_timeout = self.shutdown_timeout();
         s.costs = self.costs();
         // The API serves what `qr_url` links to, and checks the same key.
-        s.qr_links = self
-            .public_url
-            .as_ref()
-            .map(|public_url| quizflow_workers::render::QrLinks {
-                public_url: public_url.clone(),
-                key: self.link_key.as_ref().map(|k| k.as_bytes().to_vec()),
-            });
+        s.qr_links =
+            self.api
+                .public_url
+                .as_ref()
+                .map(|public_url| quizflow_workers::render::QrLinks {
+                    public_url: public_url.clone(),
+                    key: self.api.link_key.as_ref().map(|k| k.as_bytes().to_vec()),
+                });
         Ok(s)
     }
 
@@ -373,62 +336,20 @@ impl Config {
         }
     }
 
-    /// `QUIZFLOW_TRUSTED_PROXIES`: CIDRs, or plain addresses (one host).
-    pub fn trusted_proxies(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
-        self.trusted_proxies
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse::<ipnet::IpNet>()
-                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        anyhow::anyhow!(
-                            "trusted_proxies (QUIZFLOW_TRUSTED_PROXIES): {s:?} is not a CIDR or an address"
-                        )
-                    })
-            })
-            .collect()
-    }
-
     pub fn api_settings(&self) -> anyhow::Result<quizflow_api::ApiSettings> {
-        Ok(quizflow_api::ApiSettings {
-            http_addr: self.http_addr.clone(),
-            publish_timeout: self.publish_timeout()?,
-            respondent_limit_per_min: self.rate_limit_respondent_per_min,
-            ip_limit_per_min: self.rate_limit_ip_per_min,
-            trusted_proxies: self.trusted_proxies()?,
-            max_inflight: self.http_max_inflight.max(1),
-            respondent_limit_scope: match self.rate_limit_scope.trim() {
-                "instance" => quizflow_api::LimitScope::Instance,
-                "cluster" => quizflow_api::LimitScope::Cluster,
-                other => bail!("rate_limit_scope (QUIZFLOW_RATE_LIMIT_SCOPE) must be instance or cluster, not {other:?}"),
-            },
-            replicas: self.stream_replicas,
-            admin_token: self.admin_token.clone(),
-            audit_key: self.audit_key.clone(),
-            link_key: self.link_key.clone(),
-            callbacks: quizflow_api::CallbackSettings {
-                public_url: self.public_url.clone(),
-                // `up`'s mock signs as Twilio would with the mock account's token.
-                twilio_auth_token: self
-                    .workers
-                    .providers
-                    .twilio_auth_token
-                    .clone()
-                    .or_else(|| self.mock_callbacks.then(|| "mock".to_owned())),
-                whatsapp_app_secret: self.whatsapp_app_secret.clone(),
-                whatsapp_verify_token: self.whatsapp_verify_token.clone(),
-                email_webhook_secret: self.email_webhook_secret.clone(),
-            },
-            shutdown_timeout: self.shutdown_timeout(),
-            costs: self.costs(),
-            packer: quizflow_nats::PackerConfig {
-                flights: self.publish_flights,
-                ..Default::default()
-            },
-            ..Default::default()
-        })
+        let mut s = self.api.settings().map_err(anyhow::Error::msg)?;
+        s.publish_timeout = self.publish_timeout()?;
+        s.replicas = self.stream_replicas;
+        // `up`'s mock signs as Twilio would with the mock account's token.
+        s.callbacks.twilio_auth_token = self
+            .workers
+            .providers
+            .twilio_auth_token
+            .clone()
+            .or_else(|| self.mock_callbacks.then(|| "mock".to_owned()));
+        s.shutdown_timeout = self.shutdown_timeout();
+        s.costs = self.costs();
+        Ok(s)
     }
 }
 
@@ -550,10 +471,10 @@ mod tests {
     #[test]
     fn debug_never_shows_a_secret() {
         let mut cfg = Config {
-            admin_token: Some("admin-secret-123456".into()),
             database_url: Some("postgres://u:pg-secret@h/db".into()),
             ..Config::default()
         };
+        cfg.api.admin_token = Some("admin-secret-123456".into());
         cfg.workers.providers.twilio_auth_token = Some("twilio-secret".into());
         cfg.workers.providers.email_smtp_password = Some("smtp-secret".into());
         cfg.workers.providers.webhook_secret = Some("hook-secret".into());

@@ -19,15 +19,15 @@ pub async fn serve(cfg: &Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if cfg.mock_callbacks {
         // Every accepted message is reported delivered a moment later (PUT /_mock/callbacks
         // changes the share, the delay and the outcome).
-        let public = cfg.public_url.clone().unwrap_or_default();
+        let public = cfg.api.public_url.clone().unwrap_or_default();
         state.set_callbacks(quizflow_mock_provider::Callbacks {
             share: 1.0,
             delay_ms: 200,
             status: None,
             whatsapp_url: Some(format!("{public}/v1/callbacks/whatsapp")),
-            whatsapp_app_secret: cfg.whatsapp_app_secret.clone(),
+            whatsapp_app_secret: cfg.api.whatsapp_app_secret.clone(),
             email_url: Some(format!("{public}/v1/callbacks/email")),
-            email_secret: cfg.email_webhook_secret.clone(),
+            email_secret: cfg.api.email_webhook_secret.clone(),
         });
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

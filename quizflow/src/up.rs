@@ -55,22 +55,27 @@ pub async fn up(cfg: Config, registry: Registry) -> anyhow::Result<()> {
 /// `up`'s own settings: its admin token, delivery to its own mock on loopback, and the
 /// secrets the mock signs its delivery reports with, derived from the token.
 fn for_up(mut cfg: Config, token: &str) -> Config {
-    cfg.admin_token = Some(token.to_owned());
+    cfg.api.admin_token = Some(token.to_owned());
     cfg.workers.providers.webhook_allow_private = true;
-    cfg.public_url
-        .get_or_insert_with(|| format!("http://{}", cfg.http_addr));
-    derive_secret(&mut cfg.whatsapp_app_secret, token, "whatsapp-app-secret");
+    cfg.api
+        .public_url
+        .get_or_insert_with(|| format!("http://{}", cfg.api.http_addr));
     derive_secret(
-        &mut cfg.whatsapp_verify_token,
+        &mut cfg.api.whatsapp_app_secret,
+        token,
+        "whatsapp-app-secret",
+    );
+    derive_secret(
+        &mut cfg.api.whatsapp_verify_token,
         token,
         "whatsapp-verify-token",
     );
-    derive_secret(&mut cfg.link_key, token, "qr-link-key");
-    if cfg.email_webhook_secret.is_none() {
+    derive_secret(&mut cfg.api.link_key, token, "qr-link-key");
+    if cfg.api.email_webhook_secret.is_none() {
         use base64::Engine;
         let key = quizflow_core::signatures::hub(token, b"email-webhook-secret");
         let key = base64::engine::general_purpose::STANDARD.encode(key);
-        cfg.email_webhook_secret = Some(format!("whsec_{key}"));
+        cfg.api.email_webhook_secret = Some(format!("whsec_{key}"));
     }
     cfg.mock_callbacks = true;
     cfg
@@ -81,7 +86,7 @@ fn banner(cfg: &Config, nats_url: &str, database_url: &str, data_dir: &Path, tok
     println!("quizflow is up (api + batcher + workers + mock provider)");
     println!(
         "  API            http://{}  (dashboard: /, docs: /docs, spec: /openapi.json, metrics: /metrics)",
-        cfg.http_addr
+        cfg.api.http_addr
     );
     println!(
         "  mock provider  http://{}  (/_mock/messages)",
@@ -111,7 +116,7 @@ fn derive_secret(slot: &mut Option<String>, token: &str, purpose: &str) {
 
 /// Reads or creates the admin token kept in the data dir (mode 0600).
 fn admin_token(cfg: &Config) -> anyhow::Result<String> {
-    if let Some(t) = &cfg.admin_token {
+    if let Some(t) = &cfg.api.admin_token {
         return Ok(t.clone());
     }
     let path = cfg.data_dir.join("admin-token");
