@@ -16,7 +16,8 @@ use crate::AppState;
 use poem::http::{header, HeaderMap, StatusCode, Uri};
 use poem::web::{Data, Json, Query};
 use poem::{handler, IntoResponse, Response};
-use quizflow_core::{signatures, DeliveryJob};
+use quizflow_core::consent::Reason;
+use quizflow_core::{signatures, Channel, DeliveryJob};
 use quizflow_store::reports::{Applied, Delivered};
 use std::sync::Arc;
 
@@ -216,14 +217,14 @@ impl AppState {
     }
 }
 
-/// `POST /v1/callbacks/twilio?ref=…`: Twilio's status callback (form-encoded).
-#[handler]
-pub async fn twilio(
-    state: Data<&Arc<AppState>>,
+/// A Twilio webhook's form parameters, once its `X-Twilio-Signature` is checked (status
+/// callbacks and incoming messages are signed alike: the URL Twilio called and the form).
+pub(crate) async fn twilio_params(
+    state: &Arc<AppState>,
     uri: &Uri,
     headers: &HeaderMap,
     body: poem::Body,
-) -> Result<Response, ApiError> {
+) -> Result<Vec<(String, String)>, ApiError> {
     let cfg = &state.settings.callbacks;
     let (Some(token), Some(public)) = (&cfg.twilio_auth_token, &cfg.public_url) else {
         return Err(state.reject("twilio", not_configured("Twilio")));
@@ -236,6 +237,19 @@ pub async fn twilio(
     if !signatures::equal(given, &signatures::twilio(token, &url, &params)) {
         return Err(state.reject("twilio", refused("X-Twilio-Signature does not match")));
     }
+    Ok(params)
+}
+
+/// `POST /v1/callbacks/twilio?ref=…`: Twilio's status callback (form-encoded). An
+/// `undelivered` with 21610 (the person texted STOP to Twilio) also suppresses the recipient.
+#[handler]
+pub async fn twilio(
+    state: Data<&Arc<AppState>>,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: poem::Body,
+) -> Result<Response, ApiError> {
+    let params = twilio_params(&state, uri, headers, body).await?;
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let reference = uri
         .query()
@@ -251,6 +265,22 @@ pub async fn twilio(
         Some(code) => format!("twilio {status} {code}"),
         None => format!("twilio {status}"),
     };
+    if let (Some("21610"), Some(to)) = (get("ErrorCode"), get("To")) {
+        let channel = if to.starts_with("whatsapp:") {
+            Channel::Whatsapp
+        } else {
+            Channel::Sms
+        };
+        state
+            .suppress(
+                channel,
+                to,
+                Reason::ProviderOptOut,
+                "callback:twilio",
+                "POST /v1/callbacks/twilio",
+            )
+            .await?;
+    }
     let reports = vec![report(reference.as_deref(), delivered, detail)];
     state.apply_reports("twilio", reports).await
 }
@@ -312,8 +342,35 @@ pub async fn whatsapp(
     let empty = Vec::new();
     for entry in doc["entry"].as_array().unwrap_or(&empty) {
         for change in entry["changes"].as_array().unwrap_or(&empty) {
-            for s in change["value"]["statuses"].as_array().unwrap_or(&empty) {
+            let value = &change["value"];
+            for m in value["messages"].as_array().unwrap_or(&empty) {
+                // A reply: text, or a quick-reply button's text.
+                let text = m["text"]["body"]
+                    .as_str()
+                    .or_else(|| m["button"]["text"].as_str());
+                if let (Some(from), Some(text)) = (m["from"].as_str(), text) {
+                    let route = "POST /v1/callbacks/whatsapp";
+                    state
+                        .reply(Channel::Whatsapp, from, text, "inbound:whatsapp", route)
+                        .await?;
+                }
+            }
+            for s in value["statuses"].as_array().unwrap_or(&empty) {
                 let status = s["status"].as_str().unwrap_or_default();
+                let opted_out = s["errors"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["code"] == 131050));
+                if let (true, Some(to)) = (opted_out, s["recipient_id"].as_str()) {
+                    state
+                        .suppress(
+                            Channel::Whatsapp,
+                            to,
+                            Reason::ProviderOptOut,
+                            "callback:whatsapp",
+                            "POST /v1/callbacks/whatsapp",
+                        )
+                        .await?;
+                }
                 let delivered = match status {
                     "delivered" | "read" => Some(true),
                     "failed" => Some(false),
@@ -404,6 +461,26 @@ pub async fn email(
             .with_label_values(&["email", "replayed"])
             .inc();
         return Ok(Json(serde_json::json!({ "moved": 0, "replayed": true })).into_response());
+    }
+    // A hard bounce (Resend's `Permanent`) and a complaint suppress the address.
+    let bounce = doc["data"]["bounce"]["type"].as_str();
+    let reason = match kind {
+        "email.bounced" if bounce.is_none_or(|t| t.eq_ignore_ascii_case("permanent")) => {
+            Some(Reason::HardBounce)
+        }
+        "email.complained" => Some(Reason::Complaint),
+        _ => None,
+    };
+    let to = doc["data"]["to"]
+        .as_array()
+        .and_then(|t| t.first())
+        .or(Some(&doc["data"]["to"]))
+        .and_then(|t| t.as_str());
+    if let (Some(reason), Some(to)) = (reason, to) {
+        let route = "POST /v1/callbacks/email";
+        state
+            .suppress(Channel::Email, to, reason, "callback:email", route)
+            .await?;
     }
     let answer = state.apply_reports("email", reports).await?;
     if let Ok(mut conn) = state.db.get().await {

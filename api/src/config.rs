@@ -46,6 +46,8 @@ pub struct ApiSettings {
     pub callbacks: crate::CallbackSettings,
     /// Group commit of submissions (`QUIZFLOW_PUBLISH_FLIGHTS`, …): many 202s per PubAck.
     pub packer: quizflow_nats::PackerConfig,
+    /// The hash key and the reply keywords of opt-out (contract §3.2).
+    pub consent: crate::ConsentSettings,
 }
 
 impl Default for ApiSettings {
@@ -68,6 +70,7 @@ impl Default for ApiSettings {
             costs: quizflow_core::Costs::default(),
             packer: quizflow_nats::PackerConfig::default(),
             callbacks: crate::CallbackSettings::default(),
+            consent: crate::ConsentSettings::default(),
         }
     }
 }
@@ -91,6 +94,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("costs", &self.costs)
             .field("packer", &self.packer)
             .field("callbacks", &self.callbacks)
+            .field("consent", &self.consent)
             .finish()
     }
 }
@@ -124,6 +128,10 @@ pub struct ApiConfig {
     pub http_max_inflight: usize,
     /// Submission packs awaiting PubAcks at once.
     pub publish_flights: usize,
+    /// Replies that opt out (comma-separated; whole message, any case or accent).
+    pub opt_out_keywords: String,
+    /// Replies that lift a keyword opt-out.
+    pub opt_in_keywords: String,
 }
 
 impl Default for ApiConfig {
@@ -144,6 +152,8 @@ impl Default for ApiConfig {
             trusted_proxies: String::new(),
             http_max_inflight: s.max_inflight,
             publish_flights: s.packer.flights,
+            opt_out_keywords: crate::DEFAULT_OPT_OUT.into(),
+            opt_in_keywords: crate::DEFAULT_OPT_IN.into(),
         }
     }
 }
@@ -155,6 +165,9 @@ impl ApiConfig {
         }
         if self.publish_flights == 0 {
             return Err("publish_flights must be positive".into());
+        }
+        if crate::split_keywords(&self.opt_out_keywords).is_empty() {
+            return Err("opt_out_keywords (QUIZFLOW_OPT_OUT_KEYWORDS) must name at least one keyword".into());
         }
         self.proxies().map(|_| ())
     }
@@ -200,6 +213,11 @@ impl ApiConfig {
             packer: quizflow_nats::PackerConfig {
                 flights: self.publish_flights,
                 ..d.packer
+            },
+            consent: crate::ConsentSettings {
+                opt_out_keywords: crate::split_keywords(&self.opt_out_keywords),
+                opt_in_keywords: crate::split_keywords(&self.opt_in_keywords),
+                ..d.consent.clone()
             },
             ..d
         })

@@ -10,6 +10,7 @@ mod admin;
 mod audit;
 mod callbacks;
 mod config;
+mod consent;
 mod erase;
 mod error;
 mod intake;
@@ -21,6 +22,7 @@ mod routes;
 mod stats;
 
 pub use callbacks::CallbackSettings;
+pub use consent::{split_keywords, ConsentSettings, DEFAULT_OPT_IN, DEFAULT_OPT_OUT};
 pub use config::{ApiConfig, ApiSettings, MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_BODY_BYTES};
 pub use error::ApiError;
 pub use limits::LimitScope;

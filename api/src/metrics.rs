@@ -12,6 +12,10 @@ pub struct Metrics {
     pub publish_seconds: prometheus::Histogram,
     pub audit_write_failures: IntCounter,
     pub callbacks: IntCounterVec,
+    /// Contacts put on the suppression list, by channel and reason.
+    pub suppressions: IntCounterVec,
+    /// Inbound replies by channel and what they were (`opt_out`, `opt_in`, `other`).
+    pub inbound: IntCounterVec,
     /// 1 when the last readiness check reached the dependency (`nats`, `postgres`).
     pub dependency_up: prometheus::IntGaugeVec,
 }
@@ -63,6 +67,16 @@ impl Metrics {
                 "Provider status reports by provider and outcome (delivered, failed, progress, stale, unknown, rejected)",
                 &["provider", "outcome"],
             )?,
+            suppressions: counters(
+                "quizflow_suppressions_total",
+                "Contacts suppressed (or suppressed again) by channel and reason",
+                &["channel", "reason"],
+            )?,
+            inbound: counters(
+                "quizflow_inbound_messages_total",
+                "Inbound replies by channel and kind (opt_out, opt_in, other)",
+                &["channel", "kind"],
+            )?,
             dependency_up: prometheus::IntGaugeVec::new(
                 Opts::new(
                     "quizflow_dependency_up",
@@ -80,6 +94,8 @@ impl Metrics {
         r(Box::new(m.audit_write_failures.clone()))?;
         r(Box::new(m.callbacks.clone()))?;
         r(Box::new(m.dependency_up.clone()))?;
+        r(Box::new(m.suppressions.clone()))?;
+        r(Box::new(m.inbound.clone()))?;
         Ok(m)
     }
 

@@ -2,7 +2,7 @@
 //! the audit log's action names, and the check that `openapi.json` documents exactly what is
 //! served are all read from [`ROUTES`]; a route is added here and nowhere else.
 
-use crate::{admin, audit, callbacks, erase, intake, ops, stats};
+use crate::{admin, audit, callbacks, consent, erase, intake, ops, stats};
 use poem::endpoint::BoxEndpoint;
 use poem::{EndpointExt, Response};
 
@@ -180,6 +180,30 @@ pub const ROUTES: &[Route] = &[
         &[audited(Method::Post, "dead_letter.redrive", || {
             boxed(admin::redrive_one)
         })],
+    ),
+    admin(
+        "/v1/suppressions",
+        "/v1/suppressions",
+        &[
+            audited(Method::Get, "suppressions.read", || boxed(consent::list)),
+            audited(Method::Post, "suppression.add", || boxed(consent::add)),
+            audited(Method::Delete, "suppression.delete", || {
+                boxed(consent::remove)
+            }),
+        ],
+    ),
+    public(
+        "/v1/inbound/twilio",
+        "/v1/inbound/twilio",
+        &[op(Method::Post, || boxed(consent::inbound_twilio))],
+    ),
+    public(
+        "/v1/unsubscribe/{token}",
+        "/v1/unsubscribe/:token",
+        &[
+            op(Method::Get, || boxed(consent::unsubscribe_page)),
+            op(Method::Post, || boxed(consent::unsubscribe)),
+        ],
     ),
     public(
         "/v1/callbacks/twilio",

@@ -12,6 +12,11 @@ pub struct BatcherSettings {
     pub retention_months: u32,
     /// Safety net behind the change notifications: reload campaigns this often anyway.
     pub campaign_refresh: Duration,
+    /// `QUIZFLOW_HASH_KEY`: contacts are checked against the suppression list by their hash.
+    pub hash_key: quizflow_core::consent::HashKey,
+    /// `QUIZFLOW_PROVIDER_RATE_PER_SEC`: how fast a burst deferred to a send window's opening
+    /// is spread.
+    pub spread_per_second: u32,
 }
 
 impl Default for BatcherSettings {
@@ -21,6 +26,8 @@ impl Default for BatcherSettings {
             batch_wait: Duration::from_millis(100),
             retention_months: 12,
             campaign_refresh: Duration::from_secs(60),
+            hash_key: quizflow_core::consent::HashKey::for_tests(),
+            spread_per_second: 100,
         }
     }
 }

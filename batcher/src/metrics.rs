@@ -12,6 +12,8 @@ pub struct BatcherMetrics {
     pub stored: IntCounter,
     /// Messages redelivered whose submission was already stored.
     pub already_stored: IntCounter,
+    /// Matches not sent because the contact is suppressed (written `suppressed`).
+    pub suppressed: IntCounter,
     pub jobs_per_batch: Histogram,
     pub jobs_published: IntCounter,
     /// Submissions moved to DEAD_LETTERS, by class (`poison`, `unstorable`).
@@ -49,6 +51,10 @@ impl BatcherMetrics {
                 "quizflow_batcher_submissions_already_stored_total",
                 "Redelivered submissions that were already stored",
             )?,
+            suppressed: IntCounter::new(
+                "quizflow_batcher_suppressed_total",
+                "Matches whose contact is on the suppression list: written suppressed, never sent",
+            )?,
             jobs_per_batch: Histogram::with_opts(
                 HistogramOpts::new(
                     "quizflow_batcher_matches_per_batch",
@@ -79,6 +85,7 @@ impl BatcherMetrics {
         registry.register(Box::new(self.flush_seconds.clone()))?;
         registry.register(Box::new(self.stored.clone()))?;
         registry.register(Box::new(self.already_stored.clone()))?;
+        registry.register(Box::new(self.suppressed.clone()))?;
         registry.register(Box::new(self.jobs_per_batch.clone()))?;
         registry.register(Box::new(self.jobs_published.clone()))?;
         registry.register(Box::new(self.dead_letters.clone()))?;

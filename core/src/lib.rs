@@ -7,6 +7,7 @@
 //! types is valid by construction wherever it is used.
 
 mod campaign;
+pub mod consent;
 mod cost;
 mod ids;
 mod job;

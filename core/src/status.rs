@@ -29,10 +29,16 @@ pub enum DeliveryStatus {
     Dead,
     /// Never sent: its campaign ended or was deleted, or the person was erased.
     Cancelled,
+    /// Never sent: the contact opted out, bounced or complained (contract §3.2).
+    Suppressed,
+    /// Never sent: the recipient had had their frequency cap's worth of messages.
+    Capped,
+    /// Never sent: a rule said not to, with its reason (`empty_render`, ...).
+    Skipped,
 }
 
 impl DeliveryStatus {
-    pub const ALL: [DeliveryStatus; 8] = [
+    pub const ALL: [DeliveryStatus; 11] = [
         Self::Scheduled,
         Self::Queued,
         Self::Sending,
@@ -41,11 +47,21 @@ impl DeliveryStatus {
         Self::Failed,
         Self::Dead,
         Self::Cancelled,
+        Self::Suppressed,
+        Self::Capped,
+        Self::Skipped,
     ];
 
     /// Statuses a row never leaves (a delivery report may still move `sent` to `delivered`).
-    pub const FINAL: [DeliveryStatus; 4] =
-        [Self::Sent, Self::Delivered, Self::Dead, Self::Cancelled];
+    pub const FINAL: [DeliveryStatus; 7] = [
+        Self::Sent,
+        Self::Delivered,
+        Self::Dead,
+        Self::Cancelled,
+        Self::Suppressed,
+        Self::Capped,
+        Self::Skipped,
+    ];
 
     /// Statuses whose message the provider took, and bills.
     pub const BILLED: [DeliveryStatus; 2] = [Self::Sent, Self::Delivered];
@@ -60,6 +76,9 @@ impl DeliveryStatus {
             Self::Failed => "failed",
             Self::Dead => "dead",
             Self::Cancelled => "cancelled",
+            Self::Suppressed => "suppressed",
+            Self::Capped => "capped",
+            Self::Skipped => "skipped",
         }
     }
 
@@ -181,6 +200,12 @@ pub enum Outcome {
     Transient(String),
     /// The request may have been accepted: retry with the same idempotency key.
     Uncertain(String),
+    /// The provider refused because of the person (opted out with it, the address does not
+    /// exist): the contact is suppressed and the row ends `suppressed`, no dead letter.
+    Suppress {
+        reason: crate::consent::Reason,
+        detail: String,
+    },
 }
 
 impl Outcome {
@@ -192,6 +217,7 @@ impl Outcome {
             Self::Transient(_) => "transient",
             Self::Uncertain(_) => "uncertain",
             Self::Permanent(_) => "permanent",
+            Self::Suppress { .. } => "opt_out",
         }
     }
 }

@@ -16,6 +16,9 @@ pub struct Respondent {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locale: Option<String>,
+    /// IANA zone name: a campaign's send window is read in it (never guessed from the phone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 /// One answer's value: a string, a number, a boolean or a list of strings.

@@ -190,7 +190,10 @@ fn respondent(value: &Value, p: &mut Problems) -> Respondent {
         }
     };
     for key in obj.keys() {
-        if !matches!(key.as_str(), "phone" | "email" | "name" | "locale") {
+        if !matches!(
+            key.as_str(),
+            "phone" | "email" | "name" | "locale" | "timezone"
+        ) {
             p.add(path("respondent", key), "unknown field");
         }
     }
@@ -229,6 +232,16 @@ fn respondent(value: &Value, p: &mut Problems) -> Respondent {
             p.add(
                 "respondent.locale",
                 "must be a BCP-47 language tag such as pt-BR",
+            );
+        }
+    }
+    if let Some(tz) = optional_string(obj, "timezone", "respondent.timezone", p) {
+        if tz.len() <= 64 && tz.parse::<chrono_tz::Tz>().is_ok() {
+            r.timezone = Some(tz.to_owned());
+        } else {
+            p.add(
+                "respondent.timezone",
+                "must be an IANA time zone name such as America/Sao_Paulo",
             );
         }
     }

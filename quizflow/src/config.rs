@@ -50,6 +50,9 @@ pub struct Config {
     /// and `up` serve them on `http_addr`). Unset: 127.0.0.1:9464 for the batcher, :9465 for
     /// workers, so both run side by side; empty: not served.
     pub metrics_addr: Option<String>,
+    /// `QUIZFLOW_HASH_KEY`: the key of contact hashes (suppression list) and unsubscribe
+    /// links; required by every role (`up` derives one), never changed silently.
+    pub hash_key: Option<String>,
     pub cost_currency: String,
     pub cost_sms: f64,
     pub cost_email: f64,
@@ -82,6 +85,7 @@ impl Default for Config {
             deliveries_max_bytes: 8 * 1024 * 1024 * 1024,
             mock_smtp_addr: "127.0.0.1:2525".into(),
             metrics_addr: None,
+            hash_key: None,
             cost_currency: "USD".into(),
             cost_sms: 0.0,
             cost_email: 0.0,
@@ -268,8 +272,23 @@ impl Config {
         }
     }
 
-    pub fn batcher_settings(&self) -> quizflow_batcher::BatcherSettings {
-        self.batcher.settings()
+    pub fn batcher_settings(&self) -> anyhow::Result<quizflow_batcher::BatcherSettings> {
+        let mut s = self.batcher.settings();
+        s.hash_key = self.hash_key()?;
+        // A burst deferred to a send window's opening is spread at the providers' rate.
+        s.spread_per_second = self.workers.provider_rate_per_sec;
+        Ok(s)
+    }
+
+    /// `QUIZFLOW_HASH_KEY`, required: without it no contact can be checked against the
+    /// suppression list.
+    pub fn hash_key(&self) -> anyhow::Result<quizflow_core::consent::HashKey> {
+        let raw = self.hash_key.as_deref().context(
+            "QUIZFLOW_HASH_KEY is not set: every role needs it to check contacts against the \
+             suppression list (generate one with `openssl rand -hex 32`, give every instance the \
+             same, and never change it)",
+        )?;
+        quizflow_core::consent::HashKey::new(raw).map_err(anyhow::Error::msg)
     }
 
     /// `mock`: where channels without a provider go — `up`'s mock, or `--mock-provider URL`.
@@ -301,6 +320,8 @@ impl Config {
             providers = providers.with_status_callbacks(public);
         }
         let mut s = self.workers.settings(channels, providers);
+        s.hash_key = self.hash_key()?;
+        s.public_url = self.api.public_url.clone();
         s.ack_wait = self.topology().worker_ack_wait;
         s.shutdown_timeout = self.shutdown_timeout();
         s.costs = self.costs();
@@ -349,6 +370,7 @@ impl Config {
             .or_else(|| self.mock_callbacks.then(|| "mock".to_owned()));
         s.shutdown_timeout = self.shutdown_timeout();
         s.costs = self.costs();
+        s.consent.hash_key = self.hash_key()?;
         Ok(s)
     }
 }
@@ -356,6 +378,7 @@ impl Config {
 /// Keys whose values are secrets: `Debug` shows them as `***`.
 const SECRET_KEYS: &[&str] = &[
     "admin_token",
+    "hash_key",
     "audit_key",
     "link_key",
     "whatsapp_app_secret",
@@ -493,7 +516,10 @@ mod tests {
 
     #[test]
     fn workers_refuse_a_channel_without_a_provider_unless_a_mock_is_named() {
-        let cfg = Config::default();
+        let cfg = Config {
+            hash_key: Some("a-hash-key-long-enough-for-tests".into()),
+            ..Config::default()
+        };
         let err = cfg
             .worker_settings(vec![quizflow_core::Channel::Sms], None)
             .expect_err("no provider for sms");

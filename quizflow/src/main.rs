@@ -15,6 +15,7 @@ mod ops;
 mod replay;
 mod roles;
 mod setup;
+mod suppressions;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -79,6 +80,10 @@ enum Command {
     /// submissions table with --source postgres), creating only the deliveries that do not
     /// exist yet: idempotent, resumable, low priority by default.
     Replay(replay::ReplayArgs),
+    /// The suppression list: `import FILE.csv` adds an existing opt-out list (needs
+    /// DATABASE_URL and QUIZFLOW_HASH_KEY, or a running `quizflow up`).
+    #[command(subcommand)]
+    Suppressions(suppressions::SuppressionsCommand),
     /// Benchmarks: `ingest` (HTTP intake beside raw JetStream publishes) and `store` (the
     /// batcher's write path beside raw COPY). Private servers unless configured.
     #[cfg(feature = "bench")]
@@ -147,6 +152,7 @@ async fn run(
         Command::Migrate => setup::migrate(cfg).await,
         Command::Check { role } => check::check(&cfg, &role),
         Command::Replay(args) => replay::run(cfg, args).await,
+        Command::Suppressions(cmd) => suppressions::run(cfg, cmd).await,
         #[cfg(feature = "bench")]
         Command::Bench(kind) => bench::run(cfg, kind).await,
         Command::Api | Command::Batcher | Command::Workers { .. } | Command::MockProvider => {

@@ -82,7 +82,7 @@ fn parse_source(raw: &str) -> Result<Source, String> {
 }
 
 /// The servers: configured, or those of a `quizflow up` running on the data dir.
-fn servers(cfg: &Config) -> anyhow::Result<(String, String)> {
+pub(crate) fn servers(cfg: &Config) -> anyhow::Result<(String, String)> {
     if let (Some(n), Some(d)) = (&cfg.nats_url, &cfg.database_url) {
         return Ok((n.clone(), d.clone()));
     }

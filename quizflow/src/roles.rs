@@ -57,7 +57,7 @@ impl Role {
         }
         Ok(match self {
             Role::Api => Prepared::Api(Box::new(cfg.api_settings()?)),
-            Role::Batcher => Prepared::Batcher(cfg.batcher_settings()),
+            Role::Batcher => Prepared::Batcher(cfg.batcher_settings()?),
             Role::Workers { channels, mock } => {
                 let channels = if channels.is_empty() {
                     Channel::ALL.to_vec()
@@ -166,6 +166,38 @@ fn pool(cfg: &Config) -> anyhow::Result<quizflow_store::Pool> {
     Ok(quizflow_store::pool(url, cfg.db_pool_size))
 }
 
+/// Refuses to start with a `QUIZFLOW_HASH_KEY` other than the one the database's suppression
+/// list was made with: every check would miss, and opted-out people would be messaged. Waits
+/// for the database like the roles do (it may start after them).
+pub async fn check_hash_key(cfg: &Config, pool: &quizflow_store::Pool) -> anyhow::Result<()> {
+    let fingerprint = cfg.hash_key()?.fingerprint();
+    let mut delay = Duration::from_millis(200);
+    let matches = loop {
+        let checked = match pool.get().await {
+            Ok(mut conn) => {
+                quizflow_store::consent::hash_key_matches(&mut conn, &fingerprint).await
+            }
+            Err(e) => Err(e.into()),
+        };
+        match checked {
+            Ok(m) => break m,
+            Err(e) if e.retry() == quizflow_store::Retry::Later => {
+                tracing::warn!(error = %e, "cannot check QUIZFLOW_HASH_KEY yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    anyhow::ensure!(
+        matches,
+        "QUIZFLOW_HASH_KEY differs from the key this database's suppression list was made with: \
+         with it, opted-out contacts would not be recognised. Start with the original key (a \
+         rotation needs every entry re-made from its contact, which quizflow does not hold)"
+    );
+    Ok(())
+}
+
 pub async fn connect_nats(
     cfg: &Config,
     role: &str,
@@ -218,6 +250,7 @@ async fn run_api(
         tracing::warn!("QUIZFLOW_ADMIN_TOKEN is not set: every admin route answers 401");
     }
     let pool = pool(cfg)?;
+    check_hash_key(cfg, &pool).await?;
     let state = quizflow_api::AppState::with_registry(
         settings.clone(),
         client.clone(),
@@ -240,7 +273,9 @@ async fn run_batcher(
 ) -> anyhow::Result<()> {
     let (client, js) = connect_nats(cfg, "batcher").await?;
     ensure_topology(cfg, &js).await?;
-    let batcher = quizflow_batcher::Batcher::new(settings, client.clone(), js, pool(cfg)?);
+    let pool = pool(cfg)?;
+    check_hash_key(cfg, &pool).await?;
+    let batcher = quizflow_batcher::Batcher::new(settings, client.clone(), js, pool);
     batcher.metrics().register(&registry)?;
     batcher.run(stop).await?;
     let _ = client.flush().await;
@@ -255,7 +290,9 @@ async fn run_workers(
 ) -> anyhow::Result<()> {
     let (client, js) = connect_nats(cfg, "workers").await?;
     ensure_topology(cfg, &js).await?;
-    quizflow_workers::run(settings, js, pool(cfg)?, registry, stop).await?;
+    let pool = pool(cfg)?;
+    check_hash_key(cfg, &pool).await?;
+    quizflow_workers::run(settings, js, pool, registry, stop).await?;
     let _ = client.flush().await;
     Ok(())
 }

@@ -71,6 +71,8 @@ fn for_up(mut cfg: Config, token: &str) -> Config {
         "whatsapp-verify-token",
     );
     derive_secret(&mut cfg.api.link_key, token, "qr-link-key");
+    // Derived from the token the data dir keeps: the same key on every `up` of this data dir.
+    derive_secret(&mut cfg.hash_key, token, "contact-hash-key");
     if cfg.api.email_webhook_secret.is_none() {
         use base64::Engine;
         let key = quizflow_core::signatures::hub(token, b"email-webhook-secret");
@@ -112,6 +114,15 @@ fn derive_secret(slot: &mut Option<String>, token: &str, purpose: &str) {
     if slot.is_none() {
         *slot = Some(quizflow_core::signatures::hub(token, purpose.as_bytes()));
     }
+}
+
+/// The hash key `up` derives from the admin token its data dir keeps (what one-off commands
+/// beside a running `up` use); `None` when the data dir has no token.
+pub(crate) fn derived_hash_key(cfg: &Config) -> Option<String> {
+    let token = std::fs::read_to_string(cfg.data_dir.join("admin-token")).ok()?;
+    let mut key = None;
+    derive_secret(&mut key, token.trim(), "contact-hash-key");
+    key
 }
 
 /// Reads or creates the admin token kept in the data dir (mode 0600).

@@ -204,6 +204,10 @@ async fn given_a_three_node_cluster_and_two_of_each_role_then_kills_lose_and_dup
             ("DATABASE_URL".to_owned(), db.url.clone()),
             ("QUIZFLOW_STREAM_REPLICAS".to_owned(), "3".to_owned()),
             ("QUIZFLOW_ADMIN_TOKEN".to_owned(), TOKEN.to_owned()),
+            (
+                "QUIZFLOW_HASH_KEY".to_owned(),
+                "cluster-test-hash-key-0123456789".to_owned(),
+            ),
         ]
     };
     // Both APIs connect to node 0 first: its kill makes them fail over.

@@ -129,6 +129,7 @@ fn kubernetes_commands_env_keys_and_probes_exist_in_the_binary() {
     // The Secret's keys, with values of the right shape.
     let secrets = [
         ("QUIZFLOW_ADMIN_TOKEN", "0123456789abcdef0123"),
+        ("QUIZFLOW_HASH_KEY", "0123456789abcdef0123456789abcdef"),
         (
             "DATABASE_URL",
             "postgres://quizflow:secret@postgres:5432/quizflow",

@@ -20,6 +20,7 @@ fn workers(nats: &str, db: &str, mock: &str) -> Child {
         .env_remove("QUIZFLOW_CONFIG")
         .env("NATS_URL", nats)
         .env("DATABASE_URL", db)
+        .env("QUIZFLOW_HASH_KEY", "firer-test-hash-key-0123456789")
         .env("QUIZFLOW_PROVIDER_RATE_PER_SEC", "100000")
         .env("QUIZFLOW_WORKER_CONCURRENCY", "256")
         .env("QUIZFLOW_METRICS_ADDR", "")

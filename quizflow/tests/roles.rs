@@ -25,6 +25,7 @@ fn role(args: &[&str], nats: &str, db: &str, metrics_port: u16) -> Role {
             .args(args)
             .env("NATS_URL", nats)
             .env("DATABASE_URL", db)
+            .env("QUIZFLOW_HASH_KEY", "roles-test-hash-key-0123456789")
             .env("QUIZFLOW_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

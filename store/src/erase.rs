@@ -255,7 +255,7 @@ pub async fn erase(
            SELECT id FROM submissions WHERE phone = $1 \
            UNION SELECT id FROM submissions WHERE lower(email) = lower($2) \
            UNION SELECT unnest($3::uuid[])), \
-         s AS (UPDATE submissions SET phone = NULL, email = NULL, name = NULL, locale = NULL, \
+         s AS (UPDATE submissions SET phone = NULL, email = NULL, name = NULL, locale = NULL, timezone = NULL, \
                  answers = '[]', metadata = '{}', idempotency_key = NULL, \
                  erased_at = COALESCE(erased_at, now()) \
                WHERE id IN (SELECT id FROM ids) \

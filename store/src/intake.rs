@@ -18,6 +18,8 @@ use std::collections::HashSet;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+pub use crate::plan::Plan;
+
 /// One decoded message of the batch.
 pub struct Row<'a> {
     pub envelope: &'a SubmissionEnvelope,
@@ -116,8 +118,8 @@ async fn create_partitions(
 pub async fn store_batch(
     pool: &Pool,
     rows: &[Row<'_>],
-    jobs_for: impl Fn(&HashSet<usize>) -> Vec<DeliveryJob> + Send + Sync,
-) -> Result<(HashSet<usize>, Vec<DeliveryJob>), StoreError> {
+    jobs_for: impl Fn(&HashSet<usize>) -> Plan + Send + Sync,
+) -> Result<(HashSet<usize>, Plan), StoreError> {
     let mut conn = pool.raw().await?;
     match store_once(&mut conn.client, rows, &jobs_for).await {
         Err(e) if e.kind() == ErrorKind::MissingPartition => {
@@ -132,8 +134,8 @@ pub async fn store_batch(
 async fn store_once(
     client: &mut tokio_postgres::Client,
     rows: &[Row<'_>],
-    jobs_for: &(impl Fn(&HashSet<usize>) -> Vec<DeliveryJob> + Send + Sync),
-) -> Result<(HashSet<usize>, Vec<DeliveryJob>), StoreError> {
+    jobs_for: &(impl Fn(&HashSet<usize>) -> Plan + Send + Sync),
+) -> Result<(HashSet<usize>, Plan), StoreError> {
     let tx = client.transaction().await?;
     // Erasures wait for this transaction, or it sees their tombstones (`erase::barrier`).
     tx.execute(
@@ -189,13 +191,15 @@ async fn store_once(
             .await?;
         }
     }
-    let jobs = jobs_for(&matched);
-    if !jobs.is_empty() {
-        let ledger = LedgerColumns::of(&jobs);
+    let mut plan = jobs_for(&matched);
+    crate::plan::spread(&tx, &mut plan).await?;
+    if !plan.jobs.is_empty() {
+        let ledger = LedgerColumns::of(&plan.jobs);
         tx.execute(INSERT_LEDGER, &ledger.params()).await?;
     }
+    crate::plan::write_suppressed(&tx, &plan.suppressed).await?;
     tx.commit().await?;
-    Ok((new_rows, jobs))
+    Ok((new_rows, plan))
 }
 
 /// Rows of `idx` whose phone or e-mail was erased after the row was received. One statement;
@@ -254,12 +258,12 @@ pub async fn write_probe(pool: &Pool, received_at: DateTime<Utc>) -> Result<(), 
 
 const INSERT_SUBMISSIONS: &str =
     "INSERT INTO submissions (id, quiz_id, received_at, completed_at, score, phone, email, name, locale, \
-                              answers, tags, metadata, idempotency_key, stream_seq) \
+                              answers, tags, metadata, idempotency_key, stream_seq, timezone) \
      SELECT u.id, u.quiz_id, u.received_at, u.completed_at, u.score, u.phone, u.email, u.name, u.locale, \
-            u.answers::json, u.tags::text[], u.metadata::json, u.key, u.seq \
+            u.answers::json, u.tags::text[], u.metadata::json, u.key, u.seq, u.tz \
      FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::float8[], $6::text[], $7::text[], \
-                 $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int8[]) \
-          AS u(id, quiz_id, received_at, completed_at, score, phone, email, name, locale, answers, tags, metadata, key, seq) \
+                 $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int8[], $15::text[]) \
+          AS u(id, quiz_id, received_at, completed_at, score, phone, email, name, locale, answers, tags, metadata, key, seq, tz) \
      ON CONFLICT DO NOTHING";
 
 /// The `submissions` columns of the new rows of a batch, as arrays for one `UNNEST` insert.
@@ -278,6 +282,7 @@ struct SubmissionColumns {
     metadata: Vec<String>,
     key: Vec<Option<String>>,
     seq: Vec<i64>,
+    timezone: Vec<Option<String>>,
 }
 
 impl SubmissionColumns {
@@ -310,6 +315,7 @@ impl SubmissionColumns {
             email: opt(&|i| sub(i).respondent.email.clone()),
             name: opt(&|i| sub(i).respondent.name.clone()),
             locale: opt(&|i| sub(i).respondent.locale.clone()),
+            timezone: opt(&|i| sub(i).respondent.timezone.clone()),
             answers: idx
                 .iter()
                 .map(|&i| match kept(i) {
@@ -339,7 +345,7 @@ impl SubmissionColumns {
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 14] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 15] {
         [
             &self.ids,
             &self.quiz,
@@ -355,6 +361,7 @@ impl SubmissionColumns {
             &self.metadata,
             &self.key,
             &self.seq,
+            &self.timezone,
         ]
     }
 }
@@ -430,6 +437,11 @@ impl LedgerColumns {
         .bind::<Array<SmallInt>, _>(&self.steps)
         .bind::<Array<Nullable<Timestamptz>>, _>(&self.due)
         .bind::<Array<Nullable<Timestamptz>>, _>(&self.repeat_until)
+    }
+
+    /// The key, version, priority and creation columns (the first seven parameters).
+    pub(crate) fn params_without_schedule(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params()[..7].to_vec()
     }
 
     /// The same columns as tokio-postgres parameters of [`INSERT_LEDGER`].

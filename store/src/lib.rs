@@ -10,10 +10,12 @@
 pub mod audit;
 pub mod campaigns;
 pub mod ceiling;
+pub mod consent;
 pub mod dead_letters;
 pub mod deliveries;
 pub mod erase;
 pub mod intake;
+mod plan;
 pub mod replay;
 pub mod reports;
 pub mod schedules;

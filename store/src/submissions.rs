@@ -47,6 +47,8 @@ pub(crate) struct RespondentColumns {
     pub(crate) name: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     pub(crate) locale: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) timezone: Option<String>,
 }
 
 impl RespondentColumns {
@@ -58,6 +60,7 @@ impl RespondentColumns {
             ("email", self.email),
             ("name", self.name),
             ("locale", self.locale),
+            ("timezone", self.timezone),
         ] {
             if let Some(v) = v {
                 respondent.insert(k.into(), v.into());
@@ -98,7 +101,7 @@ pub(crate) struct StoredRow {
 
 /// The columns of [`StoredRow`], on the alias `s`.
 pub(crate) const STORED_COLUMNS: &str =
-    "s.id, s.quiz_id, s.received_at, s.completed_at, s.score, s.phone, s.email, s.name, s.locale, \
+    "s.id, s.quiz_id, s.received_at, s.completed_at, s.score, s.phone, s.email, s.name, s.locale, s.timezone, \
      s.answers, s.tags, s.metadata, s.idempotency_key, s.stream_seq, s.stored_at";
 
 impl StoredRow {
@@ -117,6 +120,7 @@ impl StoredRow {
                 email: self.respondent.email,
                 name: self.respondent.name,
                 locale: self.respondent.locale,
+                timezone: self.respondent.timezone,
             },
             answers,
             score: self.score,

@@ -5,21 +5,26 @@ use std::time::Duration;
 
 /// Provider error codes by class: the table. Codes not listed fall back to the HTTP status.
 pub struct CodeTable {
+    /// The person opted out with the provider: suppress the contact (contract §3.2).
+    pub opt_out: &'static [i64],
     pub permanent: &'static [i64],
     pub throttle: &'static [i64],
 }
 
 pub const TWILIO: CodeTable = CodeTable {
-    permanent: &[21211, 21610, 21612, 21614],
+    opt_out: &[21610],
+    permanent: &[21211, 21612, 21614],
     throttle: &[20429],
 };
 
 pub const WHATSAPP: CodeTable = CodeTable {
-    permanent: &[131026, 131050],
+    opt_out: &[131050],
+    permanent: &[131026],
     throttle: &[130429, 131056],
 };
 
 pub const NONE: CodeTable = CodeTable {
+    opt_out: &[],
     permanent: &[],
     throttle: &[],
 };
@@ -36,6 +41,12 @@ pub fn classify_http(
         return Outcome::Sent;
     }
     if let Some(code) = code {
+        if table.opt_out.contains(&code) {
+            return Outcome::Suppress {
+                reason: quizflow_core::consent::Reason::ProviderOptOut,
+                detail: format!("{status} code {code}: {detail}"),
+            };
+        }
         if table.permanent.contains(&code) {
             return Outcome::Permanent(format!("{status} code {code}: {detail}"));
         }
@@ -84,6 +95,14 @@ mod tests {
         assert!(matches!(
             c(&WHATSAPP, 400, Some(131026)),
             Outcome::Permanent(_)
+        ));
+        assert!(matches!(
+            c(&TWILIO, 400, Some(21610)),
+            Outcome::Suppress { .. }
+        ));
+        assert!(matches!(
+            c(&WHATSAPP, 400, Some(131050)),
+            Outcome::Suppress { .. }
         ));
         assert!(matches!(
             c(&WHATSAPP, 400, Some(131056)),

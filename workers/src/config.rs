@@ -84,6 +84,11 @@ pub struct WorkersConfig {
     pub retry_schedule: quizflow_core::settings::Durations,
     pub breaker_failures: u32,
     pub breaker_cooldown: quizflow_core::settings::HumanDuration,
+    /// At most so many messages per recipient per rolling window on the channel, across
+    /// campaigns (`"3/24h"`); transactional campaigns are exempt. Unset: no cap.
+    pub frequency_cap_sms: Option<quizflow_core::consent::FrequencyCap>,
+    pub frequency_cap_whatsapp: Option<quizflow_core::consent::FrequencyCap>,
+    pub frequency_cap_email: Option<quizflow_core::consent::FrequencyCap>,
     #[serde(flatten)]
     pub providers: ProviderConfig,
 }
@@ -97,6 +102,9 @@ impl Default for WorkersConfig {
             retry_schedule: quizflow_core::settings::Durations(s.retry_schedule),
             breaker_failures: s.breaker_failures,
             breaker_cooldown: quizflow_core::settings::HumanDuration(s.breaker_cooldown),
+            frequency_cap_sms: None,
+            frequency_cap_whatsapp: None,
+            frequency_cap_email: None,
             providers: ProviderConfig::default(),
         }
     }
@@ -126,6 +134,14 @@ impl WorkersConfig {
         s.breaker_failures = self.breaker_failures;
         s.breaker_cooldown = self.breaker_cooldown.0;
         s.webhook_allow_private = self.providers.webhook_allow_private;
+        s.frequency_caps = [
+            (Channel::Sms, self.frequency_cap_sms),
+            (Channel::Whatsapp, self.frequency_cap_whatsapp),
+            (Channel::Email, self.frequency_cap_email),
+        ]
+        .into_iter()
+        .filter_map(|(c, cap)| Some((c, cap?)))
+        .collect();
         s
     }
 }
@@ -322,6 +338,12 @@ pub struct WorkerSettings {
     pub costs: quizflow_core::Costs,
     /// Where templates' `qr_url` points (`QUIZFLOW_PUBLIC_URL`, signed with the link key).
     pub qr_links: Option<crate::render::QrLinks>,
+    /// `QUIZFLOW_PUBLIC_URL`: where unsubscribe links point (the API's `/v1/unsubscribe`).
+    pub public_url: Option<String>,
+    /// `QUIZFLOW_HASH_KEY`: contacts are checked and suppressed by their keyed hash.
+    pub hash_key: quizflow_core::consent::HashKey,
+    /// `QUIZFLOW_FREQUENCY_CAP_<CHANNEL>`: per recipient, across campaigns.
+    pub frequency_caps: Vec<(Channel, quizflow_core::consent::FrequencyCap)>,
 }
 
 impl WorkerSettings {
@@ -344,7 +366,18 @@ impl WorkerSettings {
             providers,
             costs: quizflow_core::Costs::default(),
             qr_links: None,
+            public_url: None,
+            hash_key: quizflow_core::consent::HashKey::for_tests(),
+            frequency_caps: Vec::new(),
         }
+    }
+
+    /// The channel-wide frequency cap of `channel`, if one is configured.
+    pub fn frequency_cap(&self, channel: Channel) -> Option<quizflow_core::consent::FrequencyCap> {
+        self.frequency_caps
+            .iter()
+            .find(|(c, _)| *c == channel)
+            .map(|(_, cap)| *cap)
     }
 }
 

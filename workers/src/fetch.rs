@@ -198,7 +198,8 @@ impl Channelled {
     ) -> bool {
         let claim = Uuid::new_v4();
         let keys: Vec<Key> = eligible.iter().map(|(_, j, _)| key_of(j)).collect();
-        let claimed = self.claim(&keys, claim).await;
+        let capped = self.caps(&eligible);
+        let (claimed, over) = self.claim(&keys, claim, &capped).await;
         // Every claim is renewed until its job is settled or given back, however long the
         // job waits for a slot or the rate limiter (a guard moves into the job's task).
         let mut guards: HashMap<Key, crate::lease::LeaseGuard> = claimed
@@ -207,6 +208,15 @@ impl Channelled {
             .collect();
         let mut probe_used = false;
         for (msg, job, ctx) in eligible {
+            if over.contains(&key_of(&job)) {
+                // Ended `capped` by the claim: never sent.
+                self.metrics
+                    .skipped
+                    .with_label_values(&[self.channel.as_str(), "capped"])
+                    .inc();
+                msg.ack().await;
+                continue;
+            }
             let Some(guard) = guards.remove(&key_of(&job)) else {
                 // Taken or finished by someone else since the load: look again later.
                 msg.nak(Some(Duration::from_secs(2)), Some(&job)).await;
@@ -242,17 +252,61 @@ impl Channelled {
         probe_used
     }
 
-    /// Claims `keys` under `claim`; the keys claimed (none when the database is away).
-    async fn claim(&self, keys: &[Key], claim: Uuid) -> HashSet<Key> {
+    /// The frequency caps each eligible job counts against (contract §3.2): the channel's
+    /// and its campaign's. Transactional campaigns are exempt; a job without a contact has
+    /// nobody to count.
+    fn caps(&self, eligible: &[(JobMsg, DeliveryJob, JobContext)]) -> Vec<deliveries::Capped> {
+        let channel_cap = self.settings.frequency_cap(self.channel);
+        let cap = |c: quizflow_core::consent::FrequencyCap, campaign| deliveries::Cap {
+            count: c.count,
+            window_s: c.window.as_secs_f64(),
+            campaign,
+        };
+        eligible
+            .iter()
+            .filter_map(|(_, job, ctx)| {
+                let spec = ctx.campaign.as_ref()?;
+                if spec.purpose == quizflow_core::consent::Purpose::Transactional {
+                    return None;
+                }
+                let caps: Vec<deliveries::Cap> = channel_cap
+                    .map(|c| cap(c, None))
+                    .into_iter()
+                    .chain(spec.frequency_cap.map(|c| cap(c, Some(job.campaign_id))))
+                    .collect();
+                if caps.is_empty() {
+                    return None;
+                }
+                let to = crate::send::recipient_of(job.channel, &ctx.submission)?;
+                let contact = self.settings.hash_key.hash(job.channel, &to)?.to_vec();
+                Some(deliveries::Capped {
+                    key: key_of(job),
+                    contact,
+                    caps,
+                })
+            })
+            .collect()
+    }
+
+    /// Claims `keys` under `claim`, counting the `capped` ones against their caps: the keys
+    /// claimed to send, and those ended `capped` (none when the database is away).
+    async fn claim(
+        &self,
+        keys: &[Key],
+        claim: Uuid,
+        capped: &[deliveries::Capped],
+    ) -> (HashSet<Key>, HashSet<Key>) {
         let claimed = match self.pool.get().await {
-            Ok(mut conn) => deliveries::claim(&mut conn, keys, claim, self.lease()).await,
+            Ok(mut conn) => {
+                deliveries::claim_capped(&mut conn, keys, claim, self.lease(), capped).await
+            }
             Err(e) => Err(e.into()),
         };
         match claimed {
-            Ok(keys) => keys.into_iter().collect(),
+            Ok(c) => (c.claimed.into_iter().collect(), c.capped.into_iter().collect()),
             Err(e) => {
                 tracing::warn!(error = %e, "claim failed; jobs naked");
-                HashSet::new()
+                (HashSet::new(), HashSet::new())
             }
         }
     }

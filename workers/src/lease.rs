@@ -7,7 +7,7 @@
 //! given back ([`LeaseGuard`] on drop). Only a process that stops renewing (dead, or cut off
 //! from the database for longer than a lease) lets a claim expire.
 
-use quizflow_store::deliveries::{self, Key};
+use quizflow_store::deliveries::{self, Call, Key, Start};
 use quizflow_store::Pool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -102,7 +102,7 @@ pub(crate) async fn renew(
 /// its holder does not call; an erasure waits for the calls confirmed before its barrier.
 #[derive(Clone)]
 pub(crate) struct CallGate {
-    tx: tokio::sync::mpsc::Sender<(Key, Uuid, tokio::sync::oneshot::Sender<Gate>)>,
+    tx: tokio::sync::mpsc::Sender<(Call, tokio::sync::oneshot::Sender<Gate>)>,
 }
 
 /// What the gate says of one call.
@@ -114,35 +114,36 @@ pub(crate) enum Gate {
     Gone,
     /// The database did not answer: do not call now (give the job back).
     Unknown,
+    /// The contact opted out since the match (the reason): the row is now `suppressed`.
+    Suppressed,
 }
 
 impl CallGate {
     pub(crate) fn start(pool: Pool) -> Self {
         let (tx, mut rx) =
-            tokio::sync::mpsc::channel::<(Key, Uuid, tokio::sync::oneshot::Sender<Gate>)>(4096);
+            tokio::sync::mpsc::channel::<(Call, tokio::sync::oneshot::Sender<Gate>)>(4096);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(512);
             while rx.recv_many(&mut batch, 512).await > 0 {
-                let held: Vec<(Key, Uuid)> =
-                    batch.iter().map(|(k, c, _)| (k.clone(), *c)).collect();
+                let calls: Vec<Call> = batch.iter().map(|(c, _)| c.clone()).collect();
                 let confirmed = match pool.get().await {
-                    Ok(mut conn) => deliveries::start_calls(&mut conn, &held).await,
+                    Ok(mut conn) => deliveries::start_calls(&mut conn, &calls).await,
                     Err(e) => Err(e.into()),
                 };
                 match confirmed {
-                    Ok(keys) => {
-                        let keys: std::collections::HashSet<Key> = keys.into_iter().collect();
-                        for (k, _, done) in batch.drain(..) {
-                            let _ = done.send(if keys.contains(&k) {
-                                Gate::Go
-                            } else {
-                                Gate::Gone
+                    Ok(found) => {
+                        let found: HashMap<Key, Start> = found.into_iter().collect();
+                        for (c, done) in batch.drain(..) {
+                            let _ = done.send(match found.get(&c.key) {
+                                Some(Start::Go) => Gate::Go,
+                                Some(Start::Suppressed(_)) => Gate::Suppressed,
+                                None => Gate::Gone,
                             });
                         }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, calls = batch.len(), "calls not confirmed; given back");
-                        for (_, _, done) in batch.drain(..) {
+                        for (_, done) in batch.drain(..) {
                             let _ = done.send(Gate::Unknown);
                         }
                     }
@@ -152,10 +153,10 @@ impl CallGate {
         Self { tx }
     }
 
-    /// May the holder of `claim` on `key` call the provider now?
-    pub(crate) async fn ask(&self, key: Key, claim: Uuid) -> Gate {
+    /// May the holder of the call's claim call the provider now?
+    pub(crate) async fn ask(&self, call: Call) -> Gate {
         let (done, answer) = tokio::sync::oneshot::channel();
-        if self.tx.send((key, claim, done)).await.is_err() {
+        if self.tx.send((call, done)).await.is_err() {
             return Gate::Unknown;
         }
         answer.await.unwrap_or(Gate::Unknown)

@@ -29,6 +29,11 @@ pub struct WorkerMetrics {
     pub scheduled: IntCounterVec,
     /// How late a scheduled message was published after its due time.
     pub schedule_lateness: prometheus::Histogram,
+    /// Jobs ended without a call by a rule of contract §3.2, by channel and status
+    /// (`suppressed`: an opt-out heard after the match; `capped`: a frequency cap).
+    pub skipped: IntCounterVec,
+    /// Contacts put on the suppression list by a provider's answer, by channel and reason.
+    pub suppressed: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
@@ -53,6 +58,16 @@ impl WorkerMetrics {
         ];
         const LATE: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
         Ok(Self {
+            skipped: counter(
+                "quizflow_worker_skipped_total",
+                "Jobs ended without a provider call: suppressed or over a frequency cap",
+                &["channel", "status"],
+            )?,
+            suppressed: counter(
+                "quizflow_worker_suppressions_total",
+                "Contacts suppressed because of a provider's answer (opt-out, hard bounce)",
+                &["channel", "reason"],
+            )?,
             deliveries: counter(
                 "quizflow_deliveries_total",
                 "Provider calls by channel and outcome class",
@@ -123,6 +138,8 @@ impl WorkerMetrics {
 
     pub fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
         registry.register(Box::new(self.deliveries.clone()))?;
+        registry.register(Box::new(self.skipped.clone()))?;
+        registry.register(Box::new(self.suppressed.clone()))?;
         registry.register(Box::new(self.provider_seconds.clone()))?;
         registry.register(Box::new(self.retries.clone()))?;
         registry.register(Box::new(self.dead_letters.clone()))?;

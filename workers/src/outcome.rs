@@ -23,6 +23,13 @@ pub enum Decision {
         event: &'static str,
         detail: String,
     },
+    /// The provider refused because of the person (an opt-out, an address that does not
+    /// exist): the contact is suppressed and the row ends `suppressed`, no dead letter.
+    Suppressed {
+        attempts: i32,
+        reason: quizflow_core::consent::Reason,
+        detail: String,
+    },
     /// Dead-lettered with this class.
     Dead {
         class: DeadClass,
@@ -65,6 +72,15 @@ pub fn decide(
                 reason,
             },
             // A permanent answer is about the message, not the provider's health.
+            BreakerNews::Success,
+        ),
+        Outcome::Suppress { reason, detail } => (
+            Decision::Suppressed {
+                attempts: attempts + 1,
+                reason,
+                detail,
+            },
+            // Like a permanent answer: about the person, not the provider's health.
             BreakerNews::Success,
         ),
         Outcome::Throttle {
@@ -130,6 +146,10 @@ mod tests {
             },
             Outcome::Transient("503".into()),
             Outcome::Uncertain("timed out".into()),
+            Outcome::Suppress {
+                reason: quizflow_core::consent::Reason::ProviderOptOut,
+                detail: "21610".into(),
+            },
         ]
     }
 
@@ -148,6 +168,11 @@ mod tests {
                         class: DeadClass::Permanent,
                         attempts: before + 1,
                         reason: r.clone(),
+                    },
+                    Outcome::Suppress { reason, detail } => Decision::Suppressed {
+                        attempts: before + 1,
+                        reason: *reason,
+                        detail: detail.clone(),
                     },
                     Outcome::Throttle {
                         retry_after,
@@ -197,7 +222,7 @@ mod tests {
                 _ => Closed,
             }),
             ("probe", |o| match o {
-                Outcome::Sent | Outcome::Permanent(_) => Closed,
+                Outcome::Sent | Outcome::Permanent(_) | Outcome::Suppress { .. } => Closed,
                 _ => Open,
             }),
         ];

@@ -84,6 +84,72 @@ fn add_qr_functions(env: &mut Environment<'static>, links: Option<Arc<QrLinks>>)
     );
 }
 
+/// `unsubscribe_url()`: the recipient's one-click unsubscribe link (contract §3.2), made per
+/// message by the worker (it needs the recipient's hash) and handed in the context.
+fn add_unsubscribe_function(env: &mut Environment<'static>) {
+    env.add_function("unsubscribe_url", |state: &minijinja::State| {
+        state
+            .lookup("__unsubscribe_url")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .ok_or_else(|| {
+                template_error(
+                    "unsubscribe_url needs QUIZFLOW_PUBLIC_URL (where the API serves the link) and a recipient"
+                        .into(),
+                )
+            })
+    });
+}
+
+/// The plain-text part of an HTML e-mail: tags out, line breaks where blocks end, the common
+/// entities decoded, blank runs collapsed.
+pub fn plain_text(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(open) = rest.find('<') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('>') else {
+            rest = &rest[open..];
+            break;
+        };
+        let tag = rest[open + 1..open + close].trim().to_ascii_lowercase();
+        let name = tag.trim_start_matches('/');
+        if ["br", "p", "div", "tr", "li", "h1", "h2", "h3", "table"]
+            .iter()
+            .any(|t| name == *t || name.starts_with(&format!("{t} ")))
+        {
+            out.push('\n');
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    let decoded = out
+        .replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#x27;", "'")
+        .replace("&#x2f;", "/")
+        .replace("&amp;", "&");
+    let lines: Vec<&str> = decoded.lines().map(str::trim).collect();
+    let mut text = String::with_capacity(decoded.len());
+    let mut blank = false;
+    for l in lines {
+        if l.is_empty() {
+            blank = !text.is_empty();
+            continue;
+        }
+        if blank {
+            text.push_str("\n\n");
+        } else if !text.is_empty() {
+            text.push('\n');
+        }
+        blank = false;
+        text.push_str(l);
+    }
+    text
+}
+
 const MAX_ENTRIES: usize = 10_000;
 
 impl TemplateCache {
@@ -111,6 +177,7 @@ impl TemplateCache {
         }
         let mut env = quizflow_core::template::environment();
         add_qr_functions(&mut env, self.links.clone());
+        add_unsubscribe_function(&mut env);
         // E-mail bodies are HTML: submission data is escaped in them (contract §4), so a name
         // such as `<script>` arrives as text. Subjects and other channels are plain text.
         if action.channel == Channel::Email {
@@ -197,6 +264,15 @@ mod tests {
             .expect("renders")
             .expect("body");
         assert_eq!(body, "Hi <script>alert(1)</script>", "SMS is plain text");
+    }
+
+    #[test]
+    fn the_text_part_of_an_html_mail() {
+        assert_eq!(
+            plain_text("<p>Olá <b>Ana</b></p><p>Score&nbsp;72 &amp; more<br>bye</p>"),
+            "Olá Ana\nScore 72 & more\nbye"
+        );
+        assert_eq!(plain_text("plain"), "plain");
     }
 
     #[test]

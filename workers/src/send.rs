@@ -8,6 +8,7 @@ use crate::handle::JobMsg;
 use crate::outcome::decide;
 use crate::provider::Outgoing;
 use crate::render;
+use quizflow_core::consent::Purpose;
 use quizflow_core::{Action, Channel, DeadClass, DeliveryJob, Outcome};
 use quizflow_store::deliveries::JobContext;
 use std::time::{Duration, Instant};
@@ -49,7 +50,7 @@ impl Channelled {
                 return Called::No;
             }
         }
-        let Some(msg) = self.cleared(msg, &job, &ctx, claim).await else {
+        let Some(msg) = self.cleared(msg, &job, &ctx, claim, &out.to).await else {
             return Called::No;
         };
         let outcome = self.call(&msg, &out, &mut tick).await;
@@ -88,7 +89,12 @@ impl Channelled {
             .ok_or((None, "campaign has no action for this channel".to_owned()))?;
         let to = recipient(job.channel, &ctx.submission, action)
             .ok_or((None, "no recipient for this channel".to_owned()))?;
+        let unsubscribe = self.unsubscribe_url(job.channel, spec.purpose, &to);
         let tctx = render::context(&ctx.submission, &job.campaign_id.to_string(), &spec.name);
+        let tctx = match &unsubscribe {
+            Some(url) => minijinja::context! { __unsubscribe_url => url, ..tctx },
+            None => tctx,
+        };
         let rendered = self
             .templates
             .get(
@@ -112,11 +118,26 @@ impl Channelled {
             idempotency_key: job.job_id.to_string(),
             reference: job.reference_for_attempt(ctx.attempts + 1),
             image: image.map(|i| i.trim().to_owned()).filter(|i| !i.is_empty()),
+            // Marketing e-mail carries the one-click unsubscribe headers (RFC 8058).
+            unsubscribe: unsubscribe
+                .filter(|_| job.channel == Channel::Email && spec.purpose == Purpose::Marketing),
             payload: (job.channel == Channel::Webhook).then(|| {
                 serde_json::json!({"job_id": job.job_id, "submission": ctx.submission,
                     "campaign": {"id": job.campaign_id, "name": spec.name, "version": job.campaign_version}})
             }),
         })
+    }
+
+    /// The recipient's unsubscribe link (contract §3.2): a signed token of channel, purpose
+    /// and contact hash under `QUIZFLOW_PUBLIC_URL`; `None` without a public URL.
+    fn unsubscribe_url(&self, channel: Channel, purpose: Purpose, to: &str) -> Option<String> {
+        let base = self.settings.public_url.as_deref()?;
+        let hash = self.settings.hash_key.hash(channel, to)?;
+        let token = self.settings.hash_key.unsubscribe_token(channel, purpose, &hash);
+        Some(format!(
+            "{}/v1/unsubscribe/{token}",
+            base.trim_end_matches('/')
+        ))
     }
 
     /// Waits for the rate limiter (a wait, not a failure). False when the stop came first.
@@ -148,18 +169,39 @@ impl Channelled {
         ready && !self.stopping()
     }
 
-    /// The last word before the call: is the row still ours? An erasure cancels claimed rows
-    /// whose call has not begun, and waits for those that have. `None`: the job was settled
-    /// here (acked when gone, given back when the database cannot tell).
+    /// The last word before the call: is the row still ours, and may its recipient still be
+    /// messaged? An erasure cancels claimed rows whose call has not begun, and waits for those
+    /// that have; an opt-out heard since the match ends the row `suppressed`. `None`: the job
+    /// was settled here (acked when gone or suppressed, given back when the database cannot
+    /// tell).
     async fn cleared(
         &self,
         msg: JobMsg,
         job: &DeliveryJob,
         ctx: &JobContext,
         claim: Uuid,
+        to: &str,
     ) -> Option<JobMsg> {
-        match self.gate.ask(key_of(job), claim).await {
+        let call = quizflow_store::deliveries::Call {
+            key: key_of(job),
+            claim,
+            contact: self
+                .settings
+                .hash_key
+                .hash(job.channel, to)
+                .map(|h| h.to_vec()),
+            purpose: ctx.campaign.as_ref().map_or(Purpose::Marketing, |c| c.purpose).as_str(),
+        };
+        match self.gate.ask(call).await {
             crate::lease::Gate::Go => Some(msg),
+            crate::lease::Gate::Suppressed => {
+                self.metrics
+                    .skipped
+                    .with_label_values(&[self.channel.as_str(), "suppressed"])
+                    .inc();
+                msg.ack().await;
+                None
+            }
             crate::lease::Gate::Gone => {
                 tracing::debug!(job = %job.job_id, "claim gone before the call (cancelled or taken over)");
                 msg.ack().await;
@@ -193,10 +235,18 @@ impl Channelled {
 
 /// Who a job goes to: the respondent's phone or e-mail, or the action's webhook URL.
 fn recipient(channel: Channel, submission: &serde_json::Value, action: &Action) -> Option<String> {
+    match channel {
+        Channel::Webhook => action.url.clone(),
+        _ => recipient_of(channel, submission),
+    }
+}
+
+/// The person a job goes to: the respondent's phone (sms, WhatsApp) or e-mail.
+pub(crate) fn recipient_of(channel: Channel, submission: &serde_json::Value) -> Option<String> {
     let respondent = &submission["respondent"];
     match channel {
         Channel::Sms | Channel::Whatsapp => respondent["phone"].as_str().map(str::to_owned),
         Channel::Email => respondent["email"].as_str().map(str::to_owned),
-        Channel::Webhook => action.url.clone(),
+        Channel::Webhook => None,
     }
 }

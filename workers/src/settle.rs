@@ -51,6 +51,26 @@ impl Channelled {
                 let dead = (class, reason.as_str(), attempts);
                 return self.dead(msg, &job, &ctx, claim, Some(to), dead).await;
             }
+            Decision::Suppressed {
+                attempts,
+                reason,
+                detail,
+            } => {
+                // The entry first: were the row written and the entry lost, the next campaign
+                // would call the provider again.
+                if let Err(e) = self.suppress(to, reason).await {
+                    tracing::warn!(error = %e, "suppression not recorded; job naked");
+                    msg.nak(Some(Duration::from_secs(5)), Some(&job)).await;
+                    return;
+                }
+                let why = format!("suppressed: {}: {detail}", reason.as_str());
+                let history = vec![history_entry("suppressed", &why)];
+                let status = DeliveryStatus::Suppressed;
+                (
+                    update(&job, status, attempts, Some(why), history, Some(claim)),
+                    None,
+                )
+            }
         };
         match self.status.write(u).await {
             Ok(true) => match retry_in {
@@ -68,6 +88,32 @@ impl Channelled {
                 msg.nak(Some(Duration::from_secs(5)), Some(&job)).await;
             }
         }
+    }
+
+    /// Puts the recipient on the suppression list for `reason` (on this channel, for the
+    /// purposes the reason covers).
+    async fn suppress(
+        &self,
+        to: &str,
+        reason: quizflow_core::consent::Reason,
+    ) -> Result<(), quizflow_store::StoreError> {
+        let Some(hash) = self.settings.hash_key.hash(self.channel, to) else {
+            return Ok(());
+        };
+        let entry = quizflow_store::consent::NewSuppression {
+            channel: self.channel.as_str().to_owned(),
+            contact_hash: hash.to_vec(),
+            reason: reason.as_str().to_owned(),
+            scope: reason.scope().as_str().to_owned(),
+            source: format!("provider:{}", self.provider.name()),
+        };
+        let mut conn = self.pool.get().await?;
+        quizflow_store::consent::suppress(&mut conn, &[entry]).await?;
+        self.metrics
+            .suppressed
+            .with_label_values(&[self.channel.as_str(), reason.as_str()])
+            .inc();
+        Ok(())
     }
 
     /// A job whose campaign ended or went away: recorded `cancelled` (only if nobody holds
@@ -121,7 +167,7 @@ impl Channelled {
             Outcome::Transient(_) | Outcome::Uncertain(_) => {
                 m.retries.with_label_values(&[channel, "failed"]).inc()
             }
-            Outcome::Permanent(_) => {}
+            Outcome::Permanent(_) | Outcome::Suppress { .. } => {}
         }
     }
 }

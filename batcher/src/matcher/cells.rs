@@ -125,6 +125,7 @@ pub fn cell<'a>(s: &'a SubmissionEnvelope, field: &Field) -> Cell<'a> {
         Field::Email => opt(&sub.respondent.email),
         Field::Name => opt(&sub.respondent.name),
         Field::Locale => opt(&sub.respondent.locale),
+        Field::Timezone => opt(&sub.respondent.timezone),
         Field::Answer(q) => sub
             .answers
             .iter()

@@ -112,6 +112,11 @@ impl<'a> Columns<'a> {
                 n,
             )
             .eval(p.op, &p.value),
+            Field::Timezone => Dict::build(
+                b.iter().map(|s| s.submission.respondent.timezone.as_deref()),
+                n,
+            )
+            .eval(p.op, &p.value),
             Field::Name => {
                 Dict::build(b.iter().map(|s| s.submission.respondent.name.as_deref()), n)
                     .eval(p.op, &p.value)

@@ -54,6 +54,8 @@ struct Compiled {
     any: Vec<usize>,
     starts_ms: Option<i64>,
     ends_ms: Option<i64>,
+    /// The campaign's quiet hours, parsed once.
+    window: Option<quizflow_core::consent::Window>,
 }
 
 /// The active campaigns, compiled for columnar evaluation.
@@ -64,6 +66,7 @@ pub struct Matcher {
     predicates: Vec<Predicate>,
     by_quiz: HashMap<String, Vec<usize>>,
     global: Vec<usize>,
+    by_id: HashMap<uuid::Uuid, usize>,
 }
 
 impl Matcher {
@@ -109,6 +112,7 @@ impl Matcher {
                 .map(|p| intern(p, &mut m.predicates))
                 .collect();
             let idx = m.compiled.len();
+            m.by_id.insert(c.id, idx);
             match &c.spec.quiz_id {
                 Some(q) => m
                     .by_quiz
@@ -133,12 +137,22 @@ impl Matcher {
                 ends_ms: c.spec.ends_at.map(|t| t.timestamp_millis()),
                 schedules: c.spec.actions.iter().map(|a| a.schedule()).collect(),
                 recurrences: c.spec.actions.iter().map(|a| a.recurrence()).collect(),
+                window: c.spec.send_window.as_ref().and_then(|w| w.parse().ok()),
                 campaign: c,
                 all,
                 any,
             });
         }
         m
+    }
+
+    /// A compiled campaign by id, with its parsed send window.
+    pub fn campaign_by_id(
+        &self,
+        id: uuid::Uuid,
+    ) -> Option<(&Campaign, Option<&quizflow_core::consent::Window>)> {
+        let c = self.compiled.get(*self.by_id.get(&id)?)?;
+        Some((&c.campaign, c.window.as_ref()))
     }
 
     /// The delivery jobs of the `matches` whose row is in `rows` (the newly stored ones).

@@ -7,7 +7,6 @@ use async_nats::jetstream::{self, AckKind};
 use quizflow_core::{SubmissionEnvelope, SubmissionId};
 use quizflow_store::intake::{self as store, Row};
 use quizflow_store::{Retry, StoreError};
-use std::collections::HashSet;
 #[cfg(feature = "test-hooks")]
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -186,11 +185,24 @@ impl Batcher {
                 stream_seq: d.seq,
             })
             .collect();
-        let now = chrono::Utc::now();
-        let jobs_for =
-            |new_rows: &HashSet<usize>| matcher.jobs(&matches, &envelopes, new_rows, now);
+        let contacts = crate::consent::contacts(&self.settings.hash_key, &matches, &envelopes);
+        let suppressed = crate::consent::suppressed(&self.pool, &contacts).await?;
+        let planner = crate::consent::Planner {
+            matcher: &matcher,
+            matches: &matches,
+            batch: &envelopes,
+            contacts: &contacts,
+            suppressed: &suppressed,
+            now: chrono::Utc::now(),
+            per_second: self.settings.spread_per_second,
+        };
         self.ensure_partitions(&envelopes).await?;
-        let (new_rows, mut jobs) = store::store_batch(&self.pool, &rows, jobs_for).await?;
+        let (new_rows, plan) =
+            store::store_batch(&self.pool, &rows, |new_rows| planner.plan(new_rows)).await?;
+        self.metrics
+            .suppressed
+            .inc_by(plan.suppressed.len() as u64);
+        let mut jobs = plan.jobs;
         #[cfg(feature = "test-hooks")]
         if self.crash_after_commit.swap(false, Ordering::SeqCst) {
             return Err(BatcherError::SimulatedCrash);

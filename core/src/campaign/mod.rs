@@ -21,6 +21,7 @@ pub enum Field {
     Email,
     Name,
     Locale,
+    Timezone,
     Answer(String),
     Metadata(String),
 }
@@ -36,6 +37,7 @@ impl Field {
             "respondent.email" => Field::Email,
             "respondent.name" => Field::Name,
             "respondent.locale" => Field::Locale,
+            "respondent.timezone" => Field::Timezone,
             other => {
                 if let Some(q) = other
                     .strip_prefix("answers.")
@@ -61,6 +63,7 @@ impl Field {
             Field::Email => "respondent.email".into(),
             Field::Name => "respondent.name".into(),
             Field::Locale => "respondent.locale".into(),
+            Field::Timezone => "respondent.timezone".into(),
             Field::Answer(q) => format!("answers.{q}"),
             Field::Metadata(k) => format!("metadata.{k}"),
         }
@@ -194,6 +197,15 @@ pub struct CampaignSpec {
     pub priority: Priority,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
+    /// Marketing (the default) or transactional (contract §3.2).
+    #[serde(default)]
+    pub purpose: crate::consent::Purpose,
+    /// Quiet hours: messages due outside the window wait for its next opening.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_window: Option<crate::consent::SendWindow>,
+    /// At most this many of this campaign's messages per recipient and channel per window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_cap: Option<crate::consent::FrequencyCap>,
 }
 
 /// A stored campaign.

@@ -15,6 +15,9 @@ const CAMPAIGN_KEYS: &[&str] = &[
     "priority",
     "starts_at",
     "ends_at",
+    "purpose",
+    "send_window",
+    "frequency_cap",
 ];
 
 fn problem(p: &mut Vec<FieldProblem>, field: impl Into<String>, problem: impl Into<String>) {
@@ -59,6 +62,9 @@ pub fn parse_campaign(body: &Value) -> Result<CampaignSpec, ValidationErrors> {
         priority: priority(obj, &mut p),
         starts_at: time(obj, "starts_at", &mut p),
         ends_at: time(obj, "ends_at", &mut p),
+        purpose: purpose(obj, &mut p),
+        send_window: send_window(obj, &mut p),
+        frequency_cap: frequency_cap(obj, &mut p),
     };
     if let (Some(s), Some(e)) = (spec.starts_at, spec.ends_at) {
         if e <= s {
@@ -69,6 +75,49 @@ pub fn parse_campaign(body: &Value) -> Result<CampaignSpec, ValidationErrors> {
         Ok(spec)
     } else {
         Err(ValidationErrors(p))
+    }
+}
+
+fn purpose(obj: &Map<String, Value>, p: &mut Vec<FieldProblem>) -> crate::consent::Purpose {
+    match obj.get("purpose") {
+        None | Some(Value::Null) => Default::default(),
+        Some(v) => serde_json::from_value(v.clone()).unwrap_or_else(|_| {
+            problem(p, "purpose", "must be marketing or transactional");
+            Default::default()
+        }),
+    }
+}
+
+fn send_window(
+    obj: &Map<String, Value>,
+    p: &mut Vec<FieldProblem>,
+) -> Option<crate::consent::SendWindow> {
+    let v = obj.get("send_window").filter(|v| !v.is_null())?;
+    let parsed = serde_json::from_value::<crate::consent::SendWindow>(v.clone())
+        .map_err(|e| e.to_string())
+        .and_then(|w| w.parse().map(|_| w));
+    parsed
+        .map_err(|e| {
+            problem(
+                p,
+                "send_window",
+                format!("must be {{\"from\": \"HH:MM\", \"to\": \"HH:MM\", \"timezone\": IANA name}}: {e}"),
+            )
+        })
+        .ok()
+}
+
+fn frequency_cap(
+    obj: &Map<String, Value>,
+    p: &mut Vec<FieldProblem>,
+) -> Option<crate::consent::FrequencyCap> {
+    match obj.get("frequency_cap") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => s.parse().map_err(|e| problem(p, "frequency_cap", e)).ok(),
+        Some(_) => {
+            problem(p, "frequency_cap", "must be a string such as \"3/24h\"");
+            None
+        }
     }
 }
 

@@ -8,11 +8,13 @@
 //! `cancelled` are never overwritten by a late `failed`, and two copies of a job never both
 //! reach the provider unless a lease ran out.
 
+mod caps;
 mod claim;
 mod load;
 mod write;
 
-pub use claim::{claim, renew, start_calls};
+pub use caps::{claim_capped, Cap, CapClaim, Capped};
+pub use claim::{claim, renew, start_calls, Call, Start};
 pub use load::{load, JobContext, SpecCache};
 pub use write::{count_sent_for_quiz, record_dead, write, DeadLetterRow, Update};
 

@@ -91,6 +91,16 @@ pub struct Outgoing {
     pub reference: String,
     /// WhatsApp: the URL of an image sent with the message, the body its caption.
     pub image: Option<String>,
+    /// Marketing e-mail: the one-click unsubscribe URL, sent as `List-Unsubscribe` with
+    /// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+    pub unsubscribe: Option<String>,
+}
+
+impl Outgoing {
+    /// The e-mail's plain-text part: the HTML body with its tags taken out.
+    pub fn text(&self) -> String {
+        crate::render::plain_text(&self.body)
+    }
 }
 
 pub use webhook::{sign, SIGNATURE_HEADER};

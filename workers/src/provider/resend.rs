@@ -4,6 +4,13 @@
 use super::Outgoing;
 use serde_json::json;
 
+/// The one-click unsubscribe headers of RFC 8058 (what Gmail's and Yahoo's bulk-sender rules
+/// ask of marketing mail), as a JSON object of header → value.
+pub(super) fn unsubscribe_headers(url: &str) -> serde_json::Value {
+    json!({"List-Unsubscribe": format!("<{url}>"),
+           "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"})
+}
+
 pub(super) fn request(
     http: &reqwest::Client,
     base: &str,
@@ -14,6 +21,12 @@ pub(super) fn request(
     http.post(format!("{}/emails", base.trim_end_matches('/')))
         .bearer_auth(api_key)
         .header("Idempotency-Key", &out.idempotency_key)
-        .json(&json!({"from": from, "to": [out.to], "subject": out.subject.clone().unwrap_or_default(),
-            "html": out.body, "tags": [{"name": "quizflow_ref", "value": out.reference}]}))
+        .json(&{
+            let mut body = json!({"from": from, "to": [out.to], "subject": out.subject.clone().unwrap_or_default(),
+                "html": out.body, "text": out.text(), "tags": [{"name": "quizflow_ref", "value": out.reference}]});
+            if let Some(url) = &out.unsubscribe {
+                body["headers"] = unsubscribe_headers(url);
+            }
+            body
+        })
 }

@@ -1,0 +1,8 @@
+ALTER TABLE deliveries DROP CONSTRAINT deliveries_status;
+ALTER TABLE deliveries ADD CONSTRAINT deliveries_status
+    CHECK (status IN ('scheduled', 'queued', 'sending', 'sent', 'delivered', 'failed', 'dead', 'cancelled'));
+ALTER TABLE submissions DROP COLUMN timezone;
+DROP TABLE window_slots;
+DROP TABLE contact_sends;
+DROP TABLE suppressions;
+DELETE FROM quizflow_keys WHERE name = 'hash_key_fingerprint';
