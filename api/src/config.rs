@@ -167,7 +167,10 @@ impl ApiConfig {
             return Err("publish_flights must be positive".into());
         }
         if crate::split_keywords(&self.opt_out_keywords).is_empty() {
-            return Err("opt_out_keywords (QUIZFLOW_OPT_OUT_KEYWORDS) must name at least one keyword".into());
+            return Err(
+                "opt_out_keywords (QUIZFLOW_OPT_OUT_KEYWORDS) must name at least one keyword"
+                    .into(),
+            );
         }
         self.proxies().map(|_| ())
     }

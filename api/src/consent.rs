@@ -232,7 +232,13 @@ pub async fn inbound_twilio(
     };
     let text = get("Body").unwrap_or_default();
     state
-        .reply(channel, from, text, "inbound:twilio", "POST /v1/inbound/twilio")
+        .reply(
+            channel,
+            from,
+            text,
+            "inbound:twilio",
+            "POST /v1/inbound/twilio",
+        )
         .await?;
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "text/xml")
@@ -343,7 +349,14 @@ pub async fn add(
         None => Scope::All,
     };
     state
-        .suppress_hash(channel, hash, reason, scope, "admin", "POST /v1/suppressions")
+        .suppress_hash(
+            channel,
+            hash,
+            reason,
+            scope,
+            "admin",
+            "POST /v1/suppressions",
+        )
         .await?;
     let body = serde_json::json!({"channel": channel.as_str(), "contact_hash": hex::encode(hash),
         "reason": reason.as_str(), "purpose": scope.as_str()});

@@ -22,8 +22,8 @@ mod routes;
 mod stats;
 
 pub use callbacks::CallbackSettings;
-pub use consent::{split_keywords, ConsentSettings, DEFAULT_OPT_IN, DEFAULT_OPT_OUT};
 pub use config::{ApiConfig, ApiSettings, MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_BODY_BYTES};
+pub use consent::{split_keywords, ConsentSettings, DEFAULT_OPT_IN, DEFAULT_OPT_OUT};
 pub use error::ApiError;
 pub use limits::LimitScope;
 

@@ -128,10 +128,13 @@ pub async fn stats(state: Data<&Arc<AppState>>) -> Result<Json<Value>, ApiError>
         let names = quizflow_store::campaigns::names(&mut conn)
             .await
             .map_err(db_error)?;
-        Ok::<_, ApiError>((rows, instances, names))
+        let suppressions = quizflow_store::consent::counts(&mut conn)
+            .await
+            .map_err(db_error)?;
+        Ok::<_, ApiError>((rows, instances, names, suppressions))
     };
     let (depths, db) = tokio::join!(depths, db);
-    let (rows, instances, names) = db?;
+    let (rows, instances, names, suppressions) = db?;
     let depths = match depths {
         Ok(Ok(d)) => Some(d),
         Ok(Err(e)) => {
@@ -159,6 +162,18 @@ pub async fn stats(state: Data<&Arc<AppState>>) -> Result<Json<Value>, ApiError>
     );
     body.insert("deliveries".into(), json!(t.deliveries));
     body.insert("dead_letters".into(), json!(t.dead_letters));
+    // The suppression list by reason (contract §3.2): why people are not messaged.
+    let by_reason: BTreeMap<&str, i64> = quizflow_core::consent::Reason::ALL
+        .iter()
+        .map(|r| {
+            let n = suppressions
+                .iter()
+                .find(|(s, _)| s == r.as_str())
+                .map_or(0, |(_, n)| *n);
+            (r.as_str(), n)
+        })
+        .collect();
+    body.insert("suppressions".into(), json!(by_reason));
     body.insert("streams".into(), streams);
     body.insert("consumers".into(), consumers);
     body.insert("circuits".into(), circuits_json(&instances));

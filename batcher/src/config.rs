@@ -27,7 +27,7 @@ impl Default for BatcherSettings {
             retention_months: 12,
             campaign_refresh: Duration::from_secs(60),
             hash_key: quizflow_core::consent::HashKey::for_tests(),
-            spread_per_second: 100,
+            spread_per_second: 50,
         }
     }
 }

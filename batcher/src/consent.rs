@@ -37,7 +37,8 @@ pub(crate) fn contacts(key: &HashKey, matches: &[Match], batch: &[SubmissionEnve
 
 /// The entries of a batch's contacts, in one query (none when no match has a contact).
 pub(crate) async fn suppressed(pool: &Pool, contacts: &Contacts) -> Result<Suppressed, StoreError> {
-    let pairs: HashSet<(Channel, ContactHash)> = contacts.iter().map(|((_, c), h)| (*c, *h)).collect();
+    let pairs: HashSet<(Channel, ContactHash)> =
+        contacts.iter().map(|((_, c), h)| (*c, *h)).collect();
     if pairs.is_empty() {
         return Ok(Suppressed::new());
     }
@@ -54,7 +55,9 @@ pub(crate) async fn suppressed(pool: &Pool, contacts: &Contacts) -> Result<Suppr
         ) else {
             continue;
         };
-        out.entry((channel, hash)).or_default().push((scope, s.reason));
+        out.entry((channel, hash))
+            .or_default()
+            .push((scope, s.reason));
     }
     Ok(out)
 }

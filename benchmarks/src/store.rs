@@ -177,8 +177,7 @@ async fn quizflow_batch(
         })
         .collect();
     let now = chrono::Utc::now();
-    let jobs_for =
-        |new_rows: &HashSet<usize>| matcher.jobs(&matches, rows, new_rows, now).into();
+    let jobs_for = |new_rows: &HashSet<usize>| matcher.jobs(&matches, rows, new_rows, now).into();
     let (_, jobs) = store::store_batch(pool, &store_rows, jobs_for).await?;
     Ok(jobs.jobs.len())
 }

@@ -54,7 +54,10 @@ impl HashKey {
 
     /// The hash of a contact already normalised.
     pub fn hash_normalised(&self, kind: ContactKind, normalised: &str) -> ContactHash {
-        hmac_sha256(&self.0, &[kind.as_str().as_bytes(), b":", normalised.as_bytes()])
+        hmac_sha256(
+            &self.0,
+            &[kind.as_str().as_bytes(), b":", normalised.as_bytes()],
+        )
     }
 
     /// The hash of the contact a channel sends to (phone for sms and WhatsApp, e-mail for
@@ -66,7 +69,12 @@ impl HashKey {
 
     /// The unsubscribe token of (channel, purpose, contact): the three, and a MAC over them.
     /// No contact in it, so it keeps working after the person is erased.
-    pub fn unsubscribe_token(&self, channel: Channel, purpose: Purpose, hash: &ContactHash) -> String {
+    pub fn unsubscribe_token(
+        &self,
+        channel: Channel,
+        purpose: Purpose,
+        hash: &ContactHash,
+    ) -> String {
         let mut payload = Vec::with_capacity(34);
         payload.push(channel_byte(channel));
         payload.push(purpose as u8);
@@ -87,7 +95,9 @@ impl HashKey {
         if !same || payload.len() != 34 {
             return None;
         }
-        let channel = *Channel::ALL.iter().find(|c| channel_byte(**c) == payload[0])?;
+        let channel = *Channel::ALL
+            .iter()
+            .find(|c| channel_byte(**c) == payload[0])?;
         let purpose = [Purpose::Marketing, Purpose::Transactional]
             .into_iter()
             .find(|p| *p as u8 == payload[1])?;
@@ -349,7 +359,12 @@ impl FromStr for FrequencyCap {
 
 impl fmt::Display for FrequencyCap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.count, humantime::format_duration(self.window))
+        write!(
+            f,
+            "{}/{}",
+            self.count,
+            humantime::format_duration(self.window)
+        )
     }
 }
 
@@ -361,7 +376,9 @@ impl Serialize for FrequencyCap {
 
 impl<'de> Deserialize<'de> for FrequencyCap {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -449,7 +466,10 @@ mod tests {
     fn phones_normalise_to_e164_however_written() {
         let n = |s| normalise_phone(s);
         assert_eq!(n("+5511987654321").as_deref(), Some("+5511987654321"));
-        assert_eq!(n("whatsapp:+5511987654321").as_deref(), Some("+5511987654321"));
+        assert_eq!(
+            n("whatsapp:+5511987654321").as_deref(),
+            Some("+5511987654321")
+        );
         assert_eq!(n("5511987654321").as_deref(), Some("+5511987654321"));
         // WhatsApp's wa_id of an older Brazilian account: the ninth digit restored.
         assert_eq!(n("551187654321").as_deref(), Some("+5511987654321"));
@@ -494,7 +514,10 @@ mod tests {
         assert_eq!(other.open_unsubscribe(&t), None);
         let mut tampered = t.clone().into_bytes();
         tampered[3] ^= 1;
-        assert_eq!(k.open_unsubscribe(&String::from_utf8_lossy(&tampered)), None);
+        assert_eq!(
+            k.open_unsubscribe(&String::from_utf8_lossy(&tampered)),
+            None
+        );
         assert_eq!(k.open_unsubscribe("garbage"), None);
     }
 
@@ -521,7 +544,9 @@ mod tests {
     }
 
     fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).expect("time").with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&Utc)
     }
 
     #[test]

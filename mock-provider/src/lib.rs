@@ -12,9 +12,13 @@
 //! way), for a share of accepted messages after a delay: `PUT /_mock/callbacks`
 //! ([`Callbacks`]); Twilio's go to the message's `StatusCallback`, WhatsApp's and e-mail's to
 //! the configured URLs; `GET /_mock/callbacks` counts them by the status they were answered. Magic recipients: `+15005550001` (21211 invalid number), `+15005550009`
-//! (21614 not SMS-capable), `bounce@quizflow.test` (permanent rejection). Memory is bounded:
+//! (21614 not SMS-capable), `+15005550021` (opted out: Twilio 21610, WhatsApp 131050),
+//! `bounce@quizflow.test` (permanent rejection; SMTP `550 5.1.1`), `complaint@quizflow.test`
+//! (accepted, then reported as a spam complaint). `POST /_mock/inbound` sends a person's
+//! reply (`{"channel", "from", "body"}`) to quizflow as the provider would, signed. Memory is bounded:
 //! the oldest records are dropped past [`MAX_RECORDS`].
 
+mod inbound;
 mod inspect;
 mod providers;
 mod smtp;
@@ -38,6 +42,10 @@ pub const MAX_RECORDS: usize = 100_000;
 pub const INVALID_NUMBER: &str = "+15005550001";
 pub const NOT_SMS_CAPABLE: &str = "+15005550009";
 pub const BOUNCE_EMAIL: &str = "bounce@quizflow.test";
+/// A number that opted out with the provider: Twilio answers 21610, WhatsApp 131050.
+pub const OPTED_OUT: &str = "+15005550021";
+/// An address whose mail is accepted, then reported as a spam complaint (`email.complained`).
+pub const COMPLAINT_EMAIL: &str = "complaint@quizflow.test";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Message {
@@ -51,6 +59,12 @@ pub struct Message {
     pub media: Option<String>,
     pub idempotency_key: Option<String>,
     pub received_at: DateTime<Utc>,
+    /// E-mail: the plain-text part, when the message had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// E-mail: the headers the sender set beside the usual ones (`List-Unsubscribe`, ...).
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub headers: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,6 +107,10 @@ pub struct Callbacks {
     /// E-mail (Resend/Svix) webhook URL and its `whsec_` secret.
     pub email_url: Option<String>,
     pub email_secret: Option<String>,
+    /// Where `POST /_mock/inbound` delivers a reply as Twilio's incoming-message webhook, and
+    /// the auth token it is signed with.
+    pub twilio_inbound_url: Option<String>,
+    pub twilio_auth_token: Option<String>,
 }
 
 impl Callbacks {
@@ -122,6 +140,11 @@ impl MockState {
 
     pub fn messages(&self) -> Vec<Message> {
         self.lock().messages.iter().cloned().collect()
+    }
+
+    /// The status callbacks as set.
+    pub fn callbacks(&self) -> Callbacks {
+        self.lock().callbacks.clone()
     }
 
     /// Sets the status callbacks (what `PUT /_mock/callbacks` does).
@@ -246,6 +269,7 @@ pub fn app(state: MockState) -> impl poem::Endpoint<Output = Response> {
         .at("/_mock/requests", get(list_requests))
         .at("/_mock/faults", put(set_fault))
         .at("/_mock/callbacks", put(set_callbacks).get(callbacks_sent))
+        .at("/_mock/inbound", post(inbound::inbound))
         // A target that redirects: quizflow must not follow it (contract §4).
         .at("/_mock/redirect", post(redirect))
         .data(state)

@@ -16,9 +16,12 @@ pub(crate) fn magic(channel: &str, to: &str) -> Option<Response> {
         INVALID_NUMBER => (21211, "The 'To' number is not a valid phone number."),
         NOT_SMS_CAPABLE => (21614, "'To' number is not a valid mobile number"),
         BOUNCE_EMAIL => (550, "recipient rejected"),
+        OPTED_OUT => (21610, "Attempt to send to unsubscribed recipient"),
         _ => return None,
     };
     let body = match channel {
+        "whatsapp" if to == OPTED_OUT => json!({"error": {"code": 131050,
+            "message": "Unable to deliver the message. This recipient has chosen to stop receiving marketing messages on WhatsApp from your business."}}),
         // WhatsApp Cloud's "message undeliverable" for an unreachable recipient.
         "whatsapp" => json!({"error": {"code": 131026, "message": msg}}),
         "email" => json!({"statusCode": 422, "name": "validation_error", "message": msg}),
@@ -81,6 +84,8 @@ pub(crate) async fn twilio(
                 media: None,
                 idempotency_key: key,
                 received_at: Utc::now(),
+                text: None,
+                headers: Default::default(),
             });
             if let (Some(url), Some(token), Some(cb)) = (
                 f.status_callback.clone(),
@@ -152,6 +157,8 @@ pub(crate) async fn whatsapp_cloud(
                 media,
                 idempotency_key: key,
                 received_at: Utc::now(),
+                text: None,
+                headers: Default::default(),
             });
             let wamid = format!("wamid.{}", uuid_like());
             if let Some(cb) = state.callback_for() {
@@ -203,6 +210,8 @@ pub(crate) async fn evolution(
                 media: None,
                 idempotency_key: key,
                 received_at: Utc::now(),
+                text: None,
+                headers: Default::default(),
             });
             (
                 StatusCode::CREATED,
@@ -233,7 +242,14 @@ pub(crate) async fn resend(
         Verdict::Reject(resp, _) => resp,
         Verdict::Accept => {
             let email_id = uuid_like();
-            if let Some(cb) = state.callback_for() {
+            // A complaint is always reported (when e-mail callbacks are configured at all).
+            let complaint = to == COMPLAINT_EMAIL;
+            let cb = state.callback_for().or_else(|| {
+                complaint
+                    .then(|| state.callbacks())
+                    .filter(|c| c.email_url.is_some())
+            });
+            if let Some(cb) = cb {
                 if let (Some(url), Some(secret)) = (cb.email_url.clone(), cb.email_secret.clone()) {
                     // Resend's event shape: tags come back as an object.
                     let mut tags = serde_json::Map::new();
@@ -247,8 +263,12 @@ pub(crate) async fn resend(
                         data["bounce"] =
                             json!({"message": "mailbox does not exist", "type": "Permanent"});
                     }
-                    let doc = json!({"type": if cb.failed() { "email.bounced" } else { "email.delivered" },
-                        "created_at": Utc::now(), "data": data});
+                    let kind = match () {
+                        _ if complaint => "email.complained",
+                        _ if cb.failed() => "email.bounced",
+                        _ => "email.delivered",
+                    };
+                    let doc = json!({"type": kind, "created_at": Utc::now(), "data": data});
                     let raw = serde_json::to_vec(&doc).unwrap_or_default();
                     let id = format!("msg_{}", uuid_like());
                     let ts = Utc::now().timestamp().to_string();
@@ -278,6 +298,8 @@ pub(crate) async fn resend(
                 media: None,
                 idempotency_key: key,
                 received_at: Utc::now(),
+                text: body["text"].as_str().map(str::to_owned),
+                headers: body["headers"].as_object().cloned().unwrap_or_default(),
             });
             Json(json!({"id": email_id})).into_response()
         }
@@ -304,6 +326,8 @@ pub(crate) async fn webhook(
                 media: None,
                 idempotency_key: key,
                 received_at: Utc::now(),
+                text: None,
+                headers: Default::default(),
             });
             StatusCode::NO_CONTENT.into_response()
         }

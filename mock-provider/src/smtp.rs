@@ -103,17 +103,38 @@ pub(crate) fn rcpt_to(state: &MockState, line: &str) -> (&'static str, Option<St
 
 /// A message's `DATA`: its headers and body read, then judged like any provider request.
 pub(crate) async fn data_received(state: &MockState, to: String, data: &[String]) -> &'static str {
-    let blank = data.iter().position(|l| l.is_empty()).unwrap_or(data.len());
-    let subject = data[..blank]
-        .iter()
-        .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned));
-    let key = data[..blank]
-        .iter()
-        .find_map(|l| l.strip_prefix("Message-ID: ").map(str::to_owned));
-    let body = data
-        .get(blank + 1..)
-        .map(|b| b.join("\n"))
-        .unwrap_or_default();
+    let (head, rest) = split_head(data);
+    let subject = field(&head, "Subject");
+    let key = field(&head, "Message-ID");
+    let mut headers = serde_json::Map::new();
+    for name in ["List-Unsubscribe", "List-Unsubscribe-Post"] {
+        if let Some(v) = field(&head, name) {
+            headers.insert(name.to_owned(), v.into());
+        }
+    }
+    // A multipart/alternative message: its HTML part is the body, its plain part the text.
+    let (body, text) = match field(&head, "Content-Type")
+        .as_deref()
+        .and_then(|t| t.split("boundary=").nth(1))
+        .map(|b| b.trim_matches('"').to_owned())
+    {
+        Some(boundary) => {
+            let parts = parts(rest, &boundary);
+            let of = |kind: &str| {
+                parts
+                    .iter()
+                    .find(|(t, _)| t.starts_with(kind))
+                    .map(|(_, b)| b.clone())
+            };
+            (
+                of("text/html")
+                    .or_else(|| of("text/plain"))
+                    .unwrap_or_default(),
+                of("text/plain"),
+            )
+        }
+        None => (rest.join("\n"), None),
+    };
     match state.judge("email", &to, key.clone()).await {
         Verdict::Accept => {
             state.record(Message {
@@ -124,6 +145,8 @@ pub(crate) async fn data_received(state: &MockState, to: String, data: &[String]
                 media: None,
                 idempotency_key: key,
                 received_at: Utc::now(),
+                text,
+                headers,
             });
             "250 2.0.0 queued\r\n"
         }
@@ -132,4 +155,107 @@ pub(crate) async fn data_received(state: &MockState, to: String, data: &[String]
         }
         Verdict::Reject(..) => "451 4.3.0 try again later (injected)\r\n",
     }
+}
+
+/// The header lines (continuations unfolded) and the lines after the blank one.
+fn split_head(lines: &[String]) -> (Vec<String>, &[String]) {
+    let blank = lines
+        .iter()
+        .position(|l| l.is_empty())
+        .unwrap_or(lines.len());
+    let mut head: Vec<String> = Vec::new();
+    for l in &lines[..blank] {
+        match head.last_mut() {
+            Some(last) if l.starts_with([' ', '\t']) => {
+                last.push(' ');
+                last.push_str(l.trim());
+            }
+            _ => head.push(l.clone()),
+        }
+    }
+    (head, lines.get(blank + 1..).unwrap_or_default())
+}
+
+fn field(head: &[String], name: &str) -> Option<String> {
+    head.iter().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
+}
+
+/// The parts of a multipart body: each one's content type and decoded text.
+fn parts(body: &[String], boundary: &str) -> Vec<(String, String)> {
+    let delimiter = format!("--{boundary}");
+    let mut out = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    let mut inside = false;
+    for l in body {
+        if l.starts_with(&delimiter) {
+            if inside {
+                out.push(decode_part(&current));
+            }
+            current.clear();
+            inside = !l.ends_with("--");
+            continue;
+        }
+        if inside {
+            current.push(l.clone());
+        }
+    }
+    out
+}
+
+fn decode_part(lines: &[String]) -> (String, String) {
+    let (head, body) = split_head(lines);
+    let kind = field(&head, "Content-Type")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let encoding = field(&head, "Content-Transfer-Encoding")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let text = match encoding.as_str() {
+        "base64" => {
+            use base64::Engine;
+            let joined: String = body.concat();
+            base64::engine::general_purpose::STANDARD
+                .decode(joined.trim())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        }
+        "quoted-printable" => quoted_printable(body),
+        _ => body.join("\n"),
+    };
+    (kind, text)
+}
+
+/// RFC 2045 quoted-printable: `=XX` bytes, `=` at a line's end joins it to the next.
+fn quoted_printable(lines: &[String]) -> String {
+    let mut bytes = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let (l, soft) = match l.strip_suffix('=') {
+            Some(l) => (l, true),
+            None => (l.as_str(), false),
+        };
+        let b = l.as_bytes();
+        let mut j = 0;
+        while j < b.len() {
+            let hex = b
+                .get(j + 1..j + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match (b[j], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+                (b'=', Some(byte)) => {
+                    bytes.push(byte);
+                    j += 3;
+                }
+                (c, _) => {
+                    bytes.push(c);
+                    j += 1;
+                }
+            }
+        }
+        if !soft && i + 1 < lines.len() {
+            bytes.push(b'\n');
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }

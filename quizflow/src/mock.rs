@@ -28,6 +28,10 @@ pub async fn serve(cfg: &Config, shutdown: impl Future<Output = ()>) -> anyhow::
             whatsapp_app_secret: cfg.api.whatsapp_app_secret.clone(),
             email_url: Some(format!("{public}/v1/callbacks/email")),
             email_secret: cfg.api.email_webhook_secret.clone(),
+            // `POST /_mock/inbound` replies as Twilio would, signed with the mock account's
+            // token (the one `up` gives the API).
+            twilio_inbound_url: Some(format!("{public}/v1/inbound/twilio")),
+            twilio_auth_token: Some("mock".into()),
         });
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

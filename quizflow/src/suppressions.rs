@@ -44,8 +44,8 @@ pub async fn run(cfg: Config, cmd: SuppressionsCommand) -> anyhow::Result<()> {
     let default_reason: Reason = args.reason.parse().map_err(anyhow::Error::msg)?;
     let default_scope: Scope = args.purpose.parse().map_err(anyhow::Error::msg)?;
     let started = std::time::Instant::now();
-    let file = std::fs::File::open(&args.file)
-        .with_context(|| format!("open {}", args.file.display()))?;
+    let file =
+        std::fs::File::open(&args.file).with_context(|| format!("open {}", args.file.display()))?;
     let mut entries = Vec::new();
     let mut bad = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
@@ -134,7 +134,10 @@ mod tests {
         let mail = rows("Ana@Example.com,,complaint").expect("mail");
         assert_eq!((mail.len(), mail[0].reason.as_str()), (1, "complaint"));
         assert_eq!(mail[0].scope, "all");
-        assert_eq!(rows("+5511987654321,sms,,marketing").expect("sms")[0].scope, "marketing");
+        assert_eq!(
+            rows("+5511987654321,sms,,marketing").expect("sms")[0].scope,
+            "marketing"
+        );
         assert!(rows("not-a-contact").is_err());
         assert!(rows("+5511987654321,fax").is_err());
         assert!(rows("+5511987654321,sms,whim").is_err());

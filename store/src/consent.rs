@@ -193,7 +193,7 @@ pub async fn import(pool: &Pool, entries: &[NewSuppression]) -> Result<u64, Stor
         let params: [&(dyn ToSql + Sync); 5] = [&channels, &hashes, &reasons, &scopes, &sources];
         added += tokio_postgres::Client::execute(
             &conn.client,
-                "INSERT INTO suppressions (channel, contact_hash, reason, scope, source) \
+            "INSERT INTO suppressions (channel, contact_hash, reason, scope, source) \
                  SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::text[], $4::text[], $5::text[]) \
                  ON CONFLICT (channel, contact_hash, reason) DO NOTHING",
             &params,

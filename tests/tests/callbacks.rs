@@ -40,6 +40,7 @@ async fn given_the_mock_reports_delivery_then_rows_move_forward_only_and_forgeri
         whatsapp_app_secret: Some(APP_SECRET.into()),
         email_url: Some(api.url("/v1/callbacks/email")),
         email_secret: Some(EMAIL_SECRET.into()),
+        ..Default::default()
     });
     let base = api.base.clone();
     let mock = pipeline_behind(&api.nats.url(), &api.db.url, state, move |s| {

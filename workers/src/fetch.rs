@@ -303,7 +303,10 @@ impl Channelled {
             Err(e) => Err(e.into()),
         };
         match claimed {
-            Ok(c) => (c.claimed.into_iter().collect(), c.capped.into_iter().collect()),
+            Ok(c) => (
+                c.claimed.into_iter().collect(),
+                c.capped.into_iter().collect(),
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, "claim failed; jobs naked");
                 (HashSet::new(), HashSet::new())

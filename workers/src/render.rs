@@ -88,9 +88,11 @@ fn add_qr_functions(env: &mut Environment<'static>, links: Option<Arc<QrLinks>>)
 /// message by the worker (it needs the recipient's hash) and handed in the context.
 fn add_unsubscribe_function(env: &mut Environment<'static>) {
     env.add_function("unsubscribe_url", |state: &minijinja::State| {
+        // Safe: quizflow's own URL (the public address and a base64url token), which an
+        // HTML body must carry unescaped for the link to work.
         state
             .lookup("__unsubscribe_url")
-            .and_then(|v| v.as_str().map(str::to_owned))
+            .and_then(|v| v.as_str().map(|s| minijinja::Value::from_safe_string(s.to_owned())))
             .ok_or_else(|| {
                 template_error(
                     "unsubscribe_url needs QUIZFLOW_PUBLIC_URL (where the API serves the link) and a recipient"

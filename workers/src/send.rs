@@ -133,7 +133,10 @@ impl Channelled {
     fn unsubscribe_url(&self, channel: Channel, purpose: Purpose, to: &str) -> Option<String> {
         let base = self.settings.public_url.as_deref()?;
         let hash = self.settings.hash_key.hash(channel, to)?;
-        let token = self.settings.hash_key.unsubscribe_token(channel, purpose, &hash);
+        let token = self
+            .settings
+            .hash_key
+            .unsubscribe_token(channel, purpose, &hash);
         Some(format!(
             "{}/v1/unsubscribe/{token}",
             base.trim_end_matches('/')
@@ -190,7 +193,11 @@ impl Channelled {
                 .hash_key
                 .hash(job.channel, to)
                 .map(|h| h.to_vec()),
-            purpose: ctx.campaign.as_ref().map_or(Purpose::Marketing, |c| c.purpose).as_str(),
+            purpose: ctx
+                .campaign
+                .as_ref()
+                .map_or(Purpose::Marketing, |c| c.purpose)
+                .as_str(),
         };
         match self.gate.ask(call).await {
             crate::lease::Gate::Go => Some(msg),

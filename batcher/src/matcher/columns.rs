@@ -113,7 +113,8 @@ impl<'a> Columns<'a> {
             )
             .eval(p.op, &p.value),
             Field::Timezone => Dict::build(
-                b.iter().map(|s| s.submission.respondent.timezone.as_deref()),
+                b.iter()
+                    .map(|s| s.submission.respondent.timezone.as_deref()),
                 n,
             )
             .eval(p.op, &p.value),

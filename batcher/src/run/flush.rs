@@ -199,9 +199,7 @@ impl Batcher {
         self.ensure_partitions(&envelopes).await?;
         let (new_rows, plan) =
             store::store_batch(&self.pool, &rows, |new_rows| planner.plan(new_rows)).await?;
-        self.metrics
-            .suppressed
-            .inc_by(plan.suppressed.len() as u64);
+        self.metrics.suppressed.inc_by(plan.suppressed.len() as u64);
         let mut jobs = plan.jobs;
         #[cfg(feature = "test-hooks")]
         if self.crash_after_commit.swap(false, Ordering::SeqCst) {

@@ -100,7 +100,11 @@ pub async fn claim_capped(
         end_capped(conn, &ended, claim_id).await?;
         let ended: HashSet<&Key> = ended_keys.iter().collect();
         Ok(CapClaim {
-            claimed: claimed.iter().filter(|k| !ended.contains(k)).cloned().collect(),
+            claimed: claimed
+                .iter()
+                .filter(|k| !ended.contains(k))
+                .cloned()
+                .collect(),
             capped: ended_keys,
         })
     })
@@ -112,11 +116,7 @@ type Counted<'a> = (Vec<(&'a Key, &'a [u8])>, Vec<(Key, Cap)>);
 
 /// Which claimed jobs are counted now (with their contact) and which are over a cap (with
 /// the cap they hit), given the sends already counted.
-fn count<'a>(
-    claimed: &[Key],
-    capped: &'a [Capped],
-    recent: &[Sent],
-) -> Counted<'a> {
+fn count<'a>(claimed: &[Key], capped: &'a [Capped], recent: &[Sent]) -> Counted<'a> {
     let claimed: HashSet<&Key> = claimed.iter().collect();
     let already: HashSet<(Uuid, Uuid, i16)> = recent
         .iter()
@@ -196,7 +196,11 @@ async fn end_capped(
     let why: Vec<String> = ended
         .iter()
         .map(|(_, cap)| {
-            let scope = if cap.campaign.is_some() { "campaign" } else { "channel" };
+            let scope = if cap.campaign.is_some() {
+                "campaign"
+            } else {
+                "channel"
+            };
             format!(
                 "capped: {} per {}s ({scope} frequency cap)",
                 cap.count, cap.window_s

@@ -19,9 +19,13 @@ fn hard_bounce(answer: &str) -> bool {
 #[cfg(test)]
 #[test]
 fn hard_bounces_are_5_1_x() {
-    assert!(hard_bounce("permanent error (550): 5.1.1 <x@y>: user unknown"));
+    assert!(hard_bounce(
+        "permanent error (550): 5.1.1 <x@y>: user unknown"
+    ));
     assert!(hard_bounce("550 5.1.10 null MX"));
-    assert!(!hard_bounce("permanent error (550): 5.7.1 message rejected as spam"));
+    assert!(!hard_bounce(
+        "permanent error (550): 5.7.1 message rejected as spam"
+    ));
     assert!(!hard_bounce("554 15.1.1 odd"));
 }
 
@@ -90,8 +94,10 @@ pub(super) async fn send(
                 "List-Unsubscribe=One-Click".to_owned(),
             ));
     }
-    let message =
-        builder.multipart(MultiPart::alternative_plain_html(out.text(), out.body.clone()));
+    let message = builder.multipart(MultiPart::alternative_plain_html(
+        out.text(),
+        out.body.clone(),
+    ));
     let message = match message {
         Ok(m) => m,
         Err(e) => return Outcome::Permanent(format!("smtp: {e}")),
