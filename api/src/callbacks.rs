@@ -462,26 +462,7 @@ pub async fn email(
             .inc();
         return Ok(Json(serde_json::json!({ "moved": 0, "replayed": true })).into_response());
     }
-    // A hard bounce (Resend's `Permanent`) and a complaint suppress the address.
-    let bounce = doc["data"]["bounce"]["type"].as_str();
-    let reason = match kind {
-        "email.bounced" if bounce.is_none_or(|t| t.eq_ignore_ascii_case("permanent")) => {
-            Some(Reason::HardBounce)
-        }
-        "email.complained" => Some(Reason::Complaint),
-        _ => None,
-    };
-    let to = doc["data"]["to"]
-        .as_array()
-        .and_then(|t| t.first())
-        .or(Some(&doc["data"]["to"]))
-        .and_then(|t| t.as_str());
-    if let (Some(reason), Some(to)) = (reason, to) {
-        let route = "POST /v1/callbacks/email";
-        state
-            .suppress(Channel::Email, to, reason, "callback:email", route)
-            .await?;
-    }
+    email_suppression(&state, kind, &doc).await?;
     let answer = state.apply_reports("email", reports).await?;
     if let Ok(mut conn) = state.db.get().await {
         if let Err(e) = quizflow_store::reports::webhook_applied(&mut conn, id).await {
@@ -489,4 +470,33 @@ pub async fn email(
         }
     }
     Ok(answer)
+}
+
+/// A hard bounce (Resend's `Permanent`, or a bounce without a type) and a complaint suppress
+/// the address (contract §3.2).
+async fn email_suppression(
+    state: &AppState,
+    kind: &str,
+    doc: &serde_json::Value,
+) -> Result<(), ApiError> {
+    let bounce = doc["data"]["bounce"]["type"].as_str();
+    let reason = match kind {
+        "email.bounced" if bounce.is_none_or(|t| t.eq_ignore_ascii_case("permanent")) => {
+            Reason::HardBounce
+        }
+        "email.complained" => Reason::Complaint,
+        _ => return Ok(()),
+    };
+    let to = doc["data"]["to"]
+        .as_array()
+        .and_then(|t| t.first())
+        .or(Some(&doc["data"]["to"]))
+        .and_then(|t| t.as_str());
+    if let Some(to) = to {
+        let route = "POST /v1/callbacks/email";
+        state
+            .suppress(Channel::Email, to, reason, "callback:email", route)
+            .await?;
+    }
+    Ok(())
 }

@@ -538,6 +538,11 @@ mod tests {
     fn caps_parse() {
         let c: FrequencyCap = "3/24h".parse().expect("cap");
         assert_eq!((c.count, c.window), (3, Duration::from_secs(86_400)));
+        assert_eq!(c.to_string(), "3/1d");
+        assert_eq!(
+            "2/90m".parse::<FrequencyCap>().map(|c| c.to_string()),
+            Ok("2/90m".into())
+        );
         assert!("0/1h".parse::<FrequencyCap>().is_err());
         assert!("3".parse::<FrequencyCap>().is_err());
         assert!("3/forever".parse::<FrequencyCap>().is_err());

@@ -250,41 +250,7 @@ pub(crate) async fn resend(
                     .filter(|c| c.email_url.is_some())
             });
             if let Some(cb) = cb {
-                if let (Some(url), Some(secret)) = (cb.email_url.clone(), cb.email_secret.clone()) {
-                    // Resend's event shape: tags come back as an object.
-                    let mut tags = serde_json::Map::new();
-                    for t in body["tags"].as_array().into_iter().flatten() {
-                        if let (Some(n), Some(v)) = (t["name"].as_str(), t["value"].as_str()) {
-                            tags.insert(n.to_owned(), v.into());
-                        }
-                    }
-                    let mut data = json!({"email_id": email_id, "to": [to], "created_at": Utc::now(), "tags": tags});
-                    if cb.failed() {
-                        data["bounce"] =
-                            json!({"message": "mailbox does not exist", "type": "Permanent"});
-                    }
-                    let kind = match () {
-                        _ if complaint => "email.complained",
-                        _ if cb.failed() => "email.bounced",
-                        _ => "email.delivered",
-                    };
-                    let doc = json!({"type": kind, "created_at": Utc::now(), "data": data});
-                    let raw = serde_json::to_vec(&doc).unwrap_or_default();
-                    let id = format!("msg_{}", uuid_like());
-                    let ts = Utc::now().timestamp().to_string();
-                    if let Some(signature) =
-                        quizflow_core::signatures::svix(&secret, &id, &ts, &raw)
-                    {
-                        state.call_back("email", cb.delay_ms, move |http| {
-                            http.post(url)
-                                .header("content-type", "application/json")
-                                .header("svix-id", id)
-                                .header("svix-timestamp", ts)
-                                .header("svix-signature", signature)
-                                .body(raw)
-                        });
-                    }
-                }
+                resend_event(&state, &cb, &body, &to, &email_id, complaint);
             }
             state.record(Message {
                 channel: "email",
@@ -331,5 +297,51 @@ pub(crate) async fn webhook(
             });
             StatusCode::NO_CONTENT.into_response()
         }
+    }
+}
+
+/// Resend's webhook event for an accepted e-mail (Svix-signed): `email.complained` for the
+/// complaint address, `email.bounced` when the callbacks say `failed`, else `email.delivered`.
+fn resend_event(
+    state: &MockState,
+    cb: &Callbacks,
+    body: &Value,
+    to: &str,
+    email_id: &str,
+    complaint: bool,
+) {
+    let (Some(url), Some(secret)) = (cb.email_url.clone(), cb.email_secret.clone()) else {
+        return;
+    };
+    // Resend's event shape: tags come back as an object.
+    let mut tags = serde_json::Map::new();
+    for t in body["tags"].as_array().into_iter().flatten() {
+        if let (Some(n), Some(v)) = (t["name"].as_str(), t["value"].as_str()) {
+            tags.insert(n.to_owned(), v.into());
+        }
+    }
+    let mut data =
+        json!({"email_id": email_id, "to": [to], "created_at": Utc::now(), "tags": tags});
+    if cb.failed() {
+        data["bounce"] = json!({"message": "mailbox does not exist", "type": "Permanent"});
+    }
+    let kind = match () {
+        _ if complaint => "email.complained",
+        _ if cb.failed() => "email.bounced",
+        _ => "email.delivered",
+    };
+    let doc = json!({"type": kind, "created_at": Utc::now(), "data": data});
+    let raw = serde_json::to_vec(&doc).unwrap_or_default();
+    let id = format!("msg_{}", uuid_like());
+    let ts = Utc::now().timestamp().to_string();
+    if let Some(signature) = quizflow_core::signatures::svix(&secret, &id, &ts, &raw) {
+        state.call_back("email", cb.delay_ms, move |http| {
+            http.post(url)
+                .header("content-type", "application/json")
+                .header("svix-id", id)
+                .header("svix-timestamp", ts)
+                .header("svix-signature", signature)
+                .body(raw)
+        });
     }
 }

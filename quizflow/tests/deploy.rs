@@ -315,7 +315,7 @@ fn compose_services_run_real_commands_with_known_keys() {
                 });
                 // `${VAR:?…}` is the operator's to set: a valid stand-in.
                 let v = if v.starts_with("${") {
-                    "0123456789abcdef0123".to_owned()
+                    "0123456789abcdef0123456789abcdef".to_owned()
                 } else {
                     v
                 };

@@ -119,7 +119,7 @@ impl World {
     /// The submission's deliveries, once it has `n` of them in a final or waiting state.
     async fn deliveries(&self, id: &str, settled: &[&str], n: usize) -> Vec<Value> {
         let mut last = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while std::time::Instant::now() < deadline {
             let s = self.api.admin_get(&format!("/v1/submissions/{id}")).await;
             last = s["deliveries"].as_array().cloned().unwrap_or_default();
@@ -193,6 +193,7 @@ const FINAL: &[&str] = &[
     "delivered",
     "suppressed",
     "capped",
+    "skipped",
     "dead",
     "cancelled",
 ];
@@ -426,6 +427,20 @@ async fn a_complaint_and_the_one_click_unsubscribe_stop_marketing_but_not_transa
     let mut statuses: Vec<&str> = all.iter().filter_map(|d| d["status"].as_str()).collect();
     statuses.sort_unstable();
     assert_eq!(statuses, ["sent", "suppressed"], "{all:?}");
+}
+
+#[tokio::test]
+async fn a_message_that_renders_empty_is_skipped_never_sent() {
+    let w = world().await;
+    w.campaign(json!({"name": "Maybe", "quiz_id": "q8", "match": {},
+        "actions": [{"channel": "sms", "template": "{% if metadata.vip %}Oi VIP{% endif %}  "}]}))
+        .await;
+    let phone = "+5511987650008";
+    let id = w.submit("q8", json!({"phone": phone})).await;
+    let d = w.status(&id, "sms", FINAL).await;
+    assert_eq!(d["status"], "skipped", "{d}");
+    assert_eq!(d["last_error"], "skipped: empty_render");
+    assert_eq!(w.calls("sms", phone).await, 0);
 }
 
 #[tokio::test]

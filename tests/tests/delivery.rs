@@ -531,7 +531,8 @@ async fn given_jobs_of_every_priority_then_high_drains_before_normal_before_low(
 }
 
 #[tokio::test]
-async fn given_email_over_smtp_then_it_is_sent_and_a_5xx_recipient_is_a_permanent_dead_letter() {
+async fn given_email_over_smtp_then_it_is_sent_with_unsubscribe_headers_and_an_unknown_mailbox_is_suppressed(
+) {
     let mut env = Env::start().await;
     env.campaign(json!([{"channel": "email", "subject": "Seu resultado", "template": "<p>Olá {{ respondent.name }}</p>"}])).await;
     let port = env.smtp_port;
@@ -544,6 +545,7 @@ async fn given_email_over_smtp_then_it_is_sent_and_a_5xx_recipient_is_a_permanen
             "quizflow@example.com",
         )
         .expect("smtp provider");
+        s.public_url = Some("https://quizflow.example".into());
     });
     env.workers(s);
     let ok = env
@@ -552,10 +554,19 @@ async fn given_email_over_smtp_then_it_is_sent_and_a_5xx_recipient_is_a_permanen
     let bounce = env.submit("e2", json!({"email": mock::BOUNCE_EMAIL})).await;
     env.wait_status(ok, &[("email", "sent")], Duration::from_secs(20))
         .await;
+    // `550 5.1.1`: the mailbox does not exist. A hard bounce: suppressed, not dead-lettered.
     let rows = env
-        .wait_status(bounce, &[("email", "dead")], Duration::from_secs(20))
+        .wait_status(bounce, &[("email", "suppressed")], Duration::from_secs(20))
         .await;
     assert_eq!(rows[0].2, 1, "a 5xx from SMTP is permanent: one attempt");
+    assert_eq!(
+        common::count(
+            &env.db.url,
+            "SELECT count(*) AS n FROM suppressions WHERE channel = 'email' AND reason = 'hard_bounce'"
+        )
+        .await,
+        1
+    );
     let email = env.mock_get("/_mock/messages?channel=email").await;
     let messages = email["messages"].as_array().expect("messages");
     assert_eq!(messages.len(), 1);
@@ -568,6 +579,20 @@ async fn given_email_over_smtp_then_it_is_sent_and_a_5xx_recipient_is_a_permanen
         "{}",
         messages[0]
     );
+    // Marketing mail: the RFC 8058 headers and a plain-text part beside the HTML.
+    let m = &messages[0];
+    assert!(
+        m["headers"]["List-Unsubscribe"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("<https://quizflow.example/v1/unsubscribe/")),
+        "{m}"
+    );
+    assert_eq!(
+        m["headers"]["List-Unsubscribe-Post"],
+        "List-Unsubscribe=One-Click"
+    );
+    assert_eq!(m["text"], "Olá Ana", "{m}");
+    assert_eq!(m["body"], "<p>Olá Ana</p>", "{m}");
 }
 
 #[tokio::test]

@@ -48,6 +48,23 @@ fn seconds(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
     HistogramOpts::new(name, help).buckets(buckets.to_vec())
 }
 
+/// What contract §3.2 stopped: jobs ended without a call, contacts a provider's answer put on
+/// the suppression list.
+fn consent_counters() -> Result<(IntCounterVec, IntCounterVec), prometheus::Error> {
+    Ok((
+        counter(
+            "quizflow_worker_skipped_total",
+            "Jobs ended without a provider call: suppressed, over a frequency cap, or empty",
+            &["channel", "status"],
+        )?,
+        counter(
+            "quizflow_worker_suppressions_total",
+            "Contacts suppressed because of a provider's answer (opt-out, hard bounce)",
+            &["channel", "reason"],
+        )?,
+    ))
+}
+
 impl WorkerMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         const CALL: &[f64] = &[
@@ -57,17 +74,10 @@ impl WorkerMetrics {
             0.0001, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ];
         const LATE: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
+        let (skipped, suppressed) = consent_counters()?;
         Ok(Self {
-            skipped: counter(
-                "quizflow_worker_skipped_total",
-                "Jobs ended without a provider call: suppressed or over a frequency cap",
-                &["channel", "status"],
-            )?,
-            suppressed: counter(
-                "quizflow_worker_suppressions_total",
-                "Contacts suppressed because of a provider's answer (opt-out, hard bounce)",
-                &["channel", "reason"],
-            )?,
+            skipped,
+            suppressed,
             deliveries: counter(
                 "quizflow_deliveries_total",
                 "Provider calls by channel and outcome class",

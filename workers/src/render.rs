@@ -272,7 +272,7 @@ mod tests {
     fn the_text_part_of_an_html_mail() {
         assert_eq!(
             plain_text("<p>Olá <b>Ana</b></p><p>Score&nbsp;72 &amp; more<br>bye</p>"),
-            "Olá Ana\nScore 72 & more\nbye"
+            "Olá Ana\n\nScore 72 & more\nbye"
         );
         assert_eq!(plain_text("plain"), "plain");
     }

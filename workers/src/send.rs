@@ -35,6 +35,11 @@ impl Channelled {
                 return Called::No;
             }
         };
+        // A message that renders to nothing is never sent (contract §3): `skipped`.
+        if job.channel != Channel::Webhook && out.body.trim().is_empty() && out.image.is_none() {
+            self.skip(msg, &job, &ctx, claim, "empty_render").await;
+            return Called::No;
+        }
         // In-progress acks keep JetStream from redelivering a job that waits or is being sent.
         let mut tick = tokio::time::interval(self.settings.ack_wait / 3);
         tick.tick().await;

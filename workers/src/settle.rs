@@ -116,6 +116,30 @@ impl Channelled {
         Ok(())
     }
 
+    /// A claimed job a rule says not to send (`empty_render`): recorded `skipped` with the
+    /// reason, then acked.
+    pub(crate) async fn skip(
+        &self,
+        msg: JobMsg,
+        job: &DeliveryJob,
+        ctx: &JobContext,
+        claim: Uuid,
+        reason: &'static str,
+    ) {
+        let why = format!("skipped: {reason}");
+        let history = vec![history_entry("skipped", &why)];
+        let status = DeliveryStatus::Skipped;
+        let u = update(job, status, ctx.attempts, Some(why), history, Some(claim));
+        self.metrics
+            .skipped
+            .with_label_values(&[self.channel.as_str(), "skipped"])
+            .inc();
+        match self.status.write(u).await {
+            Ok(_) => msg.ack().await,
+            Err(_) => msg.nak(Some(Duration::from_secs(5)), Some(job)).await,
+        }
+    }
+
     /// A job whose campaign ended or went away: recorded `cancelled` (only if nobody holds
     /// it), then acked.
     pub(crate) async fn cancel(

@@ -92,6 +92,13 @@ pub struct E2eArgs {
     /// costs. Without it the limit is off.
     #[arg(long)]
     pub respondent_limit: Option<String>,
+    /// Contacts on the SMS suppression list before the run (none of them a lead's): what the
+    /// consent checks cost with a long opt-out history.
+    #[arg(long, default_value_t = 0)]
+    pub suppressed: usize,
+    /// `QUIZFLOW_FREQUENCY_CAP_SMS` of the workers (`1000/24h`: counted, never reached).
+    #[arg(long)]
+    pub frequency_cap: Option<String>,
     /// Longest wait for the last delivery after the last request.
     #[arg(long, default_value = "300s")]
     pub drain_timeout: humantime::Duration,

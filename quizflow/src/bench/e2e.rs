@@ -10,10 +10,14 @@ use quizflow_benchmarks::e2e::{self, Deployment, E2eArgs, E2eReport, Sink};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
+/// The hash key of the benchmarks' private deployments (every role needs one).
+pub(crate) const BENCH_HASH_KEY: &str = "quizflow-bench-hash-key-0123456789";
+
 pub(crate) fn spawn(role: &[&str], env: &[(&str, String)]) -> anyhow::Result<Child> {
     let mut c = Command::new(std::env::current_exe()?);
     c.args(role)
         .env_remove("QUIZFLOW_CONFIG")
+        .env("QUIZFLOW_HASH_KEY", BENCH_HASH_KEY)
         .env("RUST_LOG", "warn")
         .env("QUIZFLOW_METRICS_ADDR", "")
         .stdout(std::process::Stdio::null())
@@ -91,6 +95,52 @@ pub(crate) async fn start_private(
     })
 }
 
+/// The workers' environment, and the consent state the run measures with (`--suppressed`,
+/// `--frequency-cap`). The sink has no rate limit; quizflow's own bucket is not measured.
+async fn consent(
+    args: &E2eArgs,
+    private: &Private,
+    sink: &Sink,
+) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let mut env = private.sms_workers_env(&sink.url, "1000000");
+    if let Some(cap) = &args.frequency_cap {
+        env.push(("QUIZFLOW_FREQUENCY_CAP_SMS", cap.clone()));
+    }
+    if args.suppressed > 0 {
+        let started = Instant::now();
+        suppress_strangers(&private.database_url, args.suppressed).await?;
+        eprintln!(
+            "bench: {} contacts suppressed in {:.1} s",
+            args.suppressed,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(env)
+}
+
+/// Puts `n` contacts that are none of the leads on the SMS suppression list (what a deployment
+/// with a long opt-out history carries): the match-time and pre-call checks look them up
+/// on every lead without finding the lead.
+async fn suppress_strangers(database_url: &str, n: usize) -> anyhow::Result<()> {
+    let key = quizflow_core::consent::HashKey::new(BENCH_HASH_KEY).map_err(anyhow::Error::msg)?;
+    let pool = quizflow_store::pool(database_url, 2);
+    let entries: Vec<quizflow_store::consent::NewSuppression> = (0..n)
+        .map(|i| quizflow_store::consent::NewSuppression {
+            channel: "sms".into(),
+            // Leads are +55119…; these are +1555… numbers.
+            contact_hash: key
+                .hash(quizflow_core::Channel::Sms, &format!("+1555{i:08}"))
+                .map(|h| h.to_vec())
+                .unwrap_or_default(),
+            reason: "admin".into(),
+            scope: "all".into(),
+            source: "bench".into(),
+        })
+        .collect();
+    quizflow_store::consent::import(&pool, &entries).await?;
+    Ok(())
+}
+
 /// Waits (up to 30 s) for the API's `/readyz`.
 pub(crate) async fn wait_ready(http: &reqwest::Client, api: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -156,8 +206,7 @@ pub async fn run(cfg: Config, args: E2eArgs) -> anyhow::Result<()> {
                         ("QUIZFLOW_RATE_LIMIT_SCOPE", scope.to_owned()),
                     ]),
                 }
-                // The sink has no rate limit; quizflow's own bucket is not what is measured.
-                let workers_env = private.sms_workers_env(&sink.url, "1000000");
+                let workers_env = consent(&args, &private, &sink).await?;
                 let api = spawn(&["api"], &api_env)?;
                 let batcher = spawn(&["batcher"], &common)?;
                 let workers = spawn(&["workers", "--channels", "sms"], &workers_env)?;

@@ -198,6 +198,7 @@ async fn ingest(cfg: Config, args: quizflow_benchmarks::IngestArgs) -> anyhow::R
                 .env("DATABASE_URL", &database_url)
                 .env("QUIZFLOW_HTTP_ADDR", format!("127.0.0.1:{port}"))
                 .env("QUIZFLOW_RATE_LIMIT_RESPONDENT_PER_MIN", "0")
+                .env("QUIZFLOW_HASH_KEY", e2e::BENCH_HASH_KEY)
                 .env("RUST_LOG", "warn")
                 .kill_on_drop(true)
                 .spawn()?;
