@@ -30,6 +30,8 @@ struct Tally {
     /// channel -> status -> rows
     deliveries: BTreeMap<&'static str, BTreeMap<&'static str, i64>>,
     dead_letters: BTreeMap<String, i64>,
+    /// reason -> suppression list entries (every channel)
+    suppressions: BTreeMap<&'static str, i64>,
     /// (campaign, channel) -> billed messages
     billed: BTreeMap<(uuid::Uuid, String), i64>,
 }
@@ -49,6 +51,10 @@ impl Tally {
                 .map(|c| (c.as_str().to_owned(), 0))
                 .chain([("submission".to_owned(), 0)])
                 .collect(),
+            suppressions: quizflow_core::consent::Reason::ALL
+                .iter()
+                .map(|r| (r.as_str(), 0))
+                .collect(),
             ..Default::default()
         };
         for c in rows {
@@ -59,6 +65,11 @@ impl Tally {
                 "submissions_rejected" => *t.rejected.entry(c.status.clone()).or_default() += c.n,
                 "dead_letters" => *t.dead_letters.entry(c.channel.clone()).or_default() += c.n,
                 "deliveries" => t.delivery(c),
+                "suppressions" => {
+                    if let Some(n) = t.suppressions.get_mut(c.status.as_str()) {
+                        *n += c.n;
+                    }
+                }
                 _ => {}
             }
         }
@@ -128,13 +139,10 @@ pub async fn stats(state: Data<&Arc<AppState>>) -> Result<Json<Value>, ApiError>
         let names = quizflow_store::campaigns::names(&mut conn)
             .await
             .map_err(db_error)?;
-        let suppressions = quizflow_store::consent::counts(&mut conn)
-            .await
-            .map_err(db_error)?;
-        Ok::<_, ApiError>((rows, instances, names, suppressions))
+        Ok::<_, ApiError>((rows, instances, names))
     };
     let (depths, db) = tokio::join!(depths, db);
-    let (rows, instances, names, suppressions) = db?;
+    let (rows, instances, names) = db?;
     let depths = match depths {
         Ok(Ok(d)) => Some(d),
         Ok(Err(e)) => {
@@ -163,17 +171,7 @@ pub async fn stats(state: Data<&Arc<AppState>>) -> Result<Json<Value>, ApiError>
     body.insert("deliveries".into(), json!(t.deliveries));
     body.insert("dead_letters".into(), json!(t.dead_letters));
     // The suppression list by reason (contract §3.2): why people are not messaged.
-    let by_reason: BTreeMap<&str, i64> = quizflow_core::consent::Reason::ALL
-        .iter()
-        .map(|r| {
-            let n = suppressions
-                .iter()
-                .find(|(s, _)| s == r.as_str())
-                .map_or(0, |(_, n)| *n);
-            (r.as_str(), n)
-        })
-        .collect();
-    body.insert("suppressions".into(), json!(by_reason));
+    body.insert("suppressions".into(), json!(t.suppressions));
     body.insert("streams".into(), streams);
     body.insert("consumers".into(), consumers);
     body.insert("circuits".into(), circuits_json(&instances));

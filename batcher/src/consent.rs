@@ -11,12 +11,12 @@ use quizflow_store::{Pool, StoreError};
 use std::collections::{HashMap, HashSet};
 
 /// The keyed hash of each matched (row, channel)'s contact.
-pub(crate) type Contacts = HashMap<(usize, Channel), ContactHash>;
+pub type Contacts = HashMap<(usize, Channel), ContactHash>;
 
 /// Suppression entries found for a batch: (channel, contact) → (scope, reason) of each.
-pub(crate) type Suppressed = HashMap<(Channel, ContactHash), Vec<(Scope, String)>>;
+pub type Suppressed = HashMap<(Channel, ContactHash), Vec<(Scope, String)>>;
 
-pub(crate) fn contacts(key: &HashKey, matches: &[Match], batch: &[SubmissionEnvelope]) -> Contacts {
+pub fn contacts(key: &HashKey, matches: &[Match], batch: &[SubmissionEnvelope]) -> Contacts {
     let mut out = Contacts::new();
     for m in matches {
         if out.contains_key(&(m.row, m.channel)) {
@@ -36,7 +36,7 @@ pub(crate) fn contacts(key: &HashKey, matches: &[Match], batch: &[SubmissionEnve
 }
 
 /// The entries of a batch's contacts, in one query (none when no match has a contact).
-pub(crate) async fn suppressed(pool: &Pool, contacts: &Contacts) -> Result<Suppressed, StoreError> {
+pub async fn suppressed(pool: &Pool, contacts: &Contacts) -> Result<Suppressed, StoreError> {
     let pairs: HashSet<(Channel, ContactHash)> =
         contacts.iter().map(|((_, c), h)| (*c, *h)).collect();
     if pairs.is_empty() {
@@ -64,7 +64,7 @@ pub(crate) async fn suppressed(pool: &Pool, contacts: &Contacts) -> Result<Suppr
 
 /// What the batch's new rows come to: the matcher's jobs, minus the suppressed ones, with
 /// quiet hours applied.
-pub(crate) struct Planner<'a> {
+pub struct Planner<'a> {
     pub matcher: &'a Matcher,
     pub matches: &'a [Match],
     pub batch: &'a [SubmissionEnvelope],
@@ -72,10 +72,12 @@ pub(crate) struct Planner<'a> {
     pub suppressed: &'a Suppressed,
     pub now: chrono::DateTime<chrono::Utc>,
     pub per_second: u32,
+    /// Apply campaigns' send windows (live traffic; a replay of history does not).
+    pub windows: bool,
 }
 
 impl Planner<'_> {
-    pub(crate) fn plan(&self, rows: &HashSet<usize>) -> Plan {
+    pub fn plan(&self, rows: &HashSet<usize>) -> Plan {
         let jobs = self.matcher.jobs(self.matches, self.batch, rows, self.now);
         let row_of: HashMap<uuid::Uuid, usize> = rows
             .iter()
@@ -103,7 +105,7 @@ impl Planner<'_> {
                 plan.suppressed.push((job, reason.clone()));
                 continue;
             }
-            if let Some(w) = window {
+            if let Some(w) = window.filter(|_| self.windows) {
                 let tz = self.batch[row].submission.respondent.timezone.as_deref();
                 if let Some(opening) = w.defer(job.due_at.unwrap_or(self.now), tz) {
                     job.due_at = Some(opening);

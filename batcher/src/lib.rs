@@ -7,7 +7,7 @@
 
 mod bitmap;
 mod config;
-mod consent;
+pub mod consent;
 pub mod matcher;
 mod metrics;
 mod run;

@@ -348,9 +348,10 @@ impl FromStr for FrequencyCap {
         let (n, w) = s.split_once('/').ok_or_else(bad)?;
         let count: u32 = n.trim().parse().map_err(|_| bad())?;
         let window = humantime::parse_duration(w.trim()).map_err(|_| bad())?;
-        if count == 0 || window.is_zero() || window > Duration::from_secs(366 * 86_400) {
+        // Counted sends are kept this long (quizflow_store::consent::LONGEST_CAP_WINDOW_DAYS).
+        if count == 0 || window.is_zero() || window > Duration::from_secs(31 * 86_400) {
             return Err(format!(
-                "{s:?}: the count must be positive and the window up to a year"
+                "{s:?}: the count must be positive and the window at most 31 days"
             ));
         }
         Ok(Self { count, window })
@@ -359,12 +360,15 @@ impl FromStr for FrequencyCap {
 
 impl fmt::Display for FrequencyCap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{}",
-            self.count,
-            humantime::format_duration(self.window)
-        )
+        // The largest whole unit: `3/24h` reads back as `3/1d`.
+        let s = self.window.as_secs();
+        let (n, unit) = match s {
+            _ if s.is_multiple_of(86_400) => (s / 86_400, "d"),
+            _ if s.is_multiple_of(3_600) => (s / 3_600, "h"),
+            _ if s.is_multiple_of(60) => (s / 60, "m"),
+            _ => (s, "s"),
+        };
+        write!(f, "{}/{n}{unit}", self.count)
     }
 }
 

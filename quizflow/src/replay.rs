@@ -260,6 +260,13 @@ pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<()> {
         priority: args.priority,
         batch: args.batch,
         source: args.source,
+        hash_key: {
+            let mut c = cfg.clone();
+            if c.hash_key.is_none() {
+                c.hash_key = crate::up::derived_hash_key(&c);
+            }
+            c.hash_key()?
+        },
     };
     let mut feedback = Feedback::new();
     let stop = async {

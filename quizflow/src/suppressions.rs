@@ -43,41 +43,94 @@ pub async fn run(cfg: Config, cmd: SuppressionsCommand) -> anyhow::Result<()> {
     let key = cfg.hash_key()?;
     let default_reason: Reason = args.reason.parse().map_err(anyhow::Error::msg)?;
     let default_scope: Scope = args.purpose.parse().map_err(anyhow::Error::msg)?;
+    let rows = Rows {
+        path: args.file.clone(),
+        key,
+        reason: default_reason,
+        scope: default_scope,
+    };
     let started = std::time::Instant::now();
-    let file =
-        std::fs::File::open(&args.file).with_context(|| format!("open {}", args.file.display()))?;
-    let mut entries = Vec::new();
-    let mut bad = Vec::new();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("read {}", args.file.display()))?;
-        let row = line.trim();
-        if row.is_empty() || (n == 0 && row.to_ascii_lowercase().starts_with("contact")) {
-            continue;
+    // First pass: every line must read, or nothing is imported.
+    let mut bad = (0usize, None);
+    rows.each(|n, parsed| {
+        if let Err(why) = parsed {
+            bad.0 += 1;
+            bad.1.get_or_insert((n, why));
         }
-        match parse_row(&key, row, default_reason, default_scope) {
-            Ok(mut e) => entries.append(&mut e),
-            Err(why) => bad.push((n + 1, why)),
-        }
-    }
-    if let Some((line, why)) = bad.first() {
+        Ok(())
+    })?;
+    if let (count, Some((line, why))) = bad {
         // The contact is not repeated: the line number finds it.
         anyhow::bail!(
-            "{}: {} line(s) cannot be read, the first at line {line}: {why}; nothing imported",
-            args.file.display(),
-            bad.len()
+            "{}: {count} line(s) cannot be read, the first at line {line}: {why}; nothing imported",
+            args.file.display()
         );
     }
-    let (_, database_url) = crate::replay::servers(&cfg)?;
+    let database_url = match &cfg.database_url {
+        Some(url) => url.clone(),
+        None => crate::replay::servers(&cfg)?.1,
+    };
     let pool = quizflow_store::pool(&database_url, 2);
     crate::roles::check_hash_key(&cfg, &pool).await?;
-    let added = quizflow_store::consent::import(&pool, &entries).await?;
+    // Second pass: written a chunk at a time, so memory stays one chunk whatever the file.
+    let (mut read, mut added) = (0u64, 0u64);
+    let mut chunk = Vec::with_capacity(quizflow_store::consent::IMPORT_CHUNK);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<NewSuppression>>(2);
+    let reader = tokio::task::spawn_blocking(move || {
+        rows.each(|_, parsed| {
+            chunk.extend(parsed.unwrap_or_default());
+            if chunk.len() >= quizflow_store::consent::IMPORT_CHUNK {
+                tx.blocking_send(std::mem::take(&mut chunk))?;
+            }
+            Ok(())
+        })?;
+        if !chunk.is_empty() {
+            tx.blocking_send(chunk)?;
+        }
+        anyhow::Ok(())
+    });
+    while let Some(entries) = rx.recv().await {
+        read += entries.len() as u64;
+        added += quizflow_store::consent::import(&pool, &entries).await?;
+    }
+    reader.await??;
+    if added > 0 {
+        quizflow_store::consent::settle(&pool).await?;
+    }
     println!(
-        "{} entries read, {added} new, {} already there, in {:.1} s",
-        entries.len(),
-        entries.len() as u64 - added,
+        "{read} entries read, {added} new, {} already there, in {:.1} s",
+        read - added,
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The file's rows, read line by line (the header, if any, and blank lines skipped).
+struct Rows {
+    path: PathBuf,
+    key: HashKey,
+    reason: Reason,
+    scope: Scope,
+}
+
+impl Rows {
+    /// Calls `f` with each row's line number and its entries (or why it cannot be read).
+    fn each(
+        &self,
+        mut f: impl FnMut(usize, Result<Vec<NewSuppression>, String>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let file = std::fs::File::open(&self.path)
+            .with_context(|| format!("open {}", self.path.display()))?;
+        for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.with_context(|| format!("read {}", self.path.display()))?;
+            let row = line.trim();
+            if row.is_empty() || (n == 0 && row.to_ascii_lowercase().starts_with("contact")) {
+                continue;
+            }
+            f(n + 1, parse_row(&self.key, row, self.reason, self.scope))?;
+        }
+        Ok(())
+    }
 }
 
 fn parse_row(

@@ -103,6 +103,9 @@ pub struct ReplaySpec {
     /// Submissions matched and written per batch.
     pub batch: usize,
     pub source: Source,
+    /// `QUIZFLOW_HASH_KEY`: a replayed match is checked against the suppression list, as the
+    /// batcher checks a live one (contract §3.2).
+    pub hash_key: quizflow_core::consent::HashKey,
 }
 
 impl ReplaySpec {
@@ -118,6 +121,7 @@ impl ReplaySpec {
             priority: Priority::Low,
             batch: DEFAULT_BATCH,
             source: Source::Stream,
+            hash_key: quizflow_core::consent::HashKey::for_tests(),
         }
     }
 }
@@ -170,6 +174,8 @@ pub struct Summary {
     pub matched: u64,
     pub jobs_created: u64,
     pub already_existed: u64,
+    /// Matches not created: the contact is on the suppression list for the campaign's purpose.
+    pub suppressed: u64,
     /// Existing ledger rows still `queued` whose job was published again (one claim per row:
     /// never a second message).
     pub republished: u64,

@@ -10,3 +10,11 @@ pub const TRUNCATE_INTAKE: &str = "TRUNCATE submissions, submission_ids, deliver
 
 /// Ledger rows written.
 pub const COUNT_DELIVERIES: &str = "SELECT count(*) FROM deliveries";
+
+/// A checkpoint now (the benchmark's private server, whose user may): what a setup step wrote
+/// is flushed before the measured phase, instead of by a checkpoint in the middle of it.
+pub async fn checkpoint(pool: &crate::Pool) -> Result<(), crate::StoreError> {
+    let conn = pool.raw().await?;
+    conn.client.batch_execute("CHECKPOINT").await?;
+    Ok(())
+}

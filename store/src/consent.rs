@@ -67,18 +67,31 @@ pub async fn hash_key_matches(
     Ok(stored.key == fingerprint)
 }
 
+/// One entry as the checks read it (an index-only scan of the primary key).
+#[derive(Debug, Clone, diesel::QueryableByName)]
+pub struct Found {
+    #[diesel(sql_type = Text)]
+    pub channel: String,
+    #[diesel(sql_type = Bytea)]
+    pub contact_hash: Vec<u8>,
+    #[diesel(sql_type = Text)]
+    pub reason: String,
+    #[diesel(sql_type = Text)]
+    pub scope: String,
+}
+
 /// The entries of the given (channel, hash) pairs, in one statement: what the batcher checks
 /// a batch's matches against.
 pub async fn lookup(
     conn: &mut AsyncPgConnection,
     channels: &[&str],
     hashes: &[Vec<u8>],
-) -> Result<Vec<Suppression>, StoreError> {
+) -> Result<Vec<Found>, StoreError> {
     if channels.is_empty() {
         return Ok(Vec::new());
     }
     Ok(diesel::sql_query(
-        "SELECT s.channel, s.contact_hash, s.reason, s.scope, s.source, s.created_at \
+        "SELECT s.channel, s.contact_hash, s.reason, s.scope \
          FROM (SELECT DISTINCT * FROM UNNEST($1::text[], $2::bytea[]) AS k(channel, hash)) k \
          JOIN suppressions s ON s.channel = k.channel AND s.contact_hash = k.hash",
     )
@@ -156,20 +169,34 @@ pub async fn list(
     .await?)
 }
 
-/// How many entries there are per reason (stats).
-pub async fn counts(conn: &mut AsyncPgConnection) -> Result<Vec<(String, i64)>, StoreError> {
-    #[derive(diesel::QueryableByName)]
-    struct C {
-        #[diesel(sql_type = Text)]
-        reason: String,
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
-    let rows: Vec<C> =
-        diesel::sql_query("SELECT reason, count(*) AS n FROM suppressions GROUP BY reason")
-            .load(conn)
+/// After a large import: the list vacuumed and analysed now, so its visibility map and
+/// statistics are current before traffic meets it (else autovacuum does it later, at a moment
+/// of its choosing, under load).
+pub async fn settle(pool: &Pool) -> Result<(), StoreError> {
+    let conn = pool.raw().await?;
+    conn.client
+        .batch_execute("VACUUM (ANALYZE) suppressions")
+        .await?;
+    Ok(())
+}
+
+/// The longest window a frequency cap may have: how long counted sends are kept.
+pub const LONGEST_CAP_WINDOW_DAYS: i32 = 31;
+
+/// Hourly upkeep: counted sends past the longest cap window, and window slots of openings
+/// past, are deleted. Returns the rows deleted.
+pub async fn prune(conn: &mut AsyncPgConnection) -> Result<usize, StoreError> {
+    let sends = diesel::sql_query(
+        "DELETE FROM contact_sends WHERE claimed_at < now() - make_interval(days => $1)",
+    )
+    .bind::<diesel::sql_types::Integer, _>(LONGEST_CAP_WINDOW_DAYS)
+    .execute(conn)
+    .await?;
+    let slots =
+        diesel::sql_query("DELETE FROM window_slots WHERE opening < now() - interval '1 day'")
+            .execute(conn)
             .await?;
-    Ok(rows.into_iter().map(|c| (c.reason, c.n)).collect())
+    Ok(sends + slots)
 }
 
 /// Rows one import statement writes: big enough that a million rows take few round trips,

@@ -203,6 +203,7 @@ impl Channelled {
                 .as_ref()
                 .map_or(Purpose::Marketing, |c| c.purpose)
                 .as_str(),
+            since: checked_since(job),
         };
         match self.gate.ask(call).await {
             crate::lease::Gate::Go => Some(msg),
@@ -261,4 +262,13 @@ pub(crate) fn recipient_of(channel: Channel, submission: &serde_json::Value) -> 
         Channel::Email => respondent["email"].as_str().map(str::to_owned),
         Channel::Webhook => None,
     }
+}
+
+/// Since when the list must be read for this job: the batcher checked the contact when it
+/// matched the job (its `created_at`), less a margin for clock skew between hosts and for
+/// entries written while that check ran. A recurring action's later occurrences were written
+/// by the firer, unchecked: `None`, always read.
+fn checked_since(job: &DeliveryJob) -> Option<chrono::DateTime<chrono::Utc>> {
+    const MARGIN: chrono::Duration = chrono::Duration::minutes(10);
+    (job.step < quizflow_core::schedule::STEP_STRIDE).then(|| job.created_at - MARGIN)
 }

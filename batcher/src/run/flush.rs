@@ -195,6 +195,7 @@ impl Batcher {
             suppressed: &suppressed,
             now: chrono::Utc::now(),
             per_second: self.settings.spread_per_second,
+            windows: true,
         };
         self.ensure_partitions(&envelopes).await?;
         let (new_rows, plan) =

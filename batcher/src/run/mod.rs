@@ -206,6 +206,10 @@ impl Batcher {
             if let Err(e) = quizflow_store::maintain_partitions(&mut conn, 3, retention).await {
                 tracing::warn!(error = %e, "partition upkeep failed; will retry");
             }
+            // Consent bookkeeping past any use (counted sends, window slots).
+            if let Err(e) = quizflow_store::consent::prune(&mut conn).await {
+                tracing::warn!(error = %e, "consent upkeep failed; will retry");
+            }
         }
     }
 

@@ -5,4 +5,7 @@ ALTER TABLE submissions DROP COLUMN timezone;
 DROP TABLE window_slots;
 DROP TABLE contact_sends;
 DROP TABLE suppressions;
+DROP FUNCTION quizflow_count_suppressions();
+DELETE FROM stat_deltas WHERE metric = 'suppressions';
+DELETE FROM stat_counts WHERE metric = 'suppressions';
 DELETE FROM quizflow_keys WHERE name = 'hash_key_fingerprint';

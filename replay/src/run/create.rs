@@ -105,7 +105,27 @@ impl Replayer<'_> {
         .await
         .map_err(|e| ReplayError::Matcher(e.to_string()))?;
         let rows: HashSet<usize> = (0..batch.len()).collect();
-        let mut jobs = matcher.jobs(&matches, &batch, &rows, Utc::now());
+        // Checked against the suppression list as a live match is (the workers check again
+        // only what was added since a job's `created_at`).
+        let contacts = quizflow_batcher::consent::contacts(&self.spec.hash_key, &matches, &batch);
+        let suppressed = with_retry("suppression lookup", || async {
+            Ok(quizflow_batcher::consent::suppressed(self.pool, &contacts).await?)
+        })
+        .await?;
+        let planner = quizflow_batcher::consent::Planner {
+            matcher: &matcher,
+            matches: &matches,
+            batch: &batch,
+            contacts: &contacts,
+            suppressed: &suppressed,
+            now: Utc::now(),
+            per_second: 1,
+            // Quiet hours are not applied to history: a replay goes out as its rate allows.
+            windows: false,
+        };
+        let plan = planner.plan(&rows);
+        self.summary.suppressed += plan.suppressed.len() as u64;
+        let mut jobs = plan.jobs;
         for job in &mut jobs {
             job.priority = self.spec.priority;
         }

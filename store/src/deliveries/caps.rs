@@ -171,8 +171,7 @@ async fn record(
     diesel::sql_query(
         "INSERT INTO contact_sends (submission_id, campaign_id, channel, step, contact_hash) \
          SELECT u.sub, u.camp, $3, u.step, u.hash \
-         FROM UNNEST($1::uuid[], $2::uuid[], $4::int2[], $5::bytea[]) AS u(sub, camp, step, hash) \
-         ON CONFLICT DO NOTHING",
+         FROM UNNEST($1::uuid[], $2::uuid[], $4::int2[], $5::bytea[]) AS u(sub, camp, step, hash)",
     )
     .bind::<Array<SqlUuid>, _>(&subs)
     .bind::<Array<SqlUuid>, _>(&camps)

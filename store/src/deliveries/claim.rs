@@ -83,6 +83,9 @@ pub struct Call {
     pub contact: Option<Vec<u8>>,
     /// `marketing` or `transactional`.
     pub purpose: &'static str,
+    /// Since when the contact may have been suppressed unseen: its match-time check (less a
+    /// margin for clocks and in-flight writes). `None`: never checked (look it up).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What [`start_calls`] found for one call.
@@ -104,7 +107,8 @@ struct StartRow {
 
 /// The last look before the calls, in one statement: each row still `sending` under its claim
 /// is marked `calling_at`, unless its contact is on the suppression list for its purpose (an
-/// opt-out heard since the match): then it ends `suppressed`. A key missing from the answer
+/// opt-out heard since the match): then it ends `suppressed`. The list is looked up only for
+/// calls whose `since` is before its newest entry (the match saw everything older). A key missing from the answer
 /// was cancelled (an erasure) or taken over since its claim: its holder must not call.
 ///
 /// Committed without waiting for the WAL flush (`synchronous_commit = off` for this statement
@@ -123,13 +127,16 @@ pub async fn start_calls(
     let claims: Vec<Uuid> = calls.iter().map(|c| c.claim).collect();
     let contacts: Vec<Option<&[u8]>> = calls.iter().map(|c| c.contact.as_deref()).collect();
     let purposes: Vec<&str> = calls.iter().map(|c| c.purpose).collect();
+    let since: Vec<Option<chrono::DateTime<chrono::Utc>>> = calls.iter().map(|c| c.since).collect();
     let (subs, camps, channels, steps) = unzip(&keys);
     let rows: Vec<StartRow> = diesel::sql_query(
-        "WITH k AS (SELECT k.*, (SELECT x.reason FROM suppressions x \
-                                 WHERE k.hash IS NOT NULL AND x.channel = k.channel AND x.contact_hash = k.hash \
-                                   AND (x.scope = 'all' OR k.purpose = 'marketing') LIMIT 1) AS suppressed \
-                    FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::uuid[], $6::bytea[], $7::text[]) \
-                         AS k(sub, camp, channel, step, claim, hash, purpose), \
+        "WITH newest AS (SELECT max(created_at) AS at FROM suppressions), \
+              k AS (SELECT k.*, CASE WHEN k.since IS NULL OR k.since <= (SELECT at FROM newest) THEN \
+                                  (SELECT x.reason FROM suppressions x \
+                                   WHERE k.hash IS NOT NULL AND x.channel = k.channel AND x.contact_hash = k.hash \
+                                     AND (x.scope = 'all' OR k.purpose = 'marketing') LIMIT 1) END AS suppressed \
+                    FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::uuid[], $6::bytea[], $7::text[], \
+                                $8::timestamptz[]) AS k(sub, camp, channel, step, claim, hash, purpose, since), \
                          (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit), \
               stop AS (UPDATE deliveries d SET status = 'suppressed', claim = NULL, lease_until = NULL, \
                               last_error = 'suppressed: ' || k.suppressed, updated_at = now() \
@@ -151,6 +158,7 @@ pub async fn start_calls(
     .bind::<Array<SqlUuid>, _>(&claims)
     .bind::<Array<diesel::sql_types::Nullable<diesel::sql_types::Bytea>>, _>(&contacts)
     .bind::<Array<Text>, _>(&purposes)
+    .bind::<Array<diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>>, _>(&since)
     .load(conn)
     .await?;
     Ok(rows
