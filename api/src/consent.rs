@@ -73,7 +73,7 @@ impl AppState {
         let Some(hash) = self.settings.consent.hash_key.hash(channel, contact) else {
             return Ok(false);
         };
-        self.suppress_hash(channel, hash, reason, reason.scope(), source, route)
+        self.suppress_hash(channel, hash, reason, reason.scope(), source, Some(route))
             .await
     }
 
@@ -84,7 +84,8 @@ impl AppState {
         reason: Reason,
         scope: Scope,
         source: &str,
-        route: &'static str,
+        // The route to write an audit entry for; `None` when the caller's own route is audited.
+        route: Option<&'static str>,
     ) -> Result<bool, ApiError> {
         let entry = NewSuppression {
             channel: channel.as_str().to_owned(),
@@ -101,16 +102,18 @@ impl AppState {
             .suppressions
             .with_label_values(&[channel.as_str(), reason.as_str()])
             .inc();
-        let change = Change {
-            action: "suppression.add",
-            route,
-            channel,
-            hash,
-            reason: Some(reason),
-            source,
-        };
-        self.audit_change(&mut conn, change, serde_json::json!({ "new": added > 0 }))
-            .await;
+        if let Some(route) = route {
+            let change = Change {
+                action: "suppression.add",
+                route,
+                channel,
+                hash,
+                reason: Some(reason),
+                source,
+            };
+            self.audit_change(&mut conn, change, serde_json::json!({ "new": added > 0 }))
+                .await;
+        }
         Ok(true)
     }
 
@@ -292,7 +295,10 @@ pub async fn list(
         r.parse::<Reason>()
             .map_err(|e| ApiError::invalid_field("reason", e))?;
     }
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid_field("limit", "must be 1 to 1000"));
+    }
     let mut conn = state.db.get().await.map_err(db_error)?;
     let items = quizflow_store::consent::list(
         &mut conn,
@@ -333,6 +339,11 @@ pub async fn add(
 ) -> Result<Response, ApiError> {
     check_content_type(headers)?;
     let value = read_body(headers, body, 16 * 1024).await?;
+    for k in ["reason", "purpose"] {
+        if value.get(k).is_some_and(serde_json::Value::is_null) {
+            return Err(ApiError::invalid_field(k, "must be a string when given"));
+        }
+    }
     let b: AddBody = serde_json::from_value(value).map_err(|e| ApiError::invalid_json(&e))?;
     let channel = channel_param(&b.channel)?;
     let hash = hash_param(&state.settings.consent.hash_key, channel, &b.contact)?;
@@ -348,19 +359,18 @@ pub async fn add(
             .map_err(|e| ApiError::invalid_field("purpose", e))?,
         None => Scope::All,
     };
+    // The route's own audit entry records it (with this note), not a second one.
     state
-        .suppress_hash(
-            channel,
-            hash,
-            reason,
-            scope,
-            "admin",
-            "POST /v1/suppressions",
-        )
+        .suppress_hash(channel, hash, reason, scope, "admin", None)
         .await?;
     let body = serde_json::json!({"channel": channel.as_str(), "contact_hash": hex::encode(hash),
         "reason": reason.as_str(), "purpose": scope.as_str()});
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    let mut resp = (StatusCode::CREATED, Json(body.clone())).into_response();
+    resp.extensions_mut().insert(crate::audit::AuditNote::new(
+        Some(format!("contact:{}", hex::encode(&hash[..16]))),
+        body,
+    ));
+    Ok(resp)
 }
 
 #[derive(serde::Deserialize)]
@@ -473,7 +483,7 @@ pub async fn unsubscribe(
             reason,
             reason.scope(),
             "unsubscribe",
-            "POST /v1/unsubscribe/{token}",
+            Some("POST /v1/unsubscribe/{token}"),
         )
         .await?;
     Ok(page(
