@@ -7,7 +7,7 @@ mod common;
 #[path = "../../api/tests/harness/mod.rs"]
 mod harness;
 
-use common::{count, pipeline_behind, wait_until};
+use common::{count, pipeline_and_batcher, wait_until};
 use harness::Api;
 use quizflow_mock_provider::{COMPLAINT_EMAIL, OPTED_OUT};
 use reqwest::Method;
@@ -21,6 +21,7 @@ struct World {
     api: Api,
     mock: String,
     http: reqwest::Client,
+    batcher: std::sync::Arc<quizflow_batcher::Batcher>,
 }
 
 /// An API with signed callbacks and inbound replies, a batcher and workers behind it, and a
@@ -54,7 +55,7 @@ async fn world_with(
         ..Default::default()
     });
     let base = api.base.clone();
-    let mock = pipeline_behind(&api.nats.url(), &api.db.url, state, move |s| {
+    let (mock, batcher) = pipeline_and_batcher(&api.nats.url(), &api.db.url, state, move |s| {
         s.public_url = Some(base.clone());
         s.providers = std::mem::replace(
             &mut s.providers,
@@ -68,6 +69,7 @@ async fn world_with(
         api,
         mock,
         http: reqwest::Client::new(),
+        batcher,
     }
 }
 
@@ -82,7 +84,16 @@ impl World {
             .expect("campaign");
         assert_eq!(r.status().as_u16(), 201);
         let c: Value = r.json().await.expect("json");
-        c["id"].as_str().expect("id").to_owned()
+        let id: uuid::Uuid = c["id"].as_str().expect("id").parse().expect("uuid");
+        let version = c["version"].as_i64().expect("version") as i32;
+        // A campaign applies from when the batcher has it (the change is announced): wait.
+        wait_until(
+            "the batcher matches with it",
+            Duration::from_secs(20),
+            || async { self.batcher.knows_campaign(id, version) },
+        )
+        .await;
+        id.to_string()
     }
 
     async fn deactivate(&self, id: &str) {

@@ -323,6 +323,17 @@ pub async fn pipeline_behind(
     state: mock::MockState,
     tune: impl FnOnce(&mut WorkerSettings),
 ) -> String {
+    pipeline_and_batcher(nats_url, db_url, state, tune).await.0
+}
+
+/// [`pipeline_behind`], and its batcher (to wait until it matches with a new campaign).
+#[allow(dead_code)] // not every test binary waits on the batcher
+pub async fn pipeline_and_batcher(
+    nats_url: &str,
+    db_url: &str,
+    state: mock::MockState,
+    tune: impl FnOnce(&mut WorkerSettings),
+) -> (String, std::sync::Arc<Batcher>) {
     let acceptor = TcpListener::bind("127.0.0.1:0")
         .into_acceptor()
         .await
@@ -341,7 +352,7 @@ pub async fn pipeline_behind(
         js.clone(),
         quizflow_store::pool(db_url, 2),
     );
-    tokio::spawn(batcher.run(std::future::pending()));
+    tokio::spawn(batcher.clone().run(std::future::pending()));
     let mut settings = WorkerSettings::new(Providers::mock(&base));
     tune(&mut settings);
     tokio::spawn(quizflow_workers::run(
@@ -351,7 +362,7 @@ pub async fn pipeline_behind(
         prometheus::Registry::new(),
         std::future::pending(),
     ));
-    base
+    (base, batcher)
 }
 
 #[allow(unused_imports)] // not every test binary counts rows
