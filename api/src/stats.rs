@@ -205,20 +205,28 @@ fn depths_json(depths: Option<&quizflow_nats::Depths>) -> (Value, Value) {
     (Value::Array(streams), Value::Array(consumers))
 }
 
-/// Every live workers instance's circuits, one entry per instance and channel.
+/// Every live workers instance's circuits, one entry per instance and sender.
 fn circuits_json(instances: &[counters::InstanceReport]) -> Value {
     let mut circuits: Vec<Value> = Vec::new();
     for i in instances {
-        if let Some(Value::Object(per)) = i.report.get("circuits") {
-            for (channel, c) in per {
-                circuits.push(json!({
-                    "instance": i.instance,
-                    "channel": channel,
-                    "provider": c.get("provider"),
-                    "state": c.get("state"),
-                    "seen_at": i.seen_at,
-                }));
-            }
+        let entry = |channel: &str, c: &Value| {
+            json!({
+                "instance": i.instance,
+                "channel": channel,
+                "provider": c.get("provider"),
+                "sender": c.get("sender"),
+                "state": c.get("state"),
+                "seen_at": i.seen_at,
+            })
+        };
+        match i.report.get("circuits") {
+            Some(Value::Array(per)) => circuits.extend(
+                per.iter()
+                    .map(|c| entry(c["channel"].as_str().unwrap_or_default(), c)),
+            ),
+            // Instances from before senders: one circuit per channel.
+            Some(Value::Object(per)) => circuits.extend(per.iter().map(|(ch, c)| entry(ch, c))),
+            _ => {}
         }
     }
     Value::Array(circuits)

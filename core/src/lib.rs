@@ -22,6 +22,7 @@ mod validate;
 
 pub use campaign::{
     parse_campaign, Action, Campaign, CampaignSpec, Field, MatchSpec, Op, Predicate,
+    WhatsappTemplate,
 };
 pub use cost::Costs;
 pub use ids::{Channel, IdError, IdempotencyKey, Priority, QuizId, SubmissionId};

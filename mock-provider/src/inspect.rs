@@ -55,11 +55,15 @@ pub(crate) fn set_fault(state: Data<&MockState>, Json(f): Json<Fault>) -> Respon
         )
             .into_response();
     }
+    let key = match &f.sender {
+        Some(s) => format!("{}/{s}", f.channel),
+        None => f.channel.clone(),
+    };
     let mut inner = state.lock();
     if f.rate == 0.0 && f.latency_ms == 0 {
-        inner.faults.remove(&f.channel);
+        inner.faults.remove(&key);
     } else {
-        inner.faults.insert(f.channel.clone(), f.clone());
+        inner.faults.insert(key, f.clone());
     }
     Json(f).into_response()
 }
@@ -106,4 +110,28 @@ pub(crate) fn callbacks_sent(state: Data<&MockState>) -> Json<Value> {
         .map(|((channel, status), n)| json!({"channel": channel, "status": status, "count": n}))
         .collect();
     Json(json!({ "sent": sent }))
+}
+
+/// Per sender: messages accepted, and the busiest one-second bucket (aligned to whole seconds
+/// of the mock's clock), to check per-sender rate limits from outside.
+#[handler]
+pub(crate) fn list_senders(state: Data<&MockState>) -> Json<Value> {
+    let inner = state.lock();
+    let mut per: std::collections::BTreeMap<(&str, &str), std::collections::HashMap<i64, u64>> =
+        Default::default();
+    for m in &inner.messages {
+        *per.entry((m.channel, m.sender.as_str()))
+            .or_default()
+            .entry(m.received_at.timestamp())
+            .or_default() += 1;
+    }
+    let senders: Vec<Value> = per
+        .iter()
+        .map(|((channel, sender), secs)| {
+            json!({"channel": channel, "sender": sender,
+                "messages": secs.values().sum::<u64>(),
+                "busiest_second": secs.values().max().copied().unwrap_or(0)})
+        })
+        .collect();
+    Json(json!({ "senders": senders }))
 }

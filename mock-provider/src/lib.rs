@@ -47,10 +47,20 @@ pub const OPTED_OUT: &str = "+15005550021";
 /// An address whose mail is accepted, then reported as a spam complaint (`email.complained`).
 pub const COMPLAINT_EMAIL: &str = "complaint@quizflow.test";
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Message {
     pub channel: &'static str,
     pub to: String,
+    /// What it was sent from: the Twilio `From` (or messaging service), the WhatsApp
+    /// phone-number id, the Evolution instance, the e-mail `from`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub sender: String,
+    /// The Twilio account it came through (a second account is a second provider).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// WhatsApp Cloud template messages: `{"name", "language", "body": [...], "header_image"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     pub body: String,
@@ -71,6 +81,8 @@ pub struct Message {
 pub struct RequestRecord {
     pub channel: &'static str,
     pub to: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub sender: String,
     pub status: u16,
     pub idempotency_key: Option<String>,
     pub received_at: DateTime<Utc>,
@@ -81,6 +93,10 @@ pub struct RequestRecord {
 #[serde(deny_unknown_fields)]
 pub struct Fault {
     pub channel: String,
+    /// Only requests from this sender (a `From`, phone-number id, instance, e-mail `from`) or
+    /// through this Twilio account sid; unset: the whole channel.
+    #[serde(default)]
+    pub sender: Option<String>,
     #[serde(default)]
     pub status: Option<u16>,
     #[serde(default)]
@@ -107,6 +123,9 @@ pub struct Callbacks {
     /// E-mail (Resend/Svix) webhook URL and its `whsec_` secret.
     pub email_url: Option<String>,
     pub email_secret: Option<String>,
+    /// Evolution's webhook (`MESSAGES_UPDATE` delivery reports) and the API key it carries.
+    pub evolution_url: Option<String>,
+    pub evolution_api_key: Option<String>,
     /// Where `POST /_mock/inbound` delivers a reply as Twilio's incoming-message webhook, and
     /// the auth token it is signed with.
     pub twilio_inbound_url: Option<String>,
@@ -202,6 +221,13 @@ pub(crate) fn push_bounded<T>(q: &mut VecDeque<T>, item: T) {
     q.push_back(item);
 }
 
+/// Who a request came from: its sender, and the Twilio account it came through.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct From {
+    pub sender: String,
+    pub account: Option<String>,
+}
+
 /// What the mock answers for one request, after faults and magic recipients.
 pub(crate) enum Verdict {
     Accept,
@@ -209,8 +235,21 @@ pub(crate) enum Verdict {
 }
 
 impl MockState {
-    async fn judge(&self, channel: &'static str, to: &str, key: Option<String>) -> Verdict {
-        let fault = self.lock().faults.get(channel).cloned();
+    async fn judge(
+        &self,
+        channel: &'static str,
+        from: &From,
+        to: &str,
+        key: Option<String>,
+    ) -> Verdict {
+        let fault = {
+            let inner = self.lock();
+            [&from.sender, from.account.as_deref().unwrap_or_default()]
+                .iter()
+                .find_map(|s| inner.faults.get(&format!("{channel}/{s}")))
+                .or_else(|| inner.faults.get(channel))
+                .cloned()
+        };
         if let Some(f) = &fault {
             if f.latency_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(f.latency_ms)).await;
@@ -240,17 +279,30 @@ impl MockState {
             Verdict::Accept => 200,
             Verdict::Reject(_, s) => *s,
         };
+        self.note_request(channel, from, to, status, key);
+        verdict
+    }
+
+    /// Records a request with the status it was answered.
+    fn note_request(
+        &self,
+        channel: &'static str,
+        from: &From,
+        to: &str,
+        status: u16,
+        key: Option<String>,
+    ) {
         push_bounded(
             &mut self.lock().requests,
             RequestRecord {
                 channel,
                 to: to.to_owned(),
+                sender: from.sender.clone(),
                 status,
                 idempotency_key: key,
                 received_at: Utc::now(),
             },
         );
-        verdict
     }
 
     fn record(&self, m: Message) {
@@ -267,6 +319,7 @@ pub fn app(state: MockState) -> impl poem::Endpoint<Output = Response> {
         .at("/webhooks/*path", post(webhook))
         .at("/_mock/messages", get(list_messages).delete(clear_messages))
         .at("/_mock/requests", get(list_requests))
+        .at("/_mock/senders", get(list_senders))
         .at("/_mock/faults", put(set_fault))
         .at("/_mock/callbacks", put(set_callbacks).get(callbacks_sent))
         .at("/_mock/inbound", post(inbound::inbound))

@@ -48,6 +48,8 @@ pub(crate) struct TwilioForm {
     to: String,
     #[serde(default)]
     from: Option<String>,
+    #[serde(default)]
+    messaging_service_sid: Option<String>,
     body: String,
     #[serde(default)]
     status_callback: Option<String>,
@@ -67,25 +69,32 @@ pub(crate) fn basic_password(headers: &HeaderMap) -> Option<String> {
 #[handler]
 pub(crate) async fn twilio(
     state: Data<&MockState>,
-    Path(_sid): Path<String>,
+    Path(account_sid): Path<String>,
     headers: &HeaderMap,
     Form(f): Form<TwilioForm>,
 ) -> Response {
     let key = header(headers, "i-twilio-idempotency-token");
-    match state.judge("sms", &f.to, key.clone()).await {
+    let from = From {
+        sender: f
+            .from
+            .clone()
+            .or(f.messaging_service_sid.clone())
+            .unwrap_or_default(),
+        account: Some(account_sid.clone()),
+    };
+    match state.judge("sms", &from, &f.to, key.clone()).await {
         Verdict::Reject(resp, _) => resp,
         Verdict::Accept => {
             let sid = format!("SM{}", uuid_like());
             state.record(Message {
                 channel: "sms",
                 to: f.to.clone(),
-                subject: None,
+                sender: from.sender,
+                account: Some(account_sid),
                 body: f.body,
-                media: None,
                 idempotency_key: key,
                 received_at: Utc::now(),
-                text: None,
-                headers: Default::default(),
+                ..Default::default()
             });
             if let (Some(url), Some(token), Some(cb)) = (
                 f.status_callback.clone(),
@@ -125,6 +134,43 @@ pub(crate) async fn twilio(
     }
 }
 
+/// A Cloud API template as the mock records it: name, language, body parameters, header image.
+fn cloud_template(t: &Value) -> Value {
+    let components = t["components"].as_array().cloned().unwrap_or_default();
+    let part = |kind: &str| {
+        components
+            .iter()
+            .find(|c| c["type"] == kind)
+            .and_then(|c| c["parameters"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let body: Vec<Value> = part("body").iter().map(|p| p["text"].clone()).collect();
+    let header_image = part("header")
+        .first()
+        .map(|p| p["image"]["link"].clone())
+        .unwrap_or(Value::Null);
+    json!({"name": t["name"], "language": t["language"]["code"], "body": body,
+        "header_image": header_image})
+}
+
+/// Template errors in the Cloud API's shape, for magic template names: `quizflow_missing`
+/// (132001, not approved in that language), `quizflow_paused` (132015); a parameter that is
+/// empty is 132000 (Meta counts it as missing).
+fn template_error(t: &Value) -> Option<Response> {
+    let (code, title, details) = match t["name"].as_str() {
+        Some("quizflow_missing") => (132001, "Template name does not exist in the translation", "template name (quizflow_missing) does not exist in pt_BR"),
+        Some("quizflow_paused") => (132015, "Template is Paused", "template is paused due to low quality"),
+        _ if t["body"].as_array().is_some_and(|b| b.iter().any(|p| p.as_str().is_none_or(str::is_empty))) => {
+            (132000, "Number of parameters does not match the expected number of params", "body: number of localizable_params (0) does not match the expected number of params")
+        }
+        _ => return None,
+    };
+    let body = json!({"error": {"message": "(#132001) Template name does not exist in the translation",
+        "type": "OAuthException", "code": code, "title": title,
+        "error_data": {"messaging_product": "whatsapp", "details": details}}});
+    Some((StatusCode::BAD_REQUEST, Json(body)).into_response())
+}
+
 pub(crate) fn uuid_like() -> String {
     let n: u128 = rand::rng().random();
     format!("{n:032x}")
@@ -133,32 +179,57 @@ pub(crate) fn uuid_like() -> String {
 #[handler]
 pub(crate) async fn whatsapp_cloud(
     state: Data<&MockState>,
-    Path((_version, _phone_id)): Path<(String, String)>,
+    Path((_version, phone_id)): Path<(String, String)>,
     headers: &HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
     let to = body["to"].as_str().unwrap_or_default().to_owned();
-    // A text message, or a media one whose caption is the text.
-    let text = body["text"]["body"]
-        .as_str()
-        .or(body["image"]["caption"].as_str())
-        .unwrap_or_default()
-        .to_owned();
-    let media = body["image"]["link"].as_str().map(str::to_owned);
+    let template = (body["type"] == "template").then(|| cloud_template(&body["template"]));
     let key = header(headers, "idempotency-key");
-    match state.judge("whatsapp", &to, key.clone()).await {
+    let from = From {
+        sender: phone_id,
+        account: None,
+    };
+    if let Some(refused) = template.as_ref().and_then(template_error) {
+        state.note_request("whatsapp", &from, &to, 400, key);
+        return refused;
+    }
+    // A text message, a media one whose caption is the text, or a template's parameters.
+    let text = match &template {
+        Some(t) => t["body"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => body["text"]["body"]
+            .as_str()
+            .or(body["image"]["caption"].as_str())
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let media = body["image"]["link"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| {
+            template.as_ref()?["header_image"]
+                .as_str()
+                .map(str::to_owned)
+        });
+    match state.judge("whatsapp", &from, &to, key.clone()).await {
         Verdict::Reject(resp, _) => resp,
         Verdict::Accept => {
             state.record(Message {
                 channel: "whatsapp",
                 to: to.clone(),
-                subject: None,
+                sender: from.sender,
                 body: text,
                 media,
+                template,
                 idempotency_key: key,
                 received_at: Utc::now(),
-                text: None,
-                headers: Default::default(),
+                ..Default::default()
             });
             let wamid = format!("wamid.{}", uuid_like());
             if let Some(cb) = state.callback_for() {
@@ -192,26 +263,28 @@ pub(crate) async fn whatsapp_cloud(
 #[handler]
 pub(crate) async fn evolution(
     state: Data<&MockState>,
-    Path(_instance): Path<String>,
+    Path(instance): Path<String>,
     headers: &HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
     let to = body["number"].as_str().unwrap_or_default().to_owned();
     let text = body["text"].as_str().unwrap_or_default().to_owned();
     let key = header(headers, "idempotency-key");
-    match state.judge("whatsapp", &to, key.clone()).await {
+    let from = From {
+        sender: instance,
+        account: None,
+    };
+    match state.judge("whatsapp", &from, &to, key.clone()).await {
         Verdict::Reject(resp, _) => resp,
         Verdict::Accept => {
             state.record(Message {
                 channel: "whatsapp",
                 to,
-                subject: None,
+                sender: from.sender,
                 body: text,
-                media: None,
                 idempotency_key: key,
                 received_at: Utc::now(),
-                text: None,
-                headers: Default::default(),
+                ..Default::default()
             });
             (
                 StatusCode::CREATED,
@@ -238,7 +311,11 @@ pub(crate) async fn resend(
         _ => String::new(),
     };
     let key = header(headers, "idempotency-key");
-    match state.judge("email", &to, key.clone()).await {
+    let from = From {
+        sender: body["from"].as_str().unwrap_or_default().to_owned(),
+        account: None,
+    };
+    match state.judge("email", &from, &to, key.clone()).await {
         Verdict::Reject(resp, _) => resp,
         Verdict::Accept => {
             let email_id = uuid_like();
@@ -255,6 +332,9 @@ pub(crate) async fn resend(
             state.record(Message {
                 channel: "email",
                 to,
+                sender: from.sender,
+                account: None,
+                template: None,
                 subject: body["subject"].as_str().map(str::to_owned),
                 body: body["html"]
                     .as_str()
@@ -281,19 +361,19 @@ pub(crate) async fn webhook(
 ) -> Response {
     let key = header(headers, "idempotency-key");
     let to = format!("/webhooks/{path}");
-    match state.judge("webhook", &to, key.clone()).await {
+    match state
+        .judge("webhook", &From::default(), &to, key.clone())
+        .await
+    {
         Verdict::Reject(resp, _) => resp,
         Verdict::Accept => {
             state.record(Message {
                 channel: "webhook",
                 to,
-                subject: None,
                 body,
-                media: None,
                 idempotency_key: key,
                 received_at: Utc::now(),
-                text: None,
-                headers: Default::default(),
+                ..Default::default()
             });
             StatusCode::NO_CONTENT.into_response()
         }

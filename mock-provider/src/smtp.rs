@@ -93,6 +93,7 @@ pub(crate) fn rcpt_to(state: &MockState, line: &str) -> (&'static str, Option<St
         RequestRecord {
             channel: "email",
             to: addr,
+            sender: String::new(),
             status: 550,
             idempotency_key: None,
             received_at: Utc::now(),
@@ -135,18 +136,23 @@ pub(crate) async fn data_received(state: &MockState, to: String, data: &[String]
         }
         None => (rest.join("\n"), None),
     };
-    match state.judge("email", &to, key.clone()).await {
+    let from = From {
+        sender: field(&head, "From").unwrap_or_default(),
+        account: None,
+    };
+    match state.judge("email", &from, &to, key.clone()).await {
         Verdict::Accept => {
             state.record(Message {
                 channel: "email",
                 to,
+                sender: from.sender,
                 subject,
                 body,
-                media: None,
                 idempotency_key: key,
                 received_at: Utc::now(),
                 text,
                 headers,
+                ..Default::default()
             });
             "250 2.0.0 queued\r\n"
         }

@@ -32,6 +32,7 @@ pub async fn serve(cfg: &Config, shutdown: impl Future<Output = ()>) -> anyhow::
             // token (the one `up` gives the API).
             twilio_inbound_url: Some(format!("{public}/v1/inbound/twilio")),
             twilio_auth_token: Some("mock".into()),
+            ..Default::default()
         });
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

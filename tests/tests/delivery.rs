@@ -537,14 +537,16 @@ async fn given_email_over_smtp_then_it_is_sent_with_unsubscribe_headers_and_an_u
     env.campaign(json!([{"channel": "email", "subject": "Seu resultado", "template": "<p>Olá {{ respondent.name }}</p>"}])).await;
     let port = env.smtp_port;
     let s = env.settings(|s| {
-        s.providers.email = quizflow_workers::provider::Provider::smtp(
-            "127.0.0.1",
-            port,
-            quizflow_workers::provider::SmtpTls::None,
-            None,
-            "quizflow@example.com",
-        )
-        .expect("smtp provider");
+        s.providers.email = quizflow_workers::provider::Sender::alone(
+            quizflow_workers::provider::Provider::smtp(
+                "127.0.0.1",
+                port,
+                quizflow_workers::provider::SmtpTls::None,
+                None,
+                "quizflow@example.com",
+            )
+            .expect("smtp provider"),
+        );
         s.public_url = Some("https://quizflow.example".into());
     });
     env.workers(s);

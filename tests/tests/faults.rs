@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 fn production(env: &Env) -> WorkerSettings {
     let mut s = WorkerSettings::new(Providers::mock(&env.mock));
     s.retry_schedule = vec![Duration::from_secs(1); 8];
-    s.providers.webhook = quizflow_workers::provider::Provider::Webhook {
-        secret: None,
-        allow_private: false,
-    };
+    s.providers.webhook =
+        quizflow_workers::provider::Sender::alone(quizflow_workers::provider::Provider::Webhook {
+            secret: None,
+            allow_private: false,
+        });
     s
 }
 
@@ -494,10 +495,11 @@ async fn given_webhooks_to_internal_addresses_or_redirects_then_they_are_refused
     .await;
     let mut s = production(&env);
     s.webhook_allow_private = true;
-    s.providers.webhook = quizflow_workers::provider::Provider::Webhook {
-        secret: None,
-        allow_private: true,
-    };
+    s.providers.webhook =
+        quizflow_workers::provider::Sender::alone(quizflow_workers::provider::Provider::Webhook {
+            secret: None,
+            allow_private: true,
+        });
     env.workers(s);
     env.submit("x-2", json!({"phone": phone(2)})).await;
     wait_until(

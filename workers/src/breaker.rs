@@ -6,7 +6,6 @@
 //! channel's first member, probes when the cooldown ends.
 
 use crate::cluster::{Verdict, VerdictTx};
-use quizflow_core::Channel;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -57,8 +56,11 @@ pub struct Breaker {
     state: Mutex<State>,
     /// This process may probe when the cooldown ends (the cluster picks one).
     may_probe: AtomicBool,
-    /// Where this breaker's own verdicts go, to be shared.
-    share: Option<(Channel, VerdictTx)>,
+    /// Where this breaker's own verdicts go, under its key, to be shared.
+    share: Option<(String, VerdictTx)>,
+    /// Until when the provider asked this sender to slow down (`Retry-After`): its jobs wait
+    /// for it rather than move to another sender (contract §3.3).
+    paused_until: Mutex<Option<Instant>>,
 }
 
 impl Breaker {
@@ -69,21 +71,23 @@ impl Breaker {
             state: Mutex::new(State::Closed { failures: 0 }),
             may_probe: AtomicBool::new(true),
             share: None,
+            paused_until: Mutex::new(None),
         }
     }
 
-    /// A breaker whose verdicts are shared with the other processes serving `channel`.
-    pub fn shared(failures: u32, cooldown: Duration, channel: Channel, tx: VerdictTx) -> Self {
+    /// A breaker whose verdicts are shared with the other processes under `key` (one per
+    /// sender of a channel: [`crate::lanes::verdict_key`]).
+    pub fn shared(failures: u32, cooldown: Duration, key: String, tx: VerdictTx) -> Self {
         Self {
-            share: Some((channel, tx)),
+            share: Some((key, tx)),
             ..Self::new(failures, cooldown)
         }
     }
 
     fn tell(&self, verdict: Verdict) {
-        if let Some((channel, tx)) = &self.share {
+        if let Some((key, tx)) = &self.share {
             // Bounded: under a storm of verdicts the others reach their own.
-            let _ = tx.try_send((*channel, verdict));
+            let _ = tx.try_send((key.clone(), verdict));
         }
     }
 
@@ -171,6 +175,7 @@ impl Breaker {
     pub fn pause(&self, wait: Duration) {
         let mut s = self.lock();
         let until = Instant::now() + wait;
+        *self.paused_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
         let extends_by = match *s {
             State::Open { until: u } if u >= until => return,
             State::Open { until: u } => until - u,
@@ -186,7 +191,15 @@ impl Breaker {
         }
     }
 
+    /// How much longer the provider's `Retry-After` holds this sender, if it does.
+    pub fn throttled(&self) -> Option<Duration> {
+        let until = (*self.paused_until.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero() && self.state() != CircuitState::Closed).then_some(left)
+    }
+
     pub fn success(&self) {
+        *self.paused_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let mut s = self.lock();
         let was_open = !matches!(*s, State::Closed { .. });
         *s = State::Closed { failures: 0 };

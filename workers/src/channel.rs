@@ -2,21 +2,18 @@
 //! letters) shares, and this process's share of the channel's limits, followed as the
 //! cluster's membership changes.
 
-use crate::breaker::Breaker;
 use crate::cluster::Share;
 use crate::handle::JobMsg;
+use crate::lanes::Lane;
 use crate::metrics::WorkerMetrics;
-use crate::provider::Provider;
 use crate::render;
 use crate::status::{StatusWriter, Update};
 use crate::WorkerSettings;
 use async_nats::jetstream;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use quizflow_core::{Channel, DeliveryJob, DeliveryStatus};
 use quizflow_store::deliveries::{self, JobContext, Key};
 use quizflow_store::Pool;
 use rand::Rng;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
@@ -29,15 +26,12 @@ pub(crate) struct Channelled {
     pub pool: Pool,
     pub status: StatusWriter,
     pub http: reqwest::Client,
-    pub provider: Provider,
-    /// This process's share of the channel's rate (none: send nothing), rebuilt when the
-    /// cluster's membership changes.
-    pub limiter: std::sync::RwLock<Option<Arc<DefaultDirectRateLimiter>>>,
-    /// This process's share of the channel's limits ([`crate::cluster`]).
+    /// The channel's senders, in failover order ([`crate::lanes`]).
+    pub lanes: Vec<Lane>,
+    /// This process's share of the channel's concurrency ([`crate::cluster`]).
     pub share: watch::Receiver<Share>,
     /// Provider calls in flight: as many permits as the share's concurrency.
     pub slots: Arc<Semaphore>,
-    pub breaker: Arc<Breaker>,
     pub metrics: WorkerMetrics,
     pub templates: render::TemplateCache,
     /// Campaign versions read so far (immutable once written).
@@ -69,40 +63,36 @@ impl Channelled {
         }
     }
 
-    /// Applies this process's share as the cluster changes: a limiter at the new rate, and
-    /// the slots grown or shrunk (a shrink takes permits back as calls finish).
+    /// Applies this process's shares as the cluster changes: the channel's slots, and each
+    /// sender's limiter and slots.
     pub async fn follow_share(self: Arc<Self>) -> Result<(), crate::WorkerError> {
+        let metrics = &self.metrics;
+        let lanes = self.lanes.iter().map(|lane| {
+            let labels = [self.channel.as_str(), lane.label.as_str()];
+            lane.follow(self.stop.clone(), move |rate, members| {
+                metrics.rate_share.with_label_values(&labels).set(rate);
+                metrics
+                    .members
+                    .with_label_values(&labels[..1])
+                    .set(members as i64);
+            })
+        });
+        tokio::join!(futures::future::join_all(lanes), self.follow_slots());
+        Ok(())
+    }
+
+    /// The channel's slots grown or shrunk with its share (a shrink takes permits back as
+    /// calls finish).
+    async fn follow_slots(&self) {
         let mut share = self.share.clone();
         let mut issued = 0usize;
-        let mut rate = 0.0f64;
-        let mut replaced = false;
         loop {
             let now = *share.borrow_and_update();
-            if now.rate_per_sec != rate {
-                rate = now.rate_per_sec;
-                let limiter = limiter_at(rate, replaced);
-                replaced |= limiter.is_some();
-                *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = limiter;
-                let channel = [self.channel.as_str()];
-                self.metrics
-                    .rate_share
-                    .with_label_values(&channel)
-                    .set(rate);
-                self.metrics
-                    .members
-                    .with_label_values(&channel)
-                    .set(now.members as i64);
-            }
-            if now.concurrency > issued {
-                self.slots.add_permits(now.concurrency - issued);
-                issued = now.concurrency;
-            } else if now.concurrency < issued {
-                issued -= self.slots.forget_permits(issued - now.concurrency);
-            }
+            crate::lanes::resize(&self.slots, &mut issued, now.concurrency);
             tokio::select! {
                 changed = share.changed() => {
                     if changed.is_err() {
-                        return Ok(());
+                        return;
                     }
                 }
                 // Permits held by calls in flight come back one by one: take them out.
@@ -112,16 +102,9 @@ impl Channelled {
                         issued -= 1;
                     }
                 }
-                _ = self.stopped() => return Ok(()),
+                _ = self.stopped() => return,
             }
         }
-    }
-
-    pub fn current_limiter(&self) -> Option<Arc<DefaultDirectRateLimiter>> {
-        self.limiter
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 
     /// How long a claim holds (see [`lease_for`]).
@@ -154,22 +137,6 @@ impl Channelled {
         let _ = self.status.write(u).await;
         msg.nak(wait, Some(job)).await;
     }
-}
-
-/// A limiter at `rate` per second (none at 0). Its burst is a tenth of a second's worth: a
-/// provider that allows 50 msg/s must not see 50 at once after an idle spell. A limiter that
-/// `replaces` another starts empty, or every membership change would add a burst per process.
-fn limiter_at(rate: f64, replaces: bool) -> Option<Arc<DefaultDirectRateLimiter>> {
-    if rate <= 0.0 {
-        return None;
-    }
-    let burst = NonZeroU32::new((rate / 10.0) as u32).unwrap_or(NonZeroU32::MIN);
-    let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate))?.allow_burst(burst);
-    let l = RateLimiter::direct(quota);
-    if replaces {
-        let _ = l.check_n(burst);
-    }
-    Some(Arc::new(l))
 }
 
 /// How long a claim holds without renewal: the longest one send can take before its outcome

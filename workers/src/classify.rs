@@ -19,7 +19,10 @@ pub const TWILIO: CodeTable = CodeTable {
 
 pub const WHATSAPP: CodeTable = CodeTable {
     opt_out: &[131050],
-    permanent: &[131026],
+    // 131026: not on WhatsApp; 1320xx: the template (missing, wrong parameters, paused).
+    permanent: &[
+        131026, 132000, 132001, 132005, 132007, 132012, 132015, 132016,
+    ],
     throttle: &[130429, 131056],
 };
 

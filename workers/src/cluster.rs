@@ -15,8 +15,10 @@
 //! partition the sum stays under the limit. A process that joins waits a heartbeat before it
 //! takes a share, so it starts from the full member list instead of thinking itself alone.
 //!
-//! Breaker verdicts are shared through `breaker.<channel>`: an open breaker (failures, or a
-//! provider's `Retry-After`) stops every process; the probe's success closes it everywhere.
+//! Each sender of a channel (contract §3.3) has its own rate and concurrency, split the same
+//! way, and its own breaker, whose verdicts are shared through `breaker.<channel>.<sender
+//! key>`: an open breaker (failures, or a provider's `Retry-After`) stops that sender in every
+//! process; the probe's success closes it everywhere.
 //!
 //! Cost: one KV put per process per second, and each process reads every heartbeat (n² small
 //! messages a second over the cluster: fine into the hundreds of processes).
@@ -144,16 +146,27 @@ impl Members {
     }
 }
 
-/// One channel as the cluster task sees it.
+/// One channel as the cluster task sees it: its concurrency, split among the members, and its
+/// senders.
 pub struct ChannelLink {
     pub channel: Channel,
+    pub totals: Totals,
+    pub share: watch::Sender<Share>,
+    pub lanes: Vec<LaneLink>,
+}
+
+/// One sender of a channel: its limits, split among the members serving the channel, and its
+/// breaker, whose verdicts are shared under `key`.
+pub struct LaneLink {
+    pub key: String,
+    pub totals: Totals,
     pub breaker: Arc<Breaker>,
     pub share: watch::Sender<Share>,
 }
 
-/// Verdicts the pools reach, to be published (bounded: a verdict that does not fit is
-/// dropped, and the other processes reach their own).
-pub type VerdictTx = mpsc::Sender<(Channel, Verdict)>;
+/// Verdicts the pools reach, by breaker key, to be published (bounded: a verdict that does
+/// not fit is dropped, and the other processes reach their own).
+pub type VerdictTx = mpsc::Sender<(String, Verdict)>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -172,18 +185,13 @@ fn member_key(id: &str) -> String {
     format!("member.{id}")
 }
 
-fn breaker_key(c: Channel) -> String {
-    format!("breaker.{}", c.as_str())
-}
-
 /// Runs until `stop`: heartbeats, watches, recomputes shares, shares verdicts. On stop the
 /// member key is deleted, so the others take the share at once.
 pub async fn run(
     kv: kv::Store,
     me: String,
-    totals: Totals,
     links: Vec<ChannelLink>,
-    mut verdicts: mpsc::Receiver<(Channel, Verdict)>,
+    mut verdicts: mpsc::Receiver<(String, Verdict)>,
     mut stop: watch::Receiver<bool>,
 ) {
     let channels: Vec<Channel> = links.iter().map(|l| l.channel).collect();
@@ -212,10 +220,10 @@ pub async fn run(
                     tracing::warn!(error = %e, "workers bucket: heartbeat not written");
                 }
             }
-            Some((channel, verdict)) = verdicts.recv() => {
+            Some((key, verdict)) = verdicts.recv() => {
                 let rec = VerdictRecord { by: me.clone(), verdict };
                 let body = serde_json::to_vec(&rec).unwrap_or_default();
-                if let Err(e) = kv.put(breaker_key(channel), body.into()).await {
+                if let Err(e) = kv.put(key, body.into()).await {
                     tracing::warn!(error = %e, "workers bucket: breaker verdict not shared");
                 }
             }
@@ -241,22 +249,32 @@ pub async fn run(
             || joined.is_none_or(|t| t.elapsed() < HEARTBEAT + HEARTBEAT / 5);
         let live = members.live(MEMBER_TTL);
         for l in &links {
-            let share = if fenced {
-                Share::NONE
-            } else {
-                share_of(&live, &me, l.channel, totals)
+            let share_at = |totals| {
+                if fenced {
+                    Share::NONE
+                } else {
+                    share_of(&live, &me, l.channel, totals)
+                }
             };
-            l.breaker.set_may_probe(share.probe);
-            l.share.send_if_modified(|s| {
-                let changed = *s != share;
-                *s = share;
-                changed
-            });
+            publish(&l.share, share_at(l.totals));
+            for lane in &l.lanes {
+                let share = share_at(lane.totals);
+                lane.breaker.set_may_probe(share.probe);
+                publish(&lane.share, share);
+            }
         }
     }
     if let Err(e) = kv.delete(member_key(&me)).await {
         tracing::debug!(error = %e, "workers bucket: member key not deleted");
     }
+}
+
+fn publish(tx: &watch::Sender<Share>, share: Share) {
+    tx.send_if_modified(|s| {
+        let changed = *s != share;
+        *s = share;
+        changed
+    });
 }
 
 fn apply(
@@ -286,10 +304,7 @@ fn apply(
         }
         return;
     }
-    let Some(channel) = e.key.strip_prefix("breaker.") else {
-        return;
-    };
-    let Some(link) = links.iter().find(|l| l.channel.as_str() == channel) else {
+    let Some(link) = links.iter().flat_map(|l| &l.lanes).find(|l| l.key == e.key) else {
         return;
     };
     let Ok(rec) = serde_json::from_slice::<VerdictRecord>(&e.value) else {

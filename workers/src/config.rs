@@ -1,19 +1,21 @@
 //! Settings of the workers role.
 
-use crate::provider::{Provider, SmtpTls};
+use crate::provider::{Provider, Sender, SmtpTls};
 use quizflow_core::Channel;
 use std::time::Duration;
 
+/// Each channel's senders, in failover order (contract §3.3): the first provider's senders,
+/// then the next provider's.
 #[derive(Debug, Clone)]
 pub struct Providers {
-    pub sms: Provider,
-    pub whatsapp: Provider,
-    pub email: Provider,
-    pub webhook: Provider,
+    pub sms: Vec<Sender>,
+    pub whatsapp: Vec<Sender>,
+    pub email: Vec<Sender>,
+    pub webhook: Vec<Sender>,
 }
 
 impl Providers {
-    pub fn for_channel(&self, c: Channel) -> &Provider {
+    pub fn for_channel(&self, c: Channel) -> &[Sender] {
         match c {
             Channel::Sms => &self.sms,
             Channel::Whatsapp => &self.whatsapp,
@@ -25,48 +27,70 @@ impl Providers {
     /// Every channel pointed at the bundled mock provider (`quizflow up`, benchmarks, tests).
     pub fn mock(base: &str) -> Self {
         Self {
-            sms: Provider::Twilio {
+            sms: Sender::alone(Provider::Twilio {
                 base: base.into(),
                 account_sid: "ACmock".into(),
                 auth_token: "mock".into(),
                 from: "+15550000000".into(),
                 status_callback: None,
-            },
-            whatsapp: Provider::WhatsappCloud {
+            }),
+            whatsapp: Sender::alone(Provider::WhatsappCloud {
                 base: base.into(),
                 version: "v21.0".into(),
                 phone_number_id: "mock".into(),
                 token: "mock".into(),
-            },
-            email: Provider::Resend {
+            }),
+            email: Sender::alone(Provider::Resend {
                 base: base.into(),
                 api_key: "mock".into(),
                 from: "quizflow@example.com".into(),
-            },
-            webhook: Provider::Webhook {
+            }),
+            webhook: Sender::alone(Provider::Webhook {
                 secret: None,
                 allow_private: true,
-            },
+            }),
         }
     }
-}
 
-impl Providers {
     /// Asks providers that take a per-message callback address (Twilio) to report delivery
     /// to the API at `public_url` (`QUIZFLOW_PUBLIC_URL`). WhatsApp Cloud and Resend report
     /// to the address configured in their dashboards.
     pub fn with_status_callbacks(mut self, public_url: &str) -> Self {
-        if let Provider::Twilio {
-            status_callback, ..
-        } = &mut self.sms
-        {
-            *status_callback = Some(format!(
-                "{}/v1/callbacks/twilio",
-                public_url.trim_end_matches('/')
-            ));
+        for s in &mut self.sms {
+            if let Provider::Twilio {
+                status_callback, ..
+            } = &mut s.provider
+            {
+                *status_callback = Some(format!(
+                    "{}/v1/callbacks/twilio",
+                    public_url.trim_end_matches('/')
+                ));
+            }
         }
         self
     }
+}
+
+/// One provider account's senders: the account once per `from` of a comma-separated list
+/// (`QUIZFLOW_TWILIO_FROM=+15550001,+15550002`), at failover position `rank`.
+fn senders(provider: Provider, list: &str, rank: usize) -> Result<Vec<Sender>, ConfigError> {
+    let mut out: Vec<Sender> = Vec::new();
+    for from in list.split(',').map(str::trim) {
+        if from.is_empty() {
+            return invalid(format!(
+                "{}: an empty sender in the list {list:?}",
+                provider.name()
+            ));
+        }
+        if out.iter().any(|s| s.provider.sender() == from) {
+            return invalid(format!("{}: sender {from} listed twice", provider.name()));
+        }
+        out.push(Sender {
+            provider: provider.with_sender(from),
+            rank,
+        });
+    }
+    Ok(out)
 }
 
 /// The workers' section of the configuration: the pools' limits, retries and breaker
@@ -86,6 +110,9 @@ pub struct WorkersConfig {
     pub breaker_cooldown: quizflow_core::settings::HumanDuration,
     /// At most so many messages per recipient per rolling window on the channel, across
     /// campaigns (`"3/24h"`); transactional campaigns are exempt. Unset: no cap.
+    /// Provider calls in flight per sender, for all workers processes together (unset: only
+    /// the channel's `worker_concurrency` bounds them).
+    pub sender_concurrency: Option<usize>,
     pub frequency_cap_sms: Option<quizflow_core::consent::FrequencyCap>,
     pub frequency_cap_whatsapp: Option<quizflow_core::consent::FrequencyCap>,
     pub frequency_cap_email: Option<quizflow_core::consent::FrequencyCap>,
@@ -102,6 +129,7 @@ impl Default for WorkersConfig {
             retry_schedule: quizflow_core::settings::Durations(s.retry_schedule),
             breaker_failures: s.breaker_failures,
             breaker_cooldown: quizflow_core::settings::HumanDuration(s.breaker_cooldown),
+            sender_concurrency: None,
             frequency_cap_sms: None,
             frequency_cap_whatsapp: None,
             frequency_cap_email: None,
@@ -115,9 +143,10 @@ impl WorkersConfig {
         if self.worker_concurrency == 0
             || self.provider_rate_per_sec == 0
             || self.breaker_failures == 0
+            || self.sender_concurrency == Some(0)
         {
             return invalid(
-                "worker_concurrency, provider_rate_per_sec and breaker_failures must be positive",
+                "worker_concurrency, provider_rate_per_sec, sender_concurrency and breaker_failures must be positive",
             );
         }
         Ok(())
@@ -130,6 +159,7 @@ impl WorkersConfig {
         s.channels = channels;
         s.concurrency = self.worker_concurrency;
         s.rate_per_sec = self.provider_rate_per_sec;
+        s.sender_concurrency = self.sender_concurrency;
         s.retry_schedule = self.retry_schedule.0.clone();
         s.breaker_failures = self.breaker_failures;
         s.breaker_cooldown = self.breaker_cooldown.0;
@@ -157,6 +187,12 @@ pub struct ProviderConfig {
     pub twilio_account_sid: Option<String>,
     pub twilio_auth_token: Option<String>,
     pub twilio_from: Option<String>,
+    /// A second Twilio-compatible account the SMS channel fails over to while the first's
+    /// breakers are open.
+    pub twilio_failover_url: Option<String>,
+    pub twilio_failover_account_sid: Option<String>,
+    pub twilio_failover_auth_token: Option<String>,
+    pub twilio_failover_from: Option<String>,
     pub whatsapp_provider: Option<WhatsappProvider>,
     pub whatsapp_url: Option<String>,
     pub whatsapp_token: Option<String>,
@@ -182,6 +218,10 @@ impl Default for ProviderConfig {
             twilio_account_sid: None,
             twilio_auth_token: None,
             twilio_from: None,
+            twilio_failover_url: None,
+            twilio_failover_account_sid: None,
+            twilio_failover_auth_token: None,
+            twilio_failover_from: None,
             whatsapp_provider: None,
             whatsapp_url: None,
             whatsapp_token: None,
@@ -236,80 +276,151 @@ impl ProviderConfig {
             Some(e) => p.email = e,
             None => mocked.push(Channel::Email),
         }
-        p.webhook = Provider::Webhook {
+        p.webhook = Sender::alone(Provider::Webhook {
             secret: self.webhook_secret.clone(),
             allow_private: self.webhook_allow_private,
-        };
+        });
         Ok((p, mocked))
     }
 
-    fn sms(&self) -> Result<Option<Provider>, ConfigError> {
-        match (&self.twilio_account_sid, &self.twilio_auth_token, &self.twilio_from) {
-            (Some(sid), Some(token), Some(from)) => Ok(Some(Provider::Twilio {
-                base: self.twilio_url.clone(),
-                account_sid: sid.clone(),
-                auth_token: token.clone(),
-                from: from.clone(),
-                status_callback: None,
-            })),
-            (None, None, None) => Ok(None),
-            _ => invalid("Twilio needs QUIZFLOW_TWILIO_ACCOUNT_SID, QUIZFLOW_TWILIO_AUTH_TOKEN and QUIZFLOW_TWILIO_FROM"),
+    fn sms(&self) -> Result<Option<Vec<Sender>>, ConfigError> {
+        let first = twilio(
+            &self.twilio_url,
+            [
+                &self.twilio_account_sid,
+                &self.twilio_auth_token,
+                &self.twilio_from,
+            ],
+            0,
+        )?;
+        let url = self
+            .twilio_failover_url
+            .as_deref()
+            .unwrap_or(&self.twilio_url);
+        let second = twilio(
+            url,
+            [
+                &self.twilio_failover_account_sid,
+                &self.twilio_failover_auth_token,
+                &self.twilio_failover_from,
+            ],
+            1,
+        )?;
+        match (first, second) {
+            (Some(mut a), Some(b)) => {
+                a.extend(b);
+                Ok(Some(a))
+            }
+            (Some(a), None) => Ok(Some(a)),
+            (None, None) => Ok(None),
+            (None, Some(_)) => invalid(
+                "QUIZFLOW_TWILIO_FAILOVER_* needs a first Twilio account (QUIZFLOW_TWILIO_*)",
+            ),
         }
     }
 
-    fn whatsapp(&self) -> Result<Option<Provider>, ConfigError> {
+    fn whatsapp(&self) -> Result<Option<Vec<Sender>>, ConfigError> {
         let (url, token) = (&self.whatsapp_url, &self.whatsapp_token);
         match self.whatsapp_provider {
             None => Ok(None),
             Some(WhatsappProvider::Cloud) => {
-                let (Some(url), Some(token), Some(id)) =
+                let (Some(url), Some(token), Some(ids)) =
                     (url, token, &self.whatsapp_phone_number_id)
                 else {
                     return invalid("WhatsApp Cloud needs QUIZFLOW_WHATSAPP_URL, QUIZFLOW_WHATSAPP_TOKEN and QUIZFLOW_WHATSAPP_PHONE_NUMBER_ID");
                 };
-                Ok(Some(Provider::WhatsappCloud {
+                let cloud = Provider::WhatsappCloud {
                     base: url.clone(),
                     version: "v21.0".into(),
-                    phone_number_id: id.clone(),
+                    phone_number_id: String::new(),
                     token: token.clone(),
-                }))
+                };
+                senders(cloud, ids, 0).map(Some)
             }
             Some(WhatsappProvider::Evolution) => {
-                let (Some(url), Some(token), Some(instance)) =
+                let (Some(url), Some(token), Some(instances)) =
                     (url, token, &self.evolution_instance)
                 else {
                     return invalid("Evolution needs QUIZFLOW_WHATSAPP_URL, QUIZFLOW_WHATSAPP_TOKEN (API key) and QUIZFLOW_EVOLUTION_INSTANCE");
                 };
-                Ok(Some(Provider::Evolution {
+                let evolution = Provider::Evolution {
                     base: url.clone(),
-                    instance: instance.clone(),
+                    instance: String::new(),
                     api_key: token.clone(),
-                }))
+                };
+                senders(evolution, instances, 0).map(Some)
             }
         }
     }
 
-    fn email(&self) -> Result<Option<Provider>, ConfigError> {
-        match (&self.email_smtp_host, &self.email_api_key, &self.email_from) {
-            (Some(host), None, Some(from)) => {
-                let creds = self
-                    .email_smtp_username
-                    .clone()
-                    .zip(self.email_smtp_password.clone());
-                Provider::smtp(host, self.email_smtp_port, self.email_smtp_tls, creds, from)
-                    .map(Some)
-                    .map_err(ConfigError)
+    /// Resend, SMTP, or both: then Resend sends and SMTP takes over while Resend's breakers
+    /// are open.
+    fn email(&self) -> Result<Option<Vec<Sender>>, ConfigError> {
+        let Some(from) = &self.email_from else {
+            return match (&self.email_smtp_host, &self.email_api_key) {
+                (None, None) => Ok(None),
+                (Some(_), _) => invalid("SMTP e-mail needs QUIZFLOW_EMAIL_FROM"),
+                (None, Some(_)) => {
+                    invalid("e-mail needs QUIZFLOW_EMAIL_API_KEY and QUIZFLOW_EMAIL_FROM")
+                }
+            };
+        };
+        for f in from.split(',').map(str::trim) {
+            if let Err(e) = f.parse::<lettre::message::Mailbox>() {
+                return invalid(format!("QUIZFLOW_EMAIL_FROM: sender {f:?}: {e}"));
             }
-            (Some(_), Some(_), _) => invalid("configure e-mail for SMTP (QUIZFLOW_EMAIL_SMTP_HOST) or an HTTP API (QUIZFLOW_EMAIL_API_KEY), not both"),
-            (Some(_), None, None) => invalid("SMTP e-mail needs QUIZFLOW_EMAIL_FROM"),
-            (None, Some(key), Some(from)) => Ok(Some(Provider::Resend {
+        }
+        let mut out = Vec::new();
+        if let Some(key) = &self.email_api_key {
+            let resend = Provider::Resend {
                 base: self.email_url.clone(),
                 api_key: key.clone(),
-                from: from.clone(),
-            })),
-            (None, None, None) => Ok(None),
-            (None, _, _) => invalid("e-mail needs QUIZFLOW_EMAIL_API_KEY and QUIZFLOW_EMAIL_FROM"),
+                from: String::new(),
+            };
+            out.extend(senders(resend, from, 0)?);
         }
+        if let Some(host) = &self.email_smtp_host {
+            let creds = self
+                .email_smtp_username
+                .clone()
+                .zip(self.email_smtp_password.clone());
+            let first = from.split(',').next().unwrap_or_default().trim();
+            let smtp = Provider::smtp(
+                host,
+                self.email_smtp_port,
+                self.email_smtp_tls,
+                creds,
+                first,
+            )
+            .map_err(ConfigError)?;
+            out.extend(senders(smtp, from, usize::from(!out.is_empty()))?);
+        }
+        if out.is_empty() {
+            return invalid("e-mail needs QUIZFLOW_EMAIL_API_KEY or QUIZFLOW_EMAIL_SMTP_HOST");
+        }
+        Ok(Some(out))
+    }
+}
+
+/// One Twilio-compatible account (`[sid, token, from list]`), all three or none.
+fn twilio(
+    base: &str,
+    [sid, token, from]: [&Option<String>; 3],
+    rank: usize,
+) -> Result<Option<Vec<Sender>>, ConfigError> {
+    match (sid, token, from) {
+        (Some(sid), Some(token), Some(from)) => {
+            let account = Provider::Twilio {
+                base: base.to_owned(),
+                account_sid: sid.clone(),
+                auth_token: token.clone(),
+                from: String::new(),
+                status_callback: None,
+            };
+            senders(account, from, rank).map(Some)
+        }
+        (None, None, None) => Ok(None),
+        _ => invalid("a Twilio account needs its ACCOUNT_SID, AUTH_TOKEN and FROM (QUIZFLOW_TWILIO_* or QUIZFLOW_TWILIO_FAILOVER_*)"),
     }
 }
 
@@ -318,8 +429,10 @@ pub struct WorkerSettings {
     pub channels: Vec<Channel>,
     /// Jobs in flight per channel (a semaphore around provider calls).
     pub concurrency: usize,
-    /// Token bucket per channel's provider, messages per second.
+    /// Token bucket per sender, messages per second.
     pub rate_per_sec: u32,
+    /// Calls in flight per sender (unset: only `concurrency` bounds them).
+    pub sender_concurrency: Option<usize>,
     /// `QUIZFLOW_RETRY_SCHEDULE`: waits between attempts; attempts = entries + 1.
     pub retry_schedule: Vec<Duration>,
     pub breaker_failures: u32,
@@ -352,6 +465,7 @@ impl WorkerSettings {
             channels: Channel::ALL.to_vec(),
             concurrency: 64,
             rate_per_sec: 50,
+            sender_concurrency: None,
             retry_schedule: [5, 25, 120, 600, 3600]
                 .into_iter()
                 .map(Duration::from_secs)

@@ -3,7 +3,6 @@
 //! query, [`triage`] each, claim the ones to send in one statement, and start a task per
 //! claimed job ([`crate::send`]).
 
-use crate::breaker::Allowance;
 use crate::channel::{key_of, Channelled};
 use crate::handle::{self, JobMsg};
 use crate::triage::{triage, Loaded, Triage};
@@ -44,27 +43,25 @@ impl Channelled {
         let consumers = self.consumers().await?;
         let mut inflight: JoinSet<()> = JoinSet::new();
         let mut idle = Duration::from_millis(20);
-        tracing::info!(channel = %self.channel, provider = self.provider.name(), "worker pool started");
+        tracing::info!(channel = %self.channel, senders = self.lanes.len(), "worker pool started");
         while !self.stopping() {
             while inflight.try_join_next().is_some() {}
-            // Open breaker: nothing is fetched, the jobs wait in the stream. Half-open: one
-            // job is fetched, the probe.
-            let probe = match self.breaker.allowance() {
-                Ok(Allowance::Closed) => false,
-                Ok(Allowance::Probe) => true,
+            // Every sender's breaker open: nothing is fetched, the jobs wait in the stream.
+            // A sender's cooldown over: one job is its probe (the only one fetched when no
+            // sender is closed).
+            let (open, probe) = match crate::lanes::allowance(&self.lanes) {
+                Ok(x) => x,
                 Err(wait) => {
                     self.pause(wait.min(Duration::from_millis(250))).await;
                     continue;
                 }
             };
-            let Some(want) = self.room(probe).await else {
+            let Some(want) = self.room(open, probe).await else {
                 continue;
             };
             let msgs = self.fetch(&consumers, want).await;
             if msgs.is_empty() {
-                if probe {
-                    self.breaker.release_probe();
-                }
+                self.release_probe(probe);
                 self.pause(idle).await;
                 idle = (idle * 2).min(Duration::from_millis(250));
                 continue;
@@ -82,21 +79,26 @@ impl Channelled {
         Ok(())
     }
 
+    /// A probe that made no provider call: the next caller may probe at once.
+    pub(crate) fn release_probe(&self, probe: Option<usize>) {
+        if let Some(lane) = probe.and_then(|p| self.lanes.get(p)) {
+            lane.breaker.release_probe();
+        }
+    }
+
     /// How many messages to fetch: about one per free slot (a message may carry a chunk of
-    /// up to `JOB_CHUNK` jobs), one for a probe; `None` after waiting for a slot to free.
-    async fn room(&self, probe: bool) -> Option<usize> {
+    /// up to `JOB_CHUNK` jobs), one for a probe alone; `None` after waiting for a slot to free.
+    async fn room(&self, open: bool, probe: Option<usize>) -> Option<usize> {
         let free = self.slots.available_permits();
         if free == 0 {
-            if probe {
-                self.breaker.release_probe();
-            }
+            self.release_probe(probe);
             tokio::select! {
                 _ = self.slots.acquire() => {}
                 _ = self.pause(Duration::from_millis(250)) => {}
             }
             return None;
         }
-        Some(if probe {
+        Some(if !open {
             1
         } else {
             free.div_ceil(quizflow_nats::JOB_CHUNK).clamp(1, 100)
@@ -155,16 +157,14 @@ impl Channelled {
         self: &Arc<Self>,
         msgs: Vec<jetstream::Message>,
         inflight: &mut JoinSet<()>,
-        probe: bool,
+        probe: Option<usize>,
     ) {
         let jobs = self.decode(msgs).await;
         let Some(contexts) = self.load(&jobs).await else {
             // The database is away: everything goes back, no attempt spent (a whole chunk as
             // one message, not one re-publish per job).
             handle::nak_together(jobs, Duration::from_secs(2)).await;
-            if probe {
-                self.breaker.release_probe();
-            }
+            self.release_probe(probe);
             self.pause(Duration::from_secs(1)).await;
             return;
         };
@@ -183,8 +183,8 @@ impl Channelled {
             }
         }
         let started = self.start(eligible, inflight, probe).await;
-        if probe && !started {
-            self.breaker.release_probe();
+        if !started {
+            self.release_probe(probe);
         }
     }
 
@@ -194,7 +194,7 @@ impl Channelled {
         self: &Arc<Self>,
         eligible: Vec<(JobMsg, DeliveryJob, JobContext)>,
         inflight: &mut JoinSet<()>,
-        probe: bool,
+        probe: Option<usize>,
     ) -> bool {
         let claim = Uuid::new_v4();
         let keys: Vec<Key> = eligible.iter().map(|(_, j, _)| key_of(j)).collect();
@@ -230,8 +230,8 @@ impl Channelled {
                 self.release(msg, &job, &ctx, claim, None).await;
                 continue;
             };
-            let is_probe = probe && !probe_used;
-            probe_used |= is_probe;
+            let is_probe = probe.filter(|_| !probe_used);
+            probe_used |= is_probe.is_some();
             let span = tracing::info_span!(
                 "worker.deliver",
                 channel = %job.channel,
@@ -244,8 +244,8 @@ impl Channelled {
                 let _lease = guard;
                 let send = me.process(msg, job, ctx, claim, permit, is_probe);
                 let called = tracing::Instrument::instrument(send, span).await;
-                if is_probe && called == Called::No {
-                    me.breaker.release_probe();
+                if called == Called::No {
+                    me.release_probe(is_probe);
                 }
             });
         }

@@ -26,6 +26,7 @@ mod dead;
 pub mod egress;
 mod fetch;
 mod handle;
+mod lanes;
 mod lease;
 mod metrics;
 mod outcome;

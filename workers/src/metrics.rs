@@ -103,8 +103,8 @@ impl WorkerMetrics {
             )?,
             circuit: gauge(
                 "quizflow_circuit_breaker_state",
-                "Provider circuit: 0 closed, 1 open, 2 half-open",
-                &["channel", "provider"],
+                "Provider circuit per sender: 0 closed, 1 open, 2 half-open",
+                &["channel", "provider", "sender"],
             )?,
             limiter_wait_seconds: HistogramVec::new(
                 seconds(
@@ -124,9 +124,9 @@ impl WorkerMetrics {
             rate_share: GaugeVec::new(
                 Opts::new(
                     "quizflow_worker_rate_share",
-                    "This process's share of the channel's provider rate limit, msg/s",
+                    "This process's share of a sender's rate limit, msg/s",
                 ),
-                &["channel"],
+                &["channel", "sender"],
             )?,
             members: gauge(
                 "quizflow_worker_members",

@@ -7,9 +7,11 @@
 
 use crate::breaker::Breaker;
 use crate::channel::{lease_for, Channelled};
-use crate::cluster::{self, ChannelLink, Share, Totals, VerdictTx};
+use crate::cluster::{self, ChannelLink, LaneLink, Share, Totals, VerdictTx};
+use crate::lanes::Lane;
 use crate::lease::{CallGate, Leases};
 use crate::metrics::WorkerMetrics;
+use crate::provider::Sender;
 use crate::render;
 use crate::status::StatusWriter;
 use crate::WorkerSettings;
@@ -87,14 +89,10 @@ pub async fn run(
         tasks.spawn(c.serve());
     }
     drop(verdict_tx);
-    let totals = Totals {
-        rate_per_sec: f64::from(shared.settings.rate_per_sec.max(1)),
-        concurrency: shared.settings.concurrency.max(1),
-    };
     let me = format!("{}", Uuid::new_v4().simple());
     let stop = shared.stop.clone();
     tasks.spawn(async move {
-        cluster::run(bucket, me, totals, links, verdict_rx, stop).await;
+        cluster::run(bucket, me, links, verdict_rx, stop).await;
         Ok(())
     });
     tasks.spawn(report(pools, shared.pool.clone(), shared.stop.clone()));
@@ -122,24 +120,26 @@ impl Shared {
     ) -> Result<(Arc<Channelled>, ChannelLink), WorkerError> {
         let s = &self.settings;
         let (share_tx, share_rx) = watch::channel(Share::NONE);
-        let breaker = Arc::new(Breaker::shared(
-            s.breaker_failures,
-            s.breaker_cooldown,
-            channel,
-            verdicts,
-        ));
+        let (lanes, lane_links) = s
+            .providers
+            .for_channel(channel)
+            .iter()
+            .map(|sender| self.lane(channel, sender, verdicts.clone()))
+            .unzip();
         let link = ChannelLink {
             channel,
-            breaker: breaker.clone(),
+            totals: Totals {
+                rate_per_sec: f64::from(s.rate_per_sec.max(1)),
+                concurrency: s.concurrency.max(1),
+            },
             share: share_tx,
+            lanes: lane_links,
         };
         let c = Channelled {
             channel,
-            provider: s.providers.for_channel(channel).clone(),
-            limiter: std::sync::RwLock::new(None),
+            lanes,
             share: share_rx,
             slots: Arc::new(Semaphore::new(0)),
-            breaker,
             metrics: self.metrics.clone(),
             templates: render::TemplateCache::with_links(s.qr_links.clone()),
             specs: deliveries::SpecCache::default(),
@@ -153,6 +153,39 @@ impl Shared {
             stop: self.stop.clone(),
         };
         Ok((Arc::new(c), link))
+    }
+
+    /// One sender of a channel: its breaker (verdicts shared under the sender's key), its
+    /// share of the sender's limits.
+    fn lane(&self, channel: Channel, sender: &Sender, verdicts: VerdictTx) -> (Lane, LaneLink) {
+        let s = &self.settings;
+        let label = sender.label();
+        let key = crate::lanes::verdict_key(channel, &label);
+        let breaker = Arc::new(Breaker::shared(
+            s.breaker_failures,
+            s.breaker_cooldown,
+            key.clone(),
+            verdicts,
+        ));
+        let (share_tx, share_rx) = watch::channel(Share::NONE);
+        let lane = Lane {
+            sender: sender.clone(),
+            label,
+            limiter: std::sync::RwLock::new(None),
+            share: share_rx,
+            slots: s.sender_concurrency.map(|_| Arc::new(Semaphore::new(0))),
+            breaker: breaker.clone(),
+        };
+        let link = LaneLink {
+            key,
+            totals: Totals {
+                rate_per_sec: f64::from(s.rate_per_sec.max(1)),
+                concurrency: s.sender_concurrency.unwrap_or(s.concurrency).max(1),
+            },
+            breaker,
+            share: share_tx,
+        };
+        (lane, link)
     }
 
     /// The tasks beside the pools: lease renewal, the max-deliveries sweeper, the firer of
@@ -204,17 +237,18 @@ async fn report(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
-        let mut circuits = serde_json::Map::new();
+        let mut circuits = Vec::new();
         for c in &pools {
-            let state = c.breaker.state();
-            c.metrics
-                .circuit
-                .with_label_values(&[c.channel.as_str(), c.provider.name()])
-                .set(state.gauge());
-            circuits.insert(
-                c.channel.as_str().to_owned(),
-                serde_json::json!({"provider": c.provider.name(), "state": state.as_str()}),
-            );
+            for lane in &c.lanes {
+                let state = lane.breaker.state();
+                let provider = lane.sender.provider.name();
+                c.metrics
+                    .circuit
+                    .with_label_values(&[c.channel.as_str(), provider, &lane.label])
+                    .set(state.gauge());
+                circuits.push(serde_json::json!({"channel": c.channel.as_str(),
+                    "provider": provider, "sender": lane.label, "state": state.as_str()}));
+            }
         }
         let report = serde_json::json!({ "circuits": circuits });
         if let Ok(mut conn) = db.get().await {

@@ -203,6 +203,20 @@ impl TemplateCache {
             env.add_template_owned("image", t.clone())
                 .map_err(|e| format!("image template: {e}"))?;
         }
+        if let Some(w) = &action.whatsapp_template {
+            for (i, t) in w.body.iter().enumerate() {
+                env.add_template_owned(format!("wa_body_{i}"), t.clone())
+                    .map_err(|e| format!("whatsapp_template.body[{i}]: {e}"))?;
+            }
+            if let Some(t) = &w.header_image {
+                env.add_template_owned("wa_header_image", t.clone())
+                    .map_err(|e| format!("whatsapp_template.header_image: {e}"))?;
+            }
+        }
+        // Opted in: a variable the lead lacks fails the message instead of rendering empty.
+        if action.strict {
+            env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        }
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
@@ -222,6 +236,45 @@ pub fn render_compiled(
         Ok(t) => t.render(ctx).map(Some).map_err(|e| format!("{name}: {e}")),
         Err(_) => Ok(None),
     }
+}
+
+/// An action's WhatsApp template with its parameters rendered for one lead. A parameter that
+/// renders empty fails the message (Meta refuses it); when every parameter does, `None`: the
+/// message is empty and ends `skipped` (`empty_render`).
+pub fn whatsapp_template(
+    env: &Environment<'_>,
+    action: &Action,
+    ctx: &minijinja::Value,
+) -> Result<Option<crate::provider::TemplateMessage>, String> {
+    let Some(w) = &action.whatsapp_template else {
+        return Ok(None);
+    };
+    let mut body = Vec::with_capacity(w.body.len());
+    for i in 0..w.body.len() {
+        let text = render_compiled(env, &format!("wa_body_{i}"), ctx)?.unwrap_or_default();
+        body.push(text.trim().to_owned());
+    }
+    if !body.is_empty() && body.iter().all(String::is_empty) {
+        // Every variable missing: nothing to send (`empty_render`).
+        return Ok(None);
+    }
+    if let Some(i) = body.iter().position(String::is_empty) {
+        return Err(format!(
+            "whatsapp_template.body[{i}] rendered empty (WhatsApp refuses empty parameters)"
+        ));
+    }
+    let header_image = render_compiled(env, "wa_header_image", ctx)?
+        .map(|i| i.trim().to_owned())
+        .filter(|i| !i.is_empty());
+    if w.header_image.is_some() && header_image.is_none() {
+        return Err("whatsapp_template.header_image rendered empty".to_owned());
+    }
+    Ok(Some(crate::provider::TemplateMessage {
+        name: w.name.clone(),
+        language: w.language.clone(),
+        body,
+        header_image,
+    }))
 }
 
 /// The template context (one builder for messages and schedules: `quizflow_core::template`).

@@ -5,19 +5,23 @@
 use crate::channel::{key_of, Channelled};
 use crate::fetch::Called;
 use crate::handle::JobMsg;
+use crate::lanes::{route, Ask, Lane, Route};
 use crate::outcome::decide;
 use crate::provider::Outgoing;
 use crate::render;
+use crate::settle::Via;
 use quizflow_core::consent::Purpose;
 use quizflow_core::{Action, Channel, DeadClass, DeliveryJob, Outcome};
 use quizflow_store::deliveries::JobContext;
 use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Interval;
 use uuid::Uuid;
 
 impl Channelled {
-    /// Sends one claimed job. `slot` is held for the provider call only: recording the
-    /// outcome and acking do not keep a provider slot busy.
+    /// Sends one claimed job through one of the channel's senders ([`crate::lanes`]); `probe`
+    /// names the sender this job probes, if it is a probe. `slot` is held for the provider
+    /// call only: recording the outcome and acking do not keep a provider slot busy.
     pub(crate) async fn process(
         &self,
         msg: JobMsg,
@@ -25,9 +29,9 @@ impl Channelled {
         ctx: JobContext,
         claim: Uuid,
         slot: tokio::sync::OwnedSemaphorePermit,
-        probe: bool,
+        probe: Option<usize>,
     ) -> Called {
-        let out = match self.compose(&job, &ctx) {
+        let (out, from) = match self.compose(&job, &ctx) {
             Ok(out) => out,
             Err((to, reason)) => {
                 let dead = (DeadClass::Permanent, reason.as_str(), ctx.attempts);
@@ -36,20 +40,48 @@ impl Channelled {
             }
         };
         // A message that renders to nothing is never sent (contract §3): `skipped`.
-        if job.channel != Channel::Webhook && out.body.trim().is_empty() && out.image.is_none() {
+        if job.channel != Channel::Webhook
+            && out.body.trim().is_empty()
+            && out.image.is_none()
+            && out.template.is_none()
+        {
             self.skip(msg, &job, &ctx, claim, "empty_render").await;
             return Called::No;
+        }
+        let ask = Ask {
+            to: &out.to,
+            template: out.template.is_some(),
+            from: from.as_deref(),
+            pinned: crate::lanes::uncertain_lane(&ctx.history),
+            probe,
+        };
+        let lane = match route(&self.lanes, &ask) {
+            Route::Lane(i) => &self.lanes[i],
+            Route::Wait(wait) => {
+                // Every sender it may use is unusable now: back to the stream, no attempt.
+                self.release(msg, &job, &ctx, claim, Some(wait)).await;
+                return Called::No;
+            }
+            Route::Never(reason) => {
+                let dead = (DeadClass::Permanent, reason.as_str(), ctx.attempts);
+                self.dead(msg, &job, &ctx, claim, Some(&out.to), dead).await;
+                return Called::No;
+            }
+        };
+        let probing = probe.is_some_and(|p| std::ptr::eq(&self.lanes[p], lane));
+        if !probing {
+            self.release_probe(probe);
         }
         // In-progress acks keep JetStream from redelivering a job that waits or is being sent.
         let mut tick = tokio::time::interval(self.settings.ack_wait / 3);
         tick.tick().await;
-        if !self.ready(&msg, &mut tick).await {
+        let Some(lane_slot) = self.ready(&msg, lane, &mut tick).await else {
             // Fetched but not started when the stop came: back to the stream, unsent.
             self.release(msg, &job, &ctx, claim, None).await;
             return Called::No;
-        }
-        if !probe {
-            if let Err(wait) = self.breaker.admit() {
+        };
+        if !probing {
+            if let Err(wait) = lane.breaker.admit() {
                 // Opened since this job was fetched: back to the stream, no attempt burned.
                 self.release(msg, &job, &ctx, claim, Some(wait)).await;
                 return Called::No;
@@ -58,7 +90,13 @@ impl Channelled {
         let Some(msg) = self.cleared(msg, &job, &ctx, claim, &out.to).await else {
             return Called::No;
         };
-        let outcome = self.call(&msg, &out, &mut tick).await;
+        let outcome = self.call(&msg, lane, &out, &mut tick).await;
+        let via = Via {
+            to: &out.to,
+            provider: lane.sender.provider.name(),
+            sender: &lane.label,
+            uncertain: matches!(outcome, Outcome::Uncertain(_)),
+        };
         let (decision, news) = decide(
             outcome,
             ctx.attempts,
@@ -67,11 +105,11 @@ impl Channelled {
         );
         // The breaker learns of the outcome before the slot frees, so the next call already
         // sees an opened breaker.
-        if self.breaker.learn(news) {
-            tracing::warn!(channel = %self.channel, provider = self.provider.name(), "circuit breaker opened");
+        if lane.breaker.learn(news) {
+            tracing::warn!(channel = %self.channel, sender = %lane.label, "circuit breaker opened");
         }
-        drop(slot);
-        self.settle(msg, job, ctx, claim, &out.to, decision).await;
+        drop((slot, lane_slot));
+        self.settle(msg, job, ctx, claim, decision, via).await;
         Called::Yes
     }
 
@@ -81,7 +119,7 @@ impl Channelled {
         &self,
         job: &DeliveryJob,
         ctx: &JobContext,
-    ) -> Result<Outgoing, (Option<String>, String)> {
+    ) -> Result<(Outgoing, Option<String>), (Option<String>, String)> {
         let spec = ctx
             .campaign
             .as_ref()
@@ -113,10 +151,11 @@ impl Channelled {
                     render::render_compiled(&env, "body", &tctx)?,
                     render::render_compiled(&env, "subject", &tctx)?,
                     render::render_compiled(&env, "image", &tctx)?,
+                    render::whatsapp_template(&env, action, &tctx)?,
                 ))
             });
-        let (body, subject, image) = rendered.map_err(|e| (Some(to.clone()), e))?;
-        Ok(Outgoing {
+        let (body, subject, image, template) = rendered.map_err(|e| (Some(to.clone()), e))?;
+        let out = Outgoing {
             to,
             subject,
             body: body.unwrap_or_default(),
@@ -130,7 +169,9 @@ impl Channelled {
                 serde_json::json!({"job_id": job.job_id, "submission": ctx.submission,
                     "campaign": {"id": job.campaign_id, "name": spec.name, "version": job.campaign_version}})
             }),
-        })
+            template,
+        };
+        Ok((out, action.from.clone()))
     }
 
     /// The recipient's unsubscribe link (contract §3.2): a signed token of channel, purpose
@@ -148,15 +189,31 @@ impl Channelled {
         ))
     }
 
-    /// Waits for the rate limiter (a wait, not a failure). False when the stop came first.
-    async fn ready(&self, msg: &JobMsg, tick: &mut Interval) -> bool {
+    /// Waits for a slot of the sender (when it has a cap) and its rate limiter (a wait, not a
+    /// failure). `None` when the stop came first; else the sender's slot, held for the call.
+    async fn ready(
+        &self,
+        msg: &JobMsg,
+        lane: &Lane,
+        tick: &mut Interval,
+    ) -> Option<Option<OwnedSemaphorePermit>> {
         let waited = Instant::now();
+        let mut slot = None;
+        if let Some(slots) = &lane.slots {
+            loop {
+                tokio::select! {
+                    p = slots.clone().acquire_owned() => { slot = p.ok(); break; }
+                    _ = tick.tick() => msg.progress().await,
+                    _ = self.stopped() => return None,
+                }
+            }
+        }
         // The share may change while this call waits (a process joins or leaves): wait on
         // the limiter of the moment.
-        let mut share = self.share.clone();
+        let mut share = lane.share.clone();
         let ready = loop {
             share.borrow_and_update();
-            let limiter = self.current_limiter();
+            let limiter = lane.current_limiter();
             let ready = async {
                 match &limiter {
                     Some(l) => l.until_ready().await,
@@ -174,7 +231,7 @@ impl Channelled {
             .limiter_wait_seconds
             .with_label_values(&[self.channel.as_str()])
             .observe(waited.elapsed().as_secs_f64());
-        ready && !self.stopping()
+        (ready && !self.stopping()).then_some(slot)
     }
 
     /// The last word before the call: is the row still ours, and may its recipient still be
@@ -229,9 +286,16 @@ impl Channelled {
     }
 
     /// The provider call, with in-progress acks while it lasts.
-    async fn call(&self, msg: &JobMsg, out: &Outgoing, tick: &mut Interval) -> Outcome {
+    async fn call(
+        &self,
+        msg: &JobMsg,
+        lane: &Lane,
+        out: &Outgoing,
+        tick: &mut Interval,
+    ) -> Outcome {
         let called = Instant::now();
-        let send = self
+        let send = lane
+            .sender
             .provider
             .send(&self.http, out, self.settings.send_timeout);
         tokio::pin!(send);

@@ -11,6 +11,30 @@ use quizflow_store::deliveries::JobContext;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// The sender an attempt went through, written into its history entry: a retry after an
+/// `uncertain` answer goes back to it ([`crate::lanes::uncertain_lane`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Via<'a> {
+    /// The recipient.
+    pub to: &'a str,
+    pub provider: &'static str,
+    /// `provider/sender`.
+    pub sender: &'a str,
+    pub uncertain: bool,
+}
+
+impl Via<'_> {
+    fn entry(&self, outcome: &str, detail: &str) -> serde_json::Value {
+        let mut e = history_entry(outcome, detail);
+        e["provider"] = self.provider.into();
+        e["sender"] = self.sender.into();
+        if self.uncertain {
+            e["uncertain"] = true.into();
+        }
+        e
+    }
+}
+
 impl Channelled {
     /// Records a call's decision, then acks (sent, dead) or naks for its backoff.
     pub(crate) async fn settle(
@@ -19,12 +43,13 @@ impl Channelled {
         job: DeliveryJob,
         ctx: JobContext,
         claim: Uuid,
-        to: &str,
         decision: Decision,
+        via: Via<'_>,
     ) {
+        let to = via.to;
         let (u, retry_in) = match decision {
             Decision::Sent { attempts } => {
-                let history = vec![history_entry("sent", self.provider.name())];
+                let history = vec![via.entry("sent", via.sender)];
                 let status = DeliveryStatus::Sent;
                 (
                     update(&job, status, attempts, None, history, Some(claim)),
@@ -38,7 +63,7 @@ impl Channelled {
                 event,
                 detail,
             } => {
-                let history = vec![history_entry(event, &detail)];
+                let history = vec![via.entry(event, &detail)];
                 let mut u = update(&job, status, attempts, Some(detail), history, Some(claim));
                 u.retry_in = Some(retry_in);
                 (u, Some(retry_in))
@@ -58,13 +83,13 @@ impl Channelled {
             } => {
                 // The entry first: were the row written and the entry lost, the next campaign
                 // would call the provider again.
-                if let Err(e) = self.suppress(to, reason).await {
+                if let Err(e) = self.suppress(to, reason, via.provider).await {
                     tracing::warn!(error = %e, "suppression not recorded; job naked");
                     msg.nak(Some(Duration::from_secs(5)), Some(&job)).await;
                     return;
                 }
                 let why = format!("suppressed: {}: {detail}", reason.as_str());
-                let history = vec![history_entry("suppressed", &why)];
+                let history = vec![via.entry("suppressed", &why)];
                 let status = DeliveryStatus::Suppressed;
                 (
                     update(&job, status, attempts, Some(why), history, Some(claim)),
@@ -96,6 +121,7 @@ impl Channelled {
         &self,
         to: &str,
         reason: quizflow_core::consent::Reason,
+        provider: &str,
     ) -> Result<(), quizflow_store::StoreError> {
         let Some(hash) = self.settings.hash_key.hash(self.channel, to) else {
             return Ok(());
@@ -105,7 +131,7 @@ impl Channelled {
             contact_hash: hash.to_vec(),
             reason: reason.as_str().to_owned(),
             scope: reason.scope().as_str().to_owned(),
-            source: format!("provider:{}", self.provider.name()),
+            source: format!("provider:{provider}"),
         };
         let mut conn = self.pool.get().await?;
         quizflow_store::consent::suppress(&mut conn, &[entry]).await?;

@@ -157,6 +157,33 @@ pub struct Action {
     /// more often than hourly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_occurrences: Option<u16>,
+    /// WhatsApp Cloud: an approved message template, its parameters rendered per lead (a
+    /// business-initiated message outside the 24-hour window must be one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whatsapp_template: Option<WhatsappTemplate>,
+    /// Pins the sender (a `from` number or address, a WhatsApp phone-number id, an Evolution
+    /// instance) among the channel's senders (contract §3.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// A template rendering to the key `POST /v1/cancellations` cancels this message by
+    /// (`invoice-{{ metadata.invoice_id }}`); rendered at match time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_key: Option<String>,
+    /// An undefined variable fails the message instead of rendering as nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
+}
+
+/// An approved WhatsApp template: its name and language as approved, the body's parameters
+/// (`{{1}}`, `{{2}}`, … in order) and an optional header image, each a template over the lead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhatsappTemplate {
+    pub name: String,
+    pub language: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub body: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_image: Option<String>,
 }
 
 impl Action {

@@ -305,6 +305,10 @@ const ACTION_KEYS: &[&str] = &[
     "timezone",
     "until",
     "max_occurrences",
+    "whatsapp_template",
+    "from",
+    "cancel_key",
+    "strict",
 ];
 
 fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action> {
@@ -346,6 +350,17 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
         timezone: text("timezone", p),
         until: text("until", p),
         max_occurrences: max_occurrences(o.get("max_occurrences"), at, p),
+        whatsapp_template: whatsapp_template(o.get("whatsapp_template"), at, p),
+        from: text("from", p),
+        cancel_key: text("cancel_key", p),
+        strict: match o.get("strict") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                problem(p, format!("{at}.strict"), "must be true or false");
+                false
+            }
+        },
     };
     check_times(&action, at, p);
     check_recurrence(
@@ -372,6 +387,98 @@ fn max_occurrences(v: Option<&Value>, at: &str, p: &mut Vec<FieldProblem>) -> Op
             None
         }
     }
+}
+
+/// A WhatsApp template: a name and language as Meta approved them, parameters that compile.
+fn whatsapp_template(
+    v: Option<&Value>,
+    at: &str,
+    p: &mut Vec<FieldProblem>,
+) -> Option<crate::WhatsappTemplate> {
+    let v = v.filter(|v| !v.is_null())?;
+    let at = format!("{at}.whatsapp_template");
+    let Value::Object(o) = v else {
+        problem(
+            p,
+            at,
+            "must be an object with name, language, body and header_image",
+        );
+        return None;
+    };
+    for k in o.keys() {
+        if !["name", "language", "body", "header_image"].contains(&k.as_str()) {
+            problem(p, format!("{at}.{k}"), "unknown field");
+        }
+    }
+    let name = o.get("name").and_then(Value::as_str).unwrap_or_default();
+    if name.is_empty()
+        || name.len() > 512
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        let why = "must be the approved template's name (lower-case letters, digits and _)";
+        problem(p, format!("{at}.name"), why);
+    }
+    let language = o
+        .get("language")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let lang_ok = matches!(language.len(), 2 | 3 | 5 | 6)
+        && language.split('_').count() <= 2
+        && language
+            .chars()
+            .all(|c| c.is_ascii_alphabetic() || c == '_');
+    if !lang_ok {
+        problem(
+            p,
+            format!("{at}.language"),
+            "must be a language code such as pt_BR or en",
+        );
+    }
+    let mut body = Vec::new();
+    match o.get("body") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) if items.len() <= 100 => {
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str() {
+                    Some(t) => {
+                        if let Err(e) = crate::template::check(t) {
+                            let why = format!("template does not compile: {e}");
+                            problem(p, format!("{at}.body[{i}]"), why);
+                        }
+                        body.push(t.to_owned());
+                    }
+                    None => problem(p, format!("{at}.body[{i}]"), "must be a string"),
+                }
+            }
+        }
+        Some(_) => problem(
+            p,
+            format!("{at}.body"),
+            "must be a list of up to 100 templates",
+        ),
+    }
+    let header_image = match o.get("header_image") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => {
+            if let Err(e) = crate::template::check(t) {
+                let why = format!("template does not compile: {e}");
+                problem(p, format!("{at}.header_image"), why);
+            }
+            Some(t.clone())
+        }
+        Some(_) => {
+            problem(p, format!("{at}.header_image"), "must be a string");
+            None
+        }
+    };
+    Some(crate::WhatsappTemplate {
+        name: name.to_owned(),
+        language: language.to_owned(),
+        body,
+        header_image,
+    })
 }
 
 /// Each time field parses on its own.
@@ -443,6 +550,7 @@ fn check_content(a: &Action, at: &str, p: &mut Vec<FieldProblem>) {
         ("template", &a.template),
         ("subject", &a.subject),
         ("image", &a.image),
+        ("cancel_key", &a.cancel_key),
     ] {
         if let Some(Err(e)) = t.as_deref().map(crate::template::check) {
             problem(
@@ -458,7 +566,7 @@ fn check_content(a: &Action, at: &str, p: &mut Vec<FieldProblem>) {
             _ => problem(p, format!("{at}.url"), "a webhook needs an http(s) URL"),
         },
         _ => {
-            if a.template.is_none() {
+            if a.template.is_none() && a.whatsapp_template.is_none() {
                 problem(p, format!("{at}.template"), "is required for this channel");
             }
             if a.url.is_some() {
@@ -472,6 +580,27 @@ fn check_content(a: &Action, at: &str, p: &mut Vec<FieldProblem>) {
             format!("{at}.subject"),
             "only e-mail actions take a subject",
         );
+    }
+    if a.whatsapp_template.is_some() && a.channel != Channel::Whatsapp {
+        let why = "only WhatsApp actions take a WhatsApp template";
+        problem(p, format!("{at}.whatsapp_template"), why);
+    }
+    if a.whatsapp_template.is_some() && (a.template.is_some() || a.image.is_some()) {
+        let why = "a WhatsApp template message takes no free text or image (the template has them)";
+        problem(p, format!("{at}.whatsapp_template"), why);
+    }
+    if a.from
+        .as_deref()
+        .is_some_and(|f| f.trim().is_empty() || f.len() > 320)
+    {
+        problem(
+            p,
+            format!("{at}.from"),
+            "must name one of the channel's senders",
+        );
+    }
+    if a.from.is_some() && a.channel == Channel::Webhook {
+        problem(p, format!("{at}.from"), "webhook actions have no sender");
     }
     if a.image.is_some() && a.channel != Channel::Whatsapp {
         problem(

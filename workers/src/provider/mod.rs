@@ -94,6 +94,40 @@ pub struct Outgoing {
     /// Marketing e-mail: the one-click unsubscribe URL, sent as `List-Unsubscribe` with
     /// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
     pub unsubscribe: Option<String>,
+    /// WhatsApp Cloud: an approved template with its parameters rendered (`type: template`).
+    pub template: Option<TemplateMessage>,
+}
+
+/// A WhatsApp template message as sent: the approved name and language, the body's
+/// parameters in order, and the header image's URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateMessage {
+    pub name: String,
+    pub language: String,
+    pub body: Vec<String>,
+    pub header_image: Option<String>,
+}
+
+/// One sender of a channel: a provider account with the number, phone-number id, instance or
+/// address it sends from, and its place in the channel's failover order (contract §3.3).
+#[derive(Debug, Clone)]
+pub struct Sender {
+    pub provider: Provider,
+    /// The provider's position in the channel's failover order (0: the first).
+    pub rank: usize,
+}
+
+impl Sender {
+    /// The only sender of its channel.
+    pub fn alone(provider: Provider) -> Vec<Sender> {
+        vec![Sender { provider, rank: 0 }]
+    }
+
+    /// `provider/sender`: how attempts, metrics and stats name it (a business's own number or
+    /// address, never a recipient's).
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.provider.name(), self.provider.sender())
+    }
 }
 
 impl Outgoing {
@@ -115,6 +149,42 @@ impl Provider {
             Provider::Webhook { .. } => "webhook",
             Provider::Smtp { .. } => "smtp",
         }
+    }
+
+    /// What this provider sends from: the number or messaging service, phone-number id,
+    /// instance or address (empty for webhooks).
+    pub fn sender(&self) -> &str {
+        match self {
+            Provider::Twilio { from, .. }
+            | Provider::Resend { from, .. }
+            | Provider::Smtp { from, .. } => from,
+            Provider::WhatsappCloud {
+                phone_number_id, ..
+            } => phone_number_id,
+            Provider::Evolution { instance, .. } => instance,
+            Provider::Webhook { .. } => "",
+        }
+    }
+
+    /// Sends approved WhatsApp templates (Cloud API); the others send free text only.
+    pub fn sends_templates(&self) -> bool {
+        matches!(self, Provider::WhatsappCloud { .. })
+    }
+
+    /// The same provider account sending from `sender` instead.
+    pub fn with_sender(&self, sender: &str) -> Provider {
+        let mut p = self.clone();
+        match &mut p {
+            Provider::Twilio { from, .. }
+            | Provider::Resend { from, .. }
+            | Provider::Smtp { from, .. } => *from = sender.to_owned(),
+            Provider::WhatsappCloud {
+                phone_number_id, ..
+            } => *phone_number_id = sender.to_owned(),
+            Provider::Evolution { instance, .. } => *instance = sender.to_owned(),
+            Provider::Webhook { .. } => {}
+        }
+        p
     }
 
     fn table(&self) -> &'static CodeTable {
@@ -197,11 +267,19 @@ impl Provider {
                 let text = read_limited(resp, MAX_ERROR_BODY).await;
                 let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 let code = body["code"].as_i64().or(body["error"]["code"].as_i64());
-                let message = body["message"]
-                    .as_str()
-                    .or(body["error"]["message"].as_str())
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| text.chars().take(200).collect());
+                // Cloud API template errors carry their reason in `error_data.details` and a
+                // short `title` (e.g. 132001 "Template name does not exist in the translation").
+                let e = &body["error"];
+                let message = match (e["title"].as_str(), e["error_data"]["details"].as_str()) {
+                    (Some(title), Some(details)) => Some(format!("{title} ({details})")),
+                    (title, details) => body["message"]
+                        .as_str()
+                        .or(title)
+                        .or(details)
+                        .or(e["message"].as_str())
+                        .map(str::to_owned),
+                }
+                .unwrap_or_else(|| text.chars().take(200).collect());
                 classify_http(self.table(), status, code, retry_after, message)
             }
             // Sent but no answer: the provider may have accepted it.

@@ -17,9 +17,15 @@ pub(super) fn request(
     a: Account<'_>,
     out: &Outgoing,
 ) -> reqwest::RequestBuilder {
+    // A messaging service (`MG…`) picks the number itself; otherwise `From` is the number.
+    let from = if a.from.starts_with("MG") {
+        "MessagingServiceSid"
+    } else {
+        "From"
+    };
     let mut form = vec![
         ("To", out.to.clone()),
-        ("From", a.from.to_owned()),
+        (from, a.from.to_owned()),
         ("Body", out.body.clone()),
     ];
     if let Some(cb) = a.status_callback {
