@@ -190,6 +190,7 @@ impl AppState {
             step: f.step,
             due_at: None,
             repeat_until: None,
+            cancel_key: None,
         };
         let letter = serde_json::json!({"id": l.id, "kind": "delivery", "channel": f.channel,
             "submission_id": f.submission_id, "campaign_id": f.campaign_id, "recipient": l.recipient,

@@ -9,6 +9,7 @@
 mod admin;
 mod audit;
 mod callbacks;
+mod cancel;
 mod config;
 mod consent;
 mod erase;

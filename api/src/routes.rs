@@ -2,7 +2,7 @@
 //! the audit log's action names, and the check that `openapi.json` documents exactly what is
 //! served are all read from [`ROUTES`]; a route is added here and nowhere else.
 
-use crate::{admin, audit, callbacks, consent, erase, intake, ops, stats};
+use crate::{admin, audit, callbacks, cancel, consent, erase, intake, ops, stats};
 use poem::endpoint::BoxEndpoint;
 use poem::{EndpointExt, Response};
 
@@ -136,6 +136,20 @@ pub const ROUTES: &[Route] = &[
         "/v1/submissions/:id",
         &[audited(Method::Get, "submission.read", || {
             boxed(admin::get_submission)
+        })],
+    ),
+    admin(
+        "/v1/submissions/{id}/cancel",
+        "/v1/submissions/:id/cancel",
+        &[audited(Method::Post, "submission.cancel", || {
+            boxed(cancel::submission)
+        })],
+    ),
+    admin(
+        "/v1/cancellations",
+        "/v1/cancellations",
+        &[audited(Method::Post, "cancellation.create", || {
+            boxed(cancel::by_key)
         })],
     ),
     admin(

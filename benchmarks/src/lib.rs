@@ -1,4 +1,4 @@
-//! quizflow's benchmark harness (behind `quizflow bench ingest|store|deliveries|replay|erase|schedules|e2e|limits`) and data generators
+//! quizflow's benchmark harness (behind `quizflow bench ingest|store|deliveries|replay|erase|schedules|e2e|limits|senders`) and data generators
 //! for the criterion benches in `benches/`.
 //!
 //! The ingest benchmark measures, in one run on one machine:
@@ -18,6 +18,7 @@ pub mod leads;
 pub mod limits;
 mod replay;
 mod schedules;
+pub mod senders;
 mod store;
 
 pub use deliveries::{run_deliveries, DeliveriesArgs, DeliveriesReport};
@@ -43,6 +44,9 @@ pub enum BenchKind {
     /// Provider limits across 1, 2 and 4 workers processes: sends/s against the cluster-wide
     /// limit, and how fast a killed process's share returns (private deployment).
     Limits(limits::LimitsArgs),
+    /// A WhatsApp backlog through a pool of senders (default 20 × 50 msg/s, 100,000 jobs):
+    /// the aggregate rate and each sender's busiest second (private deployment).
+    Senders(senders::SendersArgs),
     /// Replayed submissions/s against 1,000 campaigns: read ceiling, matcher, dry run, real
     /// run, idempotent second run, PostgreSQL source (private deployment unless configured).
     Replay(ReplayArgs),

@@ -29,6 +29,10 @@ pub struct DeliveryJob {
     /// rendered). The firer writes the next occurrence when it fires this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat_until: Option<DateTime<Utc>>,
+    /// The action's `cancel_key` rendered for this submission: `POST /v1/cancellations` with it
+    /// cancels the message while it is pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_key: Option<String>,
 }
 
 fn is_zero(n: &u16) -> bool {
@@ -161,6 +165,7 @@ mod tests {
             step: 0,
             due_at: None,
             repeat_until: None,
+            cancel_key: None,
         };
         let r = job.reference();
         assert!(r

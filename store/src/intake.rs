@@ -45,11 +45,13 @@ pub(crate) struct LedgerRow {
     pub(crate) status: String,
     #[diesel(sql_type = SmallInt)]
     pub(crate) step: i16,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) cancel_key: Option<String>,
 }
 
 /// The columns of [`LedgerRow`].
 pub(crate) const LEDGER_COLUMNS: &str =
-    "d.submission_id, d.campaign_id, d.campaign_version, d.channel, d.priority, d.created_at, d.status, d.step";
+    "d.submission_id, d.campaign_id, d.campaign_version, d.channel, d.priority, d.created_at, d.status, d.step, d.cancel_key";
 
 impl LedgerRow {
     pub(crate) fn job(&self) -> Option<DeliveryJob> {
@@ -68,6 +70,7 @@ impl LedgerRow {
             step,
             due_at: None,
             repeat_until: None,
+            cancel_key: self.cancel_key.clone(),
         })
     }
 }
@@ -389,7 +392,7 @@ fn pg_text_array(items: &[String]) -> String {
 }
 
 /// The ledger columns of a set of jobs, as arrays for one `UNNEST` insert.
-pub(crate) struct LedgerColumns {
+pub(crate) struct LedgerColumns<'a> {
     subs: Vec<Uuid>,
     camps: Vec<Uuid>,
     versions: Vec<i32>,
@@ -399,10 +402,11 @@ pub(crate) struct LedgerColumns {
     steps: Vec<i16>,
     due: Vec<Option<DateTime<Utc>>>,
     repeat_until: Vec<Option<DateTime<Utc>>>,
+    cancel_keys: Vec<Option<&'a str>>,
 }
 
-impl LedgerColumns {
-    pub(crate) fn of(jobs: &[DeliveryJob]) -> Self {
+impl<'a> LedgerColumns<'a> {
+    pub(crate) fn of(jobs: &'a [DeliveryJob]) -> Self {
         Self {
             subs: jobs.iter().map(|j| j.submission_id.0).collect(),
             camps: jobs.iter().map(|j| j.campaign_id).collect(),
@@ -416,6 +420,7 @@ impl LedgerColumns {
                 .collect(),
             due: jobs.iter().map(|j| j.due_at).collect(),
             repeat_until: jobs.iter().map(|j| j.repeat_until).collect(),
+            cancel_keys: jobs.iter().map(|j| j.cancel_key.as_deref()).collect(),
         }
     }
 
@@ -437,6 +442,7 @@ impl LedgerColumns {
         .bind::<Array<SmallInt>, _>(&self.steps)
         .bind::<Array<Nullable<Timestamptz>>, _>(&self.due)
         .bind::<Array<Nullable<Timestamptz>>, _>(&self.repeat_until)
+        .bind::<Array<Nullable<Text>>, _>(&self.cancel_keys)
     }
 
     /// The key, version, priority and creation columns (the first seven parameters).
@@ -445,7 +451,7 @@ impl LedgerColumns {
     }
 
     /// The same columns as tokio-postgres parameters of [`INSERT_LEDGER`].
-    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 10] {
         [
             &self.subs,
             &self.camps,
@@ -456,17 +462,18 @@ impl LedgerColumns {
             &self.steps,
             &self.due,
             &self.repeat_until,
+            &self.cancel_keys,
         ]
     }
 }
 
 /// Ledger rows for jobs whose key is not taken: `queued`, or `scheduled` until `due_at`.
 const INSERT_LEDGER: &str =
-    "INSERT INTO deliveries (submission_id, campaign_id, campaign_version, channel, priority, status, created_at, updated_at, step, due_at, repeat_until) \
+    "INSERT INTO deliveries (submission_id, campaign_id, campaign_version, channel, priority, status, created_at, updated_at, step, due_at, repeat_until, cancel_key) \
      SELECT u.sub, u.camp, u.ver, u.channel, u.priority, \
-            CASE WHEN u.due IS NULL THEN 'queued' ELSE 'scheduled' END, u.created, u.created, u.step, u.due, u.repeat_until \
-     FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[], $7::int2[], $8::timestamptz[], $9::timestamptz[]) \
-          AS u(sub, camp, ver, channel, priority, created, step, due, repeat_until) \
+            CASE WHEN u.due IS NULL THEN 'queued' ELSE 'scheduled' END, u.created, u.created, u.step, u.due, u.repeat_until, u.cancel_key \
+     FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[], $7::int2[], $8::timestamptz[], $9::timestamptz[], $10::text[]) \
+          AS u(sub, camp, ver, channel, priority, created, step, due, repeat_until, cancel_key) \
      ON CONFLICT DO NOTHING";
 
 /// Ledger rows still `queued` for submissions stored by an earlier attempt at the same
@@ -511,6 +518,7 @@ pub async fn queued_jobs(
             created_at: r.try_get(5)?,
             status: r.try_get(6)?,
             step: r.try_get(7)?,
+            cancel_key: r.try_get(8)?,
         };
         jobs.extend(row.job());
     }

@@ -538,6 +538,7 @@ async fn given_a_job_published_straight_to_the_subject_without_a_ledger_row_then
         step: 0,
         due_at: None,
         repeat_until: None,
+        cancel_key: None,
     };
     assert_eq!(
         common::publish_job_copies(&env.js, &[(bogus, "bogus".into())]).await,

@@ -27,8 +27,12 @@ pub(crate) struct Lane {
     pub sender: Sender,
     /// `provider/sender`: in attempts, metrics and stats.
     pub label: String,
-    /// This process's share of the sender's rate (none: send nothing through it).
+    /// This process's share of the sender's rate (none: send nothing through it), waited for
+    /// before the pre-call check.
     pub limiter: RwLock<Option<Arc<DefaultDirectRateLimiter>>>,
+    /// The same rate again, right before the call: calls that the pre-call check's statement
+    /// held back together leave spaced, so no second ever sees more than the rate.
+    pub pacer: RwLock<Option<Arc<DefaultDirectRateLimiter>>>,
     pub share: watch::Receiver<Share>,
     /// Calls in flight through this sender, when a per-sender cap is configured.
     pub slots: Option<Arc<Semaphore>>,
@@ -36,11 +40,10 @@ pub(crate) struct Lane {
 }
 
 impl Lane {
-    pub fn current_limiter(&self) -> Option<Arc<DefaultDirectRateLimiter>> {
-        self.limiter
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    pub fn current(
+        which: &RwLock<Option<Arc<DefaultDirectRateLimiter>>>,
+    ) -> Option<Arc<DefaultDirectRateLimiter>> {
+        which.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Follows this process's share of the sender: a limiter at the new rate, the slots grown
@@ -57,6 +60,7 @@ impl Lane {
                 let limiter = limiter_at(rate, replaced);
                 replaced |= limiter.is_some();
                 *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = limiter;
+                *self.pacer.write().unwrap_or_else(|p| p.into_inner()) = limiter_at(rate, true);
                 on_rate(rate, now.members);
             }
             if let Some(slots) = &self.slots {
@@ -253,6 +257,7 @@ mod tests {
             label: sender.label(),
             sender,
             limiter: RwLock::new(None),
+            pacer: RwLock::new(None),
             share,
             slots: None,
             breaker: Arc::new(Breaker::new(1, Duration::from_secs(60))),

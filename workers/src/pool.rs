@@ -172,6 +172,7 @@ impl Shared {
             sender: sender.clone(),
             label,
             limiter: std::sync::RwLock::new(None),
+            pacer: std::sync::RwLock::new(None),
             share: share_rx,
             slots: s.sender_concurrency.map(|_| Arc::new(Semaphore::new(0))),
             breaker: breaker.clone(),

@@ -75,11 +75,15 @@ impl Channelled {
         // In-progress acks keep JetStream from redelivering a job that waits or is being sent.
         let mut tick = tokio::time::interval(self.settings.ack_wait / 3);
         tick.tick().await;
-        let Some(lane_slot) = self.ready(&msg, lane, &mut tick).await else {
+        let Some(lane_slot) = self.lane_slot(&msg, lane, &mut tick).await else {
             // Fetched but not started when the stop came: back to the stream, unsent.
             self.release(msg, &job, &ctx, claim, None).await;
             return Called::No;
         };
+        if !self.paced(&msg, lane, &lane.limiter, &mut tick).await {
+            self.release(msg, &job, &ctx, claim, None).await;
+            return Called::No;
+        }
         if !probing {
             if let Err(wait) = lane.breaker.admit() {
                 // Opened since this job was fetched: back to the stream, no attempt burned.
@@ -90,6 +94,12 @@ impl Channelled {
         let Some(msg) = self.cleared(msg, &job, &ctx, claim, &out.to).await else {
             return Called::No;
         };
+        // Paced again right before the call: the check's statement may have held calls back
+        // together, and they must not reach the provider in a bunch (a second over the limit).
+        if !self.paced(&msg, lane, &lane.pacer, &mut tick).await {
+            self.release(msg, &job, &ctx, claim, None).await;
+            return Called::No;
+        }
         let outcome = self.call(&msg, lane, &out, &mut tick).await;
         let via = Via {
             to: &out.to,
@@ -189,31 +199,42 @@ impl Channelled {
         ))
     }
 
-    /// Waits for a slot of the sender (when it has a cap) and its rate limiter (a wait, not a
-    /// failure). `None` when the stop came first; else the sender's slot, held for the call.
-    async fn ready(
+    /// Waits for a slot of the sender, when it has a cap. `None` when the stop came first;
+    /// else the slot (if any), held for the call.
+    async fn lane_slot(
         &self,
         msg: &JobMsg,
         lane: &Lane,
         tick: &mut Interval,
     ) -> Option<Option<OwnedSemaphorePermit>> {
-        let waited = Instant::now();
-        let mut slot = None;
-        if let Some(slots) = &lane.slots {
-            loop {
-                tokio::select! {
-                    p = slots.clone().acquire_owned() => { slot = p.ok(); break; }
-                    _ = tick.tick() => msg.progress().await,
-                    _ = self.stopped() => return None,
-                }
+        let Some(slots) = &lane.slots else {
+            return Some(None);
+        };
+        loop {
+            tokio::select! {
+                p = slots.clone().acquire_owned() => return Some(p.ok()),
+                _ = tick.tick() => msg.progress().await,
+                _ = self.stopped() => return None,
             }
         }
+    }
+
+    /// Waits for one of the sender's rate limiters (a wait, not a failure). False when the
+    /// stop came first.
+    async fn paced(
+        &self,
+        msg: &JobMsg,
+        lane: &Lane,
+        which: &std::sync::RwLock<Option<std::sync::Arc<governor::DefaultDirectRateLimiter>>>,
+        tick: &mut Interval,
+    ) -> bool {
+        let waited = Instant::now();
         // The share may change while this call waits (a process joins or leaves): wait on
         // the limiter of the moment.
         let mut share = lane.share.clone();
         let ready = loop {
             share.borrow_and_update();
-            let limiter = lane.current_limiter();
+            let limiter = Lane::current(which);
             let ready = async {
                 match &limiter {
                     Some(l) => l.until_ready().await,
@@ -231,7 +252,7 @@ impl Channelled {
             .limiter_wait_seconds
             .with_label_values(&[self.channel.as_str()])
             .observe(waited.elapsed().as_secs_f64());
-        (ready && !self.stopping()).then_some(slot)
+        ready
     }
 
     /// The last word before the call: is the row still ours, and may its recipient still be

@@ -173,6 +173,7 @@ impl Matcher {
             let envelope = &batch[m.row];
             let submission_id = envelope.submission_id;
             let action = usize::from(m.action);
+            let cancel_key = self.cancel_key(c, action, envelope);
             let job = |step: u16, due_at| DeliveryJob {
                 v: DeliveryJob::VERSION,
                 job_id: DeliveryJob::job_id(submission_id, c.id, m.channel, step),
@@ -185,6 +186,7 @@ impl Matcher {
                 step,
                 due_at,
                 repeat_until: None,
+                cancel_key: cancel_key.clone(),
             };
             if let Some(r) = compiled.recurrences.get(action).and_then(Option::as_ref) {
                 // Only the next occurrence is written; the firer writes each one after it.
@@ -214,6 +216,16 @@ impl Matcher {
             );
         }
         jobs
+    }
+
+    /// The action's `cancel_key` rendered for this submission (`None`: it has none, or it
+    /// renders empty or fails — then the message cannot be cancelled by key, only otherwise).
+    fn cancel_key(&self, c: &Campaign, action: usize, e: &SubmissionEnvelope) -> Option<String> {
+        let template = c.spec.actions.get(action)?.cancel_key.as_deref()?;
+        let env = quizflow_core::template::environment();
+        let key = env.render_str(template, template_context(e, c)).ok()?;
+        let key = key.trim();
+        (!key.is_empty() && key.len() <= 200).then(|| key.to_owned())
     }
 
     pub fn campaign(&self, idx: usize) -> &Arc<Campaign> {

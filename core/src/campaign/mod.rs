@@ -7,6 +7,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 mod parse;
+mod whatsapp;
 
 pub use parse::parse_campaign;
 

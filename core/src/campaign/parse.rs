@@ -20,7 +20,11 @@ const CAMPAIGN_KEYS: &[&str] = &[
     "frequency_cap",
 ];
 
-fn problem(p: &mut Vec<FieldProblem>, field: impl Into<String>, problem: impl Into<String>) {
+pub(super) fn problem(
+    p: &mut Vec<FieldProblem>,
+    field: impl Into<String>,
+    problem: impl Into<String>,
+) {
     p.push(FieldProblem {
         field: field.into(),
         problem: problem.into(),
@@ -350,7 +354,7 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
         timezone: text("timezone", p),
         until: text("until", p),
         max_occurrences: max_occurrences(o.get("max_occurrences"), at, p),
-        whatsapp_template: whatsapp_template(o.get("whatsapp_template"), at, p),
+        whatsapp_template: super::whatsapp::parse(o.get("whatsapp_template"), at, p),
         from: text("from", p),
         cancel_key: text("cancel_key", p),
         strict: match o.get("strict") {
@@ -387,98 +391,6 @@ fn max_occurrences(v: Option<&Value>, at: &str, p: &mut Vec<FieldProblem>) -> Op
             None
         }
     }
-}
-
-/// A WhatsApp template: a name and language as Meta approved them, parameters that compile.
-fn whatsapp_template(
-    v: Option<&Value>,
-    at: &str,
-    p: &mut Vec<FieldProblem>,
-) -> Option<crate::WhatsappTemplate> {
-    let v = v.filter(|v| !v.is_null())?;
-    let at = format!("{at}.whatsapp_template");
-    let Value::Object(o) = v else {
-        problem(
-            p,
-            at,
-            "must be an object with name, language, body and header_image",
-        );
-        return None;
-    };
-    for k in o.keys() {
-        if !["name", "language", "body", "header_image"].contains(&k.as_str()) {
-            problem(p, format!("{at}.{k}"), "unknown field");
-        }
-    }
-    let name = o.get("name").and_then(Value::as_str).unwrap_or_default();
-    if name.is_empty()
-        || name.len() > 512
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        let why = "must be the approved template's name (lower-case letters, digits and _)";
-        problem(p, format!("{at}.name"), why);
-    }
-    let language = o
-        .get("language")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let lang_ok = matches!(language.len(), 2 | 3 | 5 | 6)
-        && language.split('_').count() <= 2
-        && language
-            .chars()
-            .all(|c| c.is_ascii_alphabetic() || c == '_');
-    if !lang_ok {
-        problem(
-            p,
-            format!("{at}.language"),
-            "must be a language code such as pt_BR or en",
-        );
-    }
-    let mut body = Vec::new();
-    match o.get("body") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(items)) if items.len() <= 100 => {
-            for (i, item) in items.iter().enumerate() {
-                match item.as_str() {
-                    Some(t) => {
-                        if let Err(e) = crate::template::check(t) {
-                            let why = format!("template does not compile: {e}");
-                            problem(p, format!("{at}.body[{i}]"), why);
-                        }
-                        body.push(t.to_owned());
-                    }
-                    None => problem(p, format!("{at}.body[{i}]"), "must be a string"),
-                }
-            }
-        }
-        Some(_) => problem(
-            p,
-            format!("{at}.body"),
-            "must be a list of up to 100 templates",
-        ),
-    }
-    let header_image = match o.get("header_image") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(t)) => {
-            if let Err(e) = crate::template::check(t) {
-                let why = format!("template does not compile: {e}");
-                problem(p, format!("{at}.header_image"), why);
-            }
-            Some(t.clone())
-        }
-        Some(_) => {
-            problem(p, format!("{at}.header_image"), "must be a string");
-            None
-        }
-    };
-    Some(crate::WhatsappTemplate {
-        name: name.to_owned(),
-        language: language.to_owned(),
-        body,
-        header_image,
-    })
 }
 
 /// Each time field parses on its own.

@@ -33,7 +33,7 @@ async fn create_campaign(http: &reqwest::Client, api: &str, token: &str) -> anyh
 }
 
 /// `backlog` leads posted in batches of 500 and stored before any worker starts.
-async fn store_backlog(
+pub(super) async fn store_backlog(
     http: &reqwest::Client,
     api: &str,
     token: &str,

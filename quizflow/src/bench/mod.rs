@@ -4,6 +4,7 @@
 
 mod e2e;
 mod limits;
+mod senders;
 
 use crate::config::Config;
 use crate::devservices::DevServices;
@@ -22,6 +23,7 @@ pub async fn run(cfg: Config, kind: BenchKind) -> anyhow::Result<()> {
         BenchKind::Replay(args) => bench_replay(cfg, args).await,
         BenchKind::E2e(args) => e2e::run(cfg, args).await,
         BenchKind::Limits(args) => limits::run(cfg, args).await,
+        BenchKind::Senders(args) => senders::run(cfg, args).await,
     }
 }
 

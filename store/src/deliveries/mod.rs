@@ -8,6 +8,7 @@
 //! `cancelled` are never overwritten by a late `failed`, and two copies of a job never both
 //! reach the provider unless a lease ran out.
 
+pub mod cancel;
 mod caps;
 mod claim;
 mod load;

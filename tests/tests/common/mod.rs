@@ -383,6 +383,7 @@ pub fn sms_job(submission: SubmissionId, campaign: uuid::Uuid) -> quizflow_core:
         step: 0,
         due_at: None,
         repeat_until: None,
+        cancel_key: None,
     }
 }
 

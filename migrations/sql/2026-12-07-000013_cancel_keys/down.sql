@@ -1,0 +1,2 @@
+DROP INDEX deliveries_cancel_key;
+ALTER TABLE deliveries DROP COLUMN cancel_key;

@@ -1,0 +1,5 @@
+-- An action's `cancel_key`, rendered per submission at match time (contract §3.3):
+-- `POST /v1/cancellations` cancels every pending row with that key. Most rows have none, so
+-- the index holds only those that do.
+ALTER TABLE deliveries ADD COLUMN cancel_key text;
+CREATE INDEX deliveries_cancel_key ON deliveries (cancel_key) WHERE cancel_key IS NOT NULL;
