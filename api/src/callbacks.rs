@@ -39,6 +39,8 @@ pub struct CallbackSettings {
     pub whatsapp_verify_token: Option<String>,
     /// `QUIZFLOW_EMAIL_WEBHOOK_SECRET`: the Svix signing secret (`whsec_…`).
     pub email_webhook_secret: Option<String>,
+    /// `QUIZFLOW_EVOLUTION_WEBHOOK_KEY`: the API key Evolution sends with its webhooks.
+    pub evolution_webhook_key: Option<String>,
 }
 
 impl std::fmt::Debug for CallbackSettings {
@@ -50,6 +52,7 @@ impl std::fmt::Debug for CallbackSettings {
             .field("whatsapp_app_secret", &set(&self.whatsapp_app_secret))
             .field("whatsapp_verify_token", &set(&self.whatsapp_verify_token))
             .field("email_webhook_secret", &set(&self.email_webhook_secret))
+            .field("evolution_webhook_key", &set(&self.evolution_webhook_key))
             .finish()
     }
 }
@@ -394,6 +397,75 @@ pub async fn whatsapp(
         }
     }
     state.apply_reports("whatsapp", reports).await
+}
+
+/// `POST /v1/callbacks/evolution`: Evolution API's `MESSAGES_UPDATE` webhooks, carrying its API
+/// key (in the `apikey` header or the body). A delivery (`DELIVERY_ACK`, `READ`, `PLAYED`)
+/// moves the row its `keyId` names to `delivered`, forward only; other statuses move nothing.
+#[handler]
+pub async fn evolution(
+    state: Data<&Arc<AppState>>,
+    headers: &HeaderMap,
+    body: poem::Body,
+) -> Result<Response, ApiError> {
+    let Some(key) = &state.settings.callbacks.evolution_webhook_key else {
+        return Err(state.reject("evolution", not_configured("Evolution")));
+    };
+    let raw = raw_body(headers, body).await?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&raw).map_err(|e| ApiError::invalid_json(&e))?;
+    let given = header_str(headers, "apikey")
+        .or_else(|| doc["apikey"].as_str())
+        .unwrap_or_default();
+    if !signatures::equal(given, key) {
+        return Err(state.reject("evolution", refused("apikey does not match")));
+    }
+    let event = doc["event"].as_str().unwrap_or_default();
+    if !event.eq_ignore_ascii_case("messages.update") && event != "MESSAGES_UPDATE" {
+        state
+            .apply_reports("evolution", vec![Report::Progress])
+            .await?;
+        return Ok(Json(serde_json::json!({ "moved": 0 })).into_response());
+    }
+    let items = match &doc["data"] {
+        serde_json::Value::Array(a) => a.clone(),
+        one => vec![one.clone()],
+    };
+    let mut delivered = Vec::new();
+    let mut reports = Vec::new();
+    for d in &items {
+        let id = d["keyId"]
+            .as_str()
+            .or_else(|| d["key"]["id"].as_str())
+            .or_else(|| d["messageId"].as_str());
+        let status = d["status"]
+            .as_str()
+            .or_else(|| d["update"]["status"].as_str())
+            .unwrap_or_default();
+        match (id, status) {
+            (Some(id), "DELIVERY_ACK" | "READ" | "PLAYED") => {
+                delivered.push((id.to_owned(), format!("evolution {status}")))
+            }
+            _ => reports.push(Report::Progress),
+        }
+    }
+    let ids: Vec<String> = delivered.iter().map(|(id, _)| id.clone()).collect();
+    let found = {
+        let mut conn = state.db.get().await.map_err(crate::admin::db_error)?;
+        quizflow_store::reports::keys_of_messages(&mut conn, &ids)
+            .await
+            .map_err(crate::admin::db_error)?
+    };
+    for (id, detail) in delivered {
+        reports.push(match found.iter().find(|(f, _)| *f == id) {
+            Some((_, key)) => Report::Delivered(Delivered {
+                detail,
+                ..key.clone()
+            }),
+            None => Report::Unknown,
+        });
+    }
+    state.apply_reports("evolution", reports).await
 }
 
 /// `POST /v1/callbacks/email`: Resend's events, signed by Svix.

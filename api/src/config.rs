@@ -119,6 +119,8 @@ pub struct ApiConfig {
     pub whatsapp_verify_token: Option<String>,
     /// Svix signing secret of the e-mail API's webhooks (`whsec_…`).
     pub email_webhook_secret: Option<String>,
+    /// The API key Evolution API sends with its webhooks (delivery reports).
+    pub evolution_webhook_key: Option<String>,
     pub rate_limit_respondent_per_min: u32,
     pub rate_limit_ip_per_min: u32,
     pub rate_limit_scope: crate::LimitScope,
@@ -146,6 +148,7 @@ impl Default for ApiConfig {
             whatsapp_app_secret: None,
             whatsapp_verify_token: None,
             email_webhook_secret: None,
+            evolution_webhook_key: None,
             rate_limit_respondent_per_min: s.respondent_limit_per_min,
             rate_limit_ip_per_min: s.ip_limit_per_min,
             rate_limit_scope: s.respondent_limit_scope,
@@ -212,6 +215,7 @@ impl ApiConfig {
                 whatsapp_app_secret: self.whatsapp_app_secret.clone(),
                 whatsapp_verify_token: self.whatsapp_verify_token.clone(),
                 email_webhook_secret: self.email_webhook_secret.clone(),
+                evolution_webhook_key: self.evolution_webhook_key.clone(),
             },
             packer: quizflow_nats::PackerConfig {
                 flights: self.publish_flights,

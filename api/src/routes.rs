@@ -233,6 +233,11 @@ pub const ROUTES: &[Route] = &[
         ],
     ),
     public(
+        "/v1/callbacks/evolution",
+        "/v1/callbacks/evolution",
+        &[op(Method::Post, || boxed(callbacks::evolution))],
+    ),
+    public(
         "/v1/callbacks/email",
         "/v1/callbacks/email",
         &[op(Method::Post, || boxed(callbacks::email))],

@@ -134,6 +134,22 @@ pub(crate) async fn twilio(
     }
 }
 
+/// Evolution's `messages.update` webhook for an accepted message: `DELIVERY_ACK` (or `ERROR`
+/// when the callbacks say `failed`), carrying the API key as Evolution does.
+fn evolution_update(state: &MockState, cb: &Callbacks, instance: &str, to: &str, id: &str) {
+    let (Some(url), Some(key)) = (cb.evolution_url.clone(), cb.evolution_api_key.clone()) else {
+        return;
+    };
+    let status = if cb.failed() { "ERROR" } else { "DELIVERY_ACK" };
+    let doc = json!({"event": "messages.update", "instance": instance,
+        "data": {"keyId": id, "remoteJid": format!("{}@s.whatsapp.net", to.trim_start_matches('+')),
+                 "fromMe": true, "status": status, "instanceId": instance},
+        "date_time": Utc::now(), "apikey": key});
+    state.call_back("whatsapp", cb.delay_ms, move |http| {
+        http.post(url).header("apikey", key).json(&doc)
+    });
+}
+
 /// A Cloud API template as the mock records it: name, language, body parameters, header image.
 fn cloud_template(t: &Value) -> Value {
     let components = t["components"].as_array().cloned().unwrap_or_default();
@@ -277,18 +293,23 @@ pub(crate) async fn evolution(
     match state.judge("whatsapp", &from, &to, key.clone()).await {
         Verdict::Reject(resp, _) => resp,
         Verdict::Accept => {
+            let id = uuid_like().to_uppercase();
+            if let Some(cb) = state.callback_for() {
+                evolution_update(&state, &cb, &from.sender, &to, &id);
+            }
             state.record(Message {
                 channel: "whatsapp",
-                to,
+                to: to.clone(),
                 sender: from.sender,
                 body: text,
                 idempotency_key: key,
                 received_at: Utc::now(),
                 ..Default::default()
             });
+            let jid = format!("{}@s.whatsapp.net", to.trim_start_matches('+'));
             (
                 StatusCode::CREATED,
-                Json(json!({"key": {"id": uuid_like()}, "status": "PENDING"})),
+                Json(json!({"key": {"remoteJid": jid, "fromMe": true, "id": id}, "status": "PENDING"})),
             )
                 .into_response()
         }

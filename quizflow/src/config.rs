@@ -384,6 +384,7 @@ const SECRET_KEYS: &[&str] = &[
     "whatsapp_app_secret",
     "whatsapp_verify_token",
     "email_webhook_secret",
+    "evolution_webhook_key",
     "twilio_auth_token",
     "whatsapp_token",
     "email_api_key",

@@ -104,6 +104,52 @@ pub async fn delivered(
     Ok(rows.iter().map(applied).collect())
 }
 
+/// The ledger rows of messages a provider knows by its own id (Evolution's `keyId`): each id
+/// found, with its row's key, ready for [`delivered`] (no attempt named: the id is the one
+/// the last `sent` write recorded).
+pub async fn keys_of_messages(
+    conn: &mut AsyncPgConnection,
+    ids: &[String],
+) -> Result<Vec<(String, Delivered)>, StoreError> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        provider_message_id: String,
+        #[diesel(sql_type = SqlUuid)]
+        submission_id: Uuid,
+        #[diesel(sql_type = SqlUuid)]
+        campaign_id: Uuid,
+        #[diesel(sql_type = Text)]
+        channel: String,
+        #[diesel(sql_type = SmallInt)]
+        step: i16,
+    }
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT provider_message_id, submission_id, campaign_id, channel, step FROM deliveries \
+         WHERE provider_message_id = ANY($1)",
+    )
+    .bind::<Array<Text>, _>(ids)
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let key = Delivered {
+                submission_id: r.submission_id,
+                campaign_id: r.campaign_id,
+                channel: r.channel,
+                step: u16::try_from(r.step).unwrap_or_default(),
+                attempt: None,
+                detail: String::new(),
+            };
+            (r.provider_message_id, key)
+        })
+        .collect())
+}
+
 /// A late failure turned into a dead letter: what the `DEAD_LETTERS` copy needs.
 #[derive(Debug, Clone, diesel::QueryableByName)]
 pub struct LateFailure {

@@ -79,6 +79,7 @@ fn update(key: &(Uuid, Uuid, String, u16), status: &'static str, claim: Option<U
         history: vec![serde_json::json!({"outcome": status, "detail": "with \0 inside"})],
         claim,
         retry_in: None,
+        provider_message_id: None,
     }
 }
 

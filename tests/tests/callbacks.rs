@@ -28,6 +28,7 @@ async fn given_the_mock_reports_delivery_then_rows_move_forward_only_and_forgeri
             whatsapp_app_secret: Some(APP_SECRET.into()),
             whatsapp_verify_token: Some(VERIFY.into()),
             email_webhook_secret: Some(EMAIL_SECRET.into()),
+            evolution_webhook_key: None,
         };
     })
     .await;

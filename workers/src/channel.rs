@@ -175,5 +175,6 @@ pub(crate) fn update(
         history,
         claim,
         retry_in: None,
+        provider_message_id: None,
     }
 }

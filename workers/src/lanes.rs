@@ -30,8 +30,8 @@ pub(crate) struct Lane {
     /// This process's share of the sender's rate (none: send nothing through it), waited for
     /// before the pre-call check.
     pub limiter: RwLock<Option<Arc<DefaultDirectRateLimiter>>>,
-    /// The same rate again, right before the call: calls that the pre-call check's statement
-    /// held back together leave spaced, so no second ever sees more than the rate.
+    /// The rate again, without a burst, right before the call ([`pacer_at`]): calls that the
+    /// pre-call check's statement held back together leave spaced.
     pub pacer: RwLock<Option<Arc<DefaultDirectRateLimiter>>>,
     pub share: watch::Receiver<Share>,
     /// Calls in flight through this sender, when a per-sender cap is configured.
@@ -60,7 +60,7 @@ impl Lane {
                 let limiter = limiter_at(rate, replaced);
                 replaced |= limiter.is_some();
                 *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = limiter;
-                *self.pacer.write().unwrap_or_else(|p| p.into_inner()) = limiter_at(rate, true);
+                *self.pacer.write().unwrap_or_else(|p| p.into_inner()) = pacer_at(rate);
                 on_rate(rate, now.members);
             }
             if let Some(slots) = &self.slots {
@@ -107,6 +107,17 @@ pub(crate) fn limiter_at(rate: f64, replaces: bool) -> Option<Arc<DefaultDirectR
         let _ = l.check_n(burst);
     }
     Some(Arc::new(l))
+}
+
+/// The pacer at `rate`: no burst, so calls leave at least `1 / rate` apart and no second holds
+/// more than `rate` of them. It runs a little faster than the limiter before it (which sets
+/// the average), so it only spaces out what the pre-call check held back together.
+pub(crate) fn pacer_at(rate: f64) -> Option<Arc<DefaultDirectRateLimiter>> {
+    if rate <= 0.0 {
+        return None;
+    }
+    let quota = Quota::with_period(Duration::from_secs_f64(1.0 / rate))?;
+    Some(Arc::new(RateLimiter::direct(quota)))
 }
 
 /// What the pool may fetch now, over all its lanes: `Ok((open, probe))` — `open`: some lane is

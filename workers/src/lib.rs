@@ -5,8 +5,9 @@
 //!   normal, then low), decodes, loads the context of a whole fetch in one query, and claims
 //!   the jobs to send in one statement;
 //! - [`triage`](crate::triage): per job, before any claim: send, wait, cancel, or drop (pure);
-//! - [`send`](crate::send): renders the campaign's template (minijinja), waits for the
-//!   channel's token bucket, the breaker and the erasure gate, and calls the [`provider`];
+//! - [`send`](crate::send): renders the campaign's template (minijinja), picks a sender
+//!   ([`lanes`](crate::lanes): sticky per recipient, failover in provider order), waits for its
+//!   token bucket, breaker, the erasure gate and its pacer, and calls the [`provider`];
 //! - [`outcome`](crate::outcome): what the call's outcome means for the job and the breaker
 //!   (pure);
 //! - [`settle`](crate::settle): the decision written to the ledger in batches ([`status`])

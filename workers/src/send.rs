@@ -100,9 +100,10 @@ impl Channelled {
             self.release(msg, &job, &ctx, claim, None).await;
             return Called::No;
         }
-        let outcome = self.call(&msg, lane, &out, &mut tick).await;
+        let (outcome, message_id) = self.call(&msg, lane, &out, &mut tick).await;
         let via = Via {
             to: &out.to,
+            message_id,
             provider: lane.sender.provider.name(),
             sender: &lane.label,
             uncertain: matches!(outcome, Outcome::Uncertain(_)),
@@ -313,7 +314,7 @@ impl Channelled {
         lane: &Lane,
         out: &Outgoing,
         tick: &mut Interval,
-    ) -> Outcome {
+    ) -> (Outcome, Option<String>) {
         let called = Instant::now();
         let send = lane
             .sender
@@ -326,7 +327,7 @@ impl Channelled {
                 _ = tick.tick() => msg.progress().await,
             }
         };
-        self.observe(&outcome, called.elapsed());
+        self.observe(&outcome.0, called.elapsed());
         outcome
     }
 }

@@ -13,10 +13,12 @@ use uuid::Uuid;
 
 /// The sender an attempt went through, written into its history entry: a retry after an
 /// `uncertain` answer goes back to it ([`crate::lanes::uncertain_lane`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Via<'a> {
     /// The recipient.
     pub to: &'a str,
+    /// The provider's id of the message, where its reports name only that (Evolution).
+    pub message_id: Option<String>,
     pub provider: &'static str,
     /// `provider/sender`.
     pub sender: &'a str,
@@ -51,10 +53,9 @@ impl Channelled {
             Decision::Sent { attempts } => {
                 let history = vec![via.entry("sent", via.sender)];
                 let status = DeliveryStatus::Sent;
-                (
-                    update(&job, status, attempts, None, history, Some(claim)),
-                    None,
-                )
+                let mut u = update(&job, status, attempts, None, history, Some(claim));
+                u.provider_message_id = via.message_id.clone();
+                (u, None)
             }
             Decision::Retry {
                 status,

@@ -284,6 +284,7 @@ mod tests {
             last_error: None,
             history: vec![history_entry("sent", &format!("n{n}"))],
             retry_in: None,
+            provider_message_id: None,
             claim: Some(Uuid::new_v4()),
         }
     }

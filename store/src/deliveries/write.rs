@@ -25,6 +25,9 @@ pub struct Update {
     /// The claim under which the worker acted; `None` for writes by nobody's claim
     /// (cancellation, the sweeper), which apply only to rows nobody holds.
     pub claim: Option<Uuid>,
+    /// The provider's id of the message, for providers whose reports name only it
+    /// (Evolution): [`crate::reports::keys_of_messages`] finds the row by it.
+    pub provider_message_id: Option<String>,
 }
 
 impl Update {
@@ -96,6 +99,10 @@ pub async fn write(
         .iter()
         .map(|u| u.retry_in.map(|d| d.as_secs_f64()))
         .collect();
+    let pmids: Vec<Option<&str>> = updates
+        .iter()
+        .map(|u| u.provider_message_id.as_deref())
+        .collect();
     let rows: Vec<KeyRow> = diesel::sql_query(
         "UPDATE deliveries d SET status = u.status, attempts = u.attempts, last_error = u.err, \
                 history = CASE WHEN jsonb_array_length(d.history) + jsonb_array_length(u.hist::jsonb) <= $9 \
@@ -104,11 +111,12 @@ pub async fn write(
                 claim = CASE WHEN u.status = 'sending' THEN d.claim END, \
                 lease_until = CASE WHEN u.status = 'sending' THEN d.lease_until END, \
                 calling_at = NULL, \
+                provider_message_id = COALESCE(u.pmid, d.provider_message_id), \
                 next_attempt_at = now() + make_interval(secs => u.retry_in), \
                 updated_at = now() \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::uuid[], \
-                     $10::float8[], $11::int2[]) \
-              AS u(sub, camp, channel, status, attempts, err, hist, claim, retry_in, step) \
+                     $10::float8[], $11::int2[], $12::text[]) \
+              AS u(sub, camp, channel, status, attempts, err, hist, claim, retry_in, step, pmid) \
          WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel AND d.step = u.step \
            AND CASE WHEN u.claim IS NULL \
                     THEN d.status IN ('queued', 'failed') OR (d.status = 'sending' AND d.lease_until < now()) \
@@ -126,6 +134,7 @@ pub async fn write(
     .bind::<Integer, _>(HISTORY_CAP)
     .bind::<Array<Nullable<diesel::sql_types::Double>>, _>(&retry_in)
     .bind::<Array<SmallInt>, _>(&steps)
+    .bind::<Array<Nullable<Text>>, _>(&pmids)
     .load(conn)
     .await?;
     Ok(rows.into_iter().map(KeyRow::key).collect())

@@ -2,12 +2,15 @@
 //! inbound replies, a batcher and workers behind it, and a mock provider that reports back and
 //! replies as Twilio and Meta would.
 
+#![allow(dead_code)] // each test binary uses part of it
+
 use crate::common::{pipeline_and_batcher, wait_until};
 use crate::harness::Api;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
 
+pub const EVOLUTION_KEY: &str = "evolution-global-api-key";
 const APP_SECRET: &str = "meta-app-secret-for-tests";
 const EMAIL_SECRET: &str = "whsec_MDEyMzQ1Njc4OWFiY2RlZg==";
 
@@ -34,6 +37,7 @@ pub async fn world_with(
             whatsapp_app_secret: Some(APP_SECRET.into()),
             whatsapp_verify_token: None,
             email_webhook_secret: Some(EMAIL_SECRET.into()),
+            evolution_webhook_key: Some(EVOLUTION_KEY.into()),
         };
     })
     .await;
@@ -46,6 +50,8 @@ pub async fn world_with(
         email_secret: Some(EMAIL_SECRET.into()),
         twilio_inbound_url: Some(api.url("/v1/inbound/twilio")),
         twilio_auth_token: Some("mock".into()),
+        evolution_url: Some(api.url("/v1/callbacks/evolution")),
+        evolution_api_key: Some(EVOLUTION_KEY.into()),
         ..Default::default()
     });
     let base = api.base.clone();

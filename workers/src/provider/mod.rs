@@ -195,8 +195,15 @@ impl Provider {
         }
     }
 
-    /// One attempt: the provider's request, its answer classified.
-    pub async fn send(&self, http: &reqwest::Client, out: &Outgoing, timeout: Duration) -> Outcome {
+    /// One attempt: the provider's request, its answer classified, and the provider's id of
+    /// the message where quizflow needs it to match the provider's reports (Evolution's
+    /// `key.id`; the others echo quizflow's own reference).
+    pub async fn send(
+        &self,
+        http: &reqwest::Client,
+        out: &Outgoing,
+        timeout: Duration,
+    ) -> (Outcome, Option<String>) {
         let req = match self {
             Provider::Twilio {
                 base,
@@ -236,10 +243,10 @@ impl Provider {
                 allow_private,
             } => match webhook::request(http, secret.as_deref(), *allow_private, out) {
                 Ok(r) => r,
-                Err(outcome) => return outcome,
+                Err(outcome) => return (outcome, None),
             },
             Provider::Smtp { transport, from } => {
-                return smtp::send(transport, from, out, timeout).await
+                return (smtp::send(transport, from, out, timeout).await, None)
             }
         };
         self.answer(req.timeout(timeout).send().await, timeout)
@@ -251,12 +258,16 @@ impl Provider {
         &self,
         sent: Result<reqwest::Response, reqwest::Error>,
         timeout: Duration,
-    ) -> Outcome {
-        match sent {
+    ) -> (Outcome, Option<String>) {
+        let outcome = match sent {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 if (200..300).contains(&status) {
-                    return Outcome::Sent;
+                    let id = match self {
+                        Provider::Evolution { .. } => evolution::message_id(resp).await,
+                        _ => None,
+                    };
+                    return (Outcome::Sent, id);
                 }
                 let retry_after = resp
                     .headers()
@@ -293,7 +304,8 @@ impl Provider {
                 Outcome::Permanent(format!("{}: invalid request: {e}", self.name()))
             }
             Err(e) => Outcome::Transient(format!("{}: {}", self.name(), e.without_url())),
-        }
+        };
+        (outcome, None)
     }
 }
 

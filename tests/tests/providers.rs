@@ -1,7 +1,8 @@
-//! Cancel keys and per-submission cancels through the public routes (contract §3.3): a paid
-//! invoice's scheduled reminder and its message still waiting for the provider are cancelled
-//! before any call; the others are sent; the answer counts what it cancelled; bad input is a
-//! 400, an unknown submission a 404, and each cancel is in the audit log.
+//! Providers and pending messages through the public routes (contract §3.3): cancel keys and
+//! per-submission cancels (a paid invoice's scheduled reminder and its message still waiting
+//! for the provider are cancelled before any call; the answer counts them; bad input is a
+//! 400, an unknown submission a 404, each cancel audited), and Evolution API's delivery
+//! reports (`MESSAGES_UPDATE`, its API key checked) moving rows to `delivered`.
 
 mod common;
 #[path = "../../api/tests/harness/mod.rs"]
@@ -12,7 +13,7 @@ use common::wait_until;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
-use world::{world_with, World, FINAL};
+use world::{world_with, World, EVOLUTION_KEY, FINAL};
 
 async fn cancel(w: &World, path: &str, body: Option<Value>) -> (u16, Value) {
     let mut r = w.api.admin(Method::POST, path);
@@ -108,4 +109,70 @@ async fn a_cancel_key_stops_a_scheduled_reminder_and_a_queued_message_before_any
             && actions.iter().any(|a| a == "submission.cancel")
     })
     .await;
+}
+
+#[tokio::test]
+async fn evolution_reports_move_its_messages_to_delivered_and_a_wrong_key_moves_nothing() {
+    let w = world_with(|s| {
+        let base = match &s.providers.whatsapp[0].provider {
+            quizflow_workers::provider::Provider::WhatsappCloud { base, .. } => base.clone(),
+            other => panic!("{other:?}"),
+        };
+        s.providers.whatsapp = quizflow_workers::provider::Sender::alone(
+            quizflow_workers::provider::Provider::Evolution {
+                base,
+                instance: "vendas".into(),
+                api_key: "instance-key".into(),
+            },
+        );
+    })
+    .await;
+    // Every accepted message is reported a moment later, as Evolution's webhook does.
+    let mut callbacks = json!({"share": 1.0, "delay_ms": 300,
+        "evolution_url": w.api.url("/v1/callbacks/evolution"), "evolution_api_key": EVOLUTION_KEY});
+    let put = |body: Value| {
+        w.http
+            .put(format!("{}/_mock/callbacks", w.mock))
+            .json(&body)
+            .send()
+    };
+    assert!(put(callbacks.clone())
+        .await
+        .expect("put")
+        .status()
+        .is_success());
+    w.campaign(
+        json!({"name": "Oi", "quiz_id": "evo", "match": {}, "actions": [
+        {"channel": "whatsapp", "template": "Oi {{ respondent.name }}"}]}),
+    )
+    .await;
+    let id = w
+        .submit("evo", json!({"phone": "+5511987651111", "name": "Ana"}))
+        .await;
+    let d = w.status(&id, "whatsapp", &["delivered"]).await;
+    assert_eq!(d["status"], "delivered", "{d}");
+    // A report with the wrong key is refused and moves nothing.
+    callbacks["evolution_api_key"] = "not-the-key".into();
+    assert!(put(callbacks).await.expect("put").status().is_success());
+    let id = w
+        .submit("evo", json!({"phone": "+5511987652222", "name": "Bia"}))
+        .await;
+    let d = w.status(&id, "whatsapp", &["sent", "delivered"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = w.status(&id, "whatsapp", &["sent", "delivered"]).await;
+    assert_eq!(
+        (&d["status"], &again["status"]),
+        (&json!("sent"), &json!("sent"))
+    );
+    let refused = w
+        .http
+        .post(w.api.url("/v1/callbacks/evolution"))
+        .header("apikey", "not-the-key")
+        .json(
+            &json!({"event": "messages.update", "data": {"keyId": "X", "status": "DELIVERY_ACK"}}),
+        )
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status().as_u16(), 403);
 }

@@ -1,2 +1,0 @@
-DROP INDEX deliveries_cancel_key;
-ALTER TABLE deliveries DROP COLUMN cancel_key;
