@@ -150,6 +150,30 @@ fn evolution_update(state: &MockState, cb: &Callbacks, instance: &str, to: &str,
     });
 }
 
+/// What a Cloud message says: a text, a media one whose caption is the text, or a template's
+/// parameters (one per line) and header image.
+fn cloud_content(body: &Value, template: Option<&Value>) -> (String, Option<String>) {
+    let text = match template {
+        Some(t) => t["body"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => body["text"]["body"]
+            .as_str()
+            .or(body["image"]["caption"].as_str())
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let media = body["image"]["link"]
+        .as_str()
+        .or_else(|| template?["header_image"].as_str())
+        .map(str::to_owned);
+    (text, media)
+}
+
 /// A Cloud API template as the mock records it: name, language, body parameters, header image.
 fn cloud_template(t: &Value) -> Value {
     let components = t["components"].as_array().cloned().unwrap_or_default();
@@ -210,29 +234,7 @@ pub(crate) async fn whatsapp_cloud(
         state.note_request("whatsapp", &from, &to, 400, key);
         return refused;
     }
-    // A text message, a media one whose caption is the text, or a template's parameters.
-    let text = match &template {
-        Some(t) => t["body"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join("\n"),
-        None => body["text"]["body"]
-            .as_str()
-            .or(body["image"]["caption"].as_str())
-            .unwrap_or_default()
-            .to_owned(),
-    };
-    let media = body["image"]["link"]
-        .as_str()
-        .map(str::to_owned)
-        .or_else(|| {
-            template.as_ref()?["header_image"]
-                .as_str()
-                .map(str::to_owned)
-        });
+    let (text, media) = cloud_content(&body, template.as_ref());
     match state.judge("whatsapp", &from, &to, key.clone()).await {
         Verdict::Reject(resp, _) => resp,
         Verdict::Accept => {

@@ -32,7 +32,8 @@ pub async fn serve(cfg: &Config, shutdown: impl Future<Output = ()>) -> anyhow::
             // token (the one `up` gives the API).
             twilio_inbound_url: Some(format!("{public}/v1/inbound/twilio")),
             twilio_auth_token: Some("mock".into()),
-            ..Default::default()
+            evolution_url: Some(format!("{public}/v1/callbacks/evolution")),
+            evolution_api_key: cfg.api.evolution_webhook_key.clone(),
         });
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

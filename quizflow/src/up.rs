@@ -71,6 +71,11 @@ fn for_up(mut cfg: Config, token: &str) -> Config {
         "whatsapp-verify-token",
     );
     derive_secret(&mut cfg.api.link_key, token, "qr-link-key");
+    derive_secret(
+        &mut cfg.api.evolution_webhook_key,
+        token,
+        "evolution-webhook-key",
+    );
     // Derived from the token the data dir keeps: the same key on every `up` of this data dir.
     derive_secret(&mut cfg.hash_key, token, "contact-hash-key");
     if cfg.api.email_webhook_secret.is_none() {

@@ -126,7 +126,7 @@ async fn given_roles_alone_then_each_serves_metrics_health_and_readiness() {
     wait_metrics(
         &http,
         wport,
-        &["quizflow_circuit_breaker_state{channel=\"sms\",provider=\"twilio\"} 0"],
+        &["quizflow_circuit_breaker_state{channel=\"sms\",provider=\"twilio\",sender=\"twilio/+15550000000\"} 0"],
     )
     .await;
 }

@@ -247,25 +247,27 @@ pub async fn run(
         // Fenced: no sign of our own heartbeat lately — take nothing until it is back.
         let fenced = last_self.is_none_or(|t| t.elapsed() > FENCE_AFTER)
             || joined.is_none_or(|t| t.elapsed() < HEARTBEAT + HEARTBEAT / 5);
-        let live = members.live(MEMBER_TTL);
-        for l in &links {
-            let share_at = |totals| {
-                if fenced {
-                    Share::NONE
-                } else {
-                    share_of(&live, &me, l.channel, totals)
-                }
-            };
-            publish(&l.share, share_at(l.totals));
-            for lane in &l.lanes {
-                let share = share_at(lane.totals);
-                lane.breaker.set_may_probe(share.probe);
-                publish(&lane.share, share);
-            }
-        }
+        let live = (!fenced).then(|| members.live(MEMBER_TTL));
+        publish_shares(&links, live.as_ref(), &me);
     }
     if let Err(e) = kv.delete(member_key(&me)).await {
         tracing::debug!(error = %e, "workers bucket: member key not deleted");
+    }
+}
+
+/// Every channel's and sender's share for this process (none while fenced: `live` is `None`).
+fn publish_shares(links: &[ChannelLink], live: Option<&BTreeMap<String, Vec<Channel>>>, me: &str) {
+    for l in links {
+        let share_at = |totals| match live {
+            Some(live) => share_of(live, me, l.channel, totals),
+            None => Share::NONE,
+        };
+        publish(&l.share, share_at(l.totals));
+        for lane in &l.lanes {
+            let share = share_at(lane.totals);
+            lane.breaker.set_may_probe(share.probe);
+            publish(&lane.share, share);
+        }
     }
 }
 

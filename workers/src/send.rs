@@ -72,6 +72,22 @@ impl Channelled {
         if !probing {
             self.release_probe(probe);
         }
+        let chosen = Chosen { lane, probing, out };
+        self.send_through(msg, job, ctx, claim, slot, chosen).await
+    }
+
+    /// The job's call through its sender: the sender's slot and limiter, the breaker, the
+    /// pre-call check, the pacer, the call, and the outcome settled.
+    async fn send_through(
+        &self,
+        msg: JobMsg,
+        job: DeliveryJob,
+        ctx: JobContext,
+        claim: Uuid,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        chosen: Chosen<'_>,
+    ) -> Called {
+        let Chosen { lane, probing, out } = chosen;
         // In-progress acks keep JetStream from redelivering a job that waits or is being sent.
         let mut tick = tokio::time::interval(self.settings.ack_wait / 3);
         tick.tick().await;
@@ -330,6 +346,14 @@ impl Channelled {
         self.observe(&outcome.0, called.elapsed());
         outcome
     }
+}
+
+/// The sender a job goes through, and its message.
+struct Chosen<'a> {
+    lane: &'a Lane,
+    /// This job is the sender's probe (its breaker's cooldown is over).
+    probing: bool,
+    out: Outgoing,
 }
 
 /// Who a job goes to: the respondent's phone or e-mail, or the action's webhook URL.

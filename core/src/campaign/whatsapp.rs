@@ -27,6 +27,36 @@ pub(super) fn parse(
         }
     }
     let name = o.get("name").and_then(Value::as_str).unwrap_or_default();
+    let language = o
+        .get("language")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    check_name_and_language(name, language, &at, p);
+    let body = parameters(o.get("body"), &at, p);
+    let header_image = match o.get("header_image") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => {
+            if let Err(e) = crate::template::check(t) {
+                let why = format!("template does not compile: {e}");
+                problem(p, format!("{at}.header_image"), why);
+            }
+            Some(t.clone())
+        }
+        Some(_) => {
+            problem(p, format!("{at}.header_image"), "must be a string");
+            None
+        }
+    };
+    Some(crate::WhatsappTemplate {
+        name: name.to_owned(),
+        language: language.to_owned(),
+        body,
+        header_image,
+    })
+}
+
+/// The approved template's name (`[a-z0-9_]`, up to 512) and a Meta language code (`pt_BR`).
+fn check_name_and_language(name: &str, language: &str, at: &str, p: &mut Vec<FieldProblem>) {
     if name.is_empty()
         || name.len() > 512
         || !name
@@ -36,10 +66,6 @@ pub(super) fn parse(
         let why = "must be the approved template's name (lower-case letters, digits and _)";
         problem(p, format!("{at}.name"), why);
     }
-    let language = o
-        .get("language")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
     // `pt_BR`, `en`, `en_US`: what Meta's language codes look like.
     let code = |p: Option<&str>| {
         p.is_some_and(|p| (2..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphabetic()))
@@ -54,8 +80,12 @@ pub(super) fn parse(
             "must be a language code such as pt_BR or en",
         );
     }
+}
+
+/// The body's parameters: up to 100 templates that compile.
+fn parameters(v: Option<&Value>, at: &str, p: &mut Vec<FieldProblem>) -> Vec<String> {
     let mut body = Vec::new();
-    match o.get("body") {
+    match v {
         None | Some(Value::Null) => {}
         Some(Value::Array(items)) if items.len() <= 100 => {
             for (i, item) in items.iter().enumerate() {
@@ -77,26 +107,7 @@ pub(super) fn parse(
             "must be a list of up to 100 templates",
         ),
     }
-    let header_image = match o.get("header_image") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(t)) => {
-            if let Err(e) = crate::template::check(t) {
-                let why = format!("template does not compile: {e}");
-                problem(p, format!("{at}.header_image"), why);
-            }
-            Some(t.clone())
-        }
-        Some(_) => {
-            problem(p, format!("{at}.header_image"), "must be a string");
-            None
-        }
-    };
-    Some(crate::WhatsappTemplate {
-        name: name.to_owned(),
-        language: language.to_owned(),
-        body,
-        header_image,
-    })
+    body
 }
 
 #[cfg(test)]
