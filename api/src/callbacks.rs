@@ -442,6 +442,8 @@ pub async fn evolution(
             .as_str()
             .or_else(|| d["update"]["status"].as_str())
             .unwrap_or_default();
+        // Ids quizflow kept are Evolution's own (short, printable): anything else names nothing.
+        let id = id.filter(|id| id.len() <= 200 && !id.chars().any(char::is_control));
         match (id, status) {
             (Some(id), "DELIVERY_ACK" | "READ" | "PLAYED") => {
                 delivered.push((id.to_owned(), format!("evolution {status}")))

@@ -27,11 +27,15 @@ pub async fn by_key(
     check_content_type(headers)?;
     let value = read_body(headers, body, 4 * 1024).await?;
     let key = match value.get("key") {
-        Some(serde_json::Value::String(k)) if !k.trim().is_empty() && k.len() <= MAX_KEY => {
+        Some(serde_json::Value::String(k))
+            if !k.trim().is_empty() && k.len() <= MAX_KEY && !k.chars().any(char::is_control) =>
+        {
             k.trim().to_owned()
         }
         _ => {
-            let why = format!("must be a non-empty string of at most {MAX_KEY} bytes");
+            let why = format!(
+                "must be a non-empty string of at most {MAX_KEY} bytes, without control characters"
+            );
             return Err(ApiError::invalid_field("key", why));
         }
     };

@@ -225,7 +225,8 @@ impl Matcher {
         let env = quizflow_core::template::environment();
         let key = env.render_str(template, template_context(e, c)).ok()?;
         let key = key.trim();
-        (!key.is_empty() && key.len() <= 200).then(|| key.to_owned())
+        (!key.is_empty() && key.len() <= 200 && !key.chars().any(char::is_control))
+            .then(|| key.to_owned())
     }
 
     pub fn campaign(&self, idx: usize) -> &Arc<Campaign> {
