@@ -82,7 +82,7 @@ async fn a_cancel_key_stops_a_scheduled_reminder_and_a_queued_message_before_any
         json!({"key": ""}),
         json!({"key": 5}),
         json!({"key": "k", "x": 1}),
-        json!({"key": "a\u0000b"}),
+        json!({"key": "a\u{0}b"}),
     ] {
         let (status, body) = cancel(&w, "/v1/cancellations", Some(bad.clone())).await;
         assert_eq!(status, 400, "{bad} → {body}");
