@@ -7,7 +7,6 @@
 //! This module holds the arguments, the sink and the report; the processes are started by
 //! the `quizflow` binary.
 
-use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::web::{Data, Json, Path};
 use poem::{handler, post, EndpointExt, Route};
 use serde::Serialize;
@@ -93,12 +92,7 @@ pub struct CloudSink {
 impl CloudSink {
     pub async fn start() -> std::io::Result<Self> {
         let received = Arc::new(Mutex::new(Received::default()));
-        let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await?;
-        let port = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().map(|s| s.port()))
-            .unwrap_or(0);
+        let (acceptor, port) = crate::e2e::sink::bind().await?;
         let app = Route::new()
             .at("/:version/:phone_id/messages", post(cloud))
             .data(received.clone());

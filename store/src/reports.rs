@@ -115,14 +115,8 @@ pub async fn keys_of_messages(
     struct Row {
         #[diesel(sql_type = Text)]
         provider_message_id: String,
-        #[diesel(sql_type = SqlUuid)]
-        submission_id: Uuid,
-        #[diesel(sql_type = SqlUuid)]
-        campaign_id: Uuid,
-        #[diesel(sql_type = Text)]
-        channel: String,
-        #[diesel(sql_type = SmallInt)]
-        step: i16,
+        #[diesel(embed)]
+        key: crate::deliveries::KeyRow,
     }
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -138,10 +132,10 @@ pub async fn keys_of_messages(
         .into_iter()
         .map(|r| {
             let key = Delivered {
-                submission_id: r.submission_id,
-                campaign_id: r.campaign_id,
-                channel: r.channel,
-                step: u16::try_from(r.step).unwrap_or_default(),
+                submission_id: r.key.submission_id,
+                campaign_id: r.key.campaign_id,
+                channel: r.key.channel,
+                step: u16::try_from(r.key.step).unwrap_or_default(),
                 attempt: None,
                 detail: String::new(),
             };

@@ -17,7 +17,7 @@ mod plan;
 pub(crate) mod procs;
 mod report;
 mod run;
-mod sink;
+pub(crate) mod sink;
 
 pub use driver::{batch_body, due, Load, Pacing, Sent};
 pub use plan::{parse_rate, plan, Plan, RoleCost};

@@ -64,7 +64,7 @@ impl Received {
 }
 
 /// A listener on a free loopback port, and the port.
-async fn bind() -> std::io::Result<(poem::listener::TcpAcceptor, u16)> {
+pub(crate) async fn bind() -> std::io::Result<(poem::listener::TcpAcceptor, u16)> {
     let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await?;
     let port = acceptor
         .local_addr()

@@ -2,7 +2,7 @@
 //! `batcher`), a backlog of SMS jobs, then 1, 2 and 4 `quizflow workers` processes in turn
 //! against a sink; see [`quizflow_benchmarks::limits`].
 
-use super::e2e::{spawn, start_private, wait_ready};
+use super::e2e::{spawn, start_private, wait_ready, Private};
 use crate::config::Config;
 use crate::devservices::DevServices;
 use anyhow::Context;
@@ -110,6 +110,25 @@ async fn after_kill(
     })
 }
 
+/// `quizflow api` (respondent and IP limits off: the load is one client) and `batcher` on the
+/// private deployment, the API ready: its client and address.
+pub(super) async fn api_and_batcher(
+    private: &Private,
+    children: &mut Vec<Child>,
+) -> anyhow::Result<(reqwest::Client, String)> {
+    let mut api_env = private.api_env();
+    api_env.extend([
+        ("QUIZFLOW_RATE_LIMIT_RESPONDENT_PER_MIN", "0".into()),
+        ("QUIZFLOW_RATE_LIMIT_IP_PER_MIN", "0".into()),
+    ]);
+    children.push(spawn(&["api"], &api_env)?);
+    children.push(spawn(&["batcher"], &private.common())?);
+    let api = format!("http://127.0.0.1:{}", private.port);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &api).await?;
+    Ok((http, api))
+}
+
 pub async fn run(cfg: Config, args: LimitsArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         !args.processes.is_empty() && args.processes.iter().all(|p| *p > 0),
@@ -123,17 +142,8 @@ pub async fn run(cfg: Config, args: LimitsArgs) -> anyhow::Result<()> {
     let result = async {
         // Fsync is not what is measured here.
         let private = start_private(&cfg, &mut dev, tmp.path(), false).await?;
-        let (common, mut api_env) = (private.common(), private.api_env());
-        let (port, token) = (private.port, private.token.clone());
-        api_env.extend([
-            ("QUIZFLOW_RATE_LIMIT_RESPONDENT_PER_MIN", "0".into()),
-            ("QUIZFLOW_RATE_LIMIT_IP_PER_MIN", "0".into()),
-        ]);
-        children.push(spawn(&["api"], &api_env)?);
-        children.push(spawn(&["batcher"], &common)?);
-        let api = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        wait_ready(&http, &api).await?;
+        let token = private.token.clone();
+        let (http, api) = api_and_batcher(&private, &mut children).await?;
         create_campaign(&http, &api, &token).await?;
 
         // What can be reached: the rate, or the concurrency over the sink's latency.

@@ -2,8 +2,8 @@
 //! `batcher`), a backlog of WhatsApp template jobs stored first, then `quizflow workers` with a
 //! pool of Cloud API senders against a sink; see [`quizflow_benchmarks::senders`].
 
-use super::e2e::{spawn, start_private, wait_ready};
-use super::limits::store_backlog;
+use super::e2e::{spawn, start_private};
+use super::limits::{api_and_batcher, store_backlog};
 use crate::config::Config;
 use crate::devservices::DevServices;
 use quizflow_benchmarks::senders::{wait_delivered, CloudSink, SendersArgs, SendersReport};
@@ -40,17 +40,9 @@ pub async fn run(cfg: Config, args: SendersArgs) -> anyhow::Result<()> {
     let mut children: Vec<Child> = Vec::new();
     let result = async {
         let private = start_private(&cfg, &mut dev, tmp.path(), false).await?;
-        let (common, mut api_env) = (private.common(), private.api_env());
-        let (port, token) = (private.port, private.token.clone());
-        api_env.extend([
-            ("QUIZFLOW_RATE_LIMIT_RESPONDENT_PER_MIN", "0".into()),
-            ("QUIZFLOW_RATE_LIMIT_IP_PER_MIN", "0".into()),
-        ]);
-        children.push(spawn(&["api"], &api_env)?);
-        children.push(spawn(&["batcher"], &common)?);
-        let api = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        wait_ready(&http, &api).await?;
+        let token = private.token.clone();
+        let common = private.common();
+        let (http, api) = api_and_batcher(&private, &mut children).await?;
         create_campaign(&http, &api, &token).await?;
         store_backlog(&http, &api, &token, args.jobs).await?;
         println!("backlog: {} WhatsApp jobs stored and queued", args.jobs);

@@ -29,15 +29,15 @@ pub const HISTORY_CAP: i32 = 50;
 pub type Key = (Uuid, Uuid, String, u16);
 
 #[derive(diesel::QueryableByName)]
-struct KeyRow {
+pub(crate) struct KeyRow {
     #[diesel(sql_type = SqlUuid)]
-    submission_id: Uuid,
+    pub(crate) submission_id: Uuid,
     #[diesel(sql_type = SqlUuid)]
-    campaign_id: Uuid,
+    pub(crate) campaign_id: Uuid,
     #[diesel(sql_type = Text)]
-    channel: String,
+    pub(crate) channel: String,
     #[diesel(sql_type = SmallInt)]
-    step: i16,
+    pub(crate) step: i16,
 }
 
 impl KeyRow {
