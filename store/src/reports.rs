@@ -111,7 +111,9 @@ pub async fn keys_of_messages(
     conn: &mut AsyncPgConnection,
     ids: &[String],
 ) -> Result<Vec<(String, Delivered)>, StoreError> {
-    #[derive(diesel::QueryableByName)]
+    // The embedded row's derive names the trait unqualified.
+    use diesel::QueryableByName;
+    #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = Text)]
         provider_message_id: String,
