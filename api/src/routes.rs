@@ -2,7 +2,9 @@
 //! the audit log's action names, and the check that `openapi.json` documents exactly what is
 //! served are all read from [`ROUTES`]; a route is added here and nowhere else.
 
-use crate::{admin, audit, callbacks, cancel, consent, erase, intake, ops, stats};
+use crate::{
+    admin, audit, callbacks, cancel, consent, erase, intake, messages, ops, preview, stats,
+};
 use poem::endpoint::BoxEndpoint;
 use poem::{EndpointExt, Response};
 
@@ -132,6 +134,18 @@ pub const ROUTES: &[Route] = &[
         ],
     ),
     admin(
+        "/v1/campaigns/{id}/preview",
+        "/v1/campaigns/:id/preview",
+        &[op(Method::Post, || boxed(preview::preview))],
+    ),
+    admin(
+        "/v1/campaigns/{id}/test",
+        "/v1/campaigns/:id/test",
+        &[audited(Method::Post, "campaign.test", || {
+            boxed(preview::test)
+        })],
+    ),
+    admin(
         "/v1/submissions/{id}",
         "/v1/submissions/:id",
         &[audited(Method::Get, "submission.read", || {
@@ -144,6 +158,25 @@ pub const ROUTES: &[Route] = &[
         &[audited(Method::Post, "submission.cancel", || {
             boxed(cancel::submission)
         })],
+    ),
+    admin(
+        "/v1/messages",
+        "/v1/messages",
+        &[audited(Method::Post, "message.create", || {
+            boxed(messages::send_one)
+        })],
+    ),
+    admin(
+        "/v1/messages/batch",
+        "/v1/messages/batch",
+        &[audited(Method::Post, "message.create_batch", || {
+            boxed(messages::send_batch)
+        })],
+    ),
+    admin(
+        "/v1/messages/{id}",
+        "/v1/messages/:id",
+        &[op(Method::Get, || boxed(messages::get))],
     ),
     admin(
         "/v1/cancellations",

@@ -12,6 +12,7 @@ mod cost;
 mod ids;
 mod job;
 pub mod qr;
+pub mod render;
 pub mod schedule;
 pub mod settings;
 pub mod signatures;
@@ -21,8 +22,8 @@ pub mod template;
 mod validate;
 
 pub use campaign::{
-    parse_campaign, Action, Campaign, CampaignSpec, Field, MatchSpec, Op, Predicate,
-    WhatsappTemplate,
+    fallback_step, parse_campaign, primary_of, Action, Campaign, CampaignSpec, Fallback,
+    FallbackOn, Field, MatchSpec, Op, Predicate, WhatsappTemplate, FALLBACK_BASE,
 };
 pub use cost::Costs;
 pub use ids::{Channel, IdError, IdempotencyKey, Priority, QuizId, SubmissionId};

@@ -13,6 +13,7 @@
 //! ([`Callbacks`]); Twilio's go to the message's `StatusCallback`, WhatsApp's and e-mail's to
 //! the configured URLs; `GET /_mock/callbacks` counts them by the status they were answered. Magic recipients: `+15005550001` (21211 invalid number), `+15005550009`
 //! (21614 not SMS-capable), `+15005550021` (opted out: Twilio 21610, WhatsApp 131050),
+//! `+15005550026` (not on WhatsApp: 131026; SMS takes it),
 //! `bounce@quizflow.test` (permanent rejection; SMTP `550 5.1.1`), `complaint@quizflow.test`
 //! (accepted, then reported as a spam complaint). `POST /_mock/inbound` sends a person's
 //! reply (`{"channel", "from", "body"}`) to quizflow as the provider would, signed. Memory is bounded:
@@ -44,6 +45,8 @@ pub const NOT_SMS_CAPABLE: &str = "+15005550009";
 pub const BOUNCE_EMAIL: &str = "bounce@quizflow.test";
 /// A number that opted out with the provider: Twilio answers 21610, WhatsApp 131050.
 pub const OPTED_OUT: &str = "+15005550021";
+/// A number that is not on WhatsApp: WhatsApp Cloud answers 131026; SMS accepts it.
+pub const NOT_ON_WHATSAPP: &str = "+15005550026";
 /// An address whose mail is accepted, then reported as a spam complaint (`email.complained`).
 pub const COMPLAINT_EMAIL: &str = "complaint@quizflow.test";
 

@@ -17,6 +17,7 @@ pub(crate) fn magic(channel: &str, to: &str) -> Option<Response> {
         NOT_SMS_CAPABLE => (21614, "'To' number is not a valid mobile number"),
         BOUNCE_EMAIL => (550, "recipient rejected"),
         OPTED_OUT => (21610, "Attempt to send to unsubscribed recipient"),
+        NOT_ON_WHATSAPP if channel == "whatsapp" => (131026, "Message undeliverable"),
         _ => return None,
     };
     let body = match channel {

@@ -247,7 +247,8 @@ pub async fn erase(
     email: Option<&str>,
     ids: &[Uuid],
 ) -> Result<Erased, StoreError> {
-    // One statement, so all or nothing. Submissions stored since `find` (a batch in flight)
+    // One statement, so all or nothing. A direct message's spec (its text may name the person)
+    // goes with its submission. Submissions stored since `find` (a batch in flight)
     // are caught by contact. One UPDATE of `deliveries` both cancels and clears: two
     // data-modifying CTEs must not touch the same row.
     let c: Counts = diesel::sql_query(
@@ -283,7 +284,8 @@ pub async fn erase(
                   OR (kind = 'submission' AND payload IS NOT NULL \
                       AND (strpos(lower(encode(payload, 'escape')), lower($1)) > 0 \
                            OR strpos(lower(encode(payload, 'escape')), lower($2)) > 0)) \
-               RETURNING 1) \
+               RETURNING 1), \
+         v AS (DELETE FROM campaign_versions WHERE campaign_id IN (SELECT id FROM ids) RETURNING 1) \
          SELECT (SELECT count(*) FROM s) AS submissions, \
                 (SELECT count(*) FROM l WHERE pending) AS cancelled, \
                 (SELECT count(*) FROM l) AS scrubbed, (SELECT count(*) FROM d) AS dead",

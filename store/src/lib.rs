@@ -15,6 +15,7 @@ pub mod dead_letters;
 pub mod deliveries;
 pub mod erase;
 pub mod intake;
+pub mod messages;
 mod plan;
 pub mod replay;
 pub mod reports;

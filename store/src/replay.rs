@@ -177,6 +177,7 @@ pub async fn page(
         "SELECT {STORED_COLUMNS} FROM submissions s \
          WHERE s.received_at >= $1 AND s.received_at < $2 AND (s.received_at, s.id) > ($3, $4) \
            AND (cardinality($5::text[]) = 0 OR s.quiz_id = ANY($5)) AND s.erased_at IS NULL \
+           AND s.quiz_id <> '_messages' \
          ORDER BY s.received_at, s.id LIMIT $6"
     ))
     .bind::<Timestamptz, _>(range.from.max(after.received_at))
@@ -214,7 +215,7 @@ struct Count {
 pub async fn count(conn: &mut AsyncPgConnection, range: &Range) -> Result<u64, StoreError> {
     let c: Count = diesel::sql_query(
         "SELECT count(*) AS n FROM submissions WHERE received_at >= $1 AND received_at < $2 \
-           AND (cardinality($3::text[]) = 0 OR quiz_id = ANY($3))",
+           AND (cardinality($3::text[]) = 0 OR quiz_id = ANY($3)) AND quiz_id <> '_messages'",
     )
     .bind::<Timestamptz, _>(range.from)
     .bind::<Timestamptz, _>(range.to)

@@ -75,16 +75,24 @@ pub async fn delivered(
     let ords: Vec<i32> = (0..reports.len() as i32).collect();
     let steps: Vec<i16> = reports.iter().map(|r| r.step as i16).collect();
     let attempts: Vec<Option<i32>> = reports.iter().map(|r| r.attempt).collect();
+    let fallbacks: Vec<i16> = reports.iter().map(fallback_of).collect();
+    // A delivered first message cancels its fallback while that waits (contract §3.3).
     let rows: Vec<Outcome> = diesel::sql_query(format!(
-        "WITH u AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $7::int2[], $8::int4[]) \
-                    AS u(sub, camp, channel, detail, ord, step, attempt)), \
+        "WITH u AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $7::int2[], $8::int4[], $9::int2[]) \
+                    AS u(sub, camp, channel, detail, ord, step, attempt, fb_step)), \
          m AS (UPDATE deliveries d SET status = 'delivered', updated_at = now(), \
                  history = quizflow_cap_history(d.history || jsonb_build_array(jsonb_build_object( \
                    'at', now(), 'outcome', 'delivered', 'detail', u.detail)), $6) \
                FROM u WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel \
                  AND d.step = u.step AND d.status IN ('sending', 'sent', 'failed') \
                  AND {THIS_ATTEMPT} \
-               RETURNING d.submission_id, d.campaign_id, d.channel, d.step) \
+               RETURNING d.submission_id, d.campaign_id, d.channel, d.step, u.fb_step), \
+         f AS (UPDATE deliveries f SET status = 'cancelled', updated_at = now(), \
+                 last_error = 'the first message was delivered before the fallback was due', \
+                 history = f.history || jsonb_build_array(jsonb_build_object('at', now(), 'outcome', 'cancelled', \
+                   'detail', 'the first message (' || m.channel || ') was delivered')) \
+               FROM m WHERE f.submission_id = m.submission_id AND f.campaign_id = m.campaign_id \
+                 AND f.step = m.fb_step AND f.status = 'scheduled') \
          SELECT EXISTS (SELECT 1 FROM m WHERE m.submission_id = u.sub AND m.campaign_id = u.camp AND m.channel = u.channel \
                           AND m.step = u.step) AS moved, \
                 EXISTS (SELECT 1 FROM deliveries d WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel \
@@ -99,9 +107,21 @@ pub async fn delivered(
     .bind::<Integer, _>(crate::deliveries::HISTORY_CAP)
     .bind::<Array<SmallInt>, _>(&steps)
     .bind::<Array<Nullable<Integer>>, _>(&attempts)
+    .bind::<Array<SmallInt>, _>(&fallbacks)
     .load(conn)
     .await?;
     Ok(rows.iter().map(applied).collect())
+}
+
+/// The ledger step of a report's fallback; -1 (no row) for a step that has none: a fallback's
+/// own, or a recurring occurrence's.
+fn fallback_of(r: &Delivered) -> i16 {
+    match quizflow_core::Channel::parse(&r.channel) {
+        Some(c) if r.step < quizflow_core::schedule::STEP_STRIDE => {
+            quizflow_core::fallback_step(c, r.step) as i16
+        }
+        _ => -1,
+    }
 }
 
 /// The ledger rows of messages a provider knows by its own id (Evolution's `keyId`): each id
@@ -183,7 +203,10 @@ pub async fn failed(
                    AND d.status IN ('sending', 'sent') \
                    AND ($8::int4 IS NULL OR (d.status = 'sending' AND $8 = d.attempts + 1) \
                         OR (d.status <> 'sending' AND $8 = d.attempts)) \
-                 RETURNING d.attempts, d.history, d.campaign_version, d.priority, d.created_at) \
+                 RETURNING d.attempts, d.history, d.campaign_version, d.priority, d.created_at), \
+             f AS (UPDATE deliveries f SET due_at = now(), updated_at = now() FROM m \
+                   WHERE f.submission_id = $1 AND f.campaign_id = $2 AND f.step = $9 \
+                     AND f.status = 'scheduled' AND f.due_at > now()) \
              INSERT INTO dead_letters (id, kind, channel, submission_id, campaign_id, recipient, class, reason, attempts, history, payload, step) \
              SELECT gen_random_uuid(), 'delivery', $3, $1, $2, \
                     (SELECT CASE WHEN $3 = 'email' THEN s.email ELSE s.phone END FROM submissions s WHERE s.id = $1 LIMIT 1), \
@@ -204,6 +227,8 @@ pub async fn failed(
         .bind::<SqlUuid, _>(job_id(&r))
         .bind::<SmallInt, _>(r.step as i16)
         .bind::<Nullable<Integer>, _>(r.attempt)
+        // A late failure arms a waiting fallback at once: no receipt will come now.
+        .bind::<SmallInt, _>(fallback_of(&r))
         .load(conn)
         .await?;
         if let Some(l) = letter.into_iter().next() {

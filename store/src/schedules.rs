@@ -159,7 +159,8 @@ async fn lock_due(
 ) -> Result<Vec<DueRow>, diesel::result::Error> {
     diesel::sql_query(format!(
         "SELECT {LEDGER_COLUMNS}, d.due_at, d.repeat_until, \
-                COALESCE(c.active AND (c.ends_at IS NULL OR c.ends_at > now()), false) AS live, \
+                COALESCE(c.active AND (c.ends_at IS NULL OR c.ends_at > now()), \
+                         d.campaign_id = d.submission_id) AS live, \
                 CASE WHEN d.repeat_until IS NOT NULL THEN \
                   (SELECT v.definition FROM campaign_versions v \
                    WHERE v.campaign_id = d.campaign_id AND v.version = d.campaign_version) END AS definition \

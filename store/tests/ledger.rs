@@ -80,6 +80,7 @@ fn update(key: &(Uuid, Uuid, String, u16), status: &'static str, claim: Option<U
         claim,
         retry_in: None,
         provider_message_id: None,
+        fallback: None,
     }
 }
 

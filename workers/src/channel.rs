@@ -176,5 +176,6 @@ pub(crate) fn update(
         claim,
         retry_in: None,
         provider_message_id: None,
+        fallback: None,
     }
 }

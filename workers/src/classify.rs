@@ -26,6 +26,18 @@ pub const WHATSAPP: CodeTable = CodeTable {
     throttle: &[130429, 131056],
 };
 
+/// Codes that say the person is not on the channel at all (WhatsApp 131026): permanent, and
+/// what arms a `not_on_channel` fallback.
+pub const NOT_ON_CHANNEL: &[i64] = &[131026];
+
+/// Whether a permanent outcome's reason is a [`NOT_ON_CHANNEL`] answer ([`classify_http`]
+/// writes the code as `code N:`).
+pub fn not_on_channel(reason: &str) -> bool {
+    NOT_ON_CHANNEL
+        .iter()
+        .any(|c| reason.contains(&format!(" code {c}:")))
+}
+
 pub const NONE: CodeTable = CodeTable {
     opt_out: &[],
     permanent: &[],

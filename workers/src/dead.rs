@@ -46,6 +46,12 @@ impl Channelled {
             attempts,
             to,
             claim: Some(claim),
+            fallback: crate::settle::arm(job, ctx, quizflow_core::FallbackOn::Undelivered)
+                .filter(|_| class == DeadClass::Permanent || class == DeadClass::Exhausted)
+                .map(|a| quizflow_store::deliveries::Arm {
+                    due_in: Duration::ZERO,
+                    ..a
+                }),
         };
         match dl.record(job, &ctx.history, letter).await {
             Ok(_) => {
@@ -83,6 +89,7 @@ impl Channelled {
             attempts: 0,
             to: None,
             claim: None,
+            fallback: None,
         };
         match dl.record(job, &[], letter).await {
             Ok(true) => {
@@ -131,6 +138,8 @@ pub(crate) struct Letter<'a> {
     pub attempts: i32,
     pub to: Option<&'a str>,
     pub claim: Option<Uuid>,
+    /// The action's fallback, armed because this message will never be delivered.
+    pub fallback: Option<quizflow_store::deliveries::Arm>,
 }
 
 /// Where dead letters go: the `dead_letters` mirror with the ledger's `dead`, then
@@ -170,7 +179,8 @@ impl DeadLetters<'_> {
         };
         let dead = DeliveryStatus::Dead;
         let reason = Some(l.reason.to_owned());
-        let u = update(job, dead, l.attempts, reason, vec![entry], l.claim);
+        let mut u = update(job, dead, l.attempts, reason, vec![entry], l.claim);
+        u.fallback = l.fallback;
         let recorded = deliveries::record_dead(&mut conn, row, u).await?;
         drop(conn);
         if !recorded {

@@ -33,7 +33,7 @@ mod metrics;
 mod outcome;
 mod pool;
 pub mod provider;
-pub mod render;
+pub use quizflow_core::render;
 pub mod schedule;
 mod send;
 mod settle;

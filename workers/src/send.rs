@@ -152,25 +152,23 @@ impl Channelled {
             .as_ref()
             .ok_or((None, "campaign version unknown".to_owned()))?;
         let action = spec
-            .actions
-            .iter()
-            .filter(|a| a.channel == job.channel)
-            .nth(usize::from(job.action_step()))
+            .action_for(job.channel, job.step)
             .ok_or((None, "campaign has no action for this channel".to_owned()))?;
         let to = recipient(job.channel, &ctx.submission, action)
             .ok_or((None, "no recipient for this channel".to_owned()))?;
         let unsubscribe = self.unsubscribe_url(job.channel, spec.purpose, &to);
         let tctx = render::context(&ctx.submission, &job.campaign_id.to_string(), &spec.name);
-        let tctx = match &unsubscribe {
-            Some(url) => minijinja::context! { __unsubscribe_url => url, ..tctx },
-            None => tctx,
-        };
+        let tctx = render::with_unsubscribe(tctx, unsubscribe.as_deref());
         let rendered = self
             .templates
             .get(
                 job.campaign_id,
                 ctx.campaign_version,
-                job.action_step(),
+                // A fallback's templates are its own: keyed by its whole step.
+                match quizflow_core::primary_of(job.step) {
+                    Some(_) => job.step,
+                    None => job.action_step(),
+                },
                 action,
             )
             .and_then(|env| {

@@ -6,7 +6,8 @@ use crate::channel::{update, Channelled};
 use crate::handle::JobMsg;
 use crate::outcome::Decision;
 use crate::status::history_entry;
-use quizflow_core::{DeliveryJob, DeliveryStatus, Outcome};
+use quizflow_core::{DeliveryJob, DeliveryStatus, FallbackOn, Outcome};
+use quizflow_store::deliveries::Arm;
 use quizflow_store::deliveries::JobContext;
 use std::time::Duration;
 use uuid::Uuid;
@@ -37,6 +38,32 @@ impl Via<'_> {
     }
 }
 
+/// The fallback `on` arms for this job (contract §3.3): its action's, when it has one that
+/// `on` arms, due now (`not_on_channel`) or after its wait (`undelivered`).
+pub(crate) fn arm(job: &DeliveryJob, ctx: &JobContext, on: FallbackOn) -> Option<Arm> {
+    // Only a campaign step's message has one: not a fallback, not a recurring occurrence.
+    if job.step >= quizflow_core::schedule::STEP_STRIDE {
+        return None;
+    }
+    let spec = ctx.campaign.as_ref()?;
+    let f = spec
+        .action_for(job.channel, job.step)?
+        .fallback
+        .as_deref()?;
+    if !f.arms_on(on) {
+        return None;
+    }
+    let due_in = match on {
+        FallbackOn::NotOnChannel => Duration::ZERO,
+        FallbackOn::Undelivered => f.wait()?,
+    };
+    Some(Arm {
+        channel: f.action.channel.as_str().to_owned(),
+        step: quizflow_core::fallback_step(job.channel, job.step),
+        due_in,
+    })
+}
+
 impl Channelled {
     /// Records a call's decision, then acks (sent, dead) or naks for its backoff.
     pub(crate) async fn settle(
@@ -55,6 +82,26 @@ impl Channelled {
                 let status = DeliveryStatus::Sent;
                 let mut u = update(&job, status, attempts, None, history, Some(claim));
                 u.provider_message_id = via.message_id.clone();
+                u.fallback = arm(&job, &ctx, FallbackOn::Undelivered);
+                (u, None)
+            }
+            Decision::Dead {
+                class: quizflow_core::DeadClass::Permanent,
+                attempts,
+                reason,
+            } if crate::classify::not_on_channel(&reason)
+                && arm(&job, &ctx, FallbackOn::NotOnChannel).is_some() =>
+            {
+                // Not a failure to look into: the fallback channel takes over, no dead letter.
+                let why = format!("skipped: not_on_channel: {reason}");
+                let history = vec![via.entry("skipped", &why)];
+                let status = DeliveryStatus::Skipped;
+                let mut u = update(&job, status, attempts, Some(why), history, Some(claim));
+                u.fallback = arm(&job, &ctx, FallbackOn::NotOnChannel);
+                self.metrics
+                    .skipped
+                    .with_label_values(&[self.channel.as_str(), "skipped"])
+                    .inc();
                 (u, None)
             }
             Decision::Retry {

@@ -285,6 +285,7 @@ mod tests {
             history: vec![history_entry("sent", &format!("n{n}"))],
             retry_in: None,
             provider_message_id: None,
+            fallback: None,
             claim: Some(Uuid::new_v4()),
         }
     }

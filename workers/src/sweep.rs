@@ -140,6 +140,7 @@ async fn sweep_job(dl: &DeadLetters<'_>, job: &DeliveryJob) -> Option<Result<(),
         attempts,
         to: None,
         claim: None,
+        fallback: None,
     };
     let recorded = dl.record(job, &history, letter).await;
     Some(recorded.map(|_| ()).map_err(|e| e.to_string()))

@@ -6,9 +6,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+mod fallback;
 mod parse;
 mod whatsapp;
 
+pub use fallback::{fallback_step, primary_of, FALLBACK_BASE};
 pub use parse::parse_campaign;
 
 /// A field a predicate reads.
@@ -173,6 +175,43 @@ pub struct Action {
     /// An undefined variable fails the message instead of rendering as nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strict: bool,
+    /// Another channel's message, sent once when this one cannot reach the person (see
+    /// [`Fallback`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Box<Fallback>>,
+}
+
+/// An action's fallback: a message of its own (any channel, no schedule) and when it goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fallback {
+    #[serde(flatten)]
+    pub action: Action,
+    pub on: Vec<FallbackOn>,
+    /// How long to wait for a `delivered` receipt (with [`FallbackOn::Undelivered`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// What arms a fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackOn {
+    /// The channel says the person is not on it (WhatsApp 131026).
+    NotOnChannel,
+    /// No `delivered` receipt within `after` (or the message failed for good).
+    Undelivered,
+}
+
+impl Fallback {
+    /// How long after the first message was sent the fallback is due, when no receipt came.
+    pub fn wait(&self) -> Option<std::time::Duration> {
+        let after = self.after.as_deref()?;
+        crate::schedule::parse_delay(after).ok()?.to_std().ok()
+    }
+
+    pub fn arms_on(&self, on: FallbackOn) -> bool {
+        self.on.contains(&on)
+    }
 }
 
 /// An approved WhatsApp template: its name and language as approved, the body's parameters
@@ -234,6 +273,26 @@ pub struct CampaignSpec {
     /// At most this many of this campaign's messages per recipient and channel per window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frequency_cap: Option<crate::consent::FrequencyCap>,
+}
+
+impl CampaignSpec {
+    /// The action a ledger step sends on `channel`: the step-th action of the channel, or, for
+    /// a fallback step, the fallback of the action it stands for.
+    pub fn action_for(&self, channel: Channel, step: u16) -> Option<&Action> {
+        let nth = |c: Channel, n: u16| {
+            self.actions
+                .iter()
+                .filter(|a| a.channel == c)
+                .nth(usize::from(n % crate::schedule::STEP_STRIDE))
+        };
+        match primary_of(step) {
+            None => nth(channel, step),
+            Some((c, n)) => nth(c, n)
+                .and_then(|a| a.fallback.as_deref())
+                .map(|f| &f.action)
+                .filter(|a| a.channel == channel),
+        }
+    }
 }
 
 /// A stored campaign.

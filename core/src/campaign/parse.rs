@@ -313,9 +313,10 @@ const ACTION_KEYS: &[&str] = &[
     "from",
     "cancel_key",
     "strict",
+    "fallback",
 ];
 
-fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action> {
+pub(super) fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action> {
     let Value::Object(o) = v else {
         problem(p, at, "must be an object");
         return None;
@@ -365,8 +366,10 @@ fn parse_action(v: &Value, at: &str, p: &mut Vec<FieldProblem>) -> Option<Action
                 false
             }
         },
+        fallback: super::fallback::parse(o.get("fallback"), at, p),
     };
     check_times(&action, at, p);
+    super::fallback::check(&action, at, p);
     check_recurrence(
         &action,
         o.get("max_occurrences").is_none_or(Value::is_null),

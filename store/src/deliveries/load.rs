@@ -86,13 +86,15 @@ impl JobContext {
     }
 }
 
+// A direct message (`POST /v1/messages`) is its own campaign: its row's campaign id is its
+// submission id, and its one-off spec is that campaign's version 1. It is live until sent.
 // The submission's columns as they are: its JSON shape is built in Rust ([`Row::submission`]),
 // which costs PostgreSQL (the busiest process of a run) far less than building it there.
 const LOAD: &str = "SELECT d.submission_id, d.campaign_id, d.channel, d.step, d.status, d.attempts, d.lease_until, d.next_attempt_at, d.history, \
         s.quiz_id, s.score, to_json(s.completed_at) AS completed_at, s.tags, s.answers, s.metadata, \
         s.phone, s.email, s.name, s.locale, s.timezone, \
-        d.campaign_version AS version, (c.id IS NOT NULL) AS campaign_exists, \
-        COALESCE(c.active AND (c.ends_at IS NULL OR c.ends_at > now()), false) AS campaign_live \
+        d.campaign_version AS version, (c.id IS NOT NULL OR d.campaign_id = d.submission_id) AS campaign_exists, \
+        COALESCE(c.active AND (c.ends_at IS NULL OR c.ends_at > now()), d.campaign_id = d.submission_id) AS campaign_live \
  FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[]) AS k(sub, camp, channel, step) \
  JOIN deliveries d ON d.submission_id = k.sub AND d.campaign_id = k.camp AND d.channel = k.channel \
       AND d.step = k.step \

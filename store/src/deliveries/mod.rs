@@ -17,7 +17,7 @@ mod write;
 pub use caps::{claim_capped, Cap, CapClaim, Capped};
 pub use claim::{claim, renew, start_calls, Call, Start};
 pub use load::{load, JobContext, SpecCache};
-pub use write::{count_sent_for_quiz, record_dead, write, DeadLetterRow, Update};
+pub use write::{count_sent_for_quiz, record_dead, write, Arm, DeadLetterRow, Update};
 
 use diesel::sql_types::{SmallInt, Text, Uuid as SqlUuid};
 use uuid::Uuid;

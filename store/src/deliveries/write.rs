@@ -28,6 +28,19 @@ pub struct Update {
     /// The provider's id of the message, for providers whose reports name only it
     /// (Evolution): [`crate::reports::keys_of_messages`] finds the row by it.
     pub provider_message_id: Option<String>,
+    /// The action's fallback, armed by this outcome: its ledger row is written `scheduled`,
+    /// due after `due_in`, in the same statement (only if this write applies).
+    pub fallback: Option<Arm>,
+}
+
+/// A fallback armed by an outcome (contract §3.3): the row it writes, and when it is due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arm {
+    pub channel: String,
+    /// The fallback's ledger step ([`quizflow_core::fallback_step`]).
+    pub step: u16,
+    /// From now, on the database's clock.
+    pub due_in: std::time::Duration,
 }
 
 impl Update {
@@ -103,8 +116,22 @@ pub async fn write(
         .iter()
         .map(|u| u.provider_message_id.as_deref())
         .collect();
+    let fb_channels: Vec<Option<&str>> = updates
+        .iter()
+        .map(|u| u.fallback.as_ref().map(|f| f.channel.as_str()))
+        .collect();
+    let fb_steps: Vec<i16> = updates
+        .iter()
+        .map(|u| u.fallback.as_ref().map_or(0, |f| f.step as i16))
+        .collect();
+    let fb_due: Vec<f64> = updates
+        .iter()
+        .map(|u| u.fallback.as_ref().map_or(0.0, |f| f.due_in.as_secs_f64()))
+        .collect();
+    // One statement: the outcome and the fallback row it arms land together or not at all.
+    // No fallback is written for a person erased meanwhile.
     let rows: Vec<KeyRow> = diesel::sql_query(
-        "UPDATE deliveries d SET status = u.status, attempts = u.attempts, last_error = u.err, \
+        "WITH upd AS (UPDATE deliveries d SET status = u.status, attempts = u.attempts, last_error = u.err, \
                 history = CASE WHEN jsonb_array_length(d.history) + jsonb_array_length(u.hist::jsonb) <= $9 \
                                THEN d.history || u.hist::jsonb \
                                ELSE quizflow_cap_history(d.history || u.hist::jsonb, $9) END, \
@@ -115,13 +142,21 @@ pub async fn write(
                 next_attempt_at = now() + make_interval(secs => u.retry_in), \
                 updated_at = now() \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::uuid[], \
-                     $10::float8[], $11::int2[], $12::text[]) \
-              AS u(sub, camp, channel, status, attempts, err, hist, claim, retry_in, step, pmid) \
+                     $10::float8[], $11::int2[], $12::text[], $13::text[], $14::int2[], $15::float8[]) \
+              AS u(sub, camp, channel, status, attempts, err, hist, claim, retry_in, step, pmid, fb_channel, fb_step, fb_due) \
          WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel AND d.step = u.step \
            AND CASE WHEN u.claim IS NULL \
                     THEN d.status IN ('queued', 'failed') OR (d.status = 'sending' AND d.lease_until < now()) \
                     ELSE d.status = 'sending' AND d.claim = u.claim END \
-         RETURNING d.submission_id, d.campaign_id, d.channel, d.step",
+         RETURNING d.submission_id, d.campaign_id, d.channel, d.step, d.campaign_version, d.priority, d.cancel_key, \
+                   u.fb_channel, u.fb_step, u.fb_due), \
+         fb AS (INSERT INTO deliveries (submission_id, campaign_id, campaign_version, channel, priority, status, step, due_at, cancel_key) \
+                SELECT upd.submission_id, upd.campaign_id, upd.campaign_version, upd.fb_channel, upd.priority, 'scheduled', \
+                       upd.fb_step, now() + make_interval(secs => upd.fb_due), upd.cancel_key \
+                FROM upd WHERE upd.fb_channel IS NOT NULL \
+                  AND NOT EXISTS (SELECT 1 FROM submissions s WHERE s.id = upd.submission_id AND s.erased_at IS NOT NULL) \
+                ON CONFLICT DO NOTHING) \
+         SELECT submission_id, campaign_id, channel, step FROM upd",
     )
     .bind::<Array<SqlUuid>, _>(&subs)
     .bind::<Array<SqlUuid>, _>(&camps)
@@ -135,6 +170,9 @@ pub async fn write(
     .bind::<Array<Nullable<diesel::sql_types::Double>>, _>(&retry_in)
     .bind::<Array<SmallInt>, _>(&steps)
     .bind::<Array<Nullable<Text>>, _>(&pmids)
+    .bind::<Array<Nullable<Text>>, _>(&fb_channels)
+    .bind::<Array<SmallInt>, _>(&fb_steps)
+    .bind::<Array<diesel::sql_types::Double>, _>(&fb_due)
     .load(conn)
     .await?;
     Ok(rows.into_iter().map(KeyRow::key).collect())

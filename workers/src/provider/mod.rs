@@ -98,15 +98,7 @@ pub struct Outgoing {
     pub template: Option<TemplateMessage>,
 }
 
-/// A WhatsApp template message as sent: the approved name and language, the body's
-/// parameters in order, and the header image's URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemplateMessage {
-    pub name: String,
-    pub language: String,
-    pub body: Vec<String>,
-    pub header_image: Option<String>,
-}
+pub use quizflow_core::render::TemplateMessage;
 
 /// One sender of a channel: a provider account with the number, phone-number id, instance or
 /// address it sends from, and its place in the channel's failover order (contract §3.3).

@@ -1,7 +1,8 @@
-//! Rendering a campaign action for one submission (minijinja; contract §3 "Templates").
+//! Rendering a campaign action for one submission (minijinja; contract §3 "Templates"): the
+//! workers render every message with it, and the API previews campaigns with the same code.
 
+use crate::{Action, Channel};
 use minijinja::Environment;
-use quizflow_core::{Action, Channel};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
@@ -43,10 +44,10 @@ fn template_error(e: String) -> minijinja::Error {
 /// `qr_url(v)` (a signed, link-safe address of the PNG on the API: WhatsApp media).
 fn add_qr_functions(env: &mut Environment<'static>, links: Option<Arc<QrLinks>>) {
     env.add_function("qr_png", |v: minijinja::Value| {
-        quizflow_core::qr::data_uri(&v.to_string()).map_err(template_error)
+        crate::qr::data_uri(&v.to_string()).map_err(template_error)
     });
     env.add_function("qr_img", |v: minijinja::Value| {
-        let uri = quizflow_core::qr::data_uri(&v.to_string()).map_err(template_error)?;
+        let uri = crate::qr::data_uri(&v.to_string()).map_err(template_error)?;
         Ok(minijinja::Value::from_safe_string(format!(
             "<img src=\"{uri}\" alt=\"QR code\" width=\"240\" height=\"240\">"
         )))
@@ -69,12 +70,12 @@ fn add_qr_functions(env: &mut Environment<'static>, links: Option<Arc<QrLinks>>)
             let submission_id = state
                 .lookup("submission_id")
                 .and_then(|s| s.as_str().and_then(|s| uuid::Uuid::parse_str(s).ok()));
-            let link = quizflow_core::qr::Link {
+            let link = crate::qr::Link {
                 value: v.to_string(),
                 submission_id,
-                expires_at: chrono::Utc::now() + quizflow_core::qr::LINK_TTL,
+                expires_at: chrono::Utc::now() + crate::qr::LINK_TTL,
             };
-            let token = quizflow_core::qr::seal(key, &link)
+            let token = crate::qr::seal(key, &link)
                 .ok_or_else(|| template_error("qr_url: the value is too long for a QR code".into()))?;
             Ok(format!(
                 "{}/v1/qr/{token}.png",
@@ -177,7 +178,7 @@ impl TemplateCache {
         if let Some(env) = map.get(&key) {
             return Ok(env.clone());
         }
-        let mut env = quizflow_core::template::environment();
+        let mut env = crate::template::environment();
         add_qr_functions(&mut env, self.links.clone());
         add_unsubscribe_function(&mut env);
         // E-mail bodies are HTML: submission data is escaped in them (contract §4), so a name
@@ -226,6 +227,16 @@ impl TemplateCache {
     }
 }
 
+/// A WhatsApp template message as sent: the approved name and language, the body's
+/// parameters in order, and the header image's URL.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TemplateMessage {
+    pub name: String,
+    pub language: String,
+    pub body: Vec<String>,
+    pub header_image: Option<String>,
+}
+
 /// Renders a compiled template of `env`, if it has one by that name.
 pub fn render_compiled(
     env: &Environment<'_>,
@@ -245,7 +256,7 @@ pub fn whatsapp_template(
     env: &Environment<'_>,
     action: &Action,
     ctx: &minijinja::Value,
-) -> Result<Option<crate::provider::TemplateMessage>, String> {
+) -> Result<Option<TemplateMessage>, String> {
     let Some(w) = &action.whatsapp_template else {
         return Ok(None);
     };
@@ -269,7 +280,7 @@ pub fn whatsapp_template(
     if w.header_image.is_some() && header_image.is_none() {
         return Err("whatsapp_template.header_image rendered empty".to_owned());
     }
-    Ok(Some(crate::provider::TemplateMessage {
+    Ok(Some(TemplateMessage {
         name: w.name.clone(),
         language: w.language.clone(),
         body,
@@ -277,12 +288,20 @@ pub fn whatsapp_template(
     }))
 }
 
-/// The template context (one builder for messages and schedules: `quizflow_core::template`).
-pub use quizflow_core::template::context;
+/// `ctx` with the recipient's unsubscribe link, which `unsubscribe_url()` renders.
+pub fn with_unsubscribe(ctx: minijinja::Value, url: Option<&str>) -> minijinja::Value {
+    match url {
+        Some(url) => minijinja::context! { __unsubscribe_url => url, ..ctx },
+        None => ctx,
+    }
+}
+
+/// The template context (one builder for messages and schedules: `crate::template`).
+pub use crate::template::context;
 
 /// Renders one template; an error is a permanent failure (the template will not change by retrying).
 pub fn render(template: &str, ctx: &minijinja::Value) -> Result<String, String> {
-    let env = quizflow_core::template::environment();
+    let env = crate::template::environment();
     env.render_str(template, ctx)
         .map_err(|e| format!("template: {e}"))
 }
