@@ -209,28 +209,7 @@ pub(crate) fn parse(v: &Value, at: &str) -> Result<NewMessage, Vec<FieldProblem>
         .as_ref()
         .and_then(|s| s.actions.first())
         .map(|a| a.channel);
-    match (channel, o.get("to")) {
-        (Some(Channel::Webhook), Some(_)) => problem(
-            &mut p,
-            "to",
-            "a webhook message goes to its url, not to a contact",
-        ),
-        (Some(Channel::Webhook), None) | (None, _) => {}
-        (Some(c), to) => match to.and_then(Value::as_str) {
-            Some(t) if c == Channel::Email && quizflow_core::is_email(t) => {
-                respondent.email = Some(t.to_owned())
-            }
-            Some(t) if c != Channel::Email && quizflow_core::is_e164(t) => {
-                respondent.phone = Some(t.to_owned())
-            }
-            _ if c == Channel::Email => problem(&mut p, "to", "is required: an e-mail address"),
-            _ => problem(
-                &mut p,
-                "to",
-                "is required: an E.164 phone number (+5511999990000)",
-            ),
-        },
-    }
+    recipient(channel, o.get("to"), &mut respondent, at, &mut p);
     let send_at = match o.get("send_at") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
@@ -278,6 +257,38 @@ pub(crate) fn parse(v: &Value, at: &str) -> Result<NewMessage, Vec<FieldProblem>
         rows: vec![(channel.as_str().to_owned(), 0)],
         send_at,
     })
+}
+
+/// `to` as the respondent's phone or e-mail, as the channel takes it (a webhook takes none).
+fn recipient(
+    channel: Option<Channel>,
+    to: Option<&Value>,
+    respondent: &mut quizflow_core::Respondent,
+    at: &str,
+    p: &mut Vec<FieldProblem>,
+) {
+    let mut problem = |why: &str| {
+        p.push(FieldProblem {
+            field: format!("{at}to"),
+            problem: why.to_owned(),
+        })
+    };
+    match (channel, to) {
+        (Some(Channel::Webhook), Some(_)) => {
+            problem("a webhook message goes to its url, not to a contact")
+        }
+        (Some(Channel::Webhook), None) | (None, _) => {}
+        (Some(c), to) => match to.and_then(Value::as_str) {
+            Some(t) if c == Channel::Email && quizflow_core::is_email(t) => {
+                respondent.email = Some(t.to_owned())
+            }
+            Some(t) if c != Channel::Email && quizflow_core::is_e164(t) => {
+                respondent.phone = Some(t.to_owned())
+            }
+            _ if c == Channel::Email => problem("is required: an e-mail address"),
+            _ => problem("is required: an E.164 phone number (+5511999990000)"),
+        },
+    }
 }
 
 /// The message's one-off campaign: its action, priority (`high` by default) and purpose

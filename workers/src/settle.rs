@@ -64,6 +64,28 @@ pub(crate) fn arm(job: &DeliveryJob, ctx: &JobContext, on: FallbackOn) -> Option
     })
 }
 
+/// A sent job's row: its provider's id and the fallback an `undelivered` wait arms.
+fn sent(
+    job: &DeliveryJob,
+    ctx: &JobContext,
+    attempts: i32,
+    claim: Uuid,
+    via: &Via<'_>,
+) -> quizflow_store::deliveries::Update {
+    let history = vec![via.entry("sent", via.sender)];
+    let mut u = update(
+        job,
+        DeliveryStatus::Sent,
+        attempts,
+        None,
+        history,
+        Some(claim),
+    );
+    u.provider_message_id = via.message_id.clone();
+    u.fallback = arm(job, ctx, FallbackOn::Undelivered);
+    u
+}
+
 impl Channelled {
     /// Records a call's decision, then acks (sent, dead) or naks for its backoff.
     pub(crate) async fn settle(
@@ -77,14 +99,7 @@ impl Channelled {
     ) {
         let to = via.to;
         let (u, retry_in) = match decision {
-            Decision::Sent { attempts } => {
-                let history = vec![via.entry("sent", via.sender)];
-                let status = DeliveryStatus::Sent;
-                let mut u = update(&job, status, attempts, None, history, Some(claim));
-                u.provider_message_id = via.message_id.clone();
-                u.fallback = arm(&job, &ctx, FallbackOn::Undelivered);
-                (u, None)
-            }
+            Decision::Sent { attempts } => (sent(&job, &ctx, attempts, claim, &via), None),
             Decision::Dead {
                 class: quizflow_core::DeadClass::Permanent,
                 attempts,
@@ -92,17 +107,10 @@ impl Channelled {
             } if crate::classify::not_on_channel(&reason)
                 && arm(&job, &ctx, FallbackOn::NotOnChannel).is_some() =>
             {
-                // Not a failure to look into: the fallback channel takes over, no dead letter.
-                let why = format!("skipped: not_on_channel: {reason}");
-                let history = vec![via.entry("skipped", &why)];
-                let status = DeliveryStatus::Skipped;
-                let mut u = update(&job, status, attempts, Some(why), history, Some(claim));
-                u.fallback = arm(&job, &ctx, FallbackOn::NotOnChannel);
-                self.metrics
-                    .skipped
-                    .with_label_values(&[self.channel.as_str(), "skipped"])
-                    .inc();
-                (u, None)
+                (
+                    self.fell_back(&job, &ctx, attempts, &reason, claim, &via),
+                    None,
+                )
             }
             Decision::Retry {
                 status,
@@ -145,10 +153,22 @@ impl Channelled {
                 )
             }
         };
+        self.record(msg, &job, u, retry_in).await;
+    }
+
+    /// Writes a call's outcome, then acks it, or naks it for its wait (or when it was not
+    /// recorded: it comes back).
+    async fn record(
+        &self,
+        msg: JobMsg,
+        job: &DeliveryJob,
+        u: quizflow_store::deliveries::Update,
+        retry_in: Option<Duration>,
+    ) {
         match self.status.write(u).await {
             Ok(true) => match retry_in {
                 None => msg.ack().await,
-                Some(wait) => msg.nak(Some(wait), Some(&job)).await,
+                Some(wait) => msg.nak(Some(wait), Some(job)).await,
             },
             Ok(false) => {
                 // The row is no longer ours (its lease ran out and another worker took it, or
@@ -158,9 +178,32 @@ impl Channelled {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "status not recorded; job naked");
-                msg.nak(Some(Duration::from_secs(5)), Some(&job)).await;
+                msg.nak(Some(Duration::from_secs(5)), Some(job)).await;
             }
         }
+    }
+
+    /// The person is not on this channel and its fallback takes over: the row ends `skipped`
+    /// (not a failure to look into: no dead letter) and the fallback's row is armed, due now.
+    fn fell_back(
+        &self,
+        job: &DeliveryJob,
+        ctx: &JobContext,
+        attempts: i32,
+        reason: &str,
+        claim: Uuid,
+        via: &Via<'_>,
+    ) -> quizflow_store::deliveries::Update {
+        let why = format!("skipped: not_on_channel: {reason}");
+        let history = vec![via.entry("skipped", &why)];
+        let status = DeliveryStatus::Skipped;
+        let mut u = update(job, status, attempts, Some(why), history, Some(claim));
+        u.fallback = arm(job, ctx, FallbackOn::NotOnChannel);
+        self.metrics
+            .skipped
+            .with_label_values(&[self.channel.as_str(), "skipped"])
+            .inc();
+        u
     }
 
     /// Puts the recipient on the suppression list for `reason` (on this channel, for the
