@@ -83,6 +83,34 @@ fn storable_json(v: &serde_json::Value) -> String {
     v.to_string()
 }
 
+/// The batched status write, and the fallback rows its updates arm (see [`write`]).
+const WRITE: &str = "WITH upd AS (UPDATE deliveries d SET status = u.status, attempts = u.attempts, last_error = u.err, \
+                history = CASE WHEN jsonb_array_length(d.history) + jsonb_array_length(u.hist::jsonb) <= $9 \
+                               THEN d.history || u.hist::jsonb \
+                               ELSE quizflow_cap_history(d.history || u.hist::jsonb, $9) END, \
+                claim = CASE WHEN u.status = 'sending' THEN d.claim END, \
+                lease_until = CASE WHEN u.status = 'sending' THEN d.lease_until END, \
+                calling_at = NULL, \
+                provider_message_id = COALESCE(u.pmid, d.provider_message_id), \
+                next_attempt_at = now() + make_interval(secs => u.retry_in), \
+                updated_at = now() \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::uuid[], \
+                     $10::float8[], $11::int2[], $12::text[], $13::text[], $14::int2[], $15::float8[]) \
+              AS u(sub, camp, channel, status, attempts, err, hist, claim, retry_in, step, pmid, fb_channel, fb_step, fb_due) \
+         WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel AND d.step = u.step \
+           AND CASE WHEN u.claim IS NULL \
+                    THEN d.status IN ('queued', 'failed') OR (d.status = 'sending' AND d.lease_until < now()) \
+                    ELSE d.status = 'sending' AND d.claim = u.claim END \
+         RETURNING d.submission_id, d.campaign_id, d.channel, d.step, d.campaign_version, d.priority, d.cancel_key, \
+                   u.fb_channel, u.fb_step, u.fb_due), \
+         fb AS (INSERT INTO deliveries (submission_id, campaign_id, campaign_version, channel, priority, status, step, due_at, cancel_key) \
+                SELECT upd.submission_id, upd.campaign_id, upd.campaign_version, upd.fb_channel, upd.priority, 'scheduled', \
+                       upd.fb_step, now() + make_interval(secs => upd.fb_due), upd.cancel_key \
+                FROM upd WHERE upd.fb_channel IS NOT NULL \
+                  AND NOT EXISTS (SELECT 1 FROM submissions s WHERE s.id = upd.submission_id AND s.erased_at IS NOT NULL) \
+                ON CONFLICT DO NOTHING) \
+         SELECT submission_id, campaign_id, channel, step FROM upd";
+
 /// Applies `updates` in one statement (the caller merged them one per key and claim).
 /// Returns the keys whose write applied; the others were superseded (final, or held by
 /// another claim).
@@ -130,51 +158,24 @@ pub async fn write(
         .collect();
     // One statement: the outcome and the fallback row it arms land together or not at all.
     // No fallback is written for a person erased meanwhile.
-    let rows: Vec<KeyRow> = diesel::sql_query(
-        "WITH upd AS (UPDATE deliveries d SET status = u.status, attempts = u.attempts, last_error = u.err, \
-                history = CASE WHEN jsonb_array_length(d.history) + jsonb_array_length(u.hist::jsonb) <= $9 \
-                               THEN d.history || u.hist::jsonb \
-                               ELSE quizflow_cap_history(d.history || u.hist::jsonb, $9) END, \
-                claim = CASE WHEN u.status = 'sending' THEN d.claim END, \
-                lease_until = CASE WHEN u.status = 'sending' THEN d.lease_until END, \
-                calling_at = NULL, \
-                provider_message_id = COALESCE(u.pmid, d.provider_message_id), \
-                next_attempt_at = now() + make_interval(secs => u.retry_in), \
-                updated_at = now() \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::uuid[], \
-                     $10::float8[], $11::int2[], $12::text[], $13::text[], $14::int2[], $15::float8[]) \
-              AS u(sub, camp, channel, status, attempts, err, hist, claim, retry_in, step, pmid, fb_channel, fb_step, fb_due) \
-         WHERE d.submission_id = u.sub AND d.campaign_id = u.camp AND d.channel = u.channel AND d.step = u.step \
-           AND CASE WHEN u.claim IS NULL \
-                    THEN d.status IN ('queued', 'failed') OR (d.status = 'sending' AND d.lease_until < now()) \
-                    ELSE d.status = 'sending' AND d.claim = u.claim END \
-         RETURNING d.submission_id, d.campaign_id, d.channel, d.step, d.campaign_version, d.priority, d.cancel_key, \
-                   u.fb_channel, u.fb_step, u.fb_due), \
-         fb AS (INSERT INTO deliveries (submission_id, campaign_id, campaign_version, channel, priority, status, step, due_at, cancel_key) \
-                SELECT upd.submission_id, upd.campaign_id, upd.campaign_version, upd.fb_channel, upd.priority, 'scheduled', \
-                       upd.fb_step, now() + make_interval(secs => upd.fb_due), upd.cancel_key \
-                FROM upd WHERE upd.fb_channel IS NOT NULL \
-                  AND NOT EXISTS (SELECT 1 FROM submissions s WHERE s.id = upd.submission_id AND s.erased_at IS NOT NULL) \
-                ON CONFLICT DO NOTHING) \
-         SELECT submission_id, campaign_id, channel, step FROM upd",
-    )
-    .bind::<Array<SqlUuid>, _>(&subs)
-    .bind::<Array<SqlUuid>, _>(&camps)
-    .bind::<Array<Text>, _>(&channels)
-    .bind::<Array<Text>, _>(&statuses)
-    .bind::<Array<Integer>, _>(&attempts)
-    .bind::<Array<Nullable<Text>>, _>(&errors)
-    .bind::<Array<Text>, _>(&history)
-    .bind::<Array<Nullable<SqlUuid>>, _>(&claims)
-    .bind::<Integer, _>(HISTORY_CAP)
-    .bind::<Array<Nullable<diesel::sql_types::Double>>, _>(&retry_in)
-    .bind::<Array<SmallInt>, _>(&steps)
-    .bind::<Array<Nullable<Text>>, _>(&pmids)
-    .bind::<Array<Nullable<Text>>, _>(&fb_channels)
-    .bind::<Array<SmallInt>, _>(&fb_steps)
-    .bind::<Array<diesel::sql_types::Double>, _>(&fb_due)
-    .load(conn)
-    .await?;
+    let rows: Vec<KeyRow> = diesel::sql_query(WRITE)
+        .bind::<Array<SqlUuid>, _>(&subs)
+        .bind::<Array<SqlUuid>, _>(&camps)
+        .bind::<Array<Text>, _>(&channels)
+        .bind::<Array<Text>, _>(&statuses)
+        .bind::<Array<Integer>, _>(&attempts)
+        .bind::<Array<Nullable<Text>>, _>(&errors)
+        .bind::<Array<Text>, _>(&history)
+        .bind::<Array<Nullable<SqlUuid>>, _>(&claims)
+        .bind::<Integer, _>(HISTORY_CAP)
+        .bind::<Array<Nullable<diesel::sql_types::Double>>, _>(&retry_in)
+        .bind::<Array<SmallInt>, _>(&steps)
+        .bind::<Array<Nullable<Text>>, _>(&pmids)
+        .bind::<Array<Nullable<Text>>, _>(&fb_channels)
+        .bind::<Array<SmallInt>, _>(&fb_steps)
+        .bind::<Array<diesel::sql_types::Double>, _>(&fb_due)
+        .load(conn)
+        .await?;
     Ok(rows.into_iter().map(KeyRow::key).collect())
 }
 
