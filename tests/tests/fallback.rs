@@ -1,8 +1,9 @@
 //! Channel fallback, direct sends and campaign preview/test through the public routes
 //! (contract §3.3): a lead not on WhatsApp (131026) gets the SMS fallback, once; a `delivered`
-//! receipt before `after` cancels the fallback; a direct send posted twice with one
-//! idempotency key is one message, its status readable; a batch sends each; a preview renders
-//! a lead's texts without sending, and a test send reaches the given recipient.
+//! receipt before `after` cancels the fallback, and no receipt within it sends the fallback
+//! once; a direct send posted twice with one idempotency key is one message, its status
+//! readable; a batch sends each; a preview renders a lead's texts without sending, and a test
+//! send reaches the given recipient.
 
 mod common;
 #[path = "../../api/tests/harness/mod.rs"]
@@ -212,4 +213,41 @@ async fn direct_sends_are_idempotent_readable_and_batched_and_campaigns_preview_
     let sms = messages(&w, "sms", "+5511987656666").await;
     assert_eq!(sms.len(), 1);
     assert_eq!(sms[0]["body"], "Oi Caio, nota 80");
+}
+
+#[tokio::test]
+async fn no_delivered_receipt_within_after_sends_the_fallback_once() {
+    let w = world().await;
+    let mut c = campaign();
+    c["quiz_id"] = "lembrete".into();
+    c["actions"][0]["fallback"]["on"] = json!(["undelivered"]);
+    c["actions"][0]["fallback"]["after"] = "2s".into();
+    w.campaign(c).await;
+    // The mock reports nothing: the WhatsApp row stays `sent`, and `after` later the SMS goes.
+    let phone = "+5511987657777";
+    let id = w
+        .submit("lembrete", json!({"phone": phone, "name": "Duda"}))
+        .await;
+    let first = w.status(&id, "whatsapp", &["sent"]).await;
+    assert_eq!(first["status"], "sent");
+    let rows = w.deliveries(&id, &["sent"], 2).await;
+    let sms = rows
+        .iter()
+        .find(|d| d["channel"] == "sms")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(sms["status"], "sent", "{rows:?}");
+    // Due `after` the WhatsApp message was sent (the row's last update), not before.
+    let at = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default()).expect("a time")
+    };
+    let waited = at(&sms["due_at"]) - at(&first["updated_at"]);
+    assert!(
+        waited >= chrono::Duration::milliseconds(1900),
+        "the fallback waited {waited}: {rows:?}"
+    );
+    let sent = messages(&w, "sms", phone).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["body"], "Oi Duda, seu ingresso chegou");
+    assert_eq!(messages(&w, "whatsapp", phone).await.len(), 1);
 }
