@@ -48,6 +48,8 @@ pub struct ApiSettings {
     pub packer: quizflow_nats::PackerConfig,
     /// The hash key and the reply keywords of opt-out (contract §3.2).
     pub consent: crate::ConsentSettings,
+    /// `QUIZFLOW_CORS_ORIGINS`: the quiz pages' origins allowed to post leads from a browser.
+    pub cors_origins: crate::CorsOrigins,
 }
 
 impl Default for ApiSettings {
@@ -71,6 +73,7 @@ impl Default for ApiSettings {
             packer: quizflow_nats::PackerConfig::default(),
             callbacks: crate::CallbackSettings::default(),
             consent: crate::ConsentSettings::default(),
+            cors_origins: crate::CorsOrigins::default(),
         }
     }
 }
@@ -95,6 +98,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("packer", &self.packer)
             .field("callbacks", &self.callbacks)
             .field("consent", &self.consent)
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }
@@ -134,6 +138,9 @@ pub struct ApiConfig {
     pub opt_out_keywords: String,
     /// Replies that lift a keyword opt-out.
     pub opt_in_keywords: String,
+    /// Origins (comma-separated; `https://*.example.com` for subdomains) whose pages may post
+    /// leads from a browser.
+    pub cors_origins: String,
 }
 
 impl Default for ApiConfig {
@@ -157,6 +164,7 @@ impl Default for ApiConfig {
             publish_flights: s.packer.flights,
             opt_out_keywords: crate::DEFAULT_OPT_OUT.into(),
             opt_in_keywords: crate::DEFAULT_OPT_IN.into(),
+            cors_origins: String::new(),
         }
     }
 }
@@ -175,6 +183,7 @@ impl ApiConfig {
                     .into(),
             );
         }
+        crate::CorsOrigins::parse(&self.cors_origins)?;
         self.proxies().map(|_| ())
     }
 
@@ -204,6 +213,7 @@ impl ApiConfig {
             respondent_limit_per_min: self.rate_limit_respondent_per_min,
             ip_limit_per_min: self.rate_limit_ip_per_min,
             trusted_proxies: self.proxies()?,
+            cors_origins: crate::CorsOrigins::parse(&self.cors_origins)?,
             max_inflight: self.http_max_inflight.max(1),
             respondent_limit_scope: self.rate_limit_scope,
             admin_token: self.admin_token.clone(),

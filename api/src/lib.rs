@@ -12,6 +12,7 @@ mod callbacks;
 mod cancel;
 mod config;
 mod consent;
+mod cors;
 mod erase;
 mod error;
 mod intake;
@@ -27,6 +28,7 @@ mod stats;
 pub use callbacks::CallbackSettings;
 pub use config::{ApiConfig, ApiSettings, MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_BODY_BYTES};
 pub use consent::{split_keywords, ConsentSettings, DEFAULT_OPT_IN, DEFAULT_OPT_OUT};
+pub use cors::CorsOrigins;
 pub use error::ApiError;
 pub use limits::LimitScope;
 
@@ -226,6 +228,12 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         }
         router = if r.admin {
             router.at(r.path, guard(methods))
+        } else if r.cors {
+            let st = state.clone();
+            router.at(
+                r.path,
+                methods.around(move |ep, req| cors::around(st.clone(), ep, req)),
+            )
         } else {
             router.at(r.path, methods)
         };

@@ -51,6 +51,9 @@ pub struct Route {
     pub template: &'static str,
     pub path: &'static str,
     pub admin: bool,
+    /// An intake route: browser pages of `QUIZFLOW_CORS_ORIGINS` may call it (never an admin
+    /// route).
+    pub cors: bool,
     pub ops: &'static [Op],
 }
 
@@ -86,6 +89,17 @@ const fn public(template: &'static str, path: &'static str, ops: &'static [Op]) 
         template,
         path,
         admin: false,
+        cors: false,
+        ops,
+    }
+}
+
+const fn intake(template: &'static str, path: &'static str, ops: &'static [Op]) -> Route {
+    Route {
+        template,
+        path,
+        admin: false,
+        cors: true,
         ops,
     }
 }
@@ -95,17 +109,18 @@ const fn admin(template: &'static str, path: &'static str, ops: &'static [Op]) -
         template,
         path,
         admin: true,
+        cors: false,
         ops,
     }
 }
 
 pub const ROUTES: &[Route] = &[
-    public(
+    intake(
         "/v1/quizzes/{quiz_id}/submissions",
         "/v1/quizzes/:quiz_id/submissions",
         &[op(Method::Post, || boxed(intake::submit_one))],
     ),
-    public(
+    intake(
         "/v1/submissions/batch",
         "/v1/submissions/batch",
         &[op(Method::Post, || boxed(intake::submit_batch))],

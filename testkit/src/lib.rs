@@ -10,6 +10,7 @@
 //! cannot get its servers must fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod chromium;
 mod db;
 mod nats;
 mod proxy;
