@@ -1,6 +1,6 @@
 //! Types of configuration values that every stage's settings section shares: durations
-//! written as people write them (`300ms`, `1m30s`, `2h`), parsed when the configuration is
-//! loaded, never later.
+//! written as people write them (`300ms`, `1m30s`, `2h`) and calling codes, parsed when the
+//! configuration is loaded, never later.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::time::Duration;
@@ -58,8 +58,69 @@ impl<'de> Deserialize<'de> for Durations {
     }
 }
 
+/// Country calling codes (E.164 prefixes: `55`, `1`, `351`), comma-separated: where SMS and
+/// WhatsApp may go (`QUIZFLOW_ALLOWED_COUNTRIES`). Empty: everywhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallingCodes(Vec<String>);
+
+impl CallingCodes {
+    /// Each part 1 to 6 digits, with or without a leading `+`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let digits = p.strip_prefix('+').unwrap_or(p);
+                (!digits.is_empty()
+                    && digits.len() <= 6
+                    && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| digits.to_owned())
+                .ok_or_else(|| format!("{p:?} is not a calling code: expected e.g. 55,1,351"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(CallingCodes)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether an E.164 number (`+5511…`) may be messaged: always, when no code is listed.
+    pub fn allows(&self, phone: &str) -> bool {
+        let digits = phone.trim().trim_start_matches('+');
+        self.0.is_empty() || self.0.iter().any(|c| digits.starts_with(c.as_str()))
+    }
+}
+
+impl Serialize for CallingCodes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.join(","))
+    }
+}
+
+impl<'de> Deserialize<'de> for CallingCodes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        CallingCodes::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn calling_codes_allow_their_numbers_only() {
+        let c = super::CallingCodes::parse("55, +1").expect("codes");
+        assert!(c.allows("+5511987654321"));
+        assert!(c.allows("+14155550100"));
+        assert!(!c.allows("+447700900123"));
+        assert!(super::CallingCodes::default().allows("+447700900123"));
+        assert!(super::CallingCodes::parse("55,BR").is_err());
+        assert!(super::CallingCodes::parse("1234567").is_err());
+        let back: super::CallingCodes =
+            serde_json::from_value(serde_json::to_value(&c).expect("ser")).expect("round trip");
+        assert_eq!(back, c);
+    }
+
     use super::*;
 
     #[test]

@@ -116,6 +116,9 @@ pub struct WorkersConfig {
     pub frequency_cap_sms: Option<quizflow_core::consent::FrequencyCap>,
     pub frequency_cap_whatsapp: Option<quizflow_core::consent::FrequencyCap>,
     pub frequency_cap_email: Option<quizflow_core::consent::FrequencyCap>,
+    /// Country calling codes SMS and WhatsApp may go to (`55,1`); others end `skipped`
+    /// (`country_not_allowed`). Empty: everywhere.
+    pub allowed_countries: quizflow_core::settings::CallingCodes,
     #[serde(flatten)]
     pub providers: ProviderConfig,
 }
@@ -133,6 +136,7 @@ impl Default for WorkersConfig {
             frequency_cap_sms: None,
             frequency_cap_whatsapp: None,
             frequency_cap_email: None,
+            allowed_countries: Default::default(),
             providers: ProviderConfig::default(),
         }
     }
@@ -164,6 +168,7 @@ impl WorkersConfig {
         s.breaker_failures = self.breaker_failures;
         s.breaker_cooldown = self.breaker_cooldown.0;
         s.webhook_allow_private = self.providers.webhook_allow_private;
+        s.allowed_countries = self.allowed_countries.clone();
         s.frequency_caps = [
             (Channel::Sms, self.frequency_cap_sms),
             (Channel::Whatsapp, self.frequency_cap_whatsapp),
@@ -457,6 +462,8 @@ pub struct WorkerSettings {
     pub hash_key: quizflow_core::consent::HashKey,
     /// `QUIZFLOW_FREQUENCY_CAP_<CHANNEL>`: per recipient, across campaigns.
     pub frequency_caps: Vec<(Channel, quizflow_core::consent::FrequencyCap)>,
+    /// `QUIZFLOW_ALLOWED_COUNTRIES`: where SMS and WhatsApp may go (empty: everywhere).
+    pub allowed_countries: quizflow_core::settings::CallingCodes,
 }
 
 impl WorkerSettings {
@@ -483,6 +490,7 @@ impl WorkerSettings {
             public_url: None,
             hash_key: quizflow_core::consent::HashKey::for_tests(),
             frequency_caps: Vec::new(),
+            allowed_countries: Default::default(),
         }
     }
 

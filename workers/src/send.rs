@@ -48,6 +48,13 @@ impl Channelled {
             self.skip(msg, &job, &ctx, claim, "empty_render").await;
             return Called::No;
         }
+        // SMS pumping: a number outside the allowed countries is never messaged.
+        let phone = matches!(job.channel, Channel::Sms | Channel::Whatsapp);
+        if phone && !self.settings.allowed_countries.allows(&out.to) {
+            self.skip(msg, &job, &ctx, claim, "country_not_allowed")
+                .await;
+            return Called::No;
+        }
         let ask = Ask {
             to: &out.to,
             template: out.template.is_some(),
