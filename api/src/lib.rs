@@ -22,6 +22,7 @@ mod metrics;
 mod ops;
 mod preview;
 mod receipts;
+mod respondents;
 mod routes;
 mod stats;
 

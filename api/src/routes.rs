@@ -3,7 +3,8 @@
 //! served are all read from [`ROUTES`]; a route is added here and nowhere else.
 
 use crate::{
-    admin, audit, callbacks, cancel, consent, erase, intake, messages, ops, preview, stats,
+    admin, audit, callbacks, cancel, consent, erase, intake, messages, ops, preview, respondents,
+    stats,
 };
 use poem::endpoint::BoxEndpoint;
 use poem::{EndpointExt, Response};
@@ -192,6 +193,13 @@ pub const ROUTES: &[Route] = &[
         "/v1/messages/{id}",
         "/v1/messages/:id",
         &[op(Method::Get, || boxed(messages::get))],
+    ),
+    admin(
+        "/v1/respondents",
+        "/v1/respondents",
+        &[audited(Method::Get, "respondent.export", || {
+            boxed(respondents::export)
+        })],
     ),
     admin(
         "/v1/cancellations",

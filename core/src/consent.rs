@@ -67,6 +67,23 @@ impl HashKey {
         Some(self.hash_normalised(kind, &kind.normalise(raw)?))
     }
 
+    /// A person's hashes on every channel that reaches them (their phone on sms and WhatsApp,
+    /// their e-mail on e-mail): what their suppression-list entries are keyed by.
+    pub fn person_hashes(
+        &self,
+        phone: Option<&str>,
+        email: Option<&str>,
+    ) -> Vec<(Channel, ContactHash)> {
+        [
+            (Channel::Sms, phone),
+            (Channel::Whatsapp, phone),
+            (Channel::Email, email),
+        ]
+        .into_iter()
+        .filter_map(|(c, contact)| Some((c, self.hash(c, contact?)?)))
+        .collect()
+    }
+
     /// The unsubscribe token of (channel, purpose, contact): the three, and a MAC over them.
     /// No contact in it, so it keeps working after the person is erased.
     pub fn unsubscribe_token(

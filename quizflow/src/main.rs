@@ -13,6 +13,7 @@ mod devservices;
 mod mock;
 mod ops;
 mod replay;
+mod respondents;
 mod roles;
 mod setup;
 mod suppressions;
@@ -84,6 +85,10 @@ enum Command {
     /// DATABASE_URL and QUIZFLOW_HASH_KEY, or a running `quizflow up`).
     #[command(subcommand)]
     Suppressions(suppressions::SuppressionsCommand),
+    /// A person's data: `export --phone … [--email …] --out FILE` writes everything held on
+    /// them (needs DATABASE_URL and QUIZFLOW_HASH_KEY, or a running `quizflow up`).
+    #[command(subcommand)]
+    Respondents(respondents::RespondentsCommand),
     /// Benchmarks: `ingest` (HTTP intake beside raw JetStream publishes) and `store` (the
     /// batcher's write path beside raw COPY). Private servers unless configured.
     #[cfg(feature = "bench")]
@@ -153,6 +158,7 @@ async fn run(
         Command::Check { role } => check::check(&cfg, &role),
         Command::Replay(args) => replay::run(cfg, args).await,
         Command::Suppressions(cmd) => suppressions::run(cfg, cmd).await,
+        Command::Respondents(cmd) => respondents::run(cfg, cmd).await,
         #[cfg(feature = "bench")]
         Command::Bench(kind) => bench::run(cfg, kind).await,
         Command::Api | Command::Batcher | Command::Workers { .. } | Command::MockProvider => {

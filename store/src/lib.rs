@@ -19,6 +19,7 @@ pub mod messages;
 mod plan;
 pub mod replay;
 pub mod reports;
+pub mod respondents;
 pub mod schedules;
 pub mod schema;
 pub mod stats;

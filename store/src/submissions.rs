@@ -164,21 +164,28 @@ pub async fn get(
     .bind::<SqlUuid, _>(id)
     .load(conn)
     .await?;
-    let respondent = r.respondent.json();
-    Ok(Some(serde_json::json!({
-        "submission_id": r.id,
-        "quiz_id": r.quiz_id,
-        "received_at": r.received_at,
-        "completed_at": r.completed_at,
-        "score": r.score,
-        "respondent": respondent,
-        "answers": r.answers,
-        "tags": r.tags,
-        "metadata": r.metadata,
-        "idempotency_key": r.idempotency_key,
-        "stored_at": r.stored_at,
-        "deliveries": deliveries,
-    })))
+    let mut out = r.json();
+    out["deliveries"] = serde_json::to_value(deliveries).unwrap_or_default();
+    Ok(Some(out))
+}
+
+impl StoredRow {
+    /// The row as `GET /v1/submissions/{id}` shows it (without deliveries).
+    pub(crate) fn json(self) -> serde_json::Value {
+        serde_json::json!({
+            "submission_id": self.id,
+            "quiz_id": self.quiz_id,
+            "received_at": self.received_at,
+            "completed_at": self.completed_at,
+            "score": self.score,
+            "respondent": self.respondent.json(),
+            "answers": self.answers,
+            "tags": self.tags,
+            "metadata": self.metadata,
+            "idempotency_key": self.idempotency_key,
+            "stored_at": self.stored_at,
+        })
+    }
 }
 
 /// Whether the stored submission `id` had its person erased (false when no such row).

@@ -18,15 +18,21 @@ async fn a_burst_to_a_disallowed_country_sends_nothing_and_shows_in_stats() {
             quizflow_core::settings::CallingCodes::parse("55").expect("calling codes");
     })
     .await;
-    w.campaign(json!({"name": "Promo", "quiz_id": "promo", "match": {}, "actions": [
+    w.campaign(
+        json!({"name": "Promo", "quiz_id": "promo", "match": {}, "actions": [
         {"channel": "sms", "template": "Oi {{ respondent.name }}"},
-        {"channel": "whatsapp", "template": "Oi {{ respondent.name }}"}]}))
+        {"channel": "whatsapp", "template": "Oi {{ respondent.name }}"}]}),
+    )
     .await;
     let burst = 40;
     let mut ids = Vec::new();
     for i in 0..burst {
         let phone = format!("+4477009{i:05}");
-        ids.push((w.submit("promo", json!({"phone": phone, "name": "X"})).await, phone));
+        ids.push((
+            w.submit("promo", json!({"phone": phone, "name": "X"}))
+                .await,
+            phone,
+        ));
     }
     let home = w
         .submit("promo", json!({"phone": "+5511987650000", "name": "Ana"}))
@@ -37,7 +43,10 @@ async fn a_burst_to_a_disallowed_country_sends_nothing_and_shows_in_stats() {
             assert_eq!(d["status"], "skipped", "{rows:?}");
             assert_eq!(d["last_error"], "skipped: country_not_allowed", "{rows:?}");
         }
-        assert_eq!(w.calls("sms", phone).await + w.calls("whatsapp", phone).await, 0);
+        assert_eq!(
+            w.calls("sms", phone).await + w.calls("whatsapp", phone).await,
+            0
+        );
     }
     let rows = w.deliveries(&home, &["sent"], 2).await;
     assert!(rows.iter().all(|d| d["status"] == "sent"), "{rows:?}");
