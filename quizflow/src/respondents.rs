@@ -102,7 +102,7 @@ async fn write(
     let (mut after, mut n, mut dead) = (None, 0usize, Vec::new());
     loop {
         let page = quizflow_store::respondents::page(
-            &mut **conn,
+            conn,
             args.phone.as_deref(),
             args.email.as_deref(),
             after,
@@ -122,7 +122,7 @@ async fn write(
             None => break,
         }
     }
-    let suppressions = quizflow_store::respondents::suppressions(&mut **conn, hashes).await?;
+    let suppressions = quizflow_store::respondents::suppressions(conn, hashes).await?;
     write!(out, "], \"dead_letters\": ")?;
     serde_json::to_writer(&mut out, &dead)?;
     write!(out, ", \"suppressions\": ")?;
