@@ -50,6 +50,8 @@ pub struct ApiSettings {
     pub consent: crate::ConsentSettings,
     /// `QUIZFLOW_CORS_ORIGINS`: the quiz pages' origins allowed to post leads from a browser.
     pub cors_origins: crate::CorsOrigins,
+    /// `QUIZFLOW_CAPTCHA` and its secret: intake checks a captcha token (none: it does not).
+    pub captcha: Option<crate::CaptchaSettings>,
 }
 
 impl Default for ApiSettings {
@@ -74,6 +76,7 @@ impl Default for ApiSettings {
             callbacks: crate::CallbackSettings::default(),
             consent: crate::ConsentSettings::default(),
             cors_origins: crate::CorsOrigins::default(),
+            captcha: None,
         }
     }
 }
@@ -99,6 +102,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("callbacks", &self.callbacks)
             .field("consent", &self.consent)
             .field("cors_origins", &self.cors_origins)
+            .field("captcha", &self.captcha)
             .finish()
     }
 }
@@ -141,6 +145,13 @@ pub struct ApiConfig {
     /// Origins (comma-separated; `https://*.example.com` for subdomains) whose pages may post
     /// leads from a browser.
     pub cors_origins: String,
+    /// `turnstile`, `hcaptcha` or `recaptcha`: intake checks the `X-Captcha-Token` header.
+    pub captcha: String,
+    pub captcha_secret: Option<String>,
+    /// The provider's `siteverify` (default: the provider's own).
+    pub captcha_verify_url: Option<String>,
+    /// When the provider cannot answer: accept leads (true) or answer 503 (false).
+    pub captcha_fail_open: bool,
 }
 
 impl Default for ApiConfig {
@@ -165,6 +176,10 @@ impl Default for ApiConfig {
             opt_out_keywords: crate::DEFAULT_OPT_OUT.into(),
             opt_in_keywords: crate::DEFAULT_OPT_IN.into(),
             cors_origins: String::new(),
+            captcha: String::new(),
+            captcha_secret: None,
+            captcha_verify_url: None,
+            captcha_fail_open: false,
         }
     }
 }
@@ -184,6 +199,7 @@ impl ApiConfig {
             );
         }
         crate::CorsOrigins::parse(&self.cors_origins)?;
+        self.captcha_settings()?;
         self.proxies().map(|_| ())
     }
 
@@ -205,6 +221,28 @@ impl ApiConfig {
             .collect()
     }
 
+    /// `QUIZFLOW_CAPTCHA*`: a provider needs its secret.
+    fn captcha_settings(&self) -> Result<Option<crate::CaptchaSettings>, String> {
+        let Some(provider) = crate::CaptchaProvider::parse(&self.captcha)? else {
+            return Ok(None);
+        };
+        let secret = self
+            .captcha_secret
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or("captcha_secret (QUIZFLOW_CAPTCHA_SECRET) is required with QUIZFLOW_CAPTCHA")?;
+        Ok(Some(crate::CaptchaSettings {
+            provider,
+            secret,
+            verify_url: self
+                .captcha_verify_url
+                .clone()
+                .unwrap_or_else(|| provider.verify_url().to_owned()),
+            fail_open: self.captcha_fail_open,
+            timeout: std::time::Duration::from_secs(5),
+        }))
+    }
+
     /// This section's part of the API's settings.
     pub fn settings(&self) -> Result<ApiSettings, String> {
         let d = ApiSettings::default();
@@ -214,6 +252,7 @@ impl ApiConfig {
             ip_limit_per_min: self.rate_limit_ip_per_min,
             trusted_proxies: self.proxies()?,
             cors_origins: crate::CorsOrigins::parse(&self.cors_origins)?,
+            captcha: self.captcha_settings()?,
             max_inflight: self.http_max_inflight.max(1),
             respondent_limit_scope: self.rate_limit_scope,
             admin_token: self.admin_token.clone(),

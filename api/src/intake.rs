@@ -274,6 +274,9 @@ async fn submit_one_inner(
     let submission = parse_submission(&body).map_err(ApiError::invalid)?;
     state.check_ip(remote, headers, 1)?;
     let ready = state.prepare(quiz, key, &body, submission);
+    let ip = client_addr(&state.settings.trusted_proxies, remote, headers);
+    let id = [ready.envelope.submission_id];
+    state.check_captcha(headers, ip, &id).await?;
     let accepted = state.publish(ready).await?;
     let location = format!("/v1/submissions/{}", accepted.submission_id);
     Ok(Response::builder()
@@ -421,6 +424,14 @@ pub async fn submit_batch(
         .map(|item| parse_item(&state, item))
         .collect();
     let valid = parsed.iter().filter(|r| r.is_ok()).count();
+    // One token covers the request (checked unless every valid item is a retry).
+    let ids: Vec<_> = parsed
+        .iter()
+        .flatten()
+        .map(|r| r.envelope.submission_id)
+        .collect();
+    let ip = client_addr(&state.settings.trusted_proxies, remote, headers);
+    state.check_captcha(headers, ip, &ids).await?;
     let ip_check = state.check_ip(remote, headers, valid);
     // All valid items are published concurrently: the context pipelines them, so a batch
     // costs about one PubAck round trip, not one per item.

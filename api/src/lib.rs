@@ -10,6 +10,7 @@ mod admin;
 mod audit;
 mod callbacks;
 mod cancel;
+mod captcha;
 mod config;
 mod consent;
 mod cors;
@@ -27,6 +28,7 @@ mod routes;
 mod stats;
 
 pub use callbacks::CallbackSettings;
+pub use captcha::{CaptchaProvider, CaptchaSettings};
 pub use config::{ApiConfig, ApiSettings, MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_BODY_BYTES};
 pub use consent::{split_keywords, ConsentSettings, DEFAULT_OPT_IN, DEFAULT_OPT_OUT};
 pub use cors::CorsOrigins;
@@ -65,6 +67,8 @@ pub struct AppState {
     ip_limiter: limits::WindowLimiter,
     /// Failed admin authentications per client IP.
     auth_failures: AuthFailures,
+    /// Captcha checks of intake (`QUIZFLOW_CAPTCHA`; none: not checked).
+    captcha: Option<captcha::Captcha>,
     /// Requests in flight (`max_inflight` permits): past it, 503 at once, never a queue.
     inflight: Arc<tokio::sync::Semaphore>,
     /// Set once a graceful stop began: new submissions answer 503, those in flight finish.
@@ -163,6 +167,10 @@ impl AppState {
             draining: std::sync::atomic::AtomicBool::new(false),
             inflight: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight.max(1))),
             metrics: Metrics::new(&registry)?,
+            captcha: match settings.captcha.clone() {
+                Some(c) => Some(captcha::Captcha::new(c, &registry)?),
+                None => None,
+            },
             registry,
             admin_token: settings.admin_token.clone(),
             audit_reads: audit::RecentReads::default(),

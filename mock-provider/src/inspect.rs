@@ -46,12 +46,14 @@ pub(crate) fn list_requests(state: Data<&MockState>) -> Json<Value> {
 
 #[handler]
 pub(crate) fn set_fault(state: Data<&MockState>, Json(f): Json<Fault>) -> Response {
-    if !matches!(f.channel.as_str(), "sms" | "email" | "whatsapp" | "webhook")
-        || !(0.0..=1.0).contains(&f.rate)
+    if !matches!(
+        f.channel.as_str(),
+        "sms" | "email" | "whatsapp" | "webhook" | "captcha"
+    ) || !(0.0..=1.0).contains(&f.rate)
     {
         return (
             StatusCode::BAD_REQUEST,
-            Json(json!({"error": {"code": "invalid_request", "message": "channel must be sms|email|whatsapp|webhook and rate within 0..1", "details": []}})),
+            Json(json!({"error": {"code": "invalid_request", "message": "channel must be sms|email|whatsapp|webhook|captcha and rate within 0..1", "details": []}})),
         )
             .into_response();
     }

@@ -16,9 +16,11 @@
 //! `+15005550026` (not on WhatsApp: 131026; SMS takes it),
 //! `bounce@quizflow.test` (permanent rejection; SMTP `550 5.1.1`), `complaint@quizflow.test`
 //! (accepted, then reported as a spam complaint). `POST /_mock/inbound` sends a person's
-//! reply (`{"channel", "from", "body"}`) to quizflow as the provider would, signed. Memory is bounded:
+//! reply (`{"channel", "from", "body"}`) to quizflow as the provider would, signed. `POST
+//! /siteverify` answers captcha checks (a token starting `pass` verifies). Memory is bounded:
 //! the oldest records are dropped past [`MAX_RECORDS`].
 
+mod captcha;
 mod inbound;
 mod inspect;
 mod providers;
@@ -320,6 +322,7 @@ pub fn app(state: MockState) -> impl poem::Endpoint<Output = Response> {
         .at("/message/sendText/:instance", post(evolution))
         .at("/emails", post(resend))
         .at("/webhooks/*path", post(webhook))
+        .at("/siteverify", post(captcha::siteverify))
         .at("/_mock/messages", get(list_messages).delete(clear_messages))
         .at("/_mock/requests", get(list_requests))
         .at("/_mock/senders", get(list_senders))

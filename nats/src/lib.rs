@@ -19,8 +19,8 @@ pub use depths::{depths, ConsumerDepth, Depths, StreamDepth};
 pub use erase::{erase_person, Person, StreamErasure};
 pub use history::{read_submissions, submissions_history, History, HistoryMessage, StartAt};
 pub use pack::{
-    member_trace, members, replaced_sequences, trace_header, Packer, PackerConfig, PACK_HEADER,
-    REPLACES_HEADER,
+    accepted_before, member_trace, members, replaced_sequences, trace_header, Packer, PackerConfig,
+    PACK_HEADER, REPLACES_HEADER,
 };
 pub use publish::{
     dead_letter_delivery, dead_letter_job_message, dead_letter_submission, delete_dead_letter,

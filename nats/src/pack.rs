@@ -300,7 +300,9 @@ async fn mark<'a>(js: &jetstream::Context, ids: impl Iterator<Item = &'a str>) -
         let msg = PublishMessage::build()
             .message_id(id)
             .expected_stream(subjects::SUBMISSION_IDS_STREAM);
-        pending.push(js.send_publish(subjects::SUBMISSION_IDS, msg).await);
+        // One subject per id, so "was this one accepted?" is one lookup ([`accepted_before`]).
+        let subject = format!("{}.{id}", subjects::SUBMISSION_IDS);
+        pending.push(js.send_publish(subject, msg).await);
     }
     futures::future::join_all(pending.into_iter().map(|sent| async move {
         match sent {
@@ -309,6 +311,23 @@ async fn mark<'a>(js: &jetstream::Context, ids: impl Iterator<Item = &'a str>) -
         }
     }))
     .await
+}
+
+/// Whether submission `id` was accepted (marked durable) inside the duplicate window: a retry of
+/// it answers `duplicate` without checking anything a first post needs (a captcha token is
+/// spent by its first check). `Err`: the broker did not answer.
+pub async fn accepted_before(js: &jetstream::Context, id: &str) -> Result<bool, String> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let stream = js
+        .get_stream_no_info(subjects::SUBMISSION_IDS_STREAM)
+        .await
+        .map_err(|e| e.to_string())?;
+    let subject = format!("{}.{id}", subjects::SUBMISSION_IDS);
+    match stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Splits a `SUBMISSIONS` payload into its members' bytes (one for a message from before

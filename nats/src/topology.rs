@@ -78,7 +78,11 @@ impl TopologyConfig {
             description: Some(
                 "quizflow duplicate marks: one empty message per accepted submission".into(),
             ),
-            subjects: vec![subjects::SUBMISSION_IDS.into()],
+            // Marks are per id (`.<id>`); the bare subject is kept for marks of older builds.
+            subjects: vec![
+                subjects::SUBMISSION_IDS.into(),
+                format!("{}.>", subjects::SUBMISSION_IDS),
+            ],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::Memory,
             num_replicas: self.replicas,
