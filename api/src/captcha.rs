@@ -188,7 +188,7 @@ impl AppState {
     }
 
     /// Whether every id was accepted before (a retry); a lookup that fails counts as no.
-    async fn all_accepted_before(&self, ids: &[SubmissionId]) -> bool {
+    pub(crate) async fn all_accepted_before(&self, ids: &[SubmissionId]) -> bool {
         for id in ids {
             match quizflow_nats::accepted_before(&self.js, &id.to_string()).await {
                 Ok(true) => {}

@@ -52,6 +52,10 @@ pub struct ApiSettings {
     pub cors_origins: crate::CorsOrigins,
     /// `QUIZFLOW_CAPTCHA` and its secret: intake checks a captcha token (none: it does not).
     pub captcha: Option<crate::CaptchaSettings>,
+    /// `QUIZFLOW_QUOTA_PER_QUIZ_PER_MIN`: leads a minute per quiz, cluster-wide (0: no quota).
+    pub quota_per_quiz_per_min: u32,
+    /// `QUIZFLOW_QUOTA_GLOBAL_PER_MIN`: leads a minute for the whole intake (0: no quota).
+    pub quota_global_per_min: u32,
 }
 
 impl Default for ApiSettings {
@@ -77,6 +81,8 @@ impl Default for ApiSettings {
             consent: crate::ConsentSettings::default(),
             cors_origins: crate::CorsOrigins::default(),
             captcha: None,
+            quota_per_quiz_per_min: 0,
+            quota_global_per_min: 0,
         }
     }
 }
@@ -103,6 +109,8 @@ impl std::fmt::Debug for ApiSettings {
             .field("consent", &self.consent)
             .field("cors_origins", &self.cors_origins)
             .field("captcha", &self.captcha)
+            .field("quota_per_quiz_per_min", &self.quota_per_quiz_per_min)
+            .field("quota_global_per_min", &self.quota_global_per_min)
             .finish()
     }
 }
@@ -152,6 +160,10 @@ pub struct ApiConfig {
     pub captcha_verify_url: Option<String>,
     /// When the provider cannot answer: accept leads (true) or answer 503 (false).
     pub captcha_fail_open: bool,
+    /// Leads a minute per quiz, across every API instance (0: no quota).
+    pub quota_per_quiz_per_min: u32,
+    /// Leads a minute for the whole intake, across every API instance (0: no quota).
+    pub quota_global_per_min: u32,
 }
 
 impl Default for ApiConfig {
@@ -180,6 +192,8 @@ impl Default for ApiConfig {
             captcha_secret: None,
             captcha_verify_url: None,
             captcha_fail_open: false,
+            quota_per_quiz_per_min: 0,
+            quota_global_per_min: 0,
         }
     }
 }
@@ -253,6 +267,8 @@ impl ApiConfig {
             trusted_proxies: self.proxies()?,
             cors_origins: crate::CorsOrigins::parse(&self.cors_origins)?,
             captcha: self.captcha_settings()?,
+            quota_per_quiz_per_min: self.quota_per_quiz_per_min,
+            quota_global_per_min: self.quota_global_per_min,
             max_inflight: self.http_max_inflight.max(1),
             respondent_limit_scope: self.rate_limit_scope,
             admin_token: self.admin_token.clone(),

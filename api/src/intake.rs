@@ -146,14 +146,22 @@ impl AppState {
 
     /// Rate-limits, publishes and waits for the PubAck. Never answers 202 without the ack.
     async fn publish(&self, ready: Ready) -> Result<Accepted, ApiError> {
-        let reservations = self
+        let quota = self.take_quota(&ready.envelope).await?;
+        let reserved = self
             .respondent_limiter
             .reserve(ready.envelope.quiz_id.as_str(), &ready.respondent_keys)
-            .await
-            .map_err(|retry| ApiError::rate_limited(retry, "for this respondent"))?;
+            .await;
+        let reservations = match reserved {
+            Ok(r) => r,
+            Err(retry) => {
+                self.quotas.give_back(quota).await;
+                return Err(ApiError::rate_limited(retry, "for this respondent"));
+            }
+        };
         match self.publish_envelope(&ready.envelope).await {
             Ok(outcome) => {
                 if outcome.duplicate {
+                    self.quotas.give_back(quota).await;
                     self.respondent_limiter.release(reservations).await;
                     self.metrics.duplicates.inc();
                 } else {
@@ -165,6 +173,7 @@ impl AppState {
                 })
             }
             Err(e) => {
+                self.quotas.give_back(quota).await;
                 self.respondent_limiter.release(reservations).await;
                 Err(e)
             }

@@ -22,6 +22,7 @@ mod messages;
 mod metrics;
 mod ops;
 mod preview;
+mod quotas;
 mod receipts;
 mod respondents;
 mod routes;
@@ -69,6 +70,8 @@ pub struct AppState {
     auth_failures: AuthFailures,
     /// Captcha checks of intake (`QUIZFLOW_CAPTCHA`; none: not checked).
     captcha: Option<captcha::Captcha>,
+    /// Intake quotas per quiz and global, cluster-wide (`QUIZFLOW_QUOTA_*`).
+    quotas: quotas::Quotas,
     /// Requests in flight (`max_inflight` permits): past it, 503 at once, never a queue.
     inflight: Arc<tokio::sync::Semaphore>,
     /// Set once a graceful stop began: new submissions answer 503, those in flight finish.
@@ -136,29 +139,7 @@ impl AppState {
         registry: prometheus::Registry,
     ) -> Result<Arc<Self>, ServeError> {
         let state = Arc::new(Self {
-            respondent_limiter: match settings.respondent_limit_scope {
-                limits::LimitScope::Instance => {
-                    limits::RespondentLimiter::Instance(limits::WindowLimiter::new(
-                        settings.respondent_limit_per_min,
-                        settings.limit_window,
-                    ))
-                }
-                limits::LimitScope::Cluster => {
-                    limits::RespondentLimiter::Cluster(Box::new(limits::ClusterLimiter::new(
-                        js.clone(),
-                        settings.respondent_limit_per_min,
-                        settings.limit_window,
-                        settings.replicas,
-                        // Every instance shares the admin token, so every instance hashes a
-                        // respondent to the same subject.
-                        settings
-                            .admin_token
-                            .as_deref()
-                            .unwrap_or("quizflow")
-                            .as_bytes(),
-                    )))
-                }
-            },
+            respondent_limiter: limits::RespondentLimiter::of(&settings, &js),
             ip_limiter: limits::WindowLimiter::new(
                 settings.ip_limit_per_min,
                 settings.limit_window,
@@ -167,6 +148,12 @@ impl AppState {
             draining: std::sync::atomic::AtomicBool::new(false),
             inflight: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight.max(1))),
             metrics: Metrics::new(&registry)?,
+            quotas: quotas::Quotas::new(
+                &js,
+                settings.quota_per_quiz_per_min,
+                settings.quota_global_per_min,
+                settings.replicas,
+            ),
             captcha: match settings.captcha.clone() {
                 Some(c) => Some(captcha::Captcha::new(c, &registry)?),
                 None => None,

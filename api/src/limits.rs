@@ -223,6 +223,29 @@ pub struct Held {
 }
 
 impl RespondentLimiter {
+    /// The limiter `settings` ask for (`QUIZFLOW_RATE_LIMIT_SCOPE`).
+    pub fn of(settings: &crate::ApiSettings, js: &async_nats::jetstream::Context) -> Self {
+        match settings.respondent_limit_scope {
+            LimitScope::Instance => Self::Instance(WindowLimiter::new(
+                settings.respondent_limit_per_min,
+                settings.limit_window,
+            )),
+            LimitScope::Cluster => Self::Cluster(Box::new(ClusterLimiter::new(
+                js.clone(),
+                settings.respondent_limit_per_min,
+                settings.limit_window,
+                settings.replicas,
+                // Every instance shares the admin token, so every instance hashes a
+                // respondent to the same subject.
+                settings
+                    .admin_token
+                    .as_deref()
+                    .unwrap_or("quizflow")
+                    .as_bytes(),
+            ))),
+        }
+    }
+
     pub fn enabled(&self) -> bool {
         match self {
             Self::Instance(l) => l.enabled(),
@@ -268,9 +291,14 @@ impl RespondentLimiter {
     }
 }
 
-/// The cluster-wide respondent limit (see the module docs).
+/// The cluster-wide respondent limit (see the module docs); the intake quotas use the same
+/// sliding log in streams of their own.
 pub struct ClusterLimiter {
     js: async_nats::jetstream::Context,
+    /// The stream, its subjects' prefix and what it counts.
+    name: &'static str,
+    prefix: &'static str,
+    what: &'static str,
     limit: u32,
     window: Duration,
     replicas: usize,
@@ -292,12 +320,42 @@ impl ClusterLimiter {
     ) -> Self {
         Self {
             js,
+            name: LIMITS_STREAM,
+            prefix: LIMITS_PREFIX,
+            what: "respondent limits",
             limit,
             window,
             replicas,
             secret: secret.to_vec(),
             stream: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// A sliding log of `limit` per `window` in stream `name`, keyed by subjects under `prefix`.
+    pub fn named(
+        js: async_nats::jetstream::Context,
+        (name, prefix, what): (&'static str, &'static str, &'static str),
+        limit: u32,
+        window: Duration,
+        replicas: usize,
+    ) -> Self {
+        Self {
+            name,
+            prefix,
+            what,
+            ..Self::new(js, limit, window, replicas, &[])
+        }
+    }
+
+    /// Counts one event under `key` (a subject token). `Err(seconds)` says when to retry.
+    pub async fn take(&self, key: &str) -> Result<Vec<u64>, u64> {
+        self.reserve_subjects(&[format!("{}.{key}", self.prefix)])
+            .await
+    }
+
+    /// Gives back what [`ClusterLimiter::take`] counted.
+    pub async fn give_back(&self, seqs: &[u64]) {
+        self.release(seqs).await;
     }
 
     /// The subject of one respondent key: a keyed SHA-256, 128 bits in hex.
@@ -316,9 +374,9 @@ impl ClusterLimiter {
         self.stream
             .get_or_try_init(|| async {
                 let cfg = stream::Config {
-                    name: LIMITS_STREAM.into(),
-                    description: Some("quizflow respondent limits: one message per counted submission".into()),
-                    subjects: vec![format!("{LIMITS_PREFIX}.*")],
+                    name: self.name.into(),
+                    description: Some(format!("quizflow {}: one message per counted submission", self.what)),
+                    subjects: vec![format!("{}.*", self.prefix)],
                     retention: stream::RetentionPolicy::Limits,
                     storage: stream::StorageType::Memory,
                     num_replicas: self.replicas,
@@ -337,23 +395,31 @@ impl ClusterLimiter {
                     .await
                     .map_err(|e| e.to_string())?;
                 self.js
-                    .get_stream(LIMITS_STREAM)
+                    .get_stream(self.name)
                     .await
                     .map_err(|e| e.to_string())
             })
             .await
-            .map_err(|e| tracing::warn!(error = %e, "respondent limits stream unavailable; not limiting"))
+            .map_err(|e| tracing::warn!(error = %e, stream = self.name, "limits stream unavailable; not limiting"))
             .ok()
     }
 
     async fn reserve(&self, quiz: &str, keys: &[(char, String)]) -> Result<Vec<u64>, u64> {
+        let subjects: Vec<String> = keys
+            .iter()
+            .map(|(kind, value)| self.subject(quiz, *kind, value))
+            .collect();
+        self.reserve_subjects(&subjects).await
+    }
+
+    async fn reserve_subjects(&self, subjects: &[String]) -> Result<Vec<u64>, u64> {
         // Created on first use; without it (NATS away) submissions go through uncounted.
         if self.stream().await.is_none() {
             return Ok(Vec::new());
         }
-        let mut taken = Vec::with_capacity(keys.len());
-        for (kind, value) in keys {
-            let subject = self.subject(quiz, *kind, value);
+        let mut taken = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            let subject = subject.clone();
             let ack = match self.js.publish(subject.clone(), bytes::Bytes::new()).await {
                 Ok(f) => f.await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
@@ -366,7 +432,7 @@ impl ClusterLimiter {
                 }
                 // Anything else (NATS away, the stream full): let the submission through
                 // uncounted; the limit is abuse protection and must not fail intake.
-                Err(e) => tracing::debug!(error = %e, "respondent limit not counted"),
+                Err(e) => tracing::debug!(error = %e, stream = self.name, "limit not counted"),
             }
         }
         Ok(taken)

@@ -21,6 +21,12 @@ pub const BATCHER_CONSUMER: &str = "batcher";
 pub const LIMITS_STREAM: &str = "RESPONDENT_LIMITS";
 /// Prefix of [`LIMITS_STREAM`]'s subjects: `<prefix>.<hash>`.
 pub const LIMITS_PREFIX: &str = "quizflow.limits.respondent";
+/// Intake quotas per quiz (a sliding log per quiz, like [`LIMITS_STREAM`]): `<prefix>.<quiz_id>`.
+pub const QUIZ_QUOTA_STREAM: &str = "QUIZ_QUOTAS";
+pub const QUIZ_QUOTA_PREFIX: &str = "quizflow.quota.quiz";
+/// The global intake quota: one subject, `<prefix>.all`.
+pub const GLOBAL_QUOTA_STREAM: &str = "GLOBAL_QUOTA";
+pub const GLOBAL_QUOTA_PREFIX: &str = "quizflow.quota.global";
 
 pub const WORKERS_BUCKET: &str = "quizflow_workers";
 
