@@ -130,6 +130,7 @@ pub async fn create_campaign(
         .await
         .map_err(db_error)?;
     state.announce_campaign_change(c.id).await;
+    state.name_quiz(c.spec.quiz_id.as_ref());
     tracing::info!(campaign = %c.id, "campaign created");
     let location = format!("/v1/campaigns/{}", c.id);
     let note = AuditNote::new(
@@ -188,6 +189,7 @@ pub async fn replace_campaign(
     {
         Some(c) => {
             state.announce_campaign_change(c.id).await;
+            state.name_quiz(c.spec.quiz_id.as_ref());
             tracing::info!(campaign = %c.id, version = c.version, "campaign replaced");
             let note = AuditNote::new(
                 c.id.to_string(),

@@ -166,6 +166,7 @@ impl AppState {
                     self.metrics.duplicates.inc();
                 } else {
                     self.metrics.accepted.inc();
+                    self.count_lead(ready.envelope.quiz_id.as_str());
                 }
                 Ok(Accepted {
                     submission_id: ready.envelope.submission_id,

@@ -22,6 +22,7 @@ mod messages;
 mod metrics;
 mod ops;
 mod preview;
+mod quiz_names;
 mod quotas;
 mod receipts;
 mod respondents;
@@ -72,6 +73,8 @@ pub struct AppState {
     captcha: Option<captcha::Captcha>,
     /// Intake quotas per quiz and global, cluster-wide (`QUIZFLOW_QUOTA_*`).
     quotas: quotas::Quotas,
+    /// The quizzes campaigns name: the intake-rate metric's labels.
+    quiz_names: quiz_names::QuizNames,
     /// Requests in flight (`max_inflight` permits): past it, 503 at once, never a queue.
     inflight: Arc<tokio::sync::Semaphore>,
     /// Set once a graceful stop began: new submissions answer 503, those in flight finish.
@@ -148,6 +151,7 @@ impl AppState {
             draining: std::sync::atomic::AtomicBool::new(false),
             inflight: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight.max(1))),
             metrics: Metrics::new(&registry)?,
+            quiz_names: Default::default(),
             quotas: quotas::Quotas::new(
                 &js,
                 settings.quota_per_quiz_per_min,
@@ -178,6 +182,7 @@ impl AppState {
             db,
         });
         stats::spawn_flusher(Arc::downgrade(&state));
+        quiz_names::spawn(Arc::downgrade(&state));
         // Prune idle limiter keys; the task ends when the state is dropped.
         let weak = Arc::downgrade(&state);
         let every = state.settings.limit_window;

@@ -7,6 +7,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub request_seconds: HistogramVec,
     pub accepted: IntCounter,
+    /// New leads by quiz: only quizzes some campaign names, the rest `other` (bounded labels).
+    pub intake_leads: IntCounterVec,
     pub duplicates: IntCounter,
     pub rejected: IntCounterVec,
     pub publish_seconds: prometheus::Histogram,
@@ -44,6 +46,11 @@ impl Metrics {
             accepted: IntCounter::new(
                 "quizflow_submissions_accepted_total",
                 "Submissions acknowledged by JetStream (new)",
+            )?,
+            intake_leads: counters(
+                "quizflow_intake_leads_total",
+                "New leads accepted, by quiz (quizzes no campaign names are `other`)",
+                &["quiz"],
             )?,
             duplicates: IntCounter::new(
                 "quizflow_submissions_duplicate_total",
@@ -88,6 +95,7 @@ impl Metrics {
         r(Box::new(m.requests.clone()))?;
         r(Box::new(m.request_seconds.clone()))?;
         r(Box::new(m.accepted.clone()))?;
+        r(Box::new(m.intake_leads.clone()))?;
         r(Box::new(m.duplicates.clone()))?;
         r(Box::new(m.rejected.clone()))?;
         r(Box::new(m.publish_seconds.clone()))?;
