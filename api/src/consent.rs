@@ -363,6 +363,9 @@ pub async fn add(
     state
         .suppress_hash(channel, hash, reason, scope, "admin", None)
         .await?;
+    if reason == Reason::Blocked {
+        state.note_blocked(&hash, true);
+    }
     let body = serde_json::json!({"channel": channel.as_str(), "contact_hash": hex::encode(hash),
         "reason": reason.as_str(), "purpose": scope.as_str()});
     let mut resp = (StatusCode::CREATED, Json(body.clone())).into_response();
@@ -401,6 +404,9 @@ pub async fn remove(
     let n = quizflow_store::consent::lift(&mut conn, channel.as_str(), &hash, &reasons)
         .await
         .map_err(db_error)?;
+    if reasons.is_empty() || reasons.contains(&Reason::Blocked.as_str()) {
+        state.note_blocked(&hash, false);
+    }
     if n == 0 {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

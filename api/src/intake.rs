@@ -282,6 +282,7 @@ async fn submit_one_inner(
         ),
     };
     let submission = parse_submission(&body).map_err(ApiError::invalid)?;
+    state.check_blocked(&submission.respondent)?;
     state.check_ip(remote, headers, 1)?;
     let ready = state.prepare(quiz, key, &body, submission);
     let ip = client_addr(&state.settings.trusted_proxies, remote, headers);
@@ -383,6 +384,7 @@ fn parse_item(state: &AppState, item: Value) -> Result<Ready, ApiError> {
     };
     match (quiz, submission) {
         (Some(quiz), Some(submission)) if problems.is_empty() => {
+            state.check_blocked(&submission.respondent)?;
             Ok(state.prepare(quiz, key, &body, submission))
         }
         _ => Err(ApiError::invalid(ValidationErrors(problems))),

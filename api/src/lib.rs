@@ -8,6 +8,7 @@
 
 mod admin;
 mod audit;
+mod blocklist;
 mod callbacks;
 mod cancel;
 mod captcha;
@@ -75,6 +76,8 @@ pub struct AppState {
     quotas: quotas::Quotas,
     /// The quizzes campaigns name: the intake-rate metric's labels.
     quiz_names: quiz_names::QuizNames,
+    /// Keyed hashes intake refuses (`blocked` suppressions).
+    blocklist: blocklist::Blocklist,
     /// Requests in flight (`max_inflight` permits): past it, 503 at once, never a queue.
     inflight: Arc<tokio::sync::Semaphore>,
     /// Set once a graceful stop began: new submissions answer 503, those in flight finish.
@@ -152,6 +155,7 @@ impl AppState {
             inflight: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight.max(1))),
             metrics: Metrics::new(&registry)?,
             quiz_names: Default::default(),
+            blocklist: Default::default(),
             quotas: quotas::Quotas::new(
                 &js,
                 settings.quota_per_quiz_per_min,
@@ -183,6 +187,7 @@ impl AppState {
         });
         stats::spawn_flusher(Arc::downgrade(&state));
         quiz_names::spawn(Arc::downgrade(&state));
+        blocklist::spawn(Arc::downgrade(&state));
         // Prune idle limiter keys; the task ends when the state is dropped.
         let weak = Arc::downgrade(&state);
         let every = state.settings.limit_window;

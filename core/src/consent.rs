@@ -262,16 +262,19 @@ pub enum Reason {
     ProviderOptOut,
     /// Added through the API or imported.
     Admin,
+    /// Blocklisted: intake refuses the contact's leads (403 `blocked`), and nothing is sent.
+    Blocked,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Self::OptOutKeyword,
         Self::UnsubscribeLink,
         Self::HardBounce,
         Self::Complaint,
         Self::ProviderOptOut,
         Self::Admin,
+        Self::Blocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -282,6 +285,7 @@ impl Reason {
             Self::Complaint => "complaint",
             Self::ProviderOptOut => "provider_opt_out",
             Self::Admin => "admin",
+            Self::Blocked => "blocked",
         }
     }
 

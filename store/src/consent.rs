@@ -229,3 +229,18 @@ pub async fn import(pool: &Pool, entries: &[NewSuppression]) -> Result<u64, Stor
     }
     Ok(added)
 }
+
+/// The keyed hashes on the blocklist (reason `blocked`), for intake to refuse their leads.
+pub async fn blocked_hashes(conn: &mut AsyncPgConnection) -> Result<Vec<Vec<u8>>, StoreError> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Bytea)]
+        contact_hash: Vec<u8>,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT DISTINCT contact_hash FROM suppressions WHERE reason = 'blocked'",
+    )
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.contact_hash).collect())
+}

@@ -18,7 +18,7 @@ async fn setup() -> (TestDb, AsyncPgConnection) {
     let first = quizflow_migrations::run_migrations(&db.url)
         .await
         .expect("migrate");
-    assert_eq!(first.len(), 14);
+    assert_eq!(first.len(), 15);
     assert!(quizflow_migrations::run_migrations(&db.url)
         .await
         .expect("again")
