@@ -6,22 +6,22 @@
 //! list, so intake never waits on the database), and applies its own additions at once.
 
 use crate::error::ApiError;
+use crate::refreshed::RefreshedSet;
 use crate::AppState;
 use quizflow_core::{Channel, Respondent};
-use std::collections::HashSet;
-use std::sync::{RwLock, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 /// How often the list is read again.
 pub const REFRESH: Duration = Duration::from_secs(30);
 
-#[derive(Default)]
-pub(crate) struct Blocklist(RwLock<HashSet<Vec<u8>>>);
+/// The blocked keyed hashes.
+pub(crate) type Blocklist = RefreshedSet<Vec<u8>>;
 
 impl AppState {
     /// 403 `blocked` when the lead's phone or e-mail is on the blocklist.
     pub(crate) fn check_blocked(&self, r: &Respondent) -> Result<(), ApiError> {
-        let Ok(list) = self.blocklist.0.read() else {
+        let Some(list) = self.blocklist.read() else {
             return Ok(());
         };
         if list.is_empty() {
@@ -49,34 +49,28 @@ impl AppState {
 
     /// An admin just added (or removed) a `blocked` entry: applied here at once.
     pub(crate) fn note_blocked(&self, hash: &[u8], blocked: bool) {
-        if let Ok(mut list) = self.blocklist.0.write() {
+        self.blocklist.change(|list| {
             if blocked {
                 list.insert(hash.to_vec());
             } else {
                 list.remove(hash);
             }
-        }
+        });
     }
 }
 
 /// Reads the list now and every [`REFRESH`] until the state is dropped.
 pub(crate) fn spawn(state: Weak<AppState>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(REFRESH);
-        loop {
-            tick.tick().await;
-            let Some(s) = state.upgrade() else { break };
-            let Ok(mut conn) = s.db.get().await else {
-                continue;
-            };
-            match quizflow_store::consent::blocked_hashes(&mut conn).await {
-                Ok(hashes) => {
-                    if let Ok(mut list) = s.blocklist.0.write() {
-                        *list = hashes.into_iter().collect();
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "blocklist not refreshed"),
-            }
-        }
-    });
+    crate::refreshed::spawn(
+        state,
+        REFRESH,
+        |s| &s.blocklist,
+        |pool| async move {
+            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+            let hashes = quizflow_store::consent::blocked_hashes(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(hashes.into_iter().collect())
+        },
+    );
 }

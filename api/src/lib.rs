@@ -26,6 +26,7 @@ mod preview;
 mod quiz_names;
 mod quotas;
 mod receipts;
+mod refreshed;
 mod respondents;
 mod routes;
 mod stats;
